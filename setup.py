@@ -1,0 +1,46 @@
+"""Build the native extension deepcomp._native with CMake and Ninja (the pybind11 cmake_example way)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str, sourcedir: str = "") -> None:
+        super().__init__(name, sources=[])
+        self.sourcedir = os.fspath(Path(sourcedir).resolve())
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: CMakeExtension) -> None:
+        import pybind11
+
+        extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        cfg = os.environ.get("DEEPCOMP_BUILD_TYPE", "Release")
+        cmake_args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={cfg}",
+            "-G", "Ninja",
+        ]
+        sanitize = os.environ.get("DEEPCOMP_SANITIZE")
+        if sanitize:
+            cmake_args.append(f"-DDEEPCOMP_SANITIZE={sanitize}")
+        build_temp = Path(self.build_temp) / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_temp, check=True)
+
+
+setup(
+    ext_modules=[CMakeExtension("deepcomp._native", sourcedir=str(HERE))],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
