@@ -1,0 +1,294 @@
+"""The `deepcomp` command. Thin: it parses arguments and calls the API.
+
+Every DeepcompError (a user's mistake: bad file, unsupported op, bad recipe, missing data) is printed
+in one line and the command exits with status 2; no traceback. Each subcommand lives in a function
+pair: ``_add_NAME(subparsers)`` builds its parser, ``cmd_NAME(args)`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from deepcomp.errors import DeepcompError
+
+EPILOG = """\
+models (MODEL): torchvision:NAME (random init unless --weights FILE), zoo:lenet-300-100, zoo:lenet-5,
+a file written by `deepcomp train`, a TorchScript file, a state_dict with --arch NAME, or a pickled
+module with --trust-pickle.  See `deepcomp CMD --help`.
+"""
+
+
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="model to load (see `deepcomp --help`)")
+    p.add_argument("--weights", metavar="FILE", help="state_dict file for a torchvision:/zoo: model")
+    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file (zoo or torchvision name)")
+    p.add_argument("--num-classes", type=int, metavar="K", help="classes of the architecture's head")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a whole pickled module (runs code from the file: only for files you trust)")
+
+
+def _load(args):
+    from deepcomp.zoo import load_model
+
+    return load_model(args.model, weights=args.weights, arch=args.arch,
+                      trust_pickle=args.trust_pickle, num_classes=args.num_classes)
+
+
+# --------------------------------------------------------------------------------------- compress
+def _add_compress(sub) -> None:
+    p = sub.add_parser(
+        "compress", help="prune, share weights and Huffman-code a model into a .dcz file",
+        description="Prune, share weights by k-means and Huffman-code MODEL into a .dcz file, then print "
+                    "a per-layer table. Flags override the recipe.")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", metavar="OUT.dcz", help="output file (default: <model name>.dcz)")
+    p.add_argument("--recipe", default="deep-compression", metavar="NAME|FILE",
+                   help="recipe name (deep-compression, magnitude) or a TOML file (default: deep-compression)")
+    p.add_argument("--sparsity", type=_fraction, metavar="S",
+                   help="fraction of weights to remove, in [0, 1] (overrides the recipe's densities)")
+    p.add_argument("--global", dest="scope", action="store_const", const="global",
+                   help="one magnitude threshold across all layers instead of one sparsity per layer")
+    p.add_argument("--conv-bits", type=int, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
+    p.add_argument("--fc-bits", type=int, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
+    p.add_argument("--index-bits", type=int, metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
+    p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
+                   help="k-means centroid initialisation (default: linear, the paper's)")
+    p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,
+                   help="per-sample input shape, if it cannot be inferred")
+    p.add_argument("--data", metavar="D", help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR)")
+    p.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
+                   help="epochs of masked retraining after each pruning step, and of centroid training (needs --data)")
+    p.add_argument("--iterative", type=int, default=None, metavar="K",
+                   help="prune in K steps with retraining between them (default 1: one shot)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining")
+    p.add_argument("--log", metavar="FILE.jsonl", help="append per-stage accuracy/loss/sparsity/size records here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_compress(args) -> int:
+    from deepcomp.pipeline import compress, default_output
+
+    loaded = _load(args)
+    hooks = {}
+    if args.data:
+        from deepcomp.train import make_hooks
+
+        hooks = make_hooks(args.data, finetune_epochs=args.finetune_epochs, lr=args.lr,
+                           batch_size=args.batch_size, log_path=args.log, seed=args.seed,
+                           progress=not args.quiet)
+    elif args.finetune_epochs:
+        raise DeepcompError("--finetune-epochs needs --data: retraining needs a dataset")
+    result = compress(
+        loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
+        conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
+        iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
+        seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
+    out = args.output or default_output(loaded)
+    result.save(out)
+    from deepcomp.report import print_report, report_from_file
+
+    report = report_from_file(out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- info
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="per-layer sizes of a .dcz file, in the shape of the paper's Tables 4/5",
+                       description="Print a .dcz file's per-layer table: weights, kept %, weight bits fixed / "
+                                   "after Huffman, index bits fixed / after Huffman, bytes, share of the original.")
+    p.add_argument("file", metavar="FILE.dcz")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_info(args) -> int:
+    from deepcomp.report import print_report, report_from_file
+
+    report = report_from_file(args.file)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, path=args.file)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- decompress
+def _add_decompress(sub) -> None:
+    p = sub.add_parser("decompress", help="write the dense (pruned and shared) weights as a state_dict",
+                       description="Decode FILE.dcz into a torch state_dict with the original parameter names, "
+                                   "loadable into the original architecture with strict=True.")
+    p.add_argument("file", metavar="FILE.dcz")
+    p.add_argument("-o", "--output", required=True, metavar="dense.pt")
+
+
+def cmd_decompress(args) -> int:
+    from deepcomp.dcz import save_state_dict
+
+    n = save_state_dict(args.file, args.output)
+    print(f"wrote {n} tensors to {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------------- run / bench (runtime)
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a .dcz model on the native runtime (numpy in, numpy out)",
+                       description="Run FILE.dcz on the native sparse runtime (torch is not imported).")
+    p.add_argument("file", metavar="FILE.dcz")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="x.npy", help="input batch, float32 [N, *input_shape]")
+    src.add_argument("--input-random", action="store_true", help="a random input batch (smoke test)")
+    p.add_argument("--batch", type=int, default=1, help="batch size with --input-random")
+    p.add_argument("-o", "--output", metavar="y.npy", help="write the output here (default: print a summary)")
+    p.add_argument("--threads", type=int, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    import deepcomp.runtime as rt
+
+    if args.threads:
+        rt.set_num_threads(args.threads)
+    model = rt.load(args.file)
+    if args.input:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DeepcompError(f"cannot read input {args.input!r}: {e}") from None
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    else:
+        x = np.random.default_rng(0).standard_normal((args.batch, *model.input_shape), dtype=np.float32)
+    y = model(x)
+    if args.output:
+        np.save(args.output, y)
+        print(f"wrote output {tuple(y.shape)} to {args.output}")
+    else:
+        top = y.reshape(y.shape[0], -1).argmax(axis=1)
+        print(f"output {tuple(y.shape)}; top-1 per sample: {top.tolist()}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time a .dcz on the native runtime against dense PyTorch, per layer and end to end",
+                       description="In one process, same inputs, same thread count: median time per layer and end "
+                                   "to end of dense PyTorch (same weights), the deepcomp runtime, and torch.sparse "
+                                   "CSR for linear layers; speedups beside the times.")
+    p.add_argument("file", metavar="FILE.dcz")
+    p.add_argument("--batch", type=_parse_int_list, default=[1], metavar="1,8,64", help="batch sizes (default 1)")
+    p.add_argument("--threads", type=int, help="threads for both torch and deepcomp (default: all cores)")
+    p.add_argument("--repeat", type=int, default=10, metavar="R", help="timed runs per measurement (median; default 10)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_bench(args) -> int:
+    from deepcomp.bench import bench_file, print_bench
+
+    results = bench_file(args.file, batches=args.batch, threads=args.threads, repeat=args.repeat)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    else:
+        for r in results:
+            print_bench(r)
+    return 0
+
+
+# ---------------------------------------------------------------- train / eval / finetune (data)
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a baseline model on a dataset")
+    p.add_argument("model", metavar="MODEL")
+    p.set_defaults(_todo=True)
+
+
+def cmd_train(args) -> int:
+    raise DeepcompError("`deepcomp train` is not available yet")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy and loss of a model or .dcz on a dataset")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(_todo=True)
+
+
+def cmd_eval(args) -> int:
+    raise DeepcompError("`deepcomp eval` is not available yet")
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="transfer a compressed model to a new task (new head, sparse backbone kept)")
+    p.add_argument("file", metavar="FILE.dcz")
+    p.set_defaults(_todo=True)
+
+
+def cmd_finetune(args) -> int:
+    raise DeepcompError("`deepcomp finetune` is not available yet")
+
+
+COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepcomp import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deepcomp",
+        description="Deep Compression for PyTorch models: prune, share weights, Huffman-code into a .dcz "
+                    "file, and run it on a native sparse CPU runtime.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deepcomp {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error (debugging)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = globals()
+    for name in COMMANDS:
+        g[f"_add_{name}"](sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    handler = globals()[f"cmd_{args.command}"]
+    try:
+        return int(handler(args) or 0)
+    except DeepcompError as e:
+        if args.traceback:
+            raise
+        print(f"deepcomp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deepcomp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
