@@ -1,0 +1,280 @@
+"""The Deep Compression pipeline: prune (and retrain) -> share weights (and train centroids) -> Huffman
+-> .dcz. The CLI's `compress` is a thin layer over :func:`compress`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcomp.dcz import write_dcz
+from deepcomp.encode import EncodedWeight, encode_shared
+from deepcomp.errors import DeepcompError, RecipeError
+from deepcomp.prune import apply_masks, compute_masks, layer_kind, prunable_layers
+from deepcomp.prune.criteria import Criterion
+from deepcomp.quantize import SharedWeight, share_layer
+from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
+
+FinetuneFn = Callable[[nn.Module, dict, str], None]
+CodebookFn = Callable[[nn.Module, dict], None]
+
+
+@dataclass
+class LayerPlan:
+    name: str            # module name
+    kind: str            # "conv" or "fc"
+    density: float       # fraction kept
+    bits: int
+    index_bits: int
+    label: str = ""      # the paper's name (conv1, fc6, ...) where a preset gives one
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` produced. ``model`` holds the final (pruned, shared) weights."""
+
+    model: nn.Module
+    arch: str
+    input_shape: tuple[int, ...]
+    graph: dict
+    plan: dict[str, LayerPlan]
+    masks: dict[str, torch.Tensor]
+    shared: dict[str, SharedWeight]
+    encoded: dict[str, EncodedWeight]
+    meta: dict
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def save(self, path) -> int:
+        """Write the .dcz file (atomically). Returns its size in bytes."""
+        sd = self.model.state_dict()
+        coded = {e.name: e for e in self.encoded.values()}
+        dense = {k: v.detach().cpu().numpy() for k, v in sd.items() if k not in coded}
+        meta = dict(self.meta)
+        size = write_dcz(path, meta=meta, graph=self.graph, dense=dense, coded=coded, order=list(sd.keys()))
+        self.meta["file_bytes"] = size
+        return size
+
+
+def default_output(loaded) -> str:
+    arch = normalize_arch(getattr(loaded, "arch", "") or "model") or "model"
+    return f"{arch.replace('/', '_')}.dcz"
+
+
+def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency of the compress extra
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="layer")
+
+
+def make_plan(
+    layers: Mapping[str, nn.Module],
+    recipe: Recipe,
+    *,
+    sparsity: float | None = None,
+    conv_bits: int | None = None,
+    fc_bits: int | None = None,
+    index_bits: int | None = None,
+) -> tuple[dict[str, LayerPlan], list[str]]:
+    """Per-layer density and bits from a recipe plus flag overrides. Returns (plan, notes)."""
+    notes = []
+    unknown = set(recipe.layers) - set(layers)
+    if unknown:
+        raise RecipeError(f"recipe {recipe.name} names layer(s) this model does not have: "
+                          f"{', '.join(sorted(unknown))}; the model's prunable layers are: "
+                          f"{', '.join(layers)}")
+    d = recipe.defaults
+    default_sparsity = d.get("sparsity")
+    missing = [n for n in layers if n not in recipe.layers]
+    if sparsity is None and missing and default_sparsity is None:
+        default_sparsity = DEFAULT_SPARSITY
+    if sparsity is None and missing and recipe.name == "deep-compression":
+        notes.append(f"no paper table for this architecture: the paper's bits (conv {conv_bits or d['conv_bits']}, "
+                     f"fc {fc_bits or d['fc_bits']}) with sparsity {default_sparsity:.2f} per layer "
+                     f"(set --sparsity to change it)")
+    plan = {}
+    for name, module in layers.items():
+        spec = recipe.layers.get(name, {})
+        kind = layer_kind(module)
+        if sparsity is not None:
+            density = 1.0 - sparsity
+        elif "density" in spec:
+            density = float(spec["density"])
+        else:
+            density = 1.0 - float(default_sparsity)
+        bits = spec.get("bits") or (conv_bits if kind == "conv" else fc_bits) or d[f"{kind}_bits"]
+        if kind == "conv" and conv_bits:
+            bits = conv_bits
+        if kind == "fc" and fc_bits:
+            bits = fc_bits
+        ib = index_bits or spec.get("index_bits") or d["index_bits"]
+        if not 1 <= int(bits) <= 8:
+            raise RecipeError(f"{name}: weight bits must be in 1..8, got {bits}")
+        if not 1 <= int(ib) <= 12:
+            raise RecipeError(f"{name}: index bits must be in 1..12, got {ib}")
+        plan[name] = LayerPlan(name=name, kind=kind, density=density, bits=int(bits), index_bits=int(ib),
+                               label=str(spec.get("label", "")))
+    return plan, notes
+
+
+def _resolve_model(model, input_shape):
+    """(nn.Module, arch, input_shape, source) from a LoadedModel, a spec string or a module."""
+    if isinstance(model, str):
+        from deepcomp.zoo import load_model
+
+        model = load_model(model)
+    if isinstance(model, nn.Module):
+        if input_shape is None:
+            raise DeepcompError("compress(model) of a bare nn.Module needs input_shape=(C, H, W)")
+        return model, type(model).__name__.lower(), tuple(input_shape), "python"
+    module = getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise DeepcompError(f"cannot compress a {type(model).__name__}: pass an nn.Module, a model spec or a LoadedModel")
+    shape = tuple(input_shape) if input_shape else tuple(model.input_shape)
+    return module, str(model.arch), shape, str(getattr(model, "source", ""))
+
+
+def _step_amounts(plan: Mapping[str, LayerPlan], step: int, steps: int) -> dict[str, float]:
+    """Sparsity of each layer after ``step`` of ``steps``: the kept fraction shrinks geometrically."""
+    return {n: 1.0 - p.density ** (step / steps) for n, p in plan.items()}
+
+
+def compress(
+    model,
+    *,
+    recipe: str | Recipe | None = "deep-compression",
+    sparsity: float | None = None,
+    scope: str | None = None,
+    conv_bits: int | None = None,
+    fc_bits: int | None = None,
+    index_bits: int | None = None,
+    init: str | None = None,
+    criterion: Criterion | None = None,
+    iterative: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log_path: str | None = None,
+    finetune: FinetuneFn | None = None,
+    train_codebooks: CodebookFn | None = None,
+) -> CompressResult:
+    """Prune, share weights and Huffman-code ``model``.
+
+    ``model`` is an nn.Module (with ``input_shape``), a :class:`deepcomp.zoo.LoadedModel` or a model
+    spec such as ``"torchvision:alexnet"``. ``recipe`` is a recipe name, a TOML path or a
+    :class:`Recipe`; the keyword overrides win over it. ``iterative=K`` prunes in K steps, calling
+    ``finetune(model, masks, stage)`` after each (masked retraining). ``train_codebooks(model, shared)``
+    may fine-tune the centroids (assignments fixed) after k-means. Call ``.save(path)`` on the result.
+    """
+    t0 = time.perf_counter()
+    module, arch, shape, source = _resolve_model(model, input_shape)
+    module.eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dtype != torch.float32:
+                raise DeepcompError(f"deepcomp compresses float32 models; convert it first (model.float())")
+
+    from deepcomp.graph import capture
+
+    graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, arch)
+    layers = prunable_layers(module)
+    if not layers:
+        raise DeepcompError("the model has no Conv2d or Linear layer to compress")
+    plan, notes = make_plan(layers, rec, sparsity=sparsity, conv_bits=conv_bits, fc_bits=fc_bits,
+                            index_bits=index_bits)
+    scope = scope or rec.defaults.get("scope", "layer")
+    init = init or rec.defaults.get("init", "linear")
+    steps = int(iterative or 1)
+    if steps < 1:
+        raise RecipeError(f"--iterative takes a number of steps >= 1, got {steps}")
+    total_weights = sum(layers[n].weight.numel() for n in plan)
+    overall_density = sum(plan[n].density * layers[n].weight.numel() for n in plan) / total_weights
+
+    # 1. prune (and retrain)
+    masks = None
+    for step in range(1, steps + 1):
+        if scope == "global":
+            amount = 1.0 - overall_density ** (step / steps)
+        else:
+            amount = _step_amounts(plan, step, steps)
+        masks = compute_masks(module, amount, scope=scope, criterion=criterion, masks=masks, layers=layers)
+        apply_masks(module, masks)
+        if finetune is not None:
+            finetune(module, masks, f"prune-{step}/{steps}")
+            apply_masks(module, masks)  # a retraining hook must not revive weights; make sure
+    if scope == "global":
+        for n, m in masks.items():
+            plan[n].density = float(m.float().mean())
+
+    # 2. share weights
+    shared: dict[str, SharedWeight] = {}
+    for name in _progress(list(plan), "k-means", progress):
+        w = layers[name].weight.detach().cpu().numpy()
+        shared[name] = share_layer(f"{name}.weight", w, masks[name].cpu().numpy(), plan[name].bits,
+                                   init=init, seed=seed)
+    if train_codebooks is not None:
+        train_codebooks(module, shared)
+    with torch.no_grad():  # the model holds exactly what the file will hold
+        for name, sw in shared.items():
+            layers[name].weight.copy_(torch.from_numpy(sw.dense()))
+
+    # 3. Huffman-code
+    encoded = {name: encode_shared(shared[name], plan[name].index_bits)
+               for name in _progress(list(plan), "huffman", progress)}
+
+    original_params = sum(p.numel() for p in module.parameters())
+    sd = module.state_dict()
+    dense_bytes = sum(v.numel() * 4 for k, v in sd.items() if k not in {e.name for e in encoded.values()}
+                      and v.is_floating_point())
+    meta = {
+        "deepcomp_version": _version(),
+        "model": source,
+        "arch": arch,
+        "input_shape": list(shape),
+        "num_params": int(original_params),
+        "original_bytes": int(original_params * 4),
+        "state_dict_keys": list(sd.keys()),
+        "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps,
+                   "retrained": finetune is not None, "trained_centroids": train_codebooks is not None,
+                   "layers": {n: {"kind": p.kind, "density": round(p.density, 6), "bits": p.bits,
+                                  "index_bits": p.index_bits, "label": p.label} for n, p in plan.items()}},
+        "stages": stage_sizes(encoded.values(), dense_bytes),
+    }
+    result = CompressResult(model=module, arch=arch, input_shape=shape, graph=graph, plan=plan, masks=masks,
+                            shared=shared, encoded=encoded, meta=meta, notes=notes)
+    result.elapsed = time.perf_counter() - t0
+    return result
+
+
+def stage_sizes(encoded, dense_bytes: int) -> dict[str, int]:
+    """Bytes after each stage, as in the paper's Table 7: pruned only (fp32 values + fixed-width relative
+    index), + quantized (fixed-width cluster index + codebook), + Huffman (the coded streams)."""
+    pruned = quantized = huffman = dense_bytes
+    for e in encoded:
+        index = e.entries * e.index_bits
+        pruned += (e.nnz * 32 + index + 7) // 8
+        quantized += (e.nnz * e.bits + index + 7) // 8 + 4 * e.codebook.size
+        huffman += (e.weight_stream_bits + 7) // 8 + (e.gap_stream_bits + 7) // 8 + 4 * e.codebook.size
+    return {"dense_bytes": int(dense_bytes), "pruned_bytes": int(pruned), "quantized_bytes": int(quantized),
+            "huffman_bytes": int(huffman)}
+
+
+def _version() -> str:
+    from deepcomp import __version__
+
+    return __version__

@@ -1,0 +1,115 @@
+"""Per-layer reports of a .dcz file in the shape of the paper's Tables 4/5 (torch-free)."""
+
+from __future__ import annotations
+
+import os
+
+from deepcomp.dcz import read_dcz
+
+
+def _kb(n: float) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KB"
+    return f"{int(n)} B"
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1000:
+        return f"{n / 1e3:.0f}K"
+    return str(n)
+
+
+def report_from_file(path) -> dict:
+    """The `deepcomp info --json` object: per coded layer and totals (ratio = original / file bytes)."""
+    c = read_dcz(path)
+    recipe_layers = c.meta.get("recipe", {}).get("layers", {})
+    layers = []
+    for name, e in c.coded.items():
+        module = name[:-len(".weight")] if name.endswith(".weight") else name
+        info = recipe_layers.get(module, {})
+        kind = info.get("kind") or ("conv" if len(e.shape) == 4 else "fc")
+        nnz = max(e.nnz, 1)
+        layers.append({
+            "name": module,
+            "label": info.get("label", ""),
+            "kind": kind,
+            "weights": e.numel,
+            "nonzeros": e.nnz,
+            "density": e.nnz / e.numel,
+            "weight_bits": e.bits,
+            "weight_bits_huffman": e.weight_stream_bits / nnz,
+            "index_bits": e.index_bits,
+            "index_bits_huffman": e.gap_stream_bits / nnz,
+            "entries": e.entries,
+            "codebook": int(e.codebook.size),
+            "bytes": c.section_bytes[name],
+            "share_of_original": c.section_bytes[name] / (4 * e.numel),
+        })
+    file_bytes = os.path.getsize(path)
+    original = int(c.meta.get("original_bytes") or 4 * sum(
+        v.size for k, v in c.dense.items() if v.dtype.kind == "f") + 4 * sum(e.numel for e in c.coded.values()))
+    weights = sum(l["weights"] for l in layers)
+    nnz = sum(l["nonzeros"] for l in layers)
+    total = {
+        "original_bytes": original,
+        "file_bytes": file_bytes,
+        "ratio": original / file_bytes,
+        "weights": weights,
+        "nonzeros": nnz,
+        "density": nnz / weights if weights else 0.0,
+        "weight_bits": sum(l["weight_bits"] * l["nonzeros"] for l in layers) / max(nnz, 1),
+        "weight_bits_huffman": sum(l["weight_bits_huffman"] * l["nonzeros"] for l in layers) / max(nnz, 1),
+        "index_bits": sum(l["index_bits"] * l["nonzeros"] for l in layers) / max(nnz, 1),
+        "index_bits_huffman": sum(l["index_bits_huffman"] * l["nonzeros"] for l in layers) / max(nnz, 1),
+    }
+    stages = c.meta.get("stages", {})
+    if stages:
+        total["stages"] = {k: int(v) for k, v in stages.items()}
+        total["stages"]["file_bytes"] = file_bytes
+    return {"model": c.meta.get("model", ""), "arch": c.meta.get("arch", ""), "layers": layers, "total": total}
+
+
+def format_report(report: dict) -> str:
+    head = ["layer", "weights", "kept %", "w bits (P+Q / H)", "idx bits (P+Q / H)", "bytes", "of orig."]
+    rows = []
+    for l in report["layers"]:
+        name = f"{l['name']} ({l['label']})" if l.get("label") else l["name"]
+        rows.append([name, _count(l["weights"]), f"{100 * l['density']:.1f}",
+                     f"{l['weight_bits']} / {l['weight_bits_huffman']:.1f}",
+                     f"{l['index_bits']} / {l['index_bits_huffman']:.1f}",
+                     _kb(l["bytes"]), f"{100 * l['share_of_original']:.2f}%"])
+    t = report["total"]
+    rows.append(["total", _count(t["weights"]), f"{100 * t['density']:.1f}",
+                 f"{t['weight_bits']:.1f} / {t['weight_bits_huffman']:.1f}",
+                 f"{t['index_bits']:.1f} / {t['index_bits_huffman']:.1f}",
+                 _kb(t["file_bytes"]), f"{100 / t['ratio']:.2f}%"])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows[:-1]]
+    out += ["  ".join("-" * w for w in widths), line(rows[-1])]
+    return "\n".join(out)
+
+
+def print_report(report: dict, *, elapsed: float | None = None, path: str | None = None, notes=()) -> None:
+    for n in notes:
+        print(f"note: {n}")
+    print(format_report(report))
+    t = report["total"]
+    print()
+    if path:
+        print(f"file:      {path}")
+    print(f"original:  {_kb(t['original_bytes'])} (fp32 parameters)")
+    print(f"file:      {_kb(t['file_bytes'])} on disk -> {t['ratio']:.1f}x smaller")
+    st = t.get("stages")
+    if st:
+        o = t["original_bytes"]
+        print(f"stages:    pruned {_kb(st['pruned_bytes'])} ({o / st['pruned_bytes']:.1f}x), "
+              f"+ shared {_kb(st['quantized_bytes'])} ({o / st['quantized_bytes']:.1f}x), "
+              f"+ Huffman {_kb(st['file_bytes'])} ({o / st['file_bytes']:.1f}x)")
+    if elapsed is not None:
+        print(f"time:      {elapsed:.1f} s")
