@@ -1,0 +1,258 @@
+"""Masked retraining, trained quantization (Eq. 3), hooks, DDP with 2 gloo ranks."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepcomp.data import from_arrays
+from deepcomp.prune.unstructured import prune
+from deepcomp.quantize import share_weights
+from deepcomp.train import (
+    CodebookTraining,
+    MaskGuard,
+    codebook_gradient,
+    evaluate,
+    make_hooks,
+    prune_schedule,
+)
+from deepcomp.data import make_loader
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def toy_data(n=512, seed=0):
+    """A learnable 4-class problem on 16 features."""
+    centers = np.random.default_rng(1234).standard_normal((4, 16)).astype(np.float32) * 2
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = centers[y] + rng.standard_normal((n, 16)).astype(np.float32)
+    return from_arrays(x.reshape(n, 1, 4, 4), y)
+
+
+def batch(ds, n=64):
+    return torch.from_numpy(ds.x[:n]), torch.from_numpy(ds.y[:n])
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda p: torch.optim.Adam(p, lr=1e-2),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+], ids=["sgd-momentum", "adam", "adamw"])
+def test_masked_retraining_keeps_zeros_despite_optimizer_state(make_opt):
+    model = tiny_mlp()
+    ds = toy_data()
+    x, y = batch(ds)
+    opt = make_opt(model.parameters())
+    # dense steps first: momentum / Adam moments are nonzero everywhere
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    masks = prune(model, 0.7)
+    guard = MaskGuard(model, masks)
+    guard.attach(opt)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    mods = dict(model.named_modules())
+    for name, m in masks.items():
+        w = mods[name].weight
+        assert torch.all(w[~m] == 0), f"{name}: a pruned weight was revived"
+        assert torch.any(w[m] != 0)
+        for v in opt.state[w].values():
+            if torch.is_tensor(v) and v.shape == w.shape:
+                assert torch.all(v[~m] == 0), f"{name}: optimizer state not masked"
+    guard.remove()
+
+
+def test_gradient_hooks_mask_without_attaching_optimizer():
+    model = tiny_mlp()
+    masks = prune(model, 0.5)
+    MaskGuard(model, masks)
+    x, y = batch(toy_data())
+    nn.functional.cross_entropy(model(x), y).backward()
+    for name, m in masks.items():
+        g = dict(model.named_modules())[name].weight.grad
+        assert torch.all(g[~m] == 0)
+
+
+def test_eq3_gradient_is_sum_of_assigned_weight_gradients():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 5)
+    model = nn.Sequential(lin)
+    masks = prune(model, 0.4)
+    shared = share_weights(model, masks, {"0": 2})
+    sw = shared["0"]
+    x = torch.randn(7, 6)
+    # reference: gradient w.r.t. the dense weight, summed per cluster by a Python loop
+    dense = nn.Linear(6, 5)
+    dense.load_state_dict(lin.state_dict())
+    (dense(x) ** 2).sum().backward()
+    gw = dense.weight.grad.reshape(-1).numpy()
+    ref = np.zeros(sw.codebook.size)
+    for p, c in zip(sw.positions, sw.clusters):
+        ref[c] += gw[p]
+    ct = CodebookTraining(model, shared)
+    (model(x) ** 2).sum().backward()
+    got = ct.params()[0].grad.numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        codebook_gradient(dense.weight.grad, torch.from_numpy(sw.positions),
+                          torch.from_numpy(sw.clusters.astype(np.int64)), sw.codebook.size).numpy(),
+        ref, rtol=1e-5, atol=1e-6)
+    ct.finish()
+
+
+def test_trained_quantization_keeps_assignments_and_lowers_loss():
+    model = tiny_mlp()
+    ds = toy_data()
+    x, y = batch(ds, 256)
+    masks = prune(model, 0.6)
+    shared = share_weights(model, masks, {"1": 3, "3": 3})
+    before = {n: (sw.codebook.copy(), sw.clusters.copy(), sw.positions.copy()) for n, sw in shared.items()}
+    loss0 = float(nn.functional.cross_entropy(model(x), y).detach())
+    ct = CodebookTraining(model, shared)
+    cbs = ct.params()
+    opt = torch.optim.SGD(cbs, lr=1e-3)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in cbs]
+    opt.step()
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    ct.finish()
+    loss1 = float(nn.functional.cross_entropy(model(x), y).detach())
+    assert loss1 < loss0
+    mods = dict(model.named_modules())
+    for (name, sw), g in zip(shared.items(), grads):
+        cb0, cl0, pos0 = before[name]
+        assert sw.codebook.dtype == np.float32
+        np.testing.assert_array_equal(sw.clusters, cl0)
+        np.testing.assert_array_equal(sw.positions, pos0)
+        assert np.abs(g.numpy()).max() > 0 and not np.array_equal(sw.codebook, cb0)
+        w = mods[name].weight.detach().numpy()
+        assert isinstance(mods[name].weight, nn.Parameter)
+        np.testing.assert_array_equal(w, sw.dense())
+        nz = np.unique(w[w != 0])
+        assert nz.size <= 2 ** sw.bits
+        assert np.all(w.reshape(-1)[np.setdiff1d(np.arange(w.size), sw.positions)] == 0)
+
+
+def test_first_codebook_step_opposes_gradient():
+    model = tiny_mlp()
+    x, y = batch(toy_data(), 256)
+    masks = prune(model, 0.5)
+    shared = share_weights(model, masks, {"1": 2, "3": 2})
+    cb0 = {n: sw.codebook.copy() for n, sw in shared.items()}
+    ct = CodebookTraining(model, shared)
+    opt = torch.optim.SGD(ct.params(), lr=1e-4)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.numpy().copy() for n, p in ct.codebooks().items()}
+    opt.step()
+    ct.finish()
+    for n, sw in shared.items():
+        np.testing.assert_allclose(sw.codebook - cb0[n], -1e-4 * grads[n], rtol=1e-3, atol=1e-9)
+
+
+def test_hooks_finetune_and_codebooks_learn():
+    model = tiny_mlp()
+    ds = toy_data(1024)
+    test = toy_data(256, seed=1)
+    hooks = make_hooks(None, train_data=ds, test_data=test, finetune_epochs=3, lr=1e-2, progress=False)
+    masks = prune(model, 0.8)
+    hooks["finetune"](model, masks, "prune")
+    for name, m in masks.items():
+        assert torch.all(dict(model.named_modules())[name].weight[~m] == 0)
+    shared = share_weights(model, masks, {"1": 2, "3": 2})
+    hooks["train_codebooks"](model, shared)
+    acc = evaluate(model, make_loader(test, batch_size=64))
+    assert acc["top1"] > 0.8 and acc["samples"] == 256 and "top5" not in acc
+    for name, sw in shared.items():
+        np.testing.assert_array_equal(dict(model.named_modules())[name].weight.detach().numpy(), sw.dense())
+
+
+def test_user_train_fn_protocol(tmp_path):
+    seen = []
+
+    def my_train(model, ctx):
+        seen.append(ctx.stage)
+        opt = ctx.attach(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+        x, y = torch.from_numpy(ctx.train_data.x), torch.from_numpy(ctx.train_data.y)
+        for _ in range(ctx.epochs * 5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    model = tiny_mlp()
+    log = tmp_path / "log.jsonl"
+    hooks = make_hooks(None, train_data=toy_data(), test_data=toy_data(128, 1), train_fn=my_train,
+                       finetune_epochs=1, progress=False, log_path=str(log))
+    masks = prune(model, 0.5)
+    hooks["finetune"](model, masks, "prune-1")
+    shared = share_weights(model, masks, {"1": 2, "3": 2})
+    hooks["train_codebooks"](model, shared)
+    assert seen == ["prune-1", "codebooks"]
+    for name, sw in shared.items():
+        np.testing.assert_array_equal(dict(model.named_modules())[name].weight.detach().numpy(), sw.dense())
+    import json
+
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["stage"] for r in recs] == ["prune-1", "codebooks"]
+    assert all({"accuracy", "loss", "sparsity", "size"} <= set(r) for r in recs)
+
+
+def test_prune_schedule():
+    s = prune_schedule(0.92, 3)
+    assert len(s) == 3 and s[-1] == pytest.approx(0.92) and s[0] < s[1] < s[2]
+
+
+# ------------------------------------------------------------------------------------ 2 gloo ranks
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import deepcomp.train as T
+
+    assert T.init_distributed()
+    model = tiny_mlp(seed=rank)  # different init per rank: DDP must make them agree
+    T.broadcast_([p.data for p in model.parameters()])
+    hooks = T.make_hooks(None, train_data=toy_data(512), test_data=toy_data(64, 1), finetune_epochs=2,
+                         lr=1e-2, progress=False, seed=0)
+    masks = prune(model, 0.7)
+    hooks["finetune"](model, masks, "prune")
+    masks = prune(model, 0.85, masks=masks)
+    hooks["finetune"](model, masks, "prune-2")
+    shared = share_weights(model, masks, {"1": 3, "3": 3})
+    hooks["train_codebooks"](model, shared)
+    np.savez(os.path.join(out_dir, f"rank{rank}.npz"),
+             **{f"mask_{n}": m.numpy() for n, m in masks.items()},
+             **{f"cb_{n}": sw.codebook for n, sw in shared.items()},
+             **{f"p_{n}": p.detach().numpy() for n, p in model.state_dict().items()})
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_agree(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert any(k.startswith("cb_") for k in a.files) and any(k.startswith("mask_") for k in a.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
