@@ -246,6 +246,8 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
     if (flags != 0 || reserved != 0) throw DczError(where + ": nonzero flags or reserved field");
     if (off % 64 != 0 || off < prev_end || off > size || len > size - off)
       throw DczError(where + ": payload offset/length outside the file or out of order");
+    for (uint64_t z = prev_end; z < off; ++z)
+      if (data[z]) throw DczError(where + ": nonzero bytes in the padding before its payload");
     prev_end = off + len;
     const uint8_t* p = data + off;
     if (crc32(p, size_t(len)) != crc) throw DczError(where + ": checksum mismatch: the file is corrupted");
@@ -274,6 +276,8 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
         if (f.minor <= kMinor) throw DczError(where + ": unknown section type " + std::to_string(type));
     }
   }
+  for (uint64_t z = prev_end; z < size; ++z)
+    if (data[z]) throw DczError("nonzero bytes after the last section");
   if (n_meta != 1 || n_graph != 1) throw DczError("a .dcz file needs exactly one META and one GRAPH section");
   return f;
 }

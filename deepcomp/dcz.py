@@ -299,6 +299,8 @@ def parse_dcz(data: bytes, *, decode: bool = True) -> DczContents:
             raise DczError(f"{where}: nonzero flags or reserved field")
         if off % ALIGN or off < prev_end or off > size or length > size - off:
             raise DczError(f"{where}: payload offset/length outside the file or out of order")
+        if any(buf[prev_end:off]):
+            raise DczError(f"{where}: nonzero bytes in the padding before its payload")
         prev_end = off + length
         payload = buf[off:off + length]
         if zlib.crc32(payload) != crc:
@@ -320,6 +322,8 @@ def parse_dcz(data: bytes, *, decode: bool = True) -> DczContents:
             out.section_bytes[name] = length
         elif minor <= MINOR:
             raise DczError(f"{where}: unknown section type {t}")
+    if any(buf[prev_end:]):
+        raise DczError("nonzero bytes after the last section")
     if n_meta != 1 or n_graph != 1:
         raise DczError("a .dcz file needs exactly one META and one GRAPH section")
     if decode:

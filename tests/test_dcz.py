@@ -1,0 +1,152 @@
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from deepcomp import _native
+from deepcomp.dcz import (CODED, MAGIC, atomic_write, coded_payload, decompress, pack_dcz, parse_dcz, read_dcz,
+                          write_dcz)
+from deepcomp.encode import encode_shared
+from deepcomp.errors import DczError
+from deepcomp.quantize import share_layer
+
+GRAPH = {"format": "deepcomp-graph", "version": 1, "input": {"name": "x", "shape": [6]}, "output": "fc",
+         "nodes": [{"name": "fc", "op": "linear", "inputs": ["x"], "attrs": {"weight": "fc.weight", "bias": "fc.bias"}}]}
+
+
+def small_file(tmp_path, density=0.4, name="small.dcz"):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    mask = rng.random(w.shape) < density
+    enc = encode_shared(share_layer("fc.weight", w, mask, 2), 2)
+    dense = {"fc.bias": rng.standard_normal(4).astype(np.float32), "bn.num_batches_tracked": np.array(3, np.int64)}
+    meta = {"deepcomp_version": "0", "state_dict_keys": ["fc.weight", "fc.bias", "bn.num_batches_tracked"]}
+    path = tmp_path / name
+    write_dcz(path, meta=meta, graph=GRAPH, dense=dense, coded={"fc.weight": enc},
+              order=meta["state_dict_keys"])
+    return path, enc, dense
+
+
+def test_round_trip(tmp_path):
+    path, enc, dense = small_file(tmp_path)
+    data = path.read_bytes()
+    assert data[:8] == MAGIC and len(data) % 1 == 0
+    c = read_dcz(path, decode=True)
+    assert c.graph == GRAPH and c.version == (1, 0)
+    sd = decompress(path)
+    assert list(sd) == ["fc.weight", "fc.bias", "bn.num_batches_tracked"]
+    np.testing.assert_array_equal(sd["fc.weight"], enc.dense())
+    np.testing.assert_array_equal(sd["fc.bias"], dense["fc.bias"])
+    assert sd["bn.num_batches_tracked"].dtype == np.int64 and sd["bn.num_batches_tracked"] == 3
+    n = _native.load_dcz(str(path))
+    assert n["graph"] and n["version"] == (1, 0)
+    co = n["coded"]["fc.weight"]
+    dense_native = np.zeros((4, 6), np.float32)
+    for r in range(4):
+        cols = co["col"][co["row_ptr"][r]:co["row_ptr"][r + 1]]
+        dense_native[r, cols] = co["codebook"][co["cluster"][co["row_ptr"][r]:co["row_ptr"][r + 1]]]
+    np.testing.assert_array_equal(dense_native, enc.dense())
+
+
+def _both_readers(data: bytes):
+    """(python error or None, native error or None)."""
+    errs = []
+    for fn in (lambda: parse_dcz(data, decode=True), lambda: _native.parse_dcz(data)):
+        try:
+            fn()
+            errs.append(None)
+        except DczError as e:
+            errs.append(str(e))
+    return errs
+
+
+def test_every_truncation_is_a_clean_error(tmp_path):
+    path, _, _ = small_file(tmp_path)
+    data = path.read_bytes()
+    for n in range(len(data)):
+        py, nat = _both_readers(data[:n])
+        assert py is not None and nat is not None, n
+
+
+def test_random_bit_flips_are_clean_errors(tmp_path):
+    path, _, _ = small_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        d = bytearray(data)
+        for _ in range(rng.integers(1, 4)):
+            i = rng.integers(len(d))
+            d[i] ^= 1 << rng.integers(8)
+        py, nat = _both_readers(bytes(d))
+        assert (py is None) == (nat is None)
+        assert py is not None  # every payload byte is under a CRC
+
+
+def _with_payload(tensor_payload: bytes) -> bytes:
+    return pack_dcz({"m": 1}, GRAPH, [(CODED, tensor_payload)])
+
+
+def test_hostile_fields_with_valid_checksums():
+    """Files whose CRCs are right but whose fields lie: both readers reject them without a huge allocation."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    enc = encode_shared(share_layer("fc.weight", w, np.abs(w) > 0.5, 2), 2)
+    good = coded_payload(enc)
+    name_len = 2 + len("fc.weight")
+    hdr = name_len + 1 + 8  # after name, ndim, dims(2)
+    cases = {
+        "huge dims": good[:name_len + 1] + struct.pack("<II", 2**31, 2**31) + good[hdr:],
+        "nnz beyond elements": good[:hdr + 4] + struct.pack("<Q", 10**12) + good[hdr + 12:],
+        "huge stream bits": good[:len(good) - len(enc.weight_stream) - len(enc.gap_stream) - 16]
+        + struct.pack("<QQ", 2**60, 2**60) + enc.weight_stream + enc.gap_stream,
+        "bits 9": good[:hdr] + bytes([9]) + good[hdr + 1:],
+        "index bits 0": good[:hdr + 1] + bytes([0]) + good[hdr + 2:],
+        "trailing": good + b"\0",
+        "name length 0": b"\0\0" + good[2:],
+    }
+    for what, payload in cases.items():
+        py, nat = _both_readers(_with_payload(payload))
+        assert py is not None and nat is not None, what
+    # a lying section count / file size in a header with a correct CRC
+    blob = bytearray(_with_payload(good))
+    blob[12:16] = struct.pack("<I", 999_999)
+    blob[28:32] = struct.pack("<I", zlib.crc32(bytes(blob[:28])))
+    py, nat = _both_readers(bytes(blob))
+    assert py and nat and "section table" in py
+
+
+def test_not_a_dcz_file(tmp_path):
+    p = tmp_path / "x.dcz"
+    p.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(DczError, match="not a .dcz file"):
+        read_dcz(p)
+    with pytest.raises(DczError, match="not a .dcz file"):
+        _native.load_dcz(str(p))
+    with pytest.raises(DczError, match="no such file"):
+        read_dcz(tmp_path / "missing.dcz")
+    with pytest.raises(DczError, match="cannot open"):
+        _native.load_dcz(str(tmp_path / "missing.dcz"))
+
+
+def test_future_major_version_rejected(tmp_path):
+    path, _, _ = small_file(tmp_path)
+    d = bytearray(path.read_bytes())
+    d[8:10] = struct.pack("<H", 2)
+    d[28:32] = struct.pack("<I", zlib.crc32(bytes(d[:28])))
+    py, nat = _both_readers(bytes(d))
+    assert "major version 2" in py and "major version 2" in nat
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.dcz"
+    target.write_bytes(b"old")
+
+    class Boom(bytes):
+        pass
+
+    with pytest.raises(TypeError):
+        atomic_write(target, object())  # fails while writing
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.dcz"]
