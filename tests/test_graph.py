@@ -1,0 +1,322 @@
+"""Graph capture: every supported construct, the op table's attributes, and whole torchvision models
+checked by running the captured graph with plain torch functions on the model's own state_dict."""
+
+import json
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepcomp.errors import UnsupportedOpError
+from deepcomp.graph import OPS, capture
+from deepcomp.zoo import LeNet5, LeNet300100
+
+
+def run_graph(graph: dict, sd: dict, x: torch.Tensor) -> torch.Tensor:
+    """A reference interpreter of the GRAPH section in torch (independent of the runtime)."""
+    env = {graph["input"]["name"]: x}
+    for node in graph["nodes"]:
+        a = node["attrs"]
+        ins = [env[i] for i in node["inputs"]]
+        op = node["op"]
+        t = lambda k: sd[k] if k is not None else None  # noqa: E731
+        if op == "conv2d":
+            y = F.conv2d(ins[0], t(a["weight"]), t(a["bias"]), a["stride"], a["padding"], a["dilation"], a["groups"])
+            if a["bn"] is not None:
+                bn = a["bn"]
+                y = F.batch_norm(y, t(bn["running_mean"]), t(bn["running_var"]), t(bn["weight"]), t(bn["bias"]),
+                                 False, 0.0, bn["eps"])
+        elif op == "batchnorm2d":
+            y = F.batch_norm(ins[0], t(a["running_mean"]), t(a["running_var"]), t(a["weight"]), t(a["bias"]),
+                             False, 0.0, a["eps"])
+        elif op == "linear":
+            y = F.linear(ins[0], t(a["weight"]), t(a["bias"]))
+        elif op == "relu":
+            y = F.relu(ins[0])
+        elif op == "maxpool2d":
+            y = F.max_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+        elif op == "avgpool2d":
+            y = F.avg_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
+        elif op == "adaptive_avgpool2d":
+            y = F.adaptive_avg_pool2d(ins[0], a["output_size"])
+        elif op == "flatten":
+            y = torch.flatten(ins[0], a["start_dim"])
+        elif op == "add":
+            y = ins[0] + ins[1]
+        elif op == "concat":
+            y = torch.cat(ins, a["dim"])
+        else:
+            raise AssertionError(op)
+        env[node["name"]] = y
+    return env[graph["output"]]
+
+
+def check_graph(graph, model):
+    json.dumps(graph)  # serialisable
+    assert graph["format"] == "deepcomp-graph" and graph["version"] == 1
+    seen = {graph["input"]["name"]}
+    keys = set(model.state_dict())
+    for node in graph["nodes"]:
+        assert node["op"] in OPS
+        assert node["name"] not in seen
+        assert all(i in seen for i in node["inputs"])
+        seen.add(node["name"])
+        for k, v in node["attrs"].items():
+            if k in ("weight", "bias", "running_mean", "running_var") and v is not None:
+                assert v in keys
+    assert graph["output"] in seen
+
+
+def assert_same(model, shape, batch=2, atol=1e-4):
+    model.eval()
+    graph = capture(model, shape)
+    check_graph(graph, model)
+    x = torch.randn(batch, *shape)
+    with torch.no_grad():
+        ref = model(x)
+        got = run_graph(graph, model.state_dict(), x)
+    torch.testing.assert_close(got, ref, atol=atol, rtol=1e-4)
+    return graph
+
+
+def ops(graph):
+    return [n["op"] for n in graph["nodes"]]
+
+
+def randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+def test_lenet300100():
+    g = assert_same(LeNet300100(), (1, 28, 28))
+    assert ops(g) == ["flatten", "linear", "relu", "linear", "relu", "linear"]
+    assert [n["name"] for n in g["nodes"] if n["op"] == "linear"] == ["fc1", "fc2", "fc3"]
+    assert g["output"] == "fc3" and g["input"] == {"name": "x", "shape": [1, 28, 28]}
+
+
+def test_lenet5():
+    g = assert_same(LeNet5(), (1, 28, 28))
+    assert ops(g) == ["conv2d", "maxpool2d", "conv2d", "maxpool2d", "flatten", "linear", "relu", "linear"]
+    conv1 = g["nodes"][0]
+    assert conv1["attrs"] == {"weight": "conv1.weight", "bias": "conv1.bias", "stride": [1, 1], "padding": [0, 0],
+                              "dilation": [1, 1], "groups": 1, "bn": None}
+
+
+class Functional(nn.Module):
+    """The functional spellings: F.relu, torch.relu, relu_, F pools, view(x.size(0), -1), dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), bias=False)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding="same", groups=4)
+        self.conv3 = nn.Conv2d(8, 8, 1, padding="valid")
+        self.fc = nn.Linear(8 * 3 * 3, 5)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x), inplace=True)
+        x = torch.relu(self.conv2(x))
+        x = self.conv3(x).relu_()
+        x = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
+        x = F.avg_pool2d(x, 2, count_include_pad=False, padding=1)
+        x = F.adaptive_avg_pool2d(x, (3, None))
+        x = F.adaptive_avg_pool2d(x, 3)
+        x = F.dropout(x, 0.2, self.training)
+        x = x.view(x.size(0), -1)
+        return self.drop(self.fc(x))
+
+
+def test_functional_forms():
+    g = assert_same(Functional(), (3, 20, 16))
+    assert ops(g) == ["conv2d", "relu", "conv2d", "relu", "conv2d", "relu", "maxpool2d", "avgpool2d",
+                      "adaptive_avgpool2d", "adaptive_avgpool2d", "flatten", "linear"]
+    conv = g["nodes"][0]["attrs"]
+    assert conv["stride"] == [2, 1] and conv["padding"] == [1, 2] and conv["dilation"] == [1, 2]
+    assert conv["bias"] is None
+    assert g["nodes"][2]["attrs"]["padding"] == [1, 1] and g["nodes"][2]["attrs"]["groups"] == 4
+    assert g["nodes"][4]["attrs"]["padding"] == [0, 0]
+    assert g["nodes"][6]["attrs"] == {"kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1],
+                                      "dilation": [1, 1], "ceil_mode": True}
+    assert g["nodes"][7]["attrs"]["count_include_pad"] is False
+    assert g["nodes"][8]["attrs"]["output_size"][0] == 3
+
+
+class Reshapes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        a = x.reshape(x.shape[0], -1)
+        b = x.view(-1, 16)
+        c = torch.flatten(x, 1)
+        d = x.flatten(start_dim=1)
+        e = nn.functional.relu(x).contiguous().view(x.size(0), 16)
+        return self.fc(a + b) + self.fc(torch.add(c, d)) + self.fc(e)
+
+
+def test_reshape_forms_are_flatten():
+    g = assert_same(Reshapes(), (4, 2, 2))
+    assert ops(g).count("flatten") == 5
+    assert "add" in ops(g)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4, eps=1e-3)
+        self.relu = nn.ReLU(inplace=True)
+        self.branch = nn.Conv2d(4, 4, 1)
+        self.bn3 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        out = self.relu(out)
+        y = self.branch(out)       # used twice: bn3 cannot be folded into it
+        z = self.bn3(y)
+        return operator.add(z, y)
+
+
+def test_batchnorm_folding_and_residual():
+    model = randomize_bn(Residual())
+    g = assert_same(model, (4, 6, 6))
+    assert ops(g) == ["conv2d", "relu", "conv2d", "add", "relu", "conv2d", "batchnorm2d", "add"]
+    c1, c2, br = (n for n in g["nodes"] if n["op"] == "conv2d")
+    assert c1["attrs"]["bn"] == {"weight": "bn1.weight", "bias": "bn1.bias", "running_mean": "bn1.running_mean",
+                                 "running_var": "bn1.running_var", "eps": 1e-5}
+    assert c2["attrs"]["bn"]["eps"] == 1e-3
+    assert br["attrs"]["bn"] is None
+    # the module self.relu is used twice: two nodes, unique names
+    relu_names = [n["name"] for n in g["nodes"] if n["op"] == "relu"]
+    assert relu_names[0] == "relu" and len(set(relu_names)) == 2
+
+
+class Cat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(9)
+        self.fc = nn.Linear(9, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        y = torch.cat((self.bn(y),), 1)
+        return self.fc(self.flat(self.pool(y)))
+
+
+def test_concat_and_standalone_batchnorm():
+    g = assert_same(randomize_bn(Cat()), (3, 5, 5))
+    assert ops(g) == ["conv2d", "conv2d", "concat", "batchnorm2d", "adaptive_avgpool2d", "flatten", "linear"]
+    cat = g["nodes"][2]
+    assert cat["inputs"] == ["a", "b"] and cat["attrs"] == {"dim": 1}
+
+
+def test_capture_leaves_training_mode():
+    m = LeNet5().train()
+    capture(m, (1, 28, 28))
+    assert m.training
+
+
+class Gelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, 4), nn.GELU())
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+class Sigmoid(nn.Module):
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+class Reflect(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Control(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+class ViewOther(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), 2, -1)
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x):
+        return F.relu(x), x
+
+
+@pytest.mark.parametrize(
+    "model,shape,needle",
+    [
+        (Gelu(), (4,), "unsupported op 'GELU' at 'mlp.1'"),
+        (Sigmoid(), (4,), "unsupported op 'sigmoid'"),
+        (Reflect(), (1, 5, 5), "padding_mode='reflect'"),
+        (Control(), (4,), "cannot trace"),
+        (ViewOther(), (4, 2, 2), "only view/reshape to (N, -1)"),
+        (TwoOutputs(), (4,), "returns several values"),
+    ],
+)
+def test_unsupported(model, shape, needle):
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(model, shape)
+    assert needle in str(e.value)
+    if "unsupported op" in needle:
+        assert "deepcomp supports Conv2d, Linear" in str(e.value)
+
+
+def test_mobilenet_relu6_is_reported():
+    tv = pytest.importorskip("torchvision")
+    with pytest.raises(UnsupportedOpError, match="'ReLU6' at 'features.0.2'"):
+        capture(tv.models.mobilenet_v2(), (3, 224, 224))
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("alexnet", {"conv2d": 5, "linear": 3}),
+    ("resnet18", {"conv2d": 20, "add": 8}),
+    pytest.param("resnet50", {"conv2d": 53, "add": 16}, marks=pytest.mark.slow),
+    ("squeezenet1_1", {"concat": 8}),
+])
+def test_torchvision_models(name, expect):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = randomize_bn(tv.models.get_model(name, weights=None))
+    g = assert_same(model, (3, 224, 224), batch=1, atol=1e-3)
+    for op, count in expect.items():
+        assert ops(g).count(op) == count
+    if name.startswith("resnet"):
+        assert "batchnorm2d" not in ops(g)
+        assert all(n["attrs"]["bn"] is not None for n in g["nodes"] if n["op"] == "conv2d")
+
+
+@pytest.mark.slow
+def test_vgg16():
+    tv = pytest.importorskip("torchvision")
+    g = assert_same(tv.models.vgg16(weights=None), (3, 224, 224), batch=1, atol=1e-3)
+    assert ops(g).count("conv2d") == 13 and ops(g).count("linear") == 3 and ops(g).count("maxpool2d") == 5
