@@ -222,33 +222,134 @@ def cmd_bench(args) -> int:
 
 # ---------------------------------------------------------------- train / eval / finetune (data)
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a baseline model on a dataset")
-    p.add_argument("model", metavar="MODEL")
-    p.set_defaults(_todo=True)
+    p = sub.add_parser(
+        "train", help="train a baseline model on a dataset",
+        description="Train MODEL (e.g. zoo:lenet-300-100, zoo:lenet-5, torchvision:NAME, or a model file to continue "
+                    "training) on the training split of --data and write a deepcomp model file that `compress`, "
+                    "`eval` and `finetune` accept with no further flags (state_dict + architecture name; "
+                    "no pickle). Works under `torchrun --nproc_per_node=N` (DistributedDataParallel; rank 0 "
+                    "writes the file).")
+    _add_model_args(p)
+    from deepcomp.data import add_data_args
+
+    add_data_args(p)
+    p.add_argument("--epochs", type=int, required=True, metavar="N", help="training epochs")
+    p.add_argument("-o", "--output", required=True, metavar="model.pt", help="file to write")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="WD")
+    p.add_argument("--log", metavar="FILE.jsonl", help="append one JSON record per epoch (accuracy, loss, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_train(args) -> int:
-    raise DeepcompError("`deepcomp train` is not available yet")
+    import os
+
+    import torch
+
+    from deepcomp.data import load_dataset, num_classes_of
+    from deepcomp.train import evaluate, init_distributed, is_main, train
+    from deepcomp.data import make_loader
+    from deepcomp.zoo import save_model
+
+    init_distributed()
+    train_ds = load_dataset(args.data, "train")
+    test_ds = load_dataset(args.data, "test")
+    if args.num_classes is None and not os.path.exists(args.model):  # a fresh model: one output per class
+        args.num_classes = num_classes_of(train_ds)
+    torch.manual_seed(args.seed)
+    loaded = _load(args)
+    train(loaded.model, train_ds, test_data=test_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+          optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed, progress=not args.quiet,
+          log_path=args.log)
+    loaded.model.cpu()
+    if is_main():
+        ev = evaluate(loaded.model, make_loader(test_ds, batch_size=512))
+        save_model(args.output, loaded.model, loaded.arch, loaded.input_shape)
+        top5 = f", top-5 {ev['top5']:.4f}" if "top5" in ev else ""
+        print(f"wrote {args.output} ({loaded.arch}); test top-1 {ev['top1']:.4f}{top5}, loss {ev['loss']:.4f} "
+              f"on {ev['samples']} samples")
+    return 0
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy and loss of a model or .dcz on a dataset")
-    p.add_argument("file", metavar="FILE")
-    p.set_defaults(_todo=True)
+    p = sub.add_parser(
+        "eval", help="top-1/top-5 accuracy and loss of a model or .dcz on a dataset",
+        description="Evaluate FILE on a split of --data (test by default): top-1, top-5 (more than 5 classes) "
+                    "and mean cross-entropy loss. A .dcz file runs on deepcomp's native runtime, so the "
+                    "accuracy is that of the file that ships; any other FILE is loaded as a model "
+                    "(see `deepcomp --help`).")
+    p.add_argument("file", metavar="FILE", help="a .dcz file or a model (.pt from `deepcomp train`, TorchScript, ...)")
+    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code)")
+    from deepcomp.data import add_data_args
+
+    add_data_args(p, split=True)
+    p.add_argument("--json", action="store_true",
+                   help='print {"top1", "top5", "loss", "samples"} as JSON (fractions, not percent)')
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_eval(args) -> int:
-    raise DeepcompError("`deepcomp eval` is not available yet")
+    from deepcomp.data import load_dataset, make_loader
+    from deepcomp.train import evaluate
+
+    ds = load_dataset(args.data, args.split)
+    loader = make_loader(ds, batch_size=args.batch_size)
+    if str(args.file).endswith(".dcz"):
+        from deepcomp.train import load_dcz_for_eval
+
+        model, engine = load_dcz_for_eval(args.file)
+    else:
+        from deepcomp.zoo import load_model
+
+        model = load_model(args.file, arch=args.arch, trust_pickle=args.trust_pickle).model
+        engine = "torch"
+    res = evaluate(model, loader, progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        top5 = f"  top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
+        print(f"{args.file} on {args.data} ({args.split}, {res['samples']} samples, {engine}): "
+              f"top-1 {100 * res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
+    return 0
 
 
 def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="transfer a compressed model to a new task (new head, sparse backbone kept)")
+    p = sub.add_parser(
+        "finetune", help="transfer a compressed model to a new task (new head, sparse backbone kept)",
+        description="Transfer learning from FILE.dcz: replace the classifier head with one of --num-classes "
+                    "outputs, fine-tune on --data keeping the backbone's pruning masks and weight-sharing "
+                    "assignments (its centroids may train), prune and share the new head like the old one "
+                    "(same density and bits), and write a new .dcz.")
     p.add_argument("file", metavar="FILE.dcz")
-    p.set_defaults(_todo=True)
+    from deepcomp.data import add_data_args
+
+    add_data_args(p)
+    p.add_argument("--num-classes", type=int, metavar="K", help="classes of the new task (default: from the data)")
+    p.add_argument("-o", "--output", required=True, metavar="new.dcz")
+    p.add_argument("--epochs", type=int, default=3, metavar="N",
+                   help="epochs of each stage: new head, masked retraining of the pruned head, centroids (default 3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only (backbone centroids fixed)")
+    p.add_argument("--log", metavar="FILE.jsonl", help="append per-stage accuracy/loss/sparsity/size records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_finetune(args) -> int:
-    raise DeepcompError("`deepcomp finetune` is not available yet")
+    from deepcomp.train import finetune_dcz, is_main
+
+    res = finetune_dcz(args.file, args.data, num_classes=args.num_classes, out_path=args.output,
+                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       progress=not args.quiet, log_path=args.log, freeze_backbone=args.freeze_backbone)
+    if is_main():
+        ev = res["accuracy"]
+        top5 = f", top-5 {ev['top5']:.4f}" if "top5" in ev else ""
+        print(f"wrote {args.output} ({res['file_bytes']} bytes, {res['ratio']:.1f}x); test top-1 "
+              f"{ev['top1']:.4f}{top5}, loss {ev['loss']:.4f} on {ev['samples']} samples (the written file)")
+    return 0
 
 
 COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]
@@ -288,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"deepcomp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `deepcomp info x.dcz --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
