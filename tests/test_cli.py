@@ -1,0 +1,122 @@
+"""The deepcomp command as a user runs it: outputs, --json shapes, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from deepcomp.cli import main
+
+
+def run(*args, cwd=None):
+    """Run the real console entry point in a subprocess: (returncode, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "deepcomp.cli", *args], capture_output=True, text=True, cwd=cwd,
+                       timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def lenet5_dcz(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "lenet5.dcz"
+    assert main(["compress", "zoo:lenet-5", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def test_compress_prints_table(tmp_path):
+    code, out, err = run("compress", "zoo:lenet-300-100", "-o", str(tmp_path / "m.dcz"), "-q")
+    assert code == 0, err
+    assert "fc1 (ip1)" in out and "smaller" in out and "total" in out
+    assert (tmp_path / "m.dcz").is_file()
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_info_json_shape(lenet5_dcz, capsys):
+    assert main(["info", str(lenet5_dcz), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    keys = {"name", "kind", "weights", "nonzeros", "density", "weight_bits", "weight_bits_huffman", "index_bits",
+            "index_bits_huffman", "bytes"}
+    assert [l["name"] for l in report["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert all(keys <= set(l) for l in report["layers"])
+    t = report["total"]
+    assert t["file_bytes"] == os.path.getsize(lenet5_dcz)
+    assert t["original_bytes"] == 431080 * 4
+    assert t["ratio"] == pytest.approx(t["original_bytes"] / t["file_bytes"])
+
+
+def test_decompress_loads_strict(lenet5_dcz, tmp_path, capsys):
+    out = tmp_path / "dense.pt"
+    assert main(["decompress", str(lenet5_dcz), "-o", str(out)]) == 0
+    sd = torch.load(out, weights_only=True)
+    from deepcomp.zoo import LeNet5
+
+    LeNet5().load_state_dict(sd, strict=True)
+    assert float((sd["fc1.weight"] == 0).float().mean()) > 0.9
+
+
+def test_flags_override_recipe(tmp_path, capsys):
+    out = tmp_path / "o.dcz"
+    assert main(["compress", "zoo:lenet-300-100", "-o", str(out), "-q", "--sparsity", "0.5", "--fc-bits", "2",
+                 "--index-bits", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for l in report["layers"]:
+        assert l["weight_bits"] == 2 and l["index_bits"] == 3 and abs(l["density"] - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compress", "no-such-model.pt"], "no-such-model.pt"),
+    (["compress", "nope:thing"], "nope"),
+    (["compress", "zoo:lenet-5", "--recipe", "missing.toml"], "missing.toml"),
+    (["info", "missing.dcz"], "no such file"),
+    (["decompress", "missing.dcz", "-o", "x.pt"], "no such file"),
+    (["compress", "zoo:lenet-5", "--fc-bits", "9"], "1..8"),
+    (["compress", "zoo:lenet-5", "--finetune-epochs", "1"], "--data"),
+])
+def test_user_errors_are_one_line(args, message, tmp_path):
+    code, out, err = run(*args, cwd=tmp_path)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0]
+
+
+def test_bad_recipe_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[layers."nolayer"]\ndensity = 0.1\n')
+    code, _, err = run("compress", "zoo:lenet-5", "--recipe", str(bad), cwd=tmp_path)
+    assert code == 2 and "nolayer" in err and "conv1" in err
+    bad.write_text("this is = = not toml")
+    code, _, err = run("compress", "zoo:lenet-5", "--recipe", str(bad), cwd=tmp_path)
+    assert code == 2 and "invalid TOML" in err
+
+
+def test_corrupted_file_is_one_line(lenet5_dcz, tmp_path):
+    data = bytearray(lenet5_dcz.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    bad = tmp_path / "bad.dcz"
+    bad.write_bytes(bytes(data))
+    code, _, err = run("info", str(bad))
+    assert code == 2 and "corrupted" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    from deepcomp.zoo import LeNet300100
+
+    path = tmp_path / "whole.pt"
+    torch.save(LeNet300100(), path)
+    code, _, err = run("compress", str(path), "-q", "-o", str(tmp_path / "a.dcz"))
+    assert code == 2 and "--trust-pickle" in err
+    code, _, err = run("compress", str(path), "-q", "--trust-pickle", "-o", str(tmp_path / "a.dcz"))
+    assert code == 0, err
+
+
+def test_help_explains_every_command():
+    code, out, _ = run("--help")
+    assert code == 0
+    for cmd in ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]:
+        assert cmd in out
+    code, out, _ = run("compress", "--help")
+    assert "--sparsity" in out and "--global" in out and "--index-bits" in out
