@@ -17,14 +17,17 @@ constexpr uint16_t kMajor = 1;
 constexpr uint16_t kMinor = 0;
 constexpr uint32_t kMaxSections = 1000000;
 
+// CRC32 (zlib polynomial), slicing-by-8: eight table lookups per 8 input bytes.
 struct CrcTable {
-  uint32_t t[256];
+  uint32_t t[8][256];
   CrcTable() {
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
   }
 };
 
@@ -180,7 +183,7 @@ CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
   t.row_ptr.assign(rows + 1, 0);
   t.col.resize(t.nnz);
   t.cluster.resize(t.nnz);
-  uint64_t cursor = 0, w = 0;
+  uint64_t cursor = 0, w = 0, row = 0, row_end = cols;
   const uint64_t filler = G - 1;
   for (uint64_t e = 0; e < t.entries; ++e) {
     uint64_t s = gaps[e];
@@ -191,9 +194,12 @@ CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
     uint64_t pos = cursor + s;
     if (pos >= total) throw DczError(c.what() + ": a kept position lies past the tensor's end");
     if (w >= t.nnz) throw DczError(c.what() + ": more kept positions than nonzeros");
-    uint64_t r = pos / cols;
-    t.row_ptr[r + 1]++;
-    t.col[w] = int32_t(pos - r * cols);
+    if (pos >= row_end) {  // positions ascend: move to the row holding pos without a division per entry
+      row = pos / cols;
+      row_end = (row + 1) * cols;
+    }
+    t.row_ptr[row + 1]++;
+    t.col[w] = int32_t(pos - (row_end - cols));
     uint16_t cl = clusters[w];
     if (cl >= k) throw DczError(c.what() + ": cluster index outside the codebook");
     t.cluster[w] = uint8_t(cl);
@@ -210,7 +216,14 @@ CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
 uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc) {
   static const CrcTable table;
   crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = table.t[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint32_t lo = rd<uint32_t>(data + i) ^ crc, hi = rd<uint32_t>(data + i + 4);
+    crc = table.t[7][lo & 0xff] ^ table.t[6][(lo >> 8) & 0xff] ^ table.t[5][(lo >> 16) & 0xff] ^
+          table.t[4][lo >> 24] ^ table.t[3][hi & 0xff] ^ table.t[2][(hi >> 8) & 0xff] ^
+          table.t[1][(hi >> 16) & 0xff] ^ table.t[0][hi >> 24];
+  }
+  for (; i < n; ++i) crc = table.t[0][(crc ^ data[i]) & 0xff] ^ (crc >> 8);
   return ~crc;
 }
 
