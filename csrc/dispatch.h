@@ -1,0 +1,57 @@
+// Run-time choice of the SIMD microkernels (AVX-512, AVX2, portable scalar).
+//
+// Each ISA's kernels are the same source (isa/kernels_impl.h) compiled in its own translation unit
+// with its own -m flags (isa/kernels_avx512.cpp, isa/kernels_avx2.cpp; the scalar one in
+// dispatch.cpp). The table is chosen once from __builtin_cpu_supports, overridable with
+// DEEPCOMP_ISA=avx512|avx2|scalar, and readable without locks.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace deepcomp {
+
+// A CSR weight matrix as the kernels read it. Exactly one of values / (cluster, codebook) is set;
+// codebook always points at 256 floats (zero beyond k) so a lookup can never leave it.
+struct CsrWeights {
+  int64_t rows = 0, cols = 0;
+  const int64_t* row_ptr = nullptr;
+  const uint16_t* col16 = nullptr;  // set when cols <= 65536 (linear only)
+  const int32_t* col32 = nullptr;   // otherwise (linear only)
+  const float* values = nullptr;
+  const uint8_t* cluster = nullptr;
+  const float* codebook = nullptr;  // 256 entries
+  int k = 0;
+  const float* bias = nullptr;  // linear: fused into the kernel
+  bool relu = false;
+};
+
+struct Kernels {
+  const char* name;
+  int width;  // floats per vector register
+
+  // y[r] = sum_j w_j x[col_j] (+ bias, relu) for r in [r0, r1).
+  void (*spmv)(const CsrWeights& w, const float* x, float* y, int64_t r0, int64_t r1);
+  // xT is [cols][nv*width] (batch lanes innermost); for i < nvalid:
+  // y[i*ystride + r] = sum_j w_j xT[col_j][i] (+ bias, relu), r in [r0, r1). nv in [1, 4].
+  void (*spmm)(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, int64_t ystride,
+               int64_t r0, int64_t r1);
+  // Direct sparse convolution, one output-pixel block of nv*width floats at p0 for output channels
+  // [oc0, oc1): tmp[(oc-oc0)*nv*width + i] = sum_j w_j in[off_j + p0 + i]. nv in [1, 8].
+  void (*conv)(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int nv, int64_t oc0,
+               int64_t oc1, float* tmp);
+};
+
+const Kernels& kernels();
+// Name of the chosen table ("avx512", "avx2", "scalar").
+std::string isa_name();
+// Switch tables (tests and benchmarks). Raises ShapeError for an unknown or unsupported name.
+void set_isa(const std::string& name);
+
+// Defined by the per-ISA translation units.
+const Kernels* kernels_scalar();
+#if DEEPCOMP_X86
+const Kernels* kernels_avx2();
+const Kernels* kernels_avx512();
+#endif
+
+}  // namespace deepcomp

@@ -1,0 +1,196 @@
+// The sparse microkernels, written once against a vector trait and compiled once per ISA.
+//
+// Include after defining:
+//   DC_VEC    the vector trait (VecAvx512, VecAvx2, VecScalar; see isa/vec_*.h)
+//   DC_NAME   the ISA's name as a string literal
+//   DC_ENTRY  the name of the function returning this ISA's Kernels table
+// Everything else lives in an anonymous namespace, so the per-ISA copies never collide.
+#include <cstdint>
+
+#include "dispatch.h"
+
+namespace deepcomp {
+namespace {
+
+using V = DC_VEC;
+using VT = typename V::T;
+
+enum WeightKind { kF32 = 0, kCbSmall = 1, kCbLarge = 2 };
+
+alignas(64) const float kZeroCodebook[256] = {};
+
+// W consecutive weights starting at nonzero j.
+template <int KIND>
+inline VT weight_vec(const CsrWeights& w, const typename V::CB& cb, int64_t j) {
+  if constexpr (KIND == kF32) return V::load(w.values + j);
+  else if constexpr (KIND == kCbSmall) return V::cb_small(cb, w.cluster + j);
+  else return V::cb_large(cb, w.cluster + j);
+}
+
+template <bool CB>
+inline float weight_at(const CsrWeights& w, int64_t j) {
+  if constexpr (CB) return w.codebook[w.cluster[j]];
+  else return w.values[j];
+}
+
+inline float epilogue(const CsrWeights& w, int64_t r, float s) {
+  if (w.bias) s += w.bias[r];
+  if (w.relu) s = s > 0.f ? s : (s == s ? 0.f : s);  // like torch: relu(NaN) = NaN
+  return s;
+}
+
+// ---- batch 1: y = W x, gathers of x, weights decoded W at a time -------------------------------
+template <class Idx, int KIND>
+void spmv_t(const CsrWeights& w, const Idx* col, const float* x, float* y, int64_t r0, int64_t r1) {
+  constexpr int W = V::W;
+  const typename V::CB cb = V::cb_prep(w.codebook ? w.codebook : kZeroCodebook);
+  const int64_t* rp = w.row_ptr;
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t j = rp[r];
+    const int64_t e = rp[r + 1];
+    VT a0 = V::zero(), a1 = V::zero();
+    for (; j + 2 * W <= e; j += 2 * W) {
+      a0 = V::fma(weight_vec<KIND>(w, cb, j), V::gather(x, col + j), a0);
+      a1 = V::fma(weight_vec<KIND>(w, cb, j + W), V::gather(x, col + j + W), a1);
+    }
+    if (j + W <= e) {
+      a0 = V::fma(weight_vec<KIND>(w, cb, j), V::gather(x, col + j), a0);
+      j += W;
+    }
+    float s = V::reduce(V::add(a0, a1));
+    for (; j < e; ++j) s += weight_at<KIND != kF32>(w, j) * x[col[j]];
+    y[r] = epilogue(w, r, s);
+  }
+}
+
+void spmv(const CsrWeights& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  const bool small = w.k <= V::SMALL_K;
+  if (w.col16) {
+    if (w.values) spmv_t<uint16_t, kF32>(w, w.col16, x, y, r0, r1);
+    else if (small) spmv_t<uint16_t, kCbSmall>(w, w.col16, x, y, r0, r1);
+    else spmv_t<uint16_t, kCbLarge>(w, w.col16, x, y, r0, r1);
+  } else {
+    if (w.values) spmv_t<int32_t, kF32>(w, w.col32, x, y, r0, r1);
+    else if (small) spmv_t<int32_t, kCbSmall>(w, w.col32, x, y, r0, r1);
+    else spmv_t<int32_t, kCbLarge>(w, w.col32, x, y, r0, r1);
+  }
+}
+
+// ---- batch > 1: x transposed into [cols][NB] lanes, each nonzero broadcast against NV vectors ----
+template <int NV, class Idx, bool CB>
+void spmm_t(const CsrWeights& w, const Idx* col, const float* xT, int nvalid, float* y, int64_t ystride,
+            int64_t r0, int64_t r1) {
+  constexpr int W = V::W;
+  constexpr int NB = NV * W;
+  constexpr int U = NV >= 4 ? 2 : (NV == 1 ? 4 : 2);  // independent accumulator sets
+  const int64_t* rp = w.row_ptr;
+  alignas(64) float tmp[NB];
+  for (int64_t r = r0; r < r1; ++r) {
+    VT acc[U][NV];
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
+    int64_t j = rp[r];
+    const int64_t e = rp[r + 1];
+    for (; j + U <= e; j += U) {
+      for (int u = 0; u < U; ++u) {
+        const VT wv = V::set1(weight_at<CB>(w, j + u));
+        const float* xr = xT + int64_t(col[j + u]) * NB;
+        for (int v = 0; v < NV; ++v) acc[u][v] = V::fma(wv, V::load(xr + v * W), acc[u][v]);
+      }
+    }
+    for (; j < e; ++j) {
+      const VT wv = V::set1(weight_at<CB>(w, j));
+      const float* xr = xT + int64_t(col[j]) * NB;
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::fma(wv, V::load(xr + v * W), acc[0][v]);
+    }
+    for (int u = 1; u < U; ++u)
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
+    for (int v = 0; v < NV; ++v) V::store(tmp + v * W, acc[0][v]);
+    for (int i = 0; i < nvalid; ++i) y[i * ystride + r] = epilogue(w, r, tmp[i]);
+  }
+}
+
+template <int NV>
+void spmm_nv(const CsrWeights& w, const float* xT, int nvalid, float* y, int64_t ystride, int64_t r0, int64_t r1) {
+  const bool cb = w.values == nullptr;
+  if (w.col16) {
+    if (cb) spmm_t<NV, uint16_t, true>(w, w.col16, xT, nvalid, y, ystride, r0, r1);
+    else spmm_t<NV, uint16_t, false>(w, w.col16, xT, nvalid, y, ystride, r0, r1);
+  } else {
+    if (cb) spmm_t<NV, int32_t, true>(w, w.col32, xT, nvalid, y, ystride, r0, r1);
+    else spmm_t<NV, int32_t, false>(w, w.col32, xT, nvalid, y, ystride, r0, r1);
+  }
+}
+
+void spmm(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, int64_t ystride, int64_t r0,
+          int64_t r1) {
+  switch (nv) {
+    case 1: return spmm_nv<1>(w, xT, nvalid, y, ystride, r0, r1);
+    case 2: return spmm_nv<2>(w, xT, nvalid, y, ystride, r0, r1);
+    case 3: return spmm_nv<3>(w, xT, nvalid, y, ystride, r0, r1);
+    default: return spmm_nv<4>(w, xT, nvalid, y, ystride, r0, r1);
+  }
+}
+
+// ---- direct sparse convolution: every nonzero is an AXPY at a precomputed input offset ----------
+template <int NV, bool CB>
+void conv_t(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int64_t oc0, int64_t oc1,
+            float* tmp) {
+  constexpr int W = V::W;
+  constexpr int U = NV >= 4 ? 1 : (NV == 1 ? 4 : 2);
+  const int64_t* rp = w.row_ptr;
+  const float* base = in + p0;
+  for (int64_t oc = oc0; oc < oc1; ++oc) {
+    VT acc[U][NV];
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
+    int64_t j = rp[oc];
+    const int64_t e = rp[oc + 1];
+    for (; j + U <= e; j += U) {
+      for (int u = 0; u < U; ++u) {
+        const VT wv = V::set1(weight_at<CB>(w, j + u));
+        const float* s = base + off[j + u];
+        for (int v = 0; v < NV; ++v) acc[u][v] = V::fma(wv, V::load(s + v * W), acc[u][v]);
+      }
+    }
+    for (; j < e; ++j) {
+      const VT wv = V::set1(weight_at<CB>(w, j));
+      const float* s = base + off[j];
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::fma(wv, V::load(s + v * W), acc[0][v]);
+    }
+    for (int u = 1; u < U; ++u)
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
+    float* t = tmp + (oc - oc0) * (NV * W);
+    for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[0][v]);
+  }
+}
+
+template <int NV>
+void conv_nv(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int64_t oc0, int64_t oc1,
+             float* tmp) {
+  if (w.values) conv_t<NV, false>(w, off, in, p0, oc0, oc1, tmp);
+  else conv_t<NV, true>(w, off, in, p0, oc0, oc1, tmp);
+}
+
+void conv(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int nv, int64_t oc0, int64_t oc1,
+          float* tmp) {
+  switch (nv) {
+    case 1: return conv_nv<1>(w, off, in, p0, oc0, oc1, tmp);
+    case 2: return conv_nv<2>(w, off, in, p0, oc0, oc1, tmp);
+    case 3: return conv_nv<3>(w, off, in, p0, oc0, oc1, tmp);
+    case 4: return conv_nv<4>(w, off, in, p0, oc0, oc1, tmp);
+    case 5: return conv_nv<5>(w, off, in, p0, oc0, oc1, tmp);
+    case 6: return conv_nv<6>(w, off, in, p0, oc0, oc1, tmp);
+    case 7: return conv_nv<7>(w, off, in, p0, oc0, oc1, tmp);
+    default: return conv_nv<8>(w, off, in, p0, oc0, oc1, tmp);
+  }
+}
+
+}  // namespace
+
+const Kernels* DC_ENTRY() {
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv};
+  return &table;
+}
+
+}  // namespace deepcomp

@@ -1,0 +1,43 @@
+// Vector trait for AVX2 + FMA: 8 floats per register.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace deepcomp {
+struct VecAvx2 {
+  static constexpr int W = 8;
+  static constexpr int SMALL_K = 8;  // one register, vpermps
+  using T = __m256;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float a) { return _mm256_set1_ps(a); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static float reduce(T v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T gather(const float* base, const uint16_t* idx) {
+    __m256i i = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+    return _mm256_i32gather_ps(base, i, 4);
+  }
+  static T gather(const float* base, const int32_t* idx) {
+    __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
+    return _mm256_i32gather_ps(base, i, 4);
+  }
+  struct CB {
+    __m256 lo;
+    const float* p;
+  };
+  static CB cb_prep(const float* cb256) { return {_mm256_loadu_ps(cb256), cb256}; }
+  static __m256i idx8(const uint8_t* cl) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(cl)));
+  }
+  static T cb_small(const CB& c, const uint8_t* cl) { return _mm256_permutevar8x32_ps(c.lo, idx8(cl)); }
+  static T cb_large(const CB& c, const uint8_t* cl) { return _mm256_i32gather_ps(c.p, idx8(cl), 4); }
+};
+}  // namespace deepcomp

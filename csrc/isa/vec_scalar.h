@@ -1,0 +1,26 @@
+// Vector trait for the portable fallback: one float per "register".
+#pragma once
+#include <cstdint>
+
+namespace deepcomp {
+struct VecScalar {
+  static constexpr int W = 1;
+  static constexpr int SMALL_K = 256;
+  using T = float;
+  static T zero() { return 0.f; }
+  static T set1(float a) { return a; }
+  static T load(const float* p) { return *p; }
+  static void store(float* p, T v) { *p = v; }
+  static T fma(T a, T b, T c) { return a * b + c; }
+  static T add(T a, T b) { return a + b; }
+  static float reduce(T v) { return v; }
+  static T gather(const float* base, const uint16_t* idx) { return base[idx[0]]; }
+  static T gather(const float* base, const int32_t* idx) { return base[idx[0]]; }
+  struct CB {
+    const float* p;
+  };
+  static CB cb_prep(const float* cb256) { return {cb256}; }
+  static T cb_small(const CB& c, const uint8_t* cl) { return c.p[cl[0]]; }
+  static T cb_large(const CB& c, const uint8_t* cl) { return c.p[cl[0]]; }
+};
+}  // namespace deepcomp
