@@ -392,3 +392,15 @@ def make_loader(ds, *, batch_size: int = 128, shuffle: bool = False, seed: int =
     g.manual_seed(seed)
     return DataLoader(tensors, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
                       drop_last=drop_last, num_workers=0)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def add_data_args(p, *, split: bool = False) -> None:
+    """The --data / --batch-size (/ --split) flags of the train, eval and finetune commands."""
+    p.add_argument("--data", required=True, metavar="D",
+                   help="dataset: fashion-mnist[:DIR] (default DIR /usr/share/datasets/fashion-mnist), mnist:DIR, "
+                        "imagefolder:DIR, npz:FILE; append ?classes=0-4&limit=N for a subset "
+                        "(classes are remapped to 0..K-1)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="batch size (default 128)")
+    if split:
+        p.add_argument("--split", choices=["train", "test"], default="test", help="split to evaluate (default: test)")
