@@ -1,0 +1,63 @@
+"""Build the runtime's inputs (graph + loader-format tensors) straight from a torch model, so the
+executor can be tested without the .dcz writer."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcomp.graph import capture
+
+
+def prune_and_share(model: nn.Module, density: float = 0.4, bits: int = 5, seed: int = 0) -> nn.Module:
+    """Magnitude-prune every conv/linear weight to ``density`` and snap the kept weights to 2**bits
+    evenly spaced centroids, in place (so torch and the runtime see the very same weights)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            w = m.weight
+            k = max(1, int(round(density * w.numel())))
+            thr = w.abs().flatten().kthvalue(w.numel() - k + 1).values if k < w.numel() else -1.0
+            mask = w.abs() >= thr
+            kept = w[mask]
+            lo, hi = float(kept.min()), float(kept.max())
+            cb = torch.linspace(lo, hi, 2 ** bits)
+            idx = (w.unsqueeze(-1) - cb).abs().argmin(-1)
+            q = cb[idx]
+            q[~mask] = 0.0
+            w.copy_(q)
+    return model
+
+
+def coded_entry(w: np.ndarray, bits: int = 8) -> dict:
+    """A conv/linear weight in the loader's CSR format (codebook = its distinct nonzero values)."""
+    rows = w.shape[0]
+    flat = w.reshape(rows, -1)
+    nz = flat != 0
+    codebook, inverse = np.unique(flat[nz], return_inverse=True)
+    assert len(codebook) <= 256
+    rr, cc = np.nonzero(nz)
+    row_ptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(nz.sum(1), out=row_ptr[1:])
+    return {
+        "shape": tuple(w.shape), "bits": bits, "index_bits": 5,
+        "codebook": codebook.astype(np.float32), "row_ptr": row_ptr,
+        "col": cc.astype(np.int32), "cluster": inverse.reshape(-1).astype(np.uint8), "nnz": int(nz.sum()),
+    }
+
+
+def loaded_parts(model: nn.Module, input_shape, dense_weights=()):
+    """(graph, dense, coded) as deepcomp._native.load_dcz would return them for this model."""
+    graph = capture(model, input_shape)
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    weights = {n["attrs"]["weight"] for n in graph["nodes"] if n["op"] in ("conv2d", "linear")}
+    coded = {k: coded_entry(sd[k]) for k in weights if k not in dense_weights}
+    dense = {k: v for k, v in sd.items() if k not in coded}
+    return graph, dense, coded
