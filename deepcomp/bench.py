@@ -1,0 +1,194 @@
+"""`deepcomp bench`: the deepcomp runtime against dense PyTorch on the same weights, per layer and end
+to end. One process, the same inputs, the same thread count for both, median of repeated runs."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepcomp.errors import DeepcompError
+
+
+def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2) -> list[float]:
+    """Median wall time of each function in ms. The functions are run in turn (a, b, a, b, ...), so
+    a burst of load on a shared machine hits all of them alike and their ratio stays honest."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[int]] = [[] for _ in fns]
+    for _ in range(max(1, repeat)):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter_ns()
+            fn()
+            ts.append(time.perf_counter_ns() - t)
+    return [statistics.median(ts) / 1e6 for ts in times]
+
+
+class DenseTorchGraph(torch.nn.Module):
+    """A .dcz graph run by PyTorch eager ops on dense tensors: the plain-PyTorch baseline (the same
+    weights as the .dcz, decompressed). Each node is one torch.nn.functional call, as an nn.Module's
+    forward would make it."""
+
+    def __init__(self, graph: dict, state: dict[str, np.ndarray]):
+        super().__init__()
+        self.graph = graph
+        self.t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        self.fns = {n["name"]: self._compile(n) for n in graph["nodes"]}
+
+    def _compile(self, node):
+        op, a, t = node["op"], node.get("attrs", {}), self.t
+        if op == "conv2d":
+            w, b = t[a["weight"]], t.get(a.get("bias")) if a.get("bias") else None
+            conv = lambda x: F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
+                                      int(a["groups"]))
+            bn = a.get("bn")
+            if bn:
+                args = [t.get(bn[k]) if bn.get(k) else None for k in ("running_mean", "running_var", "weight", "bias")]
+                return lambda x: F.batch_norm(conv(x), args[0], args[1], args[2], args[3], False, 0.0, bn["eps"])
+            return conv
+        if op == "linear":
+            w, b = t[a["weight"]], t.get(a.get("bias")) if a.get("bias") else None
+            return lambda x: F.linear(x, w, b)
+        if op == "batchnorm2d":
+            args = [t.get(a[k]) if a.get(k) else None for k in ("running_mean", "running_var", "weight", "bias")]
+            return lambda x: F.batch_norm(x, args[0], args[1], args[2], args[3], False, 0.0, a["eps"])
+        if op == "relu":
+            return F.relu
+        if op == "maxpool2d":
+            return lambda x: F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+        if op == "avgpool2d":
+            return lambda x: F.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
+                                          a["count_include_pad"])
+        if op == "adaptive_avgpool2d":
+            return lambda x: F.adaptive_avg_pool2d(x, a["output_size"])
+        if op == "flatten":
+            return lambda x: torch.flatten(x, a.get("start_dim", 1))
+        if op == "add":
+            return torch.add
+        if op == "concat":
+            return lambda *xs: torch.cat(xs, a["dim"])
+        raise DeepcompError(f"bench: op {op!r} has no dense PyTorch equivalent here")
+
+    def forward(self, x, record: dict | None = None):
+        env = {self.graph["input"]["name"]: x}
+        for n in self.graph["nodes"]:
+            ins = [env[s] for s in n["inputs"]]
+            if record is not None:
+                record[n["name"]] = ins
+            env[n["name"]] = self.fns[n["name"]](*ins)
+        return env[self.graph["output"]]
+
+
+def _layer_consumers(graph: dict) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {}
+    for n in graph["nodes"]:
+        for s in n["inputs"]:
+            users.setdefault(s, []).append(n["name"])
+    return users
+
+
+def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
+               layers: bool = True, seed: int = 0) -> list[dict]:
+    """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}}``."""
+    import deepcomp.runtime as rt
+    from deepcomp.dcz import decompress
+
+    n = int(threads or int(os.environ.get("DEEPCOMP_NUM_THREADS", 0)) or os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    rt.set_num_threads(n)
+    model = rt.load(path)
+    c_dense = DenseTorchGraph(model.graph, decompress(path)).eval()
+    users = _layer_consumers(model.graph)
+    by_name = {nd["name"]: nd for nd in model.graph["nodes"]}
+    steps = {s.name: s for s in model._steps}  # the runtime's planned steps (kernel + fused epilogue)
+    info = {l.name: l for l in model.layers}
+    rng = np.random.default_rng(seed)
+    results = []
+    for batch in batches:
+        x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
+        xt = torch.from_numpy(x)
+        rows = []
+        if layers:
+            record: dict = {}
+            with torch.inference_mode():
+                c_dense(xt, record)
+            for name, layer in info.items():
+                node = by_name[name]
+                xin = record[name][0].contiguous()
+                dense_fn = c_dense.fns[name]
+                fused_relu = [u for u in users.get(name, []) if by_name[u]["op"] == "relu"]
+                if fused_relu and len(users[name]) == 1:
+                    # the runtime fused this ReLU into the kernel: time the same work on the dense side
+                    base = dense_fn
+                    dense_fn = lambda t, base=base: F.relu(base(t))
+                xin_np = xin.numpy()
+                step = steps[name]
+                fns = [lambda: dense_fn(xin), lambda: step.run(xin_np)]
+                if node["op"] == "linear":
+                    w = c_dense.t[node["attrs"]["weight"]]
+                    b = c_dense.t.get(node["attrs"].get("bias")) if node["attrs"].get("bias") else None
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                        w_csr = w.to_sparse_csr()
+                    xt_t = xin.t().contiguous()
+
+                    def ts():
+                        y = (w_csr @ xt_t).t()
+                        return y + b if b is not None else y
+                    fns.append(ts)
+                with torch.inference_mode():
+                    dense_ms, sparse_ms, *rest = median_ms(*fns, repeat=repeat)
+                torch_sparse_ms = rest[0] if rest else None
+                rows.append({"name": name, "kind": "conv" if node["op"] == "conv2d" else "fc",
+                             "density": layer.density, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
+                             "torch_sparse_ms": torch_sparse_ms, "speedup": dense_ms / sparse_ms})
+        with torch.inference_mode():
+            dense_e2e, sparse_e2e = median_ms(lambda: c_dense(xt), lambda: model(x), repeat=repeat)
+        results.append({"threads": n, "batch": int(batch), "layers": rows,
+                        "end_to_end": {"dense_ms": dense_e2e, "sparse_ms": sparse_e2e,
+                                       "speedup": dense_e2e / sparse_e2e},
+                        "isa": _isa()})
+    return results
+
+
+def _isa() -> str:
+    try:
+        from deepcomp import _native
+
+        return _native.isa()
+    except (ImportError, AttributeError):  # pragma: no cover
+        return "?"
+
+
+def format_bench(r: dict) -> str:
+    lines = [f"batch {r['batch']}, {r['threads']} thread(s), kernels: {r['isa']}; median ms",
+             "",
+             f"{'layer':<16} {'kind':<4} {'kept %':>6} {'dense torch':>11} {'deepcomp':>9} {'speedup':>8} "
+             f"{'torch.sparse':>12} {'vs sparse':>9}"]
+    for l in r["layers"]:
+        ts = l["torch_sparse_ms"]
+        ts_text = "-" if ts is None else f"{ts:.3f}"
+        vs_text = "-" if ts is None else f"{ts / l['sparse_ms']:.2f}x"
+        lines.append(f"{l['name']:<16} {l['kind']:<4} {100 * l['density']:>6.1f} {l['dense_ms']:>11.3f} "
+                     f"{l['sparse_ms']:>9.3f} {l['speedup']:>7.2f}x {ts_text:>12} {vs_text:>9}")
+    if r["layers"]:
+        conv = [l for l in r["layers"] if l["kind"] == "conv"]
+        if conv:
+            d, s = sum(l["dense_ms"] for l in conv), sum(l["sparse_ms"] for l in conv)
+            lines.append(f"{'all conv':<16} {'':<4} {'':>6} {d:>11.3f} {s:>9.3f} {d / s:>7.2f}x")
+    e = r["end_to_end"]
+    lines.append(f"{'end to end':<16} {'':<4} {'':>6} {e['dense_ms']:>11.3f} {e['sparse_ms']:>9.3f} "
+                 f"{e['speedup']:>7.2f}x")
+    return "\n".join(lines)
+
+
+def print_bench(r: dict) -> None:
+    print(format_bench(r))
+    print()

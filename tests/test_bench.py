@@ -1,0 +1,74 @@
+"""`deepcomp bench` and `deepcomp run` as a user calls them (shapes and plumbing, not speed: speed
+targets are checked by the benchmarks, on a quiet machine)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepcomp.bench import DenseTorchGraph
+from deepcomp.cli import main
+from deepcomp.dcz import decompress, read_dcz
+
+
+@pytest.fixture(scope="module")
+def lenet5(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "lenet5.dcz"
+    torch.manual_seed(0)
+    assert main(["compress", "zoo:lenet-5", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def test_bench_json_shape(lenet5, capsys):
+    assert main(["bench", str(lenet5), "--batch", "1,4", "--repeat", "2", "--threads", "1", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert isinstance(results, list) and [r["batch"] for r in results] == [1, 4]
+    for r in results:
+        assert r["threads"] == 1
+        assert [l["name"] for l in r["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+        for l in r["layers"]:
+            assert {"name", "kind", "density", "dense_ms", "sparse_ms", "torch_sparse_ms", "speedup"} <= set(l)
+            assert l["dense_ms"] > 0 and l["sparse_ms"] > 0
+            assert (l["torch_sparse_ms"] is None) == (l["kind"] == "conv")
+            assert l["speedup"] == pytest.approx(l["dense_ms"] / l["sparse_ms"])
+        e = r["end_to_end"]
+        assert e["speedup"] == pytest.approx(e["dense_ms"] / e["sparse_ms"])
+
+
+def test_single_batch_json_is_an_object(lenet5, capsys):
+    assert main(["bench", str(lenet5), "--repeat", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert isinstance(r, dict) and r["batch"] == 1
+
+
+def test_dense_baseline_is_the_original_model(lenet5):
+    """The dense baseline the bench times computes what the original architecture computes."""
+    from deepcomp.zoo import LeNet5
+
+    sd = decompress(lenet5)
+    ref = LeNet5().eval()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    g = DenseTorchGraph(read_dcz(lenet5).graph, sd).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), ref(x))
+
+
+def test_run_command(lenet5, tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(lenet5), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (2, 10)
+    g = DenseTorchGraph(read_dcz(lenet5).graph, decompress(lenet5)).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(y, g(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-4)
+    assert main(["run", str(lenet5), "--input-random", "--batch", "3"]) == 0
+    assert "(3, 10)" in capsys.readouterr().out
+
+
+def test_run_rejects_wrong_shape(lenet5, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 28, 28), np.float32))
+    assert main(["run", str(lenet5), "--input", str(tmp_path / "bad.npy")]) == 2
+    assert "does not fit" in capsys.readouterr().err
