@@ -34,14 +34,16 @@ FC_LABELS = {"alexnet": {"classifier.1": "fc6", "classifier.4": "fc7", "classifi
              "vgg16": {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}}
 
 _PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 t = time.perf_counter()
 import deepcomp.runtime as rt
 m = rt.load(sys.argv[1])
 load_s = time.perf_counter() - t
 m(np.zeros((1, *m.input_shape), np.float32))
-print(json.dumps({"load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: after fork+exec, ru_maxrss still holds the parent's high-water mark
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"load_s": load_s, "peak_rss_mb": hwm / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
 
