@@ -256,3 +256,89 @@ def test_two_gloo_ranks_agree(tmp_path):
     assert any(k.startswith("cb_") for k in a.files) and any(k.startswith("mask_") for k in a.files)
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------- real data (Debian's Fashion-MNIST)
+from deepcomp.data import FASHION_MNIST_DIR  # noqa: E402
+
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+
+
+@needs_fmnist
+def test_lenet_300_100_fashion_mnist_reduced(tmp_path):
+    """CI-sized version of benchmarks/lenet_fashion.py: learning happened and compression held."""
+    import json
+
+    from deepcomp.data import load_dataset
+    from deepcomp.pipeline import compress
+    from deepcomp.train import load_dcz_for_eval, train
+    from deepcomp.zoo import LoadedModel, resolve_arch
+
+    tr = load_dataset("fashion-mnist", "train", limit=4000)
+    te = load_dataset("fashion-mnist", "test", limit=1000)
+    torch.manual_seed(0)
+    model, shape = resolve_arch("lenet-300-100")
+    train(model, tr, epochs=2, progress=False)
+    log = tmp_path / "log.jsonl"
+    hooks = make_hooks(None, train_data=tr, test_data=te, finetune_epochs=1, lr=5e-4, progress=False,
+                       log_path=str(log))
+    result = compress(LoadedModel(model, "lenet-300-100", shape, "test"), recipe="deep-compression", iterative=2,
+                      progress=False, **hooks)
+    size = result.save(tmp_path / "m.dcz")
+    assert result.meta["recipe"]["retrained"] and result.meta["recipe"]["trained_centroids"]
+    runtime, _ = load_dcz_for_eval(str(tmp_path / "m.dcz"))
+    acc = evaluate(runtime, make_loader(te, batch_size=500))
+    assert acc["top1"] > 0.70, acc           # chance is 0.10
+    assert result.meta["original_bytes"] / size > 30
+    stages = [json.loads(line)["stage"] for line in log.read_text().splitlines()]
+    assert stages == ["prune-1/2", "prune-2/2", "codebooks"]
+    for name, sw in result.shared.items():
+        assert np.unique(sw.values()).size <= 2 ** sw.bits
+
+
+@needs_fmnist
+def test_cli_train_eval_compress_finetune(tmp_path, capsys):
+    import json
+
+    from deepcomp.cli import main
+    from deepcomp.dcz import read_dcz
+
+    data = "fashion-mnist?classes=0-4&limit=1000"
+    pt, dcz, new = tmp_path / "m.pt", tmp_path / "m.dcz", tmp_path / "t.dcz"
+    assert main(["train", "zoo:lenet-300-100", "--data", data, "--epochs", "1", "-o", str(pt), "-q"]) == 0
+    assert main(["eval", str(pt), "--data", data, "--json", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(pt), "--data", data, "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert set(base) == {"top1", "loss", "samples"} and base["samples"] == 1000 and base["top1"] > 0.5
+    assert main(["compress", str(pt), "--data", data, "--finetune-epochs", "1", "-o", str(dcz), "-q", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(dcz), "--data", data, "--json"]) == 0
+    comp = json.loads(capsys.readouterr().out)
+    assert comp["top1"] > 0.5
+    assert main(["finetune", str(dcz), "--data", "fashion-mnist?classes=5-9&limit=1000", "-o", str(new),
+                 "--epochs", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(new), "--data", "fashion-mnist?classes=5-9&limit=1000", "--json"]) == 0
+    tr = json.loads(capsys.readouterr().out)
+    assert tr["top1"] > 0.4                   # chance is 0.2
+    # the backbone kept its masks and shared values; the new head is pruned and shared
+    from deepcomp.dcz import decompress
+
+    a, b = decompress(str(dcz)), decompress(str(new))
+    for k in ("fc1.weight", "fc2.weight"):
+        np.testing.assert_array_equal(a[k] != 0, b[k] != 0)
+        assert np.unique(b[k][b[k] != 0]).size <= 32
+    assert b["fc3.weight"].shape == (5, 100)
+    assert 0 < np.count_nonzero(b["fc3.weight"]) < 0.3 * b["fc3.weight"].size
+    assert read_dcz(str(new)).meta["arch"] == "lenet-300-100"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from deepcomp.cli import main
+
+    assert main(["eval", str(tmp_path / "nope.pt"), "--data", f"mnist:{tmp_path}/none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error" in err
