@@ -22,28 +22,37 @@ def prune_and_share(model: nn.Module, density: float = 0.4, bits: int = 5, seed:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
                 continue
-            w = m.weight
-            k = max(1, int(round(density * w.numel())))
-            thr = w.abs().flatten().kthvalue(w.numel() - k + 1).values if k < w.numel() else -1.0
-            mask = w.abs() >= thr
+            w = m.weight.detach().numpy()  # shares memory with the parameter
+            k = max(1, int(round(density * w.size)))
+            a = np.abs(w)
+            thr = float(np.partition(a.reshape(-1), a.size - k)[a.size - k]) if k < a.size else -1.0
+            mask = a >= thr
             kept = w[mask]
             lo, hi = float(kept.min()), float(kept.max())
-            cb = torch.linspace(lo, hi, 2 ** bits)
-            idx = (w.unsqueeze(-1) - cb).abs().argmin(-1)
+            levels = 2 ** bits
+            cb = np.linspace(lo, hi, levels).astype(np.float32)
+            # evenly spaced centroids: the nearest one is a rounding (no [numel, levels] temporary)
+            idx = np.rint((w - lo) * ((levels - 1) / max(hi - lo, 1e-12))).clip(0, levels - 1).astype(np.int64)
             q = cb[idx]
             q[~mask] = 0.0
-            w.copy_(q)
+            w[...] = q
+            m._test_codebook = cb  # lets coded_entry skip a sort of every weight
     return model
 
 
-def coded_entry(w: np.ndarray, bits: int = 8) -> dict:
-    """A conv/linear weight in the loader's CSR format (codebook = its distinct nonzero values)."""
+def coded_entry(w: np.ndarray, bits: int = 8, codebook: np.ndarray | None = None) -> dict:
+    """A conv/linear weight in the loader's CSR format (codebook = its distinct nonzero values, or
+    the given sorted codebook that holds every nonzero value exactly)."""
     rows = w.shape[0]
     flat = w.reshape(rows, -1)
     nz = flat != 0
-    codebook, inverse = np.unique(flat[nz], return_inverse=True)
+    if codebook is None:
+        codebook, inverse = np.unique(flat[nz], return_inverse=True)
+    else:
+        inverse = np.searchsorted(codebook, flat[nz])
+        assert np.array_equal(codebook[inverse], flat[nz])
     assert len(codebook) <= 256
-    rr, cc = np.nonzero(nz)
+    cc = np.nonzero(nz.reshape(-1))[0] % flat.shape[1]
     row_ptr = np.zeros(rows + 1, np.int64)
     np.cumsum(nz.sum(1), out=row_ptr[1:])
     return {
@@ -58,6 +67,8 @@ def loaded_parts(model: nn.Module, input_shape, dense_weights=()):
     graph = capture(model, input_shape)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = {n["attrs"]["weight"] for n in graph["nodes"] if n["op"] in ("conv2d", "linear")}
-    coded = {k: coded_entry(sd[k]) for k in weights if k not in dense_weights}
+    modules = dict(model.named_modules())
+    coded = {k: coded_entry(sd[k], codebook=getattr(modules[k.rsplit(".", 1)[0]], "_test_codebook", None))
+             for k in weights if k not in dense_weights}
     dense = {k: v for k, v in sd.items() if k not in coded}
     return graph, dense, coded
