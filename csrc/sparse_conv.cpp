@@ -10,6 +10,7 @@
 #include "sparse_conv.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -22,18 +23,27 @@ namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 constexpr int kMaxNv = 8;
 constexpr int64_t kOcChunk = 16;
+constexpr int64_t kL1Budget = 24 << 10;
 }  // namespace
 
 struct SparseConv2d::ShapePlan {
   int64_t H, W, Hp, Wp, Hq, Wq, OH, OW;
   int64_t plane;      // C * Hq * Wq floats
-  int64_t in_floats;  // phase buffer per image, including read slack
+  int64_t in_floats;  // phase buffer per image: ncopies regions of S floats
+  int64_t S;          // one region: the phase planes plus read slack, a multiple of the SIMD width
+  // Region 0 holds the phase planes; region r > 0 the same shifted left by shift[r] floats, so that
+  // with Wq a multiple of the SIMD width every load of the kernel is aligned.
+  std::vector<int64_t> shift;
   int64_t P;          // OH * Wq padded-width output positions
   int nv;             // vectors per pixel block
   int64_t block;      // nv * width floats
   int64_t nblocks;
   int width;          // SIMD width the plan was made for
   std::vector<int32_t> off;
+  // Input channels are walked in chunks whose input window fits in L1; seg[oc*(nchunks+1) + c] is
+  // the first nonzero of row oc in chunk c.
+  int64_t nchunks;
+  std::vector<int64_t> seg;
 };
 
 SparseConv2d::SparseConv2d(const CsrInput& in, const ConvGeometry& g)
@@ -87,6 +97,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->Wp = W + 2 * g_.pw;
   p->Hq = (p->Hp + g_.sh - 1) / g_.sh;
   p->Wq = (p->Wp + g_.sw - 1) / g_.sw;
+  p->Wq = (p->Wq + width - 1) / width * width;
   p->plane = g_.in_channels * p->Hq * p->Wq;
   p->P = p->OH * p->Wq;
   p->width = width;
@@ -112,10 +123,49 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
     const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hq * p->Wq +
                       (ty / g_.sh) * p->Wq + tx / g_.sw;
     max_off = std::max(max_off, o);
-    p->off[j] = int32_t(o);
+    p->off[j] = int32_t(o % width);  // the shift for now; the offset is set below
   }
-  p->in_floats = std::max(total_planes, max_off + p->nblocks * p->block) + 16;
+  p->shift.assign(1, 0);
+  std::vector<int64_t> region_of(size_t(width), -1);
+  region_of[0] = 0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int32_t sft = p->off[j];
+    if (region_of[size_t(sft)] < 0) {
+      region_of[size_t(sft)] = int64_t(p->shift.size());
+      p->shift.push_back(sft);
+    }
+  }
+  p->S = (std::max(total_planes, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
+  p->in_floats = int64_t(p->shift.size()) * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
+    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hq * p->Wq +
+                      (ty / g_.sh) * p->Wq + tx / g_.sw;
+    const int64_t sft = o % width;
+    p->off[j] = int32_t(region_of[size_t(sft)] * p->S + o - sft);
+  }
+  // Channel chunks: the rows of one channel that a pixel block reads, in every phase plane used.
+  {
+    const int64_t cg = g_.in_channels / g_.groups;
+    const int64_t phases = std::min(g_.sh, g_.kh) * std::min(g_.sw, g_.kw);
+    const int64_t span = p->block + ((g_.kh - 1) * g_.dh / g_.sh) * p->Wq + (g_.kw - 1) * g_.dw / g_.sw + 16;
+    const int64_t per_ch = 4 * phases * span * int64_t(p->shift.size());
+    const int64_t cpc = std::max<int64_t>(1, kL1Budget / per_ch);
+    p->nchunks = (cg + cpc - 1) / cpc;
+    const int64_t stride = p->nchunks + 1, taps = g_.kh * g_.kw;
+    p->seg.resize(size_t(g_.out_channels * stride));
+    const auto& rp = w_.row_ptr();
+    for (int64_t oc = 0; oc < g_.out_channels; ++oc) {
+      int64_t j = rp[oc];
+      for (int64_t c = 0; c < p->nchunks; ++c) {
+        const int64_t first_col = c * cpc * taps;
+        while (j < rp[oc + 1] && w_.col_at(j) < first_col) ++j;
+        p->seg[oc * stride + c] = j;
+      }
+      p->seg[oc * stride + p->nchunks] = rp[oc + 1];
+    }
+  }
   if (cache_.size() >= 8) cache_.erase(cache_.begin());
   cache_[{H, W}] = p;
   return p;
@@ -139,8 +189,19 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
 
   // Images are processed in groups so the phase buffers stay bounded for large batches.
   const int64_t G = std::min<int64_t>(N, std::max<int64_t>(1, T));
-  std::unique_ptr<float[]> buf(new float[size_t(G * p.in_floats)]);
-  std::vector<std::unique_ptr<float[]>> tmp(static_cast<size_t>(T));
+  // Scratch lives in the calling thread and is reused across calls (fresh multi-megabyte buffers
+  // would page-fault on every call); pool workers only use it during this call.
+  thread_local std::vector<float> tl_buf, tl_tmp;
+  const size_t need = size_t(G * p.in_floats + 16);
+  if (tl_buf.size() < need) {
+    tl_buf.clear();
+    tl_buf.shrink_to_fit();
+    tl_buf.resize(need);
+  }
+  float* const buf_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_buf.data()) + 63) & ~uintptr_t(63));
+  const size_t tmp_per_slot = size_t(kOcChunk * p.block + 16);
+  if (tl_tmp.size() < tmp_per_slot * size_t(T)) tl_tmp.resize(tmp_per_slot * size_t(T));
+  float* const tmp_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_tmp.data()) + 63) & ~uintptr_t(63));
 
   // Task split per group: block ranges x output-channel chunks, at least ~8 tasks per thread.
   const int64_t n_occ_units = (OC + kOcChunk - 1) / kOcChunk;
@@ -154,7 +215,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       const int64_t img = task / rows_total, rc = task % rows_total;
       const int64_t phase = rc / C, c = rc % C;
       const int64_t ry = phase / g_.sw, rx = phase % g_.sw;
-      float* dst = buf.get() + img * p.in_floats + phase * p.plane + c * p.Hq * p.Wq;
+      float* dst = buf_base + img * p.in_floats + phase * p.plane + c * p.Hq * p.Wq;
       const float* src = x + ((n0 + img) * C + c) * HW;
       for (int64_t i = 0; i < p.Hq; ++i) {
         float* d = dst + i * p.Wq;
@@ -178,10 +239,26 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
         for (int64_t j = j1; j < p.Wq; ++j) d[j] = 0.f;
       }
       if (rc == rows_total - 1) {
-        float* tail = buf.get() + img * p.in_floats + g_.sh * g_.sw * p.plane;
-        std::memset(tail, 0, sizeof(float) * (p.in_floats - g_.sh * g_.sw * p.plane));
+        float* tail = buf_base + img * p.in_floats + g_.sh * g_.sw * p.plane;
+        std::memset(tail, 0, sizeof(float) * (p.S - g_.sh * g_.sw * p.plane));
       }
     });
+
+    // 1b) Shifted copies for aligned loads.
+    const int64_t ncopies = int64_t(p.shift.size());
+    if (ncopies > 1) {
+      const int64_t pieces = 8;
+      pool.parallel_for(g * (ncopies - 1) * pieces, T, [&](int64_t task, int) {
+        const int64_t img = task / ((ncopies - 1) * pieces), r = 1 + (task / pieces) % (ncopies - 1);
+        const int64_t piece = task % pieces, sft = p.shift[size_t(r)];
+        const float* src = buf_base + img * p.in_floats;
+        float* dst = buf_base + img * p.in_floats + r * p.S;
+        const int64_t a = p.S * piece / pieces, b = p.S * (piece + 1) / pieces;
+        const int64_t b_copy = std::min(b, p.S - sft);
+        if (b_copy > a) std::memcpy(dst + a, src + a + sft, sizeof(float) * (b_copy - a));
+        for (int64_t i = std::max(a, b_copy); i < b; ++i) dst[i] = 0.f;
+      });
+    }
 
     // 2) Convolve.
     int64_t occ = 1;
@@ -195,15 +272,15 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       const int64_t img = task / (nbt * occ);
       const int64_t rest = task % (nbt * occ);
       const int64_t bt = rest / occ, oc_a = (rest % occ) * oc_per, oc_b = std::min(OC, oc_a + oc_per);
-      if (!tmp[slot]) tmp[slot].reset(new float[size_t(kOcChunk * p.block)]);
-      float* t = tmp[slot].get();
-      const float* in = buf.get() + img * p.in_floats;
+      float* t = tmp_base + size_t(slot) * tmp_per_slot;
+      const float* in = buf_base + img * p.in_floats;
       float* out = y + (n0 + img) * OC * OHW;
       for (int64_t b = bt * bpt; b < std::min(p.nblocks, (bt + 1) * bpt); ++b) {
         const int64_t p0 = b * p.block, p1 = std::min(p.P, p0 + p.block);
         for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += kOcChunk) {
           const int64_t oc1 = std::min(oc_b, oc0 + kOcChunk);
-          K.conv(w, p.off.data(), in, p0, p.nv, oc0, oc1, t);
+          for (int64_t c = 0; c < p.nchunks; ++c)
+            K.conv(w, p.off.data(), p.seg.data() + c, p.nchunks + 1, in, p0, p.nv, oc0, oc1, t, c > 0);
           for (int64_t oc = oc0; oc < oc1; ++oc) {
             const float* a = t + (oc - oc0) * p.block;
             float* o = out + oc * OHW;

@@ -134,18 +134,19 @@ void spmm(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, in
 
 // ---- direct sparse convolution: every nonzero is an AXPY at a precomputed input offset ----------
 template <int NV, bool CB>
-void conv_t(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int64_t oc0, int64_t oc1,
-            float* tmp) {
+void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
+            int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate) {
   constexpr int W = V::W;
-  constexpr int U = NV >= 4 ? 1 : (NV == 1 ? 4 : 2);
-  const int64_t* rp = w.row_ptr;
+  constexpr int U = NV >= 6 ? 2 : (NV >= 3 ? 3 : 4);
   const float* base = in + p0;
   for (int64_t oc = oc0; oc < oc1; ++oc) {
+    float* t = tmp + (oc - oc0) * (NV * W);
     VT acc[U][NV];
-    for (int u = 0; u < U; ++u)
+    for (int v = 0; v < NV; ++v) acc[0][v] = accumulate ? V::load(t + v * W) : V::zero();
+    for (int u = 1; u < U; ++u)
       for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
-    int64_t j = rp[oc];
-    const int64_t e = rp[oc + 1];
+    int64_t j = seg[oc * seg_stride];
+    const int64_t e = seg[oc * seg_stride + 1];
     for (; j + U <= e; j += U) {
       for (int u = 0; u < U; ++u) {
         const VT wv = V::set1(weight_at<CB>(w, j + u));
@@ -160,29 +161,28 @@ void conv_t(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0
     }
     for (int u = 1; u < U; ++u)
       for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
-    float* t = tmp + (oc - oc0) * (NV * W);
     for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[0][v]);
   }
 }
 
 template <int NV>
-void conv_nv(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int64_t oc0, int64_t oc1,
-             float* tmp) {
-  if (w.values) conv_t<NV, false>(w, off, in, p0, oc0, oc1, tmp);
-  else conv_t<NV, true>(w, off, in, p0, oc0, oc1, tmp);
+void conv_nv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t ss, const float* in, int64_t p0,
+             int64_t oc0, int64_t oc1, float* tmp, bool acc) {
+  if (w.values) conv_t<NV, false>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+  else conv_t<NV, true>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
 }
 
-void conv(const CsrWeights& w, const int32_t* off, const float* in, int64_t p0, int nv, int64_t oc0, int64_t oc1,
-          float* tmp) {
+void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t ss, const float* in, int64_t p0,
+          int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc) {
   switch (nv) {
-    case 1: return conv_nv<1>(w, off, in, p0, oc0, oc1, tmp);
-    case 2: return conv_nv<2>(w, off, in, p0, oc0, oc1, tmp);
-    case 3: return conv_nv<3>(w, off, in, p0, oc0, oc1, tmp);
-    case 4: return conv_nv<4>(w, off, in, p0, oc0, oc1, tmp);
-    case 5: return conv_nv<5>(w, off, in, p0, oc0, oc1, tmp);
-    case 6: return conv_nv<6>(w, off, in, p0, oc0, oc1, tmp);
-    case 7: return conv_nv<7>(w, off, in, p0, oc0, oc1, tmp);
-    default: return conv_nv<8>(w, off, in, p0, oc0, oc1, tmp);
+    case 1: return conv_nv<1>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 2: return conv_nv<2>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 3: return conv_nv<3>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 4: return conv_nv<4>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 5: return conv_nv<5>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 6: return conv_nv<6>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 7: return conv_nv<7>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    default: return conv_nv<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
   }
 }
 
