@@ -73,6 +73,11 @@ def _add_compress(sub) -> None:
     p.add_argument("--conv-bits", type=int, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
     p.add_argument("--fc-bits", type=int, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
     p.add_argument("--index-bits", type=int, metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
+    p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default="magnitude",
+                   help="what pruning keeps: |w| (default, the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
+                        "relevance; the last three calibrate on --data")
+    p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
+                   help="batches of --data used to calibrate wanda/relevance (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
                    help="k-means centroid initialisation (default: linear, the paper's)")
     p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,
@@ -103,10 +108,11 @@ def cmd_compress(args) -> int:
                            progress=not args.quiet)
     elif args.finetune_epochs:
         raise DeepcompError("--finetune-epochs needs --data: retraining needs a dataset")
+    criterion = _criterion(args, loaded)
     result = compress(
         loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
-        iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
+        criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
         seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
     out = args.output or default_output(loaded)
     result.save(out)
@@ -118,6 +124,29 @@ def cmd_compress(args) -> int:
     else:
         print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
     return 0
+
+
+def _criterion(args, loaded):
+    """None for magnitude, else a function model -> criterion calibrated on --data."""
+    if args.criterion == "magnitude":
+        return None
+    if not args.data:
+        raise DeepcompError(f"--criterion {args.criterion} calibrates on data: give --data too")
+    from itertools import islice
+
+    from deepcomp.data import load_dataset, make_loader
+    from deepcomp.prune import RelevanceCriterion, WandaCriterion
+
+    ds = load_dataset(args.data, "train")
+    n = max(1, args.calibration_batches)
+
+    def factory(model):
+        batches = list(islice(iter(make_loader(ds, batch_size=64, shuffle=True, seed=args.seed)), n))
+        if args.criterion == "wanda":
+            return WandaCriterion.from_batches(model, [x for x, _ in batches])
+        rule = "lrp0" if args.criterion == "relevance" else "taylor"
+        return RelevanceCriterion.from_batches(model, batches, rule=rule)
+    return factory
 
 
 # ------------------------------------------------------------------------------------------- info
@@ -238,7 +267,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="WD")
-    p.add_argument("--log", metavar="FILE.jsonl", help="append one JSON record per epoch (accuracy, loss, ...)")
+    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+                   help="append one JSON record per epoch (accuracy, loss, ...); under torchrun spell it --log-file")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -333,7 +363,8 @@ def _add_finetune(sub) -> None:
                    help="epochs of each stage: new head, masked retraining of the pruned head, centroids (default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only (backbone centroids fixed)")
-    p.add_argument("--log", metavar="FILE.jsonl", help="append per-stage accuracy/loss/sparsity/size records")
+    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+                   help="append per-stage accuracy/loss/sparsity/size records (under torchrun spell it --log-file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

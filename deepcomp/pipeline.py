@@ -162,7 +162,7 @@ def compress(
     fc_bits: int | None = None,
     index_bits: int | None = None,
     init: str | None = None,
-    criterion: Criterion | None = None,
+    criterion: Criterion | Callable[[nn.Module], Criterion] | None = None,
     iterative: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
@@ -175,7 +175,9 @@ def compress(
 
     ``model`` is an nn.Module (with ``input_shape``), a :class:`deepcomp.zoo.LoadedModel` or a model
     spec such as ``"torchvision:alexnet"``. ``recipe`` is a recipe name, a TOML path or a
-    :class:`Recipe`; the keyword overrides win over it. ``iterative=K`` prunes in K steps, calling
+    :class:`Recipe`; the keyword overrides win over it. ``criterion`` scores weights for pruning
+    (default magnitude); a function ``model -> Criterion`` is called again before every pruning step,
+    so data-driven criteria (WANDA, relevance) see the retrained model. ``iterative=K`` prunes in K steps, calling
     ``finetune(model, masks, stage)`` after each (masked retraining). ``train_codebooks(model, shared)``
     may fine-tune the centroids (assignments fixed) after k-means. Call ``.save(path)`` on the result.
     """
@@ -212,7 +214,8 @@ def compress(
             amount = 1.0 - overall_density ** (step / steps)
         else:
             amount = _step_amounts(plan, step, steps)
-        masks = compute_masks(module, amount, scope=scope, criterion=criterion, masks=masks, layers=layers)
+        crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
+        masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers)
         apply_masks(module, masks)
         if finetune is not None:
             finetune(module, masks, f"prune-{step}/{steps}")

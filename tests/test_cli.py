@@ -120,3 +120,20 @@ def test_help_explains_every_command():
         assert cmd in out
     code, out, _ = run("compress", "--help")
     assert "--sparsity" in out and "--global" in out and "--index-bits" in out
+
+
+def test_data_criteria(tmp_path, capsys):
+    """--criterion wanda / relevance calibrate on --data (a tiny npz set here) and prune to the recipe."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.random((64, 1, 28, 28), dtype=np.float32),
+             y_train=rng.integers(0, 10, 64), x_test=rng.random((16, 1, 28, 28), dtype=np.float32),
+             y_test=rng.integers(0, 10, 16))
+    for crit in ("wanda", "relevance"):
+        out = tmp_path / f"{crit}.dcz"
+        assert main(["compress", "zoo:lenet-300-100", "-o", str(out), "-q", "--json", "--data",
+                     f"npz:{tmp_path / 'd.npz'}", "--criterion", crit, "--finetune-epochs", "1",
+                     "--calibration-batches", "1"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert [round(l["density"], 2) for l in report["layers"]] == [0.08, 0.09, 0.26]
+    assert main(["compress", "zoo:lenet-5", "--criterion", "wanda"]) == 2
+    assert "--data" in capsys.readouterr().err
