@@ -100,7 +100,7 @@ def run_transfer(args, data, workdir: str) -> dict:
     print(f"[transfer] 0-4 -> 5-9: top-1 {tr['accuracy']['top1']:.4f} ({tr['file_bytes']} bytes); dense on 5-9: "
           f"{dense_acc['top1']:.4f}", flush=True)
     return {"source": src, "transfer": {k: v for k, v in tr.items() if k not in ("result", "history")},
-            "dense": dense_acc, "seconds_transfer": t_tr, "seconds_dense": t_dense}
+            "dense": dense_acc, "dense_bytes": 4 * sum(p.numel() for p in dense.parameters()), "seconds_transfer": t_tr, "seconds_dense": t_dense}
 
 
 def table(results: list[dict], transfer: dict | None, args, elapsed: float) -> str:
@@ -131,7 +131,7 @@ def table(results: list[dict], transfer: dict | None, args, elapsed: float) -> s
         out += ["## Transfer learning (LeNet-5, Fashion-MNIST classes 0-4 -> 5-9)", "",
                 "| model | test top-1 on classes 5-9 | size |", "|---|---|---|",
                 f"| dense LeNet-5 trained on 5-9 alone ({args.epochs} epochs) | {100 * transfer['dense']['top1']:.2f}% | "
-                f"{kb(s['original_bytes'])} |",
+                f"{kb(transfer['dense_bytes'])} |",
                 f"| LeNet-5 compressed on 0-4 ({100 * s['comp']['top1']:.2f}% there), new head fine-tuned on 5-9 "
                 f"(sparse shared backbone kept; {args.transfer_epochs} epochs per stage) | "
                 f"{100 * t['accuracy']['top1']:.2f}% | {kb(t['file_bytes'])} ({t['ratio']:.1f}x) |", ""]
@@ -151,15 +151,15 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="fashion-mnist", help="dataset spec (default: fashion-mnist)")
     ap.add_argument("--quick", action="store_true", help="CI-sized run: 6000 training samples, 2 epochs per stage")
-    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs (default 12; quick 2)")
-    ap.add_argument("--finetune-epochs", type=int, default=None, help="retraining epochs per pruning step (default 2; quick 1)")
-    ap.add_argument("--codebook-epochs", type=int, default=None, help="centroid-training epochs (default 2; quick 1)")
-    ap.add_argument("--transfer-epochs", type=int, default=None, help="epochs per transfer stage (default 2; quick 1)")
+    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs (default 8; quick 2)")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="retraining epochs per pruning step (default 1)")
+    ap.add_argument("--codebook-epochs", type=int, default=None, help="centroid-training epochs (default 1)")
+    ap.add_argument("--transfer-epochs", type=int, default=None, help="epochs per transfer stage (default 1)")
     ap.add_argument("--iterative", type=int, default=None, help="pruning steps (default 3; quick 2)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--finetune-lr", type=float, default=5e-4)
     ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="training samples per run (default all; quick 6000)")
     ap.add_argument("--models", default="lenet-300-100,lenet-5")
     ap.add_argument("--no-transfer", action="store_true")
@@ -170,10 +170,10 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true", help="tqdm bars")
     args = ap.parse_args(argv)
     q = args.quick
-    args.epochs = args.epochs or (2 if q else 12)
-    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if q else 2)
-    args.codebook_epochs = args.codebook_epochs if args.codebook_epochs is not None else (1 if q else 2)
-    args.transfer_epochs = args.transfer_epochs if args.transfer_epochs is not None else (1 if q else 2)
+    args.epochs = args.epochs or (2 if q else 8)
+    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else 1
+    args.codebook_epochs = args.codebook_epochs if args.codebook_epochs is not None else 1
+    args.transfer_epochs = args.transfer_epochs if args.transfer_epochs is not None else 1
     args.iterative = args.iterative or (2 if q else 3)
     args.limit = args.limit or (6000 if q else None)
     here = os.path.dirname(os.path.abspath(__file__))
