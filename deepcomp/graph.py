@@ -498,8 +498,366 @@ def _capture_fx(model: nn.Module, input_shape: tuple) -> dict:
 # TorchScript capture
 
 
+_TS_IDENTITY = {"aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_",
+                "aten::alpha_dropout", "aten::alpha_dropout_", "aten::feature_alpha_dropout",
+                "aten::contiguous", "aten::detach", "aten::clone"}
+_TS_COMPARE = {"aten::eq": operator.eq, "aten::ne": operator.ne, "aten::lt": operator.lt, "aten::le": operator.le,
+               "aten::gt": operator.gt, "aten::ge": operator.ge, "aten::__and__": lambda a, c: a and c,
+               "aten::__or__": lambda a, c: a or c, "aten::__is__": operator.is_, "aten::__isnot__": operator.is_not}
+
+
+class _Sym:
+    """A value of the TorchScript graph as the capture sees it."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: str, value):
+        self.kind, self.value = kind, value  # kind: const | module | param | tensor | shape | dim | list
+
+    def __repr__(self):
+        return f"{self.kind}:{self.value!r}"
+
+
 def _capture_script(model, input_shape: tuple) -> dict:
-    raise UnsupportedOpError(
-        "capturing a TorchScript module is not supported yet; save the model as a state_dict and pass "
-        "--arch, or as a deepcomp model file"
-    )
+    """Capture a TorchScript module (scripted or traced) from its inlined graph.
+
+    The graph is walked like an interpreter that knows only constants, module attributes and the
+    op table: ``prim::If`` branches are taken when their condition is a constant (``self.training``
+    is False in eval mode, ``bias is None`` ...), so the training-only code of BatchNorm and Dropout
+    disappears. A condition that depends on tensor values, loops, or any other op raise
+    UnsupportedOpError.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _ScriptCapture(model, input_shape).run()
+    finally:
+        model.train(was_training)
+
+
+class _ScriptCapture:
+    def __init__(self, model, input_shape):
+        self.model = model
+        self.state_keys = set(model.state_dict().keys())
+        self.graph = model.inlined_graph
+        inputs = list(self.graph.inputs())
+        if len(inputs) != 2:
+            raise UnsupportedOpError(
+                f"the TorchScript model's forward takes {len(inputs) - 1} inputs; deepcomp captures models with "
+                "exactly one input tensor")
+        self.input_name = "x"
+        self.b = _Builder(self.input_name, input_shape, self.state_keys)
+        self.env: dict = {inputs[0]: _Sym("module", ""), inputs[1]: _Sym("tensor", self.input_name)}
+        self.rank = {self.input_name: 1 + len(input_shape)}
+        self.producer_value: dict[str, Any] = {}  # graph conv name -> jit value it came from
+        self.counter = 0
+
+    # -- helpers
+
+    def where(self, n) -> str:
+        scope = n.scopeName() if hasattr(n, "scopeName") else ""
+        scope = scope.replace("__module.", "").split("/")[-1] if scope else ""
+        return scope or n.kind()
+
+    def sym(self, v) -> _Sym:
+        if v not in self.env:
+            raise UnsupportedOpError(f"TorchScript value %{v.debugName()} is not understood by deepcomp")
+        return self.env[v]
+
+    def const(self, v, n):
+        s = self.sym(v)
+        if s.kind == "const":
+            return s.value
+        if s.kind == "list" and all(x.kind == "const" for x in s.value):
+            return [x.value for x in s.value]
+        raise _unsupported(n.kind(), self.where(n), f"a non-constant {s.kind} argument")
+
+    def tensor(self, v, n) -> str:
+        s = self.sym(v)
+        if s.kind != "tensor":
+            raise _unsupported(n.kind(), self.where(n), f"expected a tensor computed by the model, got {s.kind}")
+        return s.value
+
+    def param(self, v, n, optional=False):
+        s = self.sym(v)
+        if optional and s.kind == "const" and s.value is None:
+            return None
+        if s.kind != "param":
+            raise _unsupported(n.kind(), self.where(n), "weights must be parameters or buffers of the module")
+        return s.value
+
+    def module_path(self, key: str, suffix: str) -> str:
+        return key[: -len(suffix)] if key.endswith(suffix) else key
+
+    def emit(self, n, base, op, inputs, attrs, rank):
+        if base is None:
+            scope = n.scopeName().replace("__module.", "").split("/")[-1] if n.scopeName() else ""
+            base = scope or f"{op}_{self.counter}"
+        name = self.b.add(base, op, inputs, attrs)
+        self.counter += 1
+        self.rank[name] = rank
+        self.env[n.output()] = _Sym("tensor", name)
+        return name
+
+    # -- walking
+
+    def run(self) -> dict:
+        self.block(self.graph.nodes())
+        outs = list(self.graph.outputs())
+        if len(outs) != 1 or self.sym(outs[0]).kind != "tensor":
+            raise UnsupportedOpError("the TorchScript model returns several values (or a container); deepcomp "
+                                     "captures models that return one tensor")
+        return self.fold_batchnorm(self.b.result(self.sym(outs[0]).value))
+
+    @staticmethod
+    def fold_batchnorm(graph: dict) -> dict:
+        """Record each batchnorm2d on the conv2d before it when nothing else reads that conv's output
+        (a scripted graph's unused training branches make the TorchScript use counts useless)."""
+        nodes = graph["nodes"]
+        uses: dict[str, int] = {graph["output"]: 1}
+        for node in nodes:
+            for i in node["inputs"]:
+                uses[i] = uses.get(i, 0) + 1
+        by_name = {node["name"]: node for node in nodes}
+        rename: dict[str, str] = {}
+        kept = []
+        for node in nodes:
+            node["inputs"] = [rename.get(i, i) for i in node["inputs"]]
+            if node["op"] == "batchnorm2d":
+                src = node["inputs"][0]
+                conv = by_name.get(src)
+                if conv is not None and conv["op"] == "conv2d" and conv["attrs"]["bn"] is None and uses.get(src) == 1:
+                    conv["attrs"]["bn"] = node["attrs"]
+                    rename[node["name"]] = src
+                    continue
+            kept.append(node)
+        graph["nodes"] = kept
+        graph["output"] = rename.get(graph["output"], graph["output"])
+        return graph
+
+    def block(self, nodes):
+        for n in nodes:
+            self.node(n)
+
+    def node(self, n):
+        k = n.kind()
+        ins = list(n.inputs())
+        where = self.where(n)
+        if k == "prim::Constant":
+            self.env[n.output()] = _Sym("const", n.output().toIValue())
+        elif k == "prim::GetAttr":
+            base = self.sym(ins[0])
+            if base.kind != "module":
+                raise _unsupported(k, where, "attribute of a non-module")
+            attr = n.s("name")
+            obj = self.model
+            for part in filter(None, base.value.split(".")):
+                obj = getattr(obj, part)
+            value = getattr(obj, attr)
+            path = f"{base.value}.{attr}" if base.value else attr
+            if isinstance(value, torch.jit.ScriptModule) or isinstance(value, nn.Module):
+                self.env[n.output()] = _Sym("module", path)
+            elif isinstance(value, torch.Tensor):
+                if path not in self.state_keys:
+                    raise _unsupported("tensor attribute", path, "not a registered parameter or buffer")
+                self.env[n.output()] = _Sym("param", path)
+            else:
+                self.env[n.output()] = _Sym("const", value)
+        elif k in ("prim::ListConstruct", "prim::TupleConstruct"):
+            self.env[n.output()] = _Sym("list", [self.sym(v) for v in ins])
+        elif k in ("prim::ListUnpack", "prim::TupleUnpack"):
+            s = self.sym(ins[0])
+            items = s.value if s.kind == "list" else [_Sym("const", v) for v in s.value] if s.kind == "const" else None
+            if items is None or len(items) != len(list(n.outputs())):
+                raise _unsupported(k, where)
+            for out, item in zip(n.outputs(), items):
+                self.env[out] = item
+        elif k == "prim::If":
+            cond = self.sym(ins[0])
+            if cond.kind != "const":
+                raise _unsupported("if", where, "a condition that depends on tensor values")
+            blocks = list(n.blocks())
+            chosen = blocks[0] if cond.value else blocks[1]
+            self.block(chosen.nodes())
+            for out, ret in zip(n.outputs(), chosen.returnNode().inputs()):
+                self.env[out] = self.sym(ret)
+        elif k == "prim::RaiseException":
+            raise UnsupportedOpError(f"the TorchScript model raises an exception at '{where}' for this input shape")
+        elif k in ("prim::NumToTensor", "aten::Int", "aten::ScalarImplicit", "aten::Float"):
+            self.env[n.output()] = self.sym(ins[0])
+        elif k == "aten::__not__":
+            self.env[n.output()] = _Sym("const", not self.const(ins[0], n))
+        elif k in _TS_COMPARE:
+            a, c = self.sym(ins[0]), self.sym(ins[1])
+            if a.kind == "const" and c.kind == "const":
+                self.env[n.output()] = _Sym("const", _TS_COMPARE[k](a.value, c.value))
+            elif k in ("aten::__is__", "aten::__isnot__"):
+                # a tensor or module is never None
+                self.env[n.output()] = _Sym("const", k == "aten::__isnot__")
+            else:
+                raise _unsupported(k, where, "a comparison of tensor-dependent values")
+        elif k == "aten::len":
+            s = self.sym(ins[0])
+            if s.kind == "shape":
+                self.env[n.output()] = _Sym("const", self.rank[s.value])
+            else:
+                self.env[n.output()] = _Sym("const", len(self.const(ins[0], n)))
+        elif k == "aten::dim":
+            self.env[n.output()] = _Sym("const", self.rank[self.tensor(ins[0], n)])
+        elif k == "aten::size":
+            t = self.tensor(ins[0], n)
+            if len(ins) == 1:
+                self.env[n.output()] = _Sym("shape", t)
+            else:
+                d = int(self.const(ins[1], n))
+                d = d + self.rank[t] if d < 0 else d
+                self.env[n.output()] = _Sym("dim", (t, d))
+        elif k == "aten::__getitem__":
+            s = self.sym(ins[0])
+            i = self.const(ins[1], n)
+            if s.kind == "shape":
+                r = self.rank[s.value]
+                self.env[n.output()] = _Sym("dim", (s.value, i + r if i < 0 else i))
+            elif s.kind == "list":
+                self.env[n.output()] = s.value[i]
+            else:
+                self.env[n.output()] = _Sym("const", self.const(ins[0], n)[i])
+        elif k in _TS_IDENTITY:
+            self.env[n.output()] = _Sym("tensor", self.tensor(ins[0], n))
+        elif k in ("aten::_convolution", "aten::conv2d", "aten::_convolution_mode"):
+            self.conv(n, ins)
+        elif k == "aten::linear":
+            w = self.param(ins[1], n)
+            b = self.param(ins[2], n, optional=True)
+            x = self.tensor(ins[0], n)
+            if self.rank[x] != 2:
+                raise _unsupported("linear", where, f"input of rank {self.rank[x]}")
+            self.emit(n, self.module_path(w, ".weight"), "linear", [x], {"weight": w, "bias": b}, 2)
+        elif k == "aten::t":
+            self.env[n.output()] = _Sym("param_t", self.param(ins[0], n))
+        elif k == "aten::addmm":
+            bias, x, wt = self.sym(ins[0]), self.tensor(ins[1], n), self.sym(ins[2])
+            beta, alpha = self.const(ins[3], n), self.const(ins[4], n)
+            if bias.kind != "param" or wt.kind != "param_t" or beta != 1 or alpha != 1:
+                raise _unsupported("addmm", where, "only bias + x @ weight.t() is supported")
+            self.emit(n, self.module_path(wt.value, ".weight"), "linear", [x], {"weight": wt.value, "bias": bias.value}, 2)
+        elif k in ("aten::relu", "aten::relu_"):
+            x = self.tensor(ins[0], n)
+            self.emit(n, None, "relu", [x], {}, self.rank[x])
+        elif k == "aten::max_pool2d":
+            x = self.tensor(ins[0], n)
+            kernel, stride, pad, dil, ceil = (self.const(v, n) for v in ins[1:6])
+            self.emit(n, None, "maxpool2d", [x], _maxpool_attrs(kernel, stride or None, pad, dil, ceil, where), 4)
+        elif k == "aten::avg_pool2d":
+            x = self.tensor(ins[0], n)
+            kernel, stride, pad, ceil, cip, div = (self.const(v, n) for v in ins[1:7])
+            if div is not None:
+                raise _unsupported("avg_pool2d", where, "divisor_override")
+            self.emit(n, None, "avgpool2d", [x], _avgpool_attrs(kernel, stride or None, pad, ceil, cip, where), 4)
+        elif k == "aten::adaptive_avg_pool2d":
+            x = self.tensor(ins[0], n)
+            size = self.const(ins[1], n)
+            if isinstance(size, (list, tuple)) and any(v is None for v in size):
+                raise _unsupported("adaptive_avg_pool2d", where, "output_size with None")
+            self.emit(n, None, "adaptive_avgpool2d", [x], {"output_size": _pair(size, "output_size")}, 4)
+        elif k == "aten::flatten":
+            x = self.tensor(ins[0], n)
+            r = self.rank[x]
+            sd, ed = (int(self.const(v, n)) for v in ins[1:3])
+            sd, ed = sd + r if sd < 0 else sd, ed + r if ed < 0 else ed
+            if sd != 1 or ed != r - 1:
+                raise _unsupported("flatten", where, "only flattening every dimension after the batch is supported")
+            self.emit(n, None, "flatten", [x], {"start_dim": 1}, 2)
+        elif k in ("aten::view", "aten::reshape"):
+            x = self.tensor(ins[0], n)
+            size = self.sym(ins[1])
+            items = size.value if size.kind == "list" else None
+            ok = (items is not None and len(items) == 2 and items[0].kind == "dim" and items[0].value[1] == 0
+                  and items[1].kind == "const" and items[1].value == -1)
+            if not ok:
+                raise _unsupported(k.split("::")[1], where, "only view/reshape to (N, -1), i.e. a flatten, is supported")
+            self.emit(n, None, "flatten", [x], {"start_dim": 1}, 2)
+        elif k in ("aten::add", "aten::add_"):
+            a, c = self.sym(ins[0]), self.sym(ins[1])
+            alpha = self.const(ins[2], n) if len(ins) > 2 else 1
+            if a.kind == "tensor" and c.kind == "tensor" and alpha == 1:
+                self.emit(n, None, "add", [a.value, c.value], {}, self.rank[a.value])
+            elif a.kind == "const" and c.kind == "const":
+                self.env[n.output()] = _Sym("const", a.value + c.value * alpha)
+            else:
+                raise _unsupported("add", where, "only adding two tensors of the model")
+        elif k == "aten::cat":
+            items = self.sym(ins[0])
+            if items.kind != "list" or not all(t.kind == "tensor" for t in items.value):
+                raise _unsupported("cat", where, "the tensors must be a list")
+            names = [t.value for t in items.value]
+            dim = int(self.const(ins[1], n))
+            r = self.rank[names[0]]
+            dim = dim + r if dim < 0 else dim
+            if dim < 1:
+                raise _unsupported("cat", where, "concatenating along the batch dimension")
+            if len(names) == 1:
+                self.env[n.output()] = _Sym("tensor", names[0])
+            else:
+                self.emit(n, None, "concat", names, {"dim": dim}, r)
+        elif k == "aten::batch_norm":
+            self.batch_norm(n, ins)
+        elif k == "aten::warn":
+            pass
+        else:
+            raise _unsupported(k, where)
+
+    def conv(self, n, ins):
+        where = self.where(n)
+        x = self.tensor(ins[0], n)
+        w = self.param(ins[1], n)
+        b = self.param(ins[2], n, optional=True)
+        if n.kind() == "aten::_convolution_mode":
+            stride, padding, dilation, groups = (self.const(v, n) for v in ins[3:7])
+        elif n.kind() == "aten::_convolution":
+            stride, padding, dilation, transposed, _, groups = (self.const(v, n) for v in ins[3:9])
+            if transposed:
+                raise _unsupported("conv_transpose2d", where)
+        else:
+            stride, padding, dilation, groups = (self.const(v, n) for v in ins[3:7])
+        if self.rank[x] != 4 or len(stride) != 2:
+            raise _unsupported("conv", where, "only 2-D convolutions on NCHW inputs are supported")
+        if isinstance(padding, str):
+            weight = dict(self.model.named_parameters()).get(w)
+            if padding == "valid":
+                padding = [0, 0]
+            elif padding == "same" and weight is not None:
+                pads = []
+                for kk, d in zip(weight.shape[2:], dilation):
+                    total = d * (kk - 1)
+                    if total % 2:
+                        raise _unsupported("conv2d", where, "padding='same' with an even kernel pads asymmetrically")
+                    pads.append(total // 2)
+                padding = pads
+            else:
+                raise _unsupported("conv2d", where, f"padding={padding!r}")
+        attrs = {"weight": w, "bias": b, "stride": _pair(stride), "padding": _pair(padding),
+                 "dilation": _pair(dilation), "groups": int(groups), "bn": None}
+        name = self.emit(n, self.module_path(w, ".weight"), "conv2d", [x], attrs, 4)
+        self.producer_value[name] = n.output()
+
+    def batch_norm(self, n, ins):
+        where = self.where(n)
+        x = self.tensor(ins[0], n)
+        weight = self.param(ins[1], n, optional=True)
+        bias = self.param(ins[2], n, optional=True)
+        mean = self.param(ins[3], n, optional=True)
+        var = self.param(ins[4], n, optional=True)
+        training = self.const(ins[5], n)
+        eps = float(self.const(ins[7], n))
+        if training or mean is None or var is None:
+            raise _unsupported("batch_norm", where, "batch statistics (training mode or no running stats)")
+        attrs = {"weight": weight, "bias": bias, "running_mean": mean, "running_var": var, "eps": eps}
+        producer = self.b.by_name.get(x)
+        value = self.producer_value.get(x)
+        if (producer is not None and producer["op"] == "conv2d" and producer["attrs"]["bn"] is None
+                and value is not None and len(value.uses()) == 1):
+            producer["attrs"]["bn"] = attrs
+            self.env[n.output()] = _Sym("tensor", x)
+        else:
+            self.emit(n, self.module_path(mean, ".running_mean"), "batchnorm2d", [x], attrs, self.rank[x])

@@ -320,3 +320,53 @@ def test_vgg16():
     tv = pytest.importorskip("torchvision")
     g = assert_same(tv.models.vgg16(weights=None), (3, 224, 224), batch=1, atol=1e-3)
     assert ops(g).count("conv2d") == 13 and ops(g).count("linear") == 3 and ops(g).count("maxpool2d") == 5
+
+
+# --------------------------------------------------------------------------------------------------
+# TorchScript modules (what load_model returns for a TorchScript file)
+
+TS_CASES = ["lenet5", "lenet300100", "cat", pytest.param("resnet18", marks=pytest.mark.slow), "squeezenet1_1"]
+
+
+def _ts_model(name):
+    if name == "lenet5":
+        return LeNet5(), (1, 28, 28)
+    if name == "lenet300100":
+        return LeNet300100(), (1, 28, 28)
+    if name == "cat":
+        return randomize_bn(Cat()), (3, 5, 5)
+    tv = pytest.importorskip("torchvision")
+    return randomize_bn(tv.models.get_model(name, weights=None)), (3, 224, 224)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("how", ["trace", "script"])
+@pytest.mark.parametrize("name", TS_CASES)
+def test_torchscript(name, how):
+    model, shape = _ts_model(name)
+    model.eval()
+    x = torch.randn(2, *shape)
+    sm = torch.jit.trace(model, x[:1]) if how == "trace" else torch.jit.script(model)
+    g = capture(sm, shape)
+    check_graph(g, model)
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(g, model.state_dict(), x), model(x), atol=1e-3, rtol=1e-4)
+    fx_graph = capture(model, shape)
+    assert ops(g) == ops(fx_graph)
+    assert [n["name"] for n in g["nodes"] if n["op"] in ("conv2d", "linear")] == \
+        [n["name"] for n in fx_graph["nodes"] if n["op"] in ("conv2d", "linear")]
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if bool(x.sum() > 0):
+            return x
+        return -x
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_unsupported():
+    with pytest.raises(UnsupportedOpError, match="unsupported op 'aten::sum'"):
+        capture(torch.jit.script(DataDependent()), (4,))
+    with pytest.raises(UnsupportedOpError, match="aten::sigmoid"):
+        capture(torch.jit.trace(Sigmoid(), torch.randn(1, 4)), (4,))
