@@ -9,6 +9,7 @@ from deepcomp.errors import (  # noqa: F401
     DataError,
     DczError,
     DeepcompError,
+    InputShapeError,
     ModelLoadError,
     RecipeError,
     UnsupportedOpError,
@@ -23,6 +24,7 @@ _LAZY = {
     "decompress": ("deepcomp.dcz", "decompress"),
     "read_dcz": ("deepcomp.dcz", "read_dcz"),
     "load": ("deepcomp.runtime", "load"),
+    "RuntimeModel": ("deepcomp.runtime", "RuntimeModel"),
     "to_torch": ("deepcomp.torch_adapter", "to_torch"),
     "load_model": ("deepcomp.zoo", "load_model"),
 }

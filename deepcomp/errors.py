@@ -27,3 +27,7 @@ class ModelLoadError(DeepcompError):
 
 class DataError(DeepcompError):
     """A dataset that is missing or malformed."""
+
+
+class InputShapeError(DeepcompError):
+    """An input that does not match the model's input shape (or is not numeric)."""

@@ -101,3 +101,25 @@ def test_compress_is_fast_enough_for_vgg16():
     t = time.perf_counter()
     compress(loaded, progress=False)
     assert time.perf_counter() - t < 120  # issue target "well under a minute"; generous for a loaded CI box
+
+
+def test_torchscript_model_is_pruned_and_runs(tmp_path):
+    import warnings
+
+    from deepcomp.runtime import load
+    from deepcomp.zoo import LeNet5
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(LeNet5().eval())
+    scripted.save(str(tmp_path / "m.ts"))
+    loaded = load_model(str(tmp_path / "m.ts"))
+    r = compress(loaded, sparsity=0.9, progress=False)
+    assert set(r.masks) == {"conv1", "conv2", "fc1", "fc2"}
+    assert r.plan["conv1"].kind == "conv" and r.plan["fc1"].bits == 5
+    r.save(tmp_path / "m.dcz")
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        ref = loaded.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load(tmp_path / "m.dcz")(x), ref, rtol=1e-4, atol=1e-5)

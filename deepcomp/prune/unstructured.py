@@ -14,14 +14,21 @@ from deepcomp.prune.criteria import Criterion, Magnitude
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+def _original_name(m: nn.Module) -> str:
+    """The class name, also for a TorchScript submodule (a RecursiveScriptModule keeps it)."""
+    return getattr(m, "original_name", type(m).__name__) if isinstance(m, torch.jit.ScriptModule) else type(m).__name__
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose weights deepcomp prunes and codes: every Conv2d and Linear, by qualified name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    """The layers whose weights deepcomp prunes and codes: every Conv2d and Linear, by qualified name
+    (in a TorchScript model too)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, PRUNABLE) or (isinstance(m, torch.jit.ScriptModule) and _original_name(m) in ("Conv2d", "Linear"))}
 
 
 def layer_kind(module: nn.Module) -> str:
     """'conv' or 'fc', the paper's two kinds (they get different default bit widths)."""
-    return "conv" if isinstance(module, nn.Conv2d) else "fc"
+    return "conv" if isinstance(module, nn.Conv2d) or _original_name(module) == "Conv2d" else "fc"
 
 
 def _check_amount(value: float, what: str) -> float:

@@ -20,17 +20,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from deepcomp.errors import DczError, DeepcompError, UnsupportedOpError
+from deepcomp.errors import DczError, DeepcompError, InputShapeError, UnsupportedOpError
 from deepcomp.runtime import reference
 
 try:  # the extension may be missing in a broken install; the reference ops still run a graph
     from deepcomp import _native
 except ImportError:  # pragma: no cover - exercised only without a build
     _native = None
-
-
-class InputShapeError(DeepcompError):
-    """An input that does not match the model's input shape (or is not numeric)."""
 
 
 class LayerInfo(NamedTuple):
