@@ -38,7 +38,7 @@ struct Kernels {
   // Direct sparse convolution, one output-pixel block of nv*width floats at p0 for output channels
   // [oc0, oc1), over the nonzeros seg[oc*seg_stride] .. seg[oc*seg_stride + 1] of each row (one
   // input-channel chunk): tmp[(oc-oc0)*nv*width + i] (+)= sum_j w_j in[off_j + p0 + i].
-  // accumulate: add to tmp instead of overwriting it. nv in [1, 8].
+  // accumulate: add to tmp instead of overwriting it. nv in [1, 12].
   void (*conv)(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
                int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate);
 };

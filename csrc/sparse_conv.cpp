@@ -21,7 +21,7 @@ namespace deepcomp {
 
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
-constexpr int kMaxNv = 8;
+constexpr int kMaxNv = 8;  // the kernels go to 12; measured no faster here
 constexpr int64_t kOcChunk = 16;
 constexpr int64_t kL1Budget = 24 << 10;
 }  // namespace

@@ -84,7 +84,7 @@ struct ThreadPool::Impl {
     for (;;) {
       // Spin a little before sleeping: consecutive layers start within microseconds.
       uint64_t g = seen;
-      for (int i = 0; i < 20000; ++i) {
+      for (int i = 0; i < 4000; ++i) {
         g = generation.load(std::memory_order_acquire);
         if (g != seen) break;
         cpu_relax();
@@ -173,7 +173,7 @@ void ThreadPool::parallel_for(int64_t ntasks, int max_slots, const std::function
   }
   p.wake_cv.notify_all();
   p.run_tasks(0);
-  for (int i = 0; i < 200000 && p.pending.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
+  for (int i = 0; i < 50000 && p.pending.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
   if (p.pending.load(std::memory_order_acquire) != 0) {
     std::unique_lock<std::mutex> lk(p.wake_mutex);
     p.done_cv.wait(lk, [&] { return p.pending.load(std::memory_order_acquire) == 0; });

@@ -137,7 +137,7 @@ template <int NV, bool CB>
 void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
             int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate) {
   constexpr int W = V::W;
-  constexpr int U = NV >= 6 ? 2 : (NV >= 3 ? 3 : 4);
+  constexpr int U = NV >= 9 ? 1 : (NV >= 6 ? 2 : (NV >= 3 ? 3 : 4));
   const float* base = in + p0;
   for (int64_t oc = oc0; oc < oc1; ++oc) {
     float* t = tmp + (oc - oc0) * (NV * W);
@@ -182,7 +182,11 @@ void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t s
     case 5: return conv_nv<5>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
     case 6: return conv_nv<6>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
     case 7: return conv_nv<7>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    default: return conv_nv<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 8: return conv_nv<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 9: return conv_nv<9>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 10: return conv_nv<10>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 11: return conv_nv<11>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    default: return conv_nv<12>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
   }
 }
 
