@@ -146,15 +146,25 @@ def check(L, x) -> None:
     assert err < 1e-3, f"mismatch {err}"
 
 
-def median_ms(fn, min_runs: int = 5, min_time: float = 0.3, max_runs: int = 200) -> float:
-    fn()  # warm-up
-    times = []
+CLOCK = time.perf_counter
+
+
+def median_ms(fns: dict, min_runs: int = 7, min_time: float = 0.5, max_runs: int = 200) -> dict:
+    """Median time in ms of each callable (wall clock, or process CPU time with --clock cpu). Runs are
+    interleaved (one call of each per round) so that load from elsewhere on the machine hits every
+    implementation alike."""
+    for f in fns.values():
+        f()  # warm-up (also builds deepcomp's per-shape offset cache)
+    times = {k: [] for k in fns}
     t_end = time.perf_counter() + min_time
-    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < max_runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() < t_end and rounds < max_runs):
+        for k, f in fns.items():
+            t0 = CLOCK()
+            f()
+            times[k].append(CLOCK() - t0)
+        rounds += 1
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 # ---- pytest-benchmark ---------------------------------------------------------------------------
@@ -200,9 +210,17 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default="alexnet,vgg16")
     ap.add_argument("--layers", default="", help="comma-separated layer names to keep")
     ap.add_argument("--batches", default="", help="override batch sizes, e.g. 1,8,64")
+    ap.add_argument("--threads", type=int, default=0, help="thread count for both libraries (default: ours)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time, robust to other load on the machine; meaningful with --threads 1")
     args = ap.parse_args(argv)
+    global CLOCK
+    if args.threads:
+        nat.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK = time.process_time
     sync_threads()
-    print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__}\n")
+    print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__} clock={args.clock}\n")
     print("| net | layer | density | batch | torch dense ms | torch CSR ms | deepcomp ms | vs dense | vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
     totals = {}
@@ -221,7 +239,7 @@ def main(argv=None) -> int:
                 x = make_input(L, batch)
                 check(L, x)
                 r = runners(L, x)
-                t = {k: median_ms(f) for k, f in r.items()}
+                t = median_ms(r)
                 d, o = t["torch-dense"], t["deepcomp"]
                 c = t.get("torch-sparse-csr")
                 key = (net, kind, batch)
