@@ -52,6 +52,7 @@ def run_model(arch: str, args, train_ds, test_ds, workdir: str, tag: str = "") -
 
     hooks = make_hooks(None, train_data=train_ds, test_data=test_ds, finetune_epochs=args.finetune_epochs,
                        codebook_epochs=args.codebook_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
+                       weight_decay=args.weight_decay,
                        log_path=log, seed=args.seed, progress=args.progress)
     t0 = time.time()
     result = compress(LoadedModel(model, arch, shape, f"benchmark:{name}"), recipe="deep-compression",
@@ -151,14 +152,14 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="fashion-mnist", help="dataset spec (default: fashion-mnist)")
     ap.add_argument("--quick", action="store_true", help="CI-sized run: 6000 training samples, 2 epochs per stage")
-    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs (default 8; quick 2)")
-    ap.add_argument("--finetune-epochs", type=int, default=None, help="retraining epochs per pruning step (default 1)")
-    ap.add_argument("--codebook-epochs", type=int, default=None, help="centroid-training epochs (default 1)")
-    ap.add_argument("--transfer-epochs", type=int, default=None, help="epochs per transfer stage (default 1)")
-    ap.add_argument("--iterative", type=int, default=None, help="pruning steps (default 3; quick 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs (default 15; quick 2)")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="retraining epochs per pruning step (default 3; quick 1)")
+    ap.add_argument("--codebook-epochs", type=int, default=None, help="centroid-training epochs (default 2; quick 1)")
+    ap.add_argument("--transfer-epochs", type=int, default=None, help="epochs per transfer stage (default 2; quick 1)")
+    ap.add_argument("--iterative", type=int, default=None, help="pruning steps (default 5; quick 2)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--finetune-lr", type=float, default=5e-4)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=5e-4, help="L2 (Adam, coupled) in every stage (default 5e-4)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="training samples per run (default all; quick 6000)")
     ap.add_argument("--models", default="lenet-300-100,lenet-5")
@@ -170,11 +171,11 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true", help="tqdm bars")
     args = ap.parse_args(argv)
     q = args.quick
-    args.epochs = args.epochs or (2 if q else 8)
-    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else 1
-    args.codebook_epochs = args.codebook_epochs if args.codebook_epochs is not None else 1
-    args.transfer_epochs = args.transfer_epochs if args.transfer_epochs is not None else 1
-    args.iterative = args.iterative or (2 if q else 3)
+    args.epochs = args.epochs or (2 if q else 15)
+    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if q else 3)
+    args.codebook_epochs = args.codebook_epochs if args.codebook_epochs is not None else (1 if q else 2)
+    args.transfer_epochs = args.transfer_epochs if args.transfer_epochs is not None else (1 if q else 2)
+    args.iterative = args.iterative or (2 if q else 5)
     args.limit = args.limit or (6000 if q else None)
     here = os.path.dirname(os.path.abspath(__file__))
     args.workdir = args.workdir or os.path.join(here, "results", "lenet_fashion" + ("_quick" if q else ""))

@@ -538,7 +538,7 @@ class TrainContext:
 def make_hooks(data_spec: str | None = None, *, finetune_epochs: int | None = None, lr: float | None = None,
                batch_size: int | None = None, log_path: str | None = None, seed: int = 0,
                progress: bool = True, codebook_epochs: int | None = None, codebook_lr: float | None = None,
-               optimizer: str = "adam", train_fn: Callable | None = None, classes=None,
+               optimizer: str = "adam", weight_decay: float = 0.0, train_fn: Callable | None = None, classes=None,
                limit: int | None = None, train_data=None, test_data=None) -> dict:
     """The callbacks for ``deepcomp.pipeline.compress``: ``{"finetune": f, "train_codebooks": g}``.
 
@@ -566,7 +566,7 @@ def make_hooks(data_spec: str | None = None, *, finetune_epochs: int | None = No
     cb_epochs = epochs if codebook_epochs is None else int(codebook_epochs)
     base = TrainConfig(epochs=epochs, lr=1e-3 if lr is None else float(lr),
                        batch_size=128 if batch_size is None else int(batch_size), optimizer=optimizer,
-                       seed=seed, progress=progress)
+                       weight_decay=float(weight_decay), seed=seed, progress=progress)
     base.codebook_lr = codebook_lr if codebook_lr is not None else base.lr / 10
     log = JsonlLog(log_path)
     test_loader = make_loader(test_data, batch_size=512) if test_data is not None else None
