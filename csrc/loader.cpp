@@ -71,10 +71,42 @@ class Cursor {
   std::string what_;
 };
 
+// Strict UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF), as Python's decoder demands.
+bool valid_utf8(const uint8_t* s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    uint8_t b = s[i];
+    size_t extra;
+    uint32_t cp;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    } else if ((b & 0xE0) == 0xC0) {
+      extra = 1, cp = b & 0x1F;
+    } else if ((b & 0xF0) == 0xE0) {
+      extra = 2, cp = b & 0x0F;
+    } else if ((b & 0xF8) == 0xF0) {
+      extra = 3, cp = b & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= n) return false;  // the sequence runs past the end
+    for (size_t k = 1; k <= extra; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
 std::string read_name(Cursor& c) {
   uint16_t len = c.get<uint16_t>();
   if (len == 0 || len > 1024) throw DczError(c.what() + ": bad tensor name length " + std::to_string(len));
   const uint8_t* s = c.take(len);
+  if (!valid_utf8(s, len)) throw DczError(c.what() + ": tensor name is not UTF-8");
   return std::string(reinterpret_cast<const char*>(s), len);
 }
 

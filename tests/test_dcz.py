@@ -150,3 +150,68 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         atomic_write(target, object())  # fails while writing
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.dcz"]
+
+
+def recrc(data: bytearray) -> bytes:
+    """Recompute every checksum, so a mutated file reaches the parsers' deeper checks."""
+    nsec = struct.unpack_from("<I", data, 12)[0]
+    for i in range(nsec):
+        e = 32 + 32 * i
+        _, _, off, length = struct.unpack_from("<IIQQ", data, e)
+        if off + length <= len(data):
+            struct.pack_into("<I", data, e + 24, zlib.crc32(bytes(data[off:off + length])))
+    struct.pack_into("<I", data, 24, zlib.crc32(bytes(data[32:32 + 32 * nsec])))
+    struct.pack_into("<I", data, 28, zlib.crc32(bytes(data[:28])))
+    return bytes(data)
+
+
+def test_mutations_past_the_checksums_agree(tmp_path):
+    """Mutate tensor payloads and fix the CRCs: the Python reader and the native loader either both
+    reject the file with DczError (never a crash) or both accept it and decode the same tensors."""
+    path, _, _ = small_file(tmp_path, density=0.5)
+    base = bytearray(path.read_bytes())
+    nsec = struct.unpack_from("<I", base, 12)[0]
+    spans = []
+    for i in range(nsec):
+        t, _, off, length = struct.unpack_from("<IIQQ", base, 32 + 32 * i)
+        if t in (3, 4):
+            spans.append((off, length))
+    rng = np.random.default_rng(7)
+    accepted = 0
+    for trial in range(1500):
+        d = bytearray(base)
+        off, length = spans[rng.integers(len(spans))]
+        for _ in range(rng.integers(1, 4)):
+            j = off + rng.integers(length)
+            d[j] = rng.integers(256) if rng.random() < 0.5 else d[j] ^ (1 << rng.integers(8))
+        data = recrc(d)
+        py, nat = _both_readers(data)
+        assert (py is None) == (nat is None), (trial, py, nat)
+        if py is None:
+            accepted += 1
+            a, b = parse_dcz(data, decode=True), _native.parse_dcz(data)
+            for name, e in a.coded.items():
+                pos, clusters = e.decode()
+                co = b["coded"][name]
+                rows = np.repeat(np.arange(e.shape[0]), np.diff(co["row_ptr"]))
+                cols = int(np.prod(e.shape[1:]))
+                np.testing.assert_array_equal(rows * cols + co["col"], pos)
+                np.testing.assert_array_equal(co["cluster"], clusters)
+            for name, arr in a.dense.items():
+                np.testing.assert_array_equal(b["dense"][name], arr)
+    assert accepted < 1500  # most mutations are caught
+
+
+@pytest.mark.parametrize("raw", [b"abc", "\u00e9t\u00e9".encode(), "\U0001f600".encode(), b"\xc0\xaf", b"\xed\xa0\x80",
+                                 b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80", b"ok\xff"])
+def test_tensor_names_must_be_utf8_in_both_readers(raw):
+    payload = struct.pack("<H", len(raw)) + raw + struct.pack("<BB", 1, 1) + struct.pack("<I", 1)
+    payload += b"\0" * ((8 - len(payload) % 8) % 8) + struct.pack("<f", 1.0)
+    data = pack_dcz({"m": 1}, GRAPH, [(3, payload)])
+    py, nat = _both_readers(data)
+    try:
+        raw.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    assert (py is None) == valid and (nat is None) == valid, (py, nat)
