@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -187,7 +186,7 @@ def compress(
     with torch.no_grad():
         for p in module.parameters():
             if p.dtype != torch.float32:
-                raise DeepcompError(f"deepcomp compresses float32 models; convert it first (model.float())")
+                raise DeepcompError("deepcomp compresses float32 models; convert it first (model.float())")
 
     from deepcomp.graph import capture
 

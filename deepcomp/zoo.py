@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -433,16 +432,10 @@ def save_model(path: str, model: nn.Module, arch: str, input_shape, extra: dict 
     }
     if extra:
         payload["extra"] = dict(extra)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    import io
+
+    from deepcomp.dcz import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write(path, buf.getvalue())

@@ -14,7 +14,6 @@ from deepcomp.prune import (
     RelevanceCriterion,
     UnitNorm,
     WandaCriterion,
-    apply_masks,
     collect_activation_norms,
     collect_gradients,
     compute_masks,

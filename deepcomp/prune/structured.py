@@ -27,7 +27,7 @@ import copy
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.fx

@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from deepcomp.errors import DczError, DeepcompError, InputShapeError, UnsupportedOpError
+from deepcomp.errors import DczError, InputShapeError, UnsupportedOpError
 from deepcomp.runtime import reference
 
 try:  # the extension may be missing in a broken install; the reference ops still run a graph
