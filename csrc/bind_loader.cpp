@@ -28,11 +28,31 @@ py::tuple dims_tuple(const std::vector<uint64_t>& dims) {
   return t;
 }
 
+constexpr size_t kMaxJson = size_t(64) << 20;
+
+// The JSON of a META/GRAPH payload; a zlib one is inflated with Python's zlib, at most 64 MiB.
+py::bytes json_payload(const std::string& raw, bool zlib, const char* what) {
+  if (!zlib) return py::bytes(raw);
+  py::module_ zl = py::module_::import("zlib");
+  try {
+    py::object d = zl.attr("decompressobj")();
+    py::object out = d.attr("decompress")(py::bytes(raw), kMaxJson);
+    if (py::len(d.attr("unconsumed_tail")) > 0)
+      throw DczError(std::string(what) + " section inflates to more than 64 MiB");
+    if (!d.attr("eof").cast<bool>() || py::len(d.attr("unused_data")) > 0)
+      throw DczError(std::string(what) + " section is not one complete zlib stream");
+    return out;
+  } catch (py::error_already_set& e) {
+    if (e.matches(zl.attr("error"))) throw DczError(std::string(what) + " section: bad zlib stream: " + e.what());
+    throw;
+  }
+}
+
 py::dict to_python(DczFile&& f) {
   py::dict out;
   out["version"] = py::make_tuple(f.major, f.minor);
-  out["meta"] = py::bytes(f.meta);
-  out["graph"] = py::bytes(f.graph);
+  out["meta"] = json_payload(f.meta, f.meta_zlib, "META");
+  out["graph"] = json_payload(f.graph, f.graph_zlib, "GRAPH");
   py::dict dense, coded;
   for (auto& t : f.dense) {
     std::vector<py::ssize_t> shape(t.dims.begin(), t.dims.end());

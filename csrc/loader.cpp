@@ -16,6 +16,8 @@ const uint8_t kMagic[8] = {0x89, 'D', 'C', 'Z', '\r', '\n', 0x1a, '\n'};
 constexpr uint16_t kMajor = 1;
 constexpr uint16_t kMinor = 0;
 constexpr uint32_t kMaxSections = 1000000;
+constexpr uint64_t kAlign = 8;
+constexpr uint32_t kFlagZlib = 1;
 
 // CRC32 (zlib polynomial), slicing-by-8: eight table lookups per 8 input bytes.
 struct CrcTable {
@@ -288,8 +290,9 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
     uint64_t off = rd<uint64_t>(e + 8), len = rd<uint64_t>(e + 16);
     uint32_t crc = rd<uint32_t>(e + 24), reserved = rd<uint32_t>(e + 28);
     std::string where = "section " + std::to_string(i);
-    if (flags != 0 || reserved != 0) throw DczError(where + ": nonzero flags or reserved field");
-    if (off % 64 != 0 || off < prev_end || off > size || len > size - off)
+    if ((flags & ~kFlagZlib) != 0 || reserved != 0) throw DczError(where + ": unknown flags or nonzero reserved field");
+    if ((flags & kFlagZlib) && type != 1 && type != 2) throw DczError(where + ": only META and GRAPH may be zlib-compressed");
+    if (off % kAlign != 0 || off < prev_end || off > size || len > size - off)
       throw DczError(where + ": payload offset/length outside the file or out of order");
     for (uint64_t z = prev_end; z < off; ++z)
       if (data[z]) throw DczError(where + ": nonzero bytes in the padding before its payload");
@@ -299,10 +302,12 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
     switch (type) {
       case 1:
         f.meta.assign(reinterpret_cast<const char*>(p), size_t(len));
+        f.meta_zlib = flags & kFlagZlib;
         ++n_meta;
         break;
       case 2:
         f.graph.assign(reinterpret_cast<const char*>(p), size_t(len));
+        f.graph_zlib = flags & kFlagZlib;
         ++n_graph;
         break;
       case 3: {

@@ -27,7 +27,8 @@ struct CodedTensor {
 
 struct DczFile {
   uint16_t major = 0, minor = 0;
-  std::string meta, graph;
+  std::string meta, graph;          // raw payloads
+  bool meta_zlib = false, graph_zlib = false;  // flag bit 0: the payload is a zlib stream of the JSON
   std::vector<DenseTensor> dense;
   std::vector<CodedTensor> coded;
 };

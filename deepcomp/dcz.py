@@ -25,7 +25,9 @@ MAGIC = b"\x89DCZ\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
 META, GRAPH, DENSE, CODED = 1, 2, 3, 4
 MAX_SECTIONS = 1_000_000
-ALIGN = 64
+ALIGN = 8
+FLAG_ZLIB = 1             # META/GRAPH payload is a zlib stream of the JSON
+MAX_JSON = 64 << 20       # inflated META/GRAPH limit
 DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i8"), 3: np.dtype("<i4"), 4: np.dtype("u1")}
 DTYPE_CODES = {np.dtype("float32"): 1, np.dtype("int64"): 2, np.dtype("int32"): 3, np.dtype("uint8"): 4}
 
@@ -75,27 +77,37 @@ def _json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode("utf-8")
 
 
-def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]]) -> bytes:
-    """The whole file as bytes: META, GRAPH, then the (type, payload) tensor sections in order."""
-    sections = [(META, _json_bytes(meta)), (GRAPH, _json_bytes(graph)), *tensors]
+def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *, compress_json: bool = True) -> bytes:
+    """The whole file as bytes: META, GRAPH (zlib-compressed JSON), then the (type, payload) tensor
+    sections in order."""
+    flags = FLAG_ZLIB if compress_json else 0
+    pack = (lambda b: zlib.compress(b, 9)) if compress_json else (lambda b: b)
+    sections = [(META, flags, pack(_json_bytes(meta))), (GRAPH, flags, pack(_json_bytes(graph))),
+                *((t, 0, p) for t, p in tensors)]
     n = len(sections)
     table_end = 32 + 32 * n
     offsets, pos = [], table_end
-    for _, payload in sections:
+    for _, _, payload in sections:
         pos = (pos + ALIGN - 1) // ALIGN * ALIGN
         offsets.append(pos)
         pos += len(payload)
     size = pos
-    table = b"".join(struct.pack("<IIQQII", t, 0, off, len(p), zlib.crc32(p), 0)
-                     for (t, p), off in zip(sections, offsets))
+    table = b"".join(struct.pack("<IIQQII", t, f, off, len(p), zlib.crc32(p), 0)
+                     for (t, f, p), off in zip(sections, offsets))
     head = MAGIC + struct.pack("<HHIQI", MAJOR, MINOR, n, size, zlib.crc32(table))
     head += struct.pack("<I", zlib.crc32(head))
     out = bytearray(size)
     out[:32] = head
     out[32:table_end] = table
-    for (_, payload), off in zip(sections, offsets):
+    for (_, _, payload), off in zip(sections, offsets):
         out[off:off + len(payload)] = payload
     return bytes(out)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -106,6 +118,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise DeepcompError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -257,9 +270,20 @@ class DczContents:
     section_bytes: dict[str, int] = field(default_factory=dict)  # tensor name -> payload length
 
 
-def _json(payload: memoryview, what: str) -> dict:
+def _json(payload: memoryview, what: str, compressed: bool) -> dict:
+    raw = bytes(payload)
+    if compressed:
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(raw, MAX_JSON)
+        except zlib.error as e:
+            raise DczError(f"{what} section: bad zlib stream: {e}") from None
+        if d.unconsumed_tail:
+            raise DczError(f"{what} section inflates to more than 64 MiB")
+        if not d.eof or d.unused_data:
+            raise DczError(f"{what} section is not one complete zlib stream")
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DczError(f"{what} section is not valid UTF-8 JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -295,8 +319,10 @@ def parse_dcz(data: bytes, *, decode: bool = True) -> DczContents:
     for i in range(nsec):
         t, flags, off, length, crc, reserved = struct.unpack("<IIQQII", buf[32 + 32 * i:64 + 32 * i])
         where = f"section {i}"
-        if flags or reserved:
-            raise DczError(f"{where}: nonzero flags or reserved field")
+        if flags & ~FLAG_ZLIB or reserved:
+            raise DczError(f"{where}: unknown flags or nonzero reserved field")
+        if flags & FLAG_ZLIB and t not in (META, GRAPH):
+            raise DczError(f"{where}: only META and GRAPH may be zlib-compressed")
         if off % ALIGN or off < prev_end or off > size or length > size - off:
             raise DczError(f"{where}: payload offset/length outside the file or out of order")
         if any(buf[prev_end:off]):
@@ -306,9 +332,9 @@ def parse_dcz(data: bytes, *, decode: bool = True) -> DczContents:
         if zlib.crc32(payload) != crc:
             raise DczError(f"{where}: checksum mismatch: the file is corrupted")
         if t == META:
-            out.meta, n_meta = _json(payload, "META"), n_meta + 1
+            out.meta, n_meta = _json(payload, "META", bool(flags & FLAG_ZLIB)), n_meta + 1
         elif t == GRAPH:
-            out.graph, n_graph = _json(payload, "GRAPH"), n_graph + 1
+            out.graph, n_graph = _json(payload, "GRAPH", bool(flags & FLAG_ZLIB)), n_graph + 1
         elif t in (DENSE, CODED):
             if t == DENSE:
                 name, arr = _parse_dense(payload, i)

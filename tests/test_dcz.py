@@ -215,3 +215,37 @@ def test_tensor_names_must_be_utf8_in_both_readers(raw):
     except UnicodeDecodeError:
         valid = False
     assert (py is None) == valid and (nat is None) == valid, (py, nat)
+
+
+def test_json_sections_are_compressed_and_bounded(tmp_path):
+    path, _, _ = small_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    flags = [struct.unpack_from("<I", data, 32 + 32 * i + 4)[0] for i in range(struct.unpack_from("<I", data, 12)[0])]
+    assert flags[:2] == [1, 1] and set(flags[2:]) == {0}
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+    def with_meta(payload: bytes, flag: int = 1) -> bytes:
+        # a file built by hand around this META payload
+        sections = [(1, flag, payload), (2, 1, zlib.compress(b'{"format":"x"}'))]
+        table_end = 32 + 32 * len(sections)
+        offs, pos = [], table_end
+        for _, _, p in sections:
+            pos = (pos + 7) // 8 * 8
+            offs.append(pos)
+            pos += len(p)
+        out = bytearray(pos)
+        for (t, f, p), off in zip(sections, offs):
+            out[off:off + len(p)] = p
+        table = b"".join(struct.pack("<IIQQII", t, f, off, len(p), zlib.crc32(p), 0) for (t, f, p), off in zip(sections, offs))
+        out[32:table_end] = table
+        out[:28] = MAGIC + struct.pack("<HHIQI", 1, 0, len(sections), pos, zlib.crc32(table))
+        out[28:32] = struct.pack("<I", zlib.crc32(bytes(out[:28])))
+        return bytes(out)
+
+    bomb = zlib.compress(b"{" + b" " * (80 << 20) + b"}", 9)
+    for payload, flag, msg in [(bomb, 1, "64 MiB"), (b"not zlib", 1, "zlib"), (zlib.compress(b"{}")[:-3], 1, "zlib"),
+                               (zlib.compress(b"{}") + b"x", 1, "zlib"), (b"{}", 2, "flags")]:
+        py, nat = _both_readers(with_meta(payload, flag))
+        assert py and nat and msg in py and msg in nat, (py, nat)
+    py, nat = _both_readers(with_meta(b'{"a":1}', 0))  # uncompressed JSON is fine too
+    assert py is None and nat is None
