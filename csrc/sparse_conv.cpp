@@ -22,7 +22,10 @@ namespace deepcomp {
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 constexpr int kMaxNv = 8;  // the kernels go to 12; measured no faster here
-constexpr int64_t kOcChunk = 16;
+constexpr int64_t kOcChunk = 16;  // unit of the output-channel split between tasks
+// Output channels convolved together chunk by chunk: each input-channel chunk, once in L1, is
+// reused by this many rows (the accumulators, kOcTile pixel blocks, live in L2 meanwhile).
+constexpr int64_t kOcTile = 256;
 constexpr int64_t kL1Budget = 24 << 10;
 }  // namespace
 
@@ -199,7 +202,8 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
     tl_buf.resize(need);
   }
   float* const buf_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_buf.data()) + 63) & ~uintptr_t(63));
-  const size_t tmp_per_slot = size_t(kOcChunk * p.block + 16);
+  const int64_t oc_tile = std::min(kOcTile, (OC + kOcChunk - 1) / kOcChunk * kOcChunk);
+  const size_t tmp_per_slot = size_t(oc_tile * p.block + 16);
   if (tl_tmp.size() < tmp_per_slot * size_t(T)) tl_tmp.resize(tmp_per_slot * size_t(T));
   float* const tmp_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_tmp.data()) + 63) & ~uintptr_t(63));
 
@@ -277,8 +281,8 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       float* out = y + (n0 + img) * OC * OHW;
       for (int64_t b = bt * bpt; b < std::min(p.nblocks, (bt + 1) * bpt); ++b) {
         const int64_t p0 = b * p.block, p1 = std::min(p.P, p0 + p.block);
-        for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += kOcChunk) {
-          const int64_t oc1 = std::min(oc_b, oc0 + kOcChunk);
+        for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
+          const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
           for (int64_t c = 0; c < p.nchunks; ++c)
             K.conv(w, p.off.data(), p.seg.data() + c, p.nchunks + 1, in, p0, p.nv, oc0, oc1, t, c > 0);
           for (int64_t oc = oc0; oc < oc1; ++oc) {

@@ -242,6 +242,8 @@ def test_conv_matches_torch(isa, groups, cin_g, cout_g, kh, kw, stride, padding,
         (24, 32, 3, 2, 1, 31, 0.5),  # ResNet stride 2
         (64, 48, 1, 1, 0, 14, 0.3),  # 1x1 as SpMM
         (32, 16, 1, 2, 0, 15, 0.5),  # 1x1 stride 2 (ResNet downsample)
+        (40, 301, 3, 1, 1, 12, 0.3),  # odd count over two output-channel tiles, several input chunks
+        (96, 272, 3, 1, 1, 9, 1.0),  # 100% dense, tile boundary inside a 16-channel unit
     ],
 )
 def test_conv_network_shapes(isa, cin, cout, k, stride, pad, hw, density):
