@@ -319,7 +319,7 @@ def test_cli_train_eval_compress_finetune(tmp_path, capsys):
     comp = json.loads(capsys.readouterr().out)
     assert comp["top1"] > 0.45                # chance is 0.2
     assert main(["finetune", str(dcz), "--data", "fashion-mnist?classes=5-9&limit=1000", "-o", str(new),
-                 "--epochs", "1", "-q"]) == 0
+                 "--epochs", "5", "--lr", "3e-3", "--batch-size", "64", "-q"]) == 0
     capsys.readouterr()
     assert main(["eval", str(new), "--data", "fashion-mnist?classes=5-9&limit=1000", "--json"]) == 0
     tr = json.loads(capsys.readouterr().out)
