@@ -89,7 +89,8 @@ def _add_compress(sub) -> None:
                    help="prune in K steps with retraining between them (default 1: one shot)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for retraining")
     p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining")
-    p.add_argument("--log", metavar="FILE.jsonl", help="append per-stage accuracy/loss/sparsity/size records here")
+    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+                   help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -115,6 +116,11 @@ def cmd_compress(args) -> int:
         criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
         seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
     out = args.output or default_output(loaded)
+    if args.data:
+        from deepcomp.train import is_main
+
+        if not is_main():  # under torchrun every rank holds the same result; rank 0 writes and reports
+            return 0
     result.save(out)
     from deepcomp.report import print_report, report_from_file
 
