@@ -17,6 +17,7 @@ from deepcomp.encode import EncodedWeight, encode_shared
 from deepcomp.errors import DeepcompError, RecipeError
 from deepcomp.prune import apply_masks, compute_masks, layer_kind, prunable_layers
 from deepcomp.prune.criteria import Criterion
+from deepcomp.prune.schedule import iterative_schedule
 from deepcomp.quantize import SharedWeight, share_layer
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
 
@@ -146,9 +147,9 @@ def _resolve_model(model, input_shape):
     return module, str(model.arch), shape, str(getattr(model, "source", ""))
 
 
-def _step_amounts(plan: Mapping[str, LayerPlan], step: int, steps: int) -> dict[str, float]:
-    """Sparsity of each layer after ``step`` of ``steps``: the kept fraction shrinks geometrically."""
-    return {n: 1.0 - p.density ** (step / steps) for n, p in plan.items()}
+def _schedule(target_sparsity: float, steps: int) -> list[float]:
+    """Per-step sparsities: the kept fraction shrinks geometrically (Han et al.), linearly to 1.0."""
+    return iterative_schedule(target_sparsity, steps, "geometric" if target_sparsity < 1.0 else "linear")
 
 
 def compress(
@@ -207,12 +208,16 @@ def compress(
     overall_density = sum(plan[n].density * layers[n].weight.numel() for n in plan) / total_weights
 
     # 1. prune (and retrain)
+    if scope == "global":
+        schedule = _schedule(1.0 - overall_density, steps)
+    else:
+        per_layer = {n: _schedule(1.0 - p.density, steps) for n, p in plan.items()}
     masks = None
     for step in range(1, steps + 1):
         if scope == "global":
-            amount = 1.0 - overall_density ** (step / steps)
+            amount = schedule[step - 1]
         else:
-            amount = _step_amounts(plan, step, steps)
+            amount = {n: s[step - 1] for n, s in per_layer.items()}
         crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
         masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers)
         apply_masks(module, masks)

@@ -37,7 +37,6 @@ parametrised by their codebooks, so no loop can break the sharing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -634,15 +633,6 @@ def make_hooks(data_spec: str | None = None, *, finetune_epochs: int | None = No
         _final_record(model, "codebooks", model_stats(model, shared=shared))
 
     return {"finetune": finetune, "train_codebooks": train_codebooks}
-
-
-def prune_schedule(final_sparsity: float, steps: int) -> list[float]:
-    """Sparsities of ``steps`` iterative pruning steps ending at ``final_sparsity``: the kept fraction
-    shrinks geometrically (each step removes the same fraction of what is left)."""
-    if steps < 1:
-        raise DeepcompError(f"iterative pruning needs at least one step, got {steps}")
-    density = 1.0 - float(final_sparsity)
-    return [1.0 - density ** ((i + 1) / steps) for i in range(steps)]
 
 
 # ------------------------------------------------------------------------------- .dcz <-> torch

@@ -17,7 +17,6 @@ from deepcomp.train import (
     codebook_gradient,
     evaluate,
     make_hooks,
-    prune_schedule,
 )
 from deepcomp.data import make_loader
 
@@ -212,7 +211,9 @@ def test_user_train_fn_protocol(tmp_path):
 
 
 def test_prune_schedule():
-    s = prune_schedule(0.92, 3)
+    from deepcomp.pipeline import _schedule
+
+    s = _schedule(0.92, 3)
     assert len(s) == 3 and s[-1] == pytest.approx(0.92) and s[0] < s[1] < s[2]
 
 
