@@ -16,26 +16,35 @@ import torch.nn.functional as F
 from deepcomp.errors import DeepcompError
 
 
-PAUSE_S = 0.02
+BLOCK_S = 0.05  # target wall time of one block of back-to-back calls
 
 
-def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2, pause: float = PAUSE_S) -> list[float]:
-    """Median wall time of each function in ms. The functions are run in turn (a, b, a, b, ...), so
-    a burst of load on a shared machine hits all of them alike and their ratio stays honest. Each
-    timed call follows a short pause: PyTorch's OpenMP workers spin for a while after a parallel
-    region, and without the pause they would steal a core from whatever runs next (measured: VGG-16
-    conv2 12 ms alone, 17 ms right after a torch call)."""
-    for _ in range(warmup):
-        for fn in fns:
+def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2, block_s: float = BLOCK_S) -> list[float]:
+    """Median wall time per call of each function, in ms, in steady state.
+
+    The functions take turns in blocks (a a a a, b b b b, a a a a, ...): ``repeat`` rounds, each
+    running every function back to back for about ``block_s`` seconds (3 to 20 calls). The first
+    quarter of every block (at least one call) is discarded: right after the other function ran,
+    PyTorch's OpenMP workers are still spinning on the cores (measured: VGG-16 conv2 12 ms alone,
+    17 ms right after a torch call) and caches hold the other side's data. The rest of the block is
+    the steady state that repeated inference sees, and alternating blocks make a burst of load on a
+    shared machine hit both sides alike, so their ratio stays honest."""
+    per_call = []
+    for fn in fns:
+        t = time.perf_counter_ns()
+        for _ in range(max(1, warmup)):
             fn()
+        per_call.append((time.perf_counter_ns() - t) / max(1, warmup) / 1e9)
+    blocks = [min(20, max(3, int(block_s / max(pc, 1e-6)))) for pc in per_call]
     times: list[list[int]] = [[] for _ in fns]
     for _ in range(max(1, repeat)):
-        for fn, ts in zip(fns, times):
-            if pause:
-                time.sleep(pause)
-            t = time.perf_counter_ns()
-            fn()
-            ts.append(time.perf_counter_ns() - t)
+        for fn, ts, k in zip(fns, times, blocks):
+            skip = max(1, k // 4)
+            for i in range(k):
+                t = time.perf_counter_ns()
+                fn()
+                if i >= skip:
+                    ts.append(time.perf_counter_ns() - t)
     return [statistics.median(ts) / 1e6 for ts in times]
 
 
