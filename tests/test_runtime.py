@@ -142,6 +142,18 @@ def test_lenet300100():
     assert all(abs(layer.density - 0.4) < 0.01 for layer in m.layers)
 
 
+def test_release_drops_loader_arrays_only_when_asked():
+    model = prune_and_share(LeNet5().eval())
+    graph, dense, coded = loaded_parts(model, (1, 28, 28))
+    names = set(coded)
+    x = randn(2, 1, 28, 28)
+    y_keep = RuntimeModel(graph, dense, coded)(x)
+    assert set(coded) == names  # the caller's dict is left alone by default
+    m = RuntimeModel(graph, dense, coded, release=True)
+    assert coded == {}  # handed over: the kernels hold their own layouts
+    np.testing.assert_array_equal(m(x), y_keep)
+
+
 def test_lenet5_with_one_dense_weight():
     m, x, y = compare(LeNet5(), (1, 28, 28), dense_weights=("conv2.weight",))
     conv2 = next(layer for layer in m.layers if layer.name == "conv2")

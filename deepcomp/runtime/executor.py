@@ -110,18 +110,25 @@ class RuntimeModel:
     in the loader's format.
     """
 
-    def __init__(self, graph: dict, dense: dict, coded: dict, meta: dict | None = None):
+    def __init__(self, graph: dict, dense: dict, coded: dict, meta: dict | None = None, *, release: bool = False):
+        """``release=True`` hands the tensor dicts over: each coded tensor is dropped from ``coded`` as
+        soon as the kernels of its last user hold their own layout, so the loader's CSR arrays and the
+        kernels' copies are never all alive at once (peak memory), and none stay alive after."""
         self.graph = graph
         self.meta = meta or {}
         self._dense = dense
         self._coded = coded
+        self._release = release
+        self._coded_users: dict[str, int] = {}
         self.layers: list[LayerInfo] = []
         self._plan()
+        if release:
+            self._coded.clear()
 
     # -- construction -----------------------------------------------------------------------------
 
     @classmethod
-    def from_loaded(cls, loaded: dict) -> "RuntimeModel":
+    def from_loaded(cls, loaded: dict, *, release: bool = False) -> "RuntimeModel":
         def parse(key):
             raw = loaded.get(key)
             try:
@@ -132,7 +139,7 @@ class RuntimeModel:
                 raise DczError(f"the {key.upper()} section must be a JSON object")
             return value
 
-        return cls(parse("graph"), loaded.get("dense", {}), loaded.get("coded", {}), parse("meta"))
+        return cls(parse("graph"), loaded.get("dense", {}), loaded.get("coded", {}), parse("meta"), release=release)
 
     def _weight_shape(self, name: Any, where: str) -> tuple[int, ...]:
         if not isinstance(name, str):
@@ -170,6 +177,14 @@ class RuntimeModel:
             nbytes = sum(a.nbytes for a in csr.values())
             return _Weight(name, tuple(w.shape), csr, rows * cols, nbytes)
         raise DczError(f"node {where!r} uses the tensor {name!r}, which the file does not hold")
+
+    def _built(self, name: str, w: _Weight) -> None:
+        """A kernel now holds its own copy of weight ``name``: drop the loader's arrays when allowed."""
+        w.csr = {}
+        if self._release and name in self._coded_users:
+            self._coded_users[name] -= 1
+            if self._coded_users[name] == 0:
+                self._coded.pop(name, None)
 
     def _vector(self, name: Any, length: int, where: str, what: str) -> np.ndarray | None:
         if name is None:
@@ -283,6 +298,11 @@ class RuntimeModel:
                 fused_relu.add(src)
                 uses[src] = uses.get(node["name"], 0)
         self.output_name_resolved = res(output)
+
+        for node in nodes:
+            wname = node.get("attrs", {}).get("weight") if node["op"] in ("conv2d", "linear") else None
+            if isinstance(wname, str) and wname in self._coded:
+                self._coded_users[wname] = self._coded_users.get(wname, 0) + 1
 
         # Pass 3: steps, with inputs resolved through the aliases and buffers freed after last use.
         plan_nodes = [n for n in nodes if n["name"] not in alias]
@@ -416,6 +436,7 @@ class RuntimeModel:
                                            values=w.csr.get("values"), cluster=w.csr.get("cluster"),
                                            codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
+                self._built(a["weight"], w)
                 return lambda x: k.forward(x, relu, scale, shift)
             if op == "linear":
                 w = self._weight(a["weight"], name)
@@ -423,6 +444,7 @@ class RuntimeModel:
                 k = kernel("SparseLinear")(w.csr["row_ptr"], w.csr["col"], w.cols, values=w.csr.get("values"),
                                            cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
+                self._built(a["weight"], w)
                 return lambda x: k.forward(x, relu)
         except ValueError as e:  # the kernels validate the CSR arrays
             raise DczError(f"the weight of node {name!r} is malformed: {e}") from None
@@ -525,14 +547,14 @@ def load(path: str | os.PathLike) -> RuntimeModel:
         raise DczError(f"{path!r} does not exist or is not a file")
     if _native is None or not hasattr(_native, "load_dcz"):
         raise DczError("the native extension deepcomp._native is not available; reinstall deepcomp (pip install .)")
-    return RuntimeModel.from_loaded(_native.load_dcz(path))
+    return RuntimeModel.from_loaded(_native.load_dcz(path), release=True)
 
 
 def loads(data: bytes) -> RuntimeModel:
     """Like :func:`load`, from the bytes of a .dcz file."""
     if _native is None or not hasattr(_native, "parse_dcz"):
         raise DczError("the native extension deepcomp._native is not available; reinstall deepcomp (pip install .)")
-    return RuntimeModel.from_loaded(_native.parse_dcz(bytes(data)))
+    return RuntimeModel.from_loaded(_native.parse_dcz(bytes(data)), release=True)
 
 
 def set_num_threads(n: int) -> None:

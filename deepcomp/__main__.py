@@ -1,0 +1,3 @@
+from deepcomp.cli import main
+
+raise SystemExit(main())
