@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "threadpool.h"
@@ -49,28 +50,56 @@ void check_pool(const Pool2d& p, int64_t H, int64_t W, const char* what) {
     throw ShapeError(w + ": input " + S(H) + "x" + S(W) + " is too small (output " + S(OH) + "x" + S(OW) + ")");
 }
 
+namespace {
+// NaN-propagating max (torch's max_pool2d returns NaN for a window holding one); branch-free, so
+// the compiler vectorises the row loops below.
+inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
+}  // namespace
+
+// Two passes per plane: a horizontal max over each output column's window for every input row
+// (H x OW), then a vertical max over each output row's window of those rows, vectorised along OW.
+// About kh/(sh) fewer scalar operations than the direct window loop, and no branches.
 void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& p, float* y, int64_t OH, int64_t OW) {
-  for_planes(NC, OH * OW * p.kh * p.kw, [&](int64_t i) {
-    const float* xp = x + i * H * W;
-    float* yp = y + i * OH * OW;
-    for (int64_t oy = 0; oy < OH; ++oy) {
-      int64_t hs = oy * p.sh - p.ph;
-      const int64_t he = std::min(hs + (p.kh - 1) * p.dh + 1, H);
-      while (hs < 0) hs += p.dh;
-      for (int64_t ox = 0; ox < OW; ++ox) {
-        int64_t ws = ox * p.sw - p.pw;
-        const int64_t we = std::min(ws + (p.kw - 1) * p.dw + 1, W);
-        while (ws < 0) ws += p.dw;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t iy = hs; iy < he; iy += p.dh) {
-          const float* r = xp + iy * W;
-          for (int64_t ix = ws; ix < we; ix += p.dw) {
-            const float v = r[ix];
-            if (v > m || std::isnan(v)) m = v;
+  ThreadPool& pool = ThreadPool::instance();
+  const int T = pool.num_threads();
+  const int64_t work = OH * OW * p.kh * p.kw;
+  const int64_t min_planes = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work));
+  const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(NC / min_planes, int64_t(T) * 4));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  pool.parallel_for(ntasks, T, [&](int64_t t, int) {
+    std::vector<float> rows(size_t(H * OW));
+    for (int64_t i = NC * t / ntasks; i < NC * (t + 1) / ntasks; ++i) {
+      const float* xp = x + i * H * W;
+      float* yp = y + i * OH * OW;
+      for (int64_t iy = 0; iy < H; ++iy) {
+        const float* r = xp + iy * W;
+        float* h = rows.data() + iy * OW;
+        for (int64_t ox = 0; ox < OW; ++ox) h[ox] = kNegInf;
+        // Tap k of output column ox reads column ox*sw - pw + k*dw: one strided pass per tap over
+        // the columns where it is inside the row.
+        for (int64_t k = 0; k < p.kw; ++k) {
+          const int64_t c0 = k * p.dw - p.pw;  // column read by ox = 0
+          const int64_t lo = c0 >= 0 ? 0 : (-c0 + p.sw - 1) / p.sw;
+          const int64_t hi = std::min(OW, c0 < W ? (W - 1 - c0) / p.sw + 1 : int64_t(0));
+          const float* rc = r + c0;
+          if (p.sw == 1) {
+            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[ox]);
+          } else if (p.sw == 2) {
+            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[2 * ox]);
+          } else {
+            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[ox * p.sw]);
           }
-          if (std::isnan(m)) break;
         }
-        yp[oy * OW + ox] = m;
+      }
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        float* o = yp + oy * OW;
+        for (int64_t ox = 0; ox < OW; ++ox) o[ox] = kNegInf;
+        for (int64_t k = 0; k < p.kh; ++k) {
+          const int64_t iy = oy * p.sh - p.ph + k * p.dh;
+          if (iy < 0 || iy >= H) continue;
+          const float* h = rows.data() + iy * OW;
+          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = nan_max(o[ox], h[ox]);
+        }
       }
     }
   });
