@@ -10,6 +10,7 @@
 #include "sparse_conv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -27,21 +28,33 @@ constexpr int64_t kOcChunk = 16;  // unit of the output-channel split between ta
 // reused by this many rows (the accumulators, kOcTile pixel blocks, live in L2 meanwhile).
 constexpr int64_t kOcTile = 256;
 constexpr int64_t kL1Budget = 24 << 10;
+// Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
+// cache between being built and being read; also bounds the scratch memory.
+std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
 }  // namespace
 
+int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
+int64_t set_conv_band_budget(int64_t bytes) {
+  return g_band_budget.exchange(std::max<int64_t>(bytes, 1), std::memory_order_relaxed);
+}
+
 struct SparseConv2d::ShapePlan {
-  int64_t H, W, Hp, Wp, Hq, Wq, OH, OW;
-  int64_t plane;      // C * Hq * Wq floats
-  int64_t in_floats;  // phase buffer per image: ncopies regions of S floats
+  int64_t H, W, OH, OW, Wq;
+  // The output rows are processed in bands of BH rows (the last one may be shorter); a band reads
+  // Hb rows of each phase plane, held in a band buffer of ncopies regions of S floats.
+  int64_t BH, Hb, nbands;
+  int64_t plane;      // C * Hb * Wq floats: one phase plane of a band
+  int64_t in_floats;  // band buffer: ncopies regions of S floats
   int64_t S;          // one region: the phase planes plus read slack, a multiple of the SIMD width
   // Region 0 holds the phase planes; region r > 0 the same shifted left by shift[r] floats, so that
   // with Wq a multiple of the SIMD width every load of the kernel is aligned.
   std::vector<int64_t> shift;
-  int64_t P;          // OH * Wq padded-width output positions
+  int64_t P;          // BH * Wq padded-width output positions of a full band
   int nv;             // vectors per pixel block
   int64_t block;      // nv * width floats
-  int64_t nblocks;
+  int64_t nblocks;    // pixel blocks of a full band
   int width;          // SIMD width the plan was made for
+  int64_t budget;     // band buffer budget the plan was made for
   std::vector<int32_t> off;
   // Input channels are walked in chunks whose input window fits in L1; seg[oc*(nchunks+1) + c] is
   // the first nonzero of row oc in chunk c.
@@ -86,24 +99,48 @@ std::pair<int64_t, int64_t> SparseConv2d::out_size(int64_t H, int64_t W) const {
 
 std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H, int64_t W) const {
   const int width = kernels().width;
+  const int64_t budget = conv_band_budget();
   std::lock_guard<std::mutex> lock(cache_mutex_);
   auto it = cache_.find({H, W});
-  if (it != cache_.end() && it->second->width == width) return it->second;
+  if (it != cache_.end() && it->second->width == width && it->second->budget == budget) return it->second;
 
   auto p = std::make_shared<ShapePlan>();
   p->H = H;
   p->W = W;
+  p->width = width;
+  p->budget = budget;
   auto os = out_size(H, W);
   p->OH = os.first;
   p->OW = os.second;
-  p->Hp = H + 2 * g_.ph;
-  p->Wp = W + 2 * g_.pw;
-  p->Hq = (p->Hp + g_.sh - 1) / g_.sh;
-  p->Wq = (p->Wp + g_.sw - 1) / g_.sw;
-  p->Wq = (p->Wq + width - 1) / width * width;
-  p->plane = g_.in_channels * p->Hq * p->Wq;
-  p->P = p->OH * p->Wq;
-  p->width = width;
+  const int64_t Wp = W + 2 * g_.pw;
+  p->Wq = ((Wp + g_.sw - 1) / g_.sw + width - 1) / width * width;
+  const int64_t C = g_.in_channels, phases = g_.sh * g_.sw;
+  const int64_t dy_max = ((g_.kh - 1) * g_.dh) / g_.sh;  // extra plane rows a band reads below it
+  const int64_t nnz = w_.nnz();
+
+  // Shifts: the distinct (offset mod width) of the taps; they do not depend on the band height
+  // because a plane row is a multiple of the width.
+  p->shift.assign(1, 0);
+  std::vector<int64_t> region_of(size_t(width), -1);
+  region_of[0] = 0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t sft = (int64_t(tap_x_[j]) * g_.dw / g_.sw) % width;
+    if (region_of[size_t(sft)] < 0) {
+      region_of[size_t(sft)] = int64_t(p->shift.size());
+      p->shift.push_back(sft);
+    }
+  }
+  const int64_t ncopies = int64_t(p->shift.size());
+
+  // Band height: the largest whose buffer fits the budget (at least one output row).
+  const int64_t row_floats = ncopies * phases * C * p->Wq;
+  p->BH = std::max<int64_t>(1, std::min(p->OH, budget / (4 * row_floats) - dy_max));
+  p->nbands = (p->OH + p->BH - 1) / p->BH;
+  p->BH = (p->OH + p->nbands - 1) / p->nbands;  // even bands
+  p->Hb = p->BH + dy_max;
+  p->plane = C * p->Hb * p->Wq;
+  p->P = p->BH * p->Wq;
+
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
   // nonzero plus about two scalar operations (offset, weight broadcast).
   const int64_t nvec = (p->P + width - 1) / width;
@@ -117,43 +154,31 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->block = int64_t(best) * width;
   p->nblocks = (p->P + p->block - 1) / p->block;
 
-  const int64_t nnz = w_.nnz();
-  const int64_t total_planes = g_.sh * g_.sw * p->plane;
   p->off.resize(nnz);
   int64_t max_off = 0;
   for (int64_t j = 0; j < nnz; ++j) {
     const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
-    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hq * p->Wq +
+    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hb * p->Wq +
                       (ty / g_.sh) * p->Wq + tx / g_.sw;
-    max_off = std::max(max_off, o);
-    p->off[j] = int32_t(o % width);  // the shift for now; the offset is set below
+    const int64_t sft = o % width;
+    max_off = std::max(max_off, o - sft);
+    p->off[j] = int32_t(region_of[size_t(sft)]);  // the region for now; the offset is set below
   }
-  p->shift.assign(1, 0);
-  std::vector<int64_t> region_of(size_t(width), -1);
-  region_of[0] = 0;
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int32_t sft = p->off[j];
-    if (region_of[size_t(sft)] < 0) {
-      region_of[size_t(sft)] = int64_t(p->shift.size());
-      p->shift.push_back(sft);
-    }
-  }
-  p->S = (std::max(total_planes, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
-  p->in_floats = int64_t(p->shift.size()) * p->S;
+  p->S = (std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
+  p->in_floats = ncopies * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
   for (int64_t j = 0; j < nnz; ++j) {
     const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
-    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hq * p->Wq +
+    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hb * p->Wq +
                       (ty / g_.sh) * p->Wq + tx / g_.sw;
-    const int64_t sft = o % width;
-    p->off[j] = int32_t(region_of[size_t(sft)] * p->S + o - sft);
+    p->off[j] = int32_t(p->off[j] * p->S + o - o % width);
   }
   // Channel chunks: the rows of one channel that a pixel block reads, in every phase plane used.
   {
     const int64_t cg = g_.in_channels / g_.groups;
-    const int64_t phases = std::min(g_.sh, g_.kh) * std::min(g_.sw, g_.kw);
-    const int64_t span = p->block + ((g_.kh - 1) * g_.dh / g_.sh) * p->Wq + (g_.kw - 1) * g_.dw / g_.sw + 16;
-    const int64_t per_ch = 4 * phases * span * int64_t(p->shift.size());
+    const int64_t used_phases = std::min(g_.sh, g_.kh) * std::min(g_.sw, g_.kw);
+    const int64_t span = p->block + dy_max * p->Wq + (g_.kw - 1) * g_.dw / g_.sw + 16;
+    const int64_t per_ch = 4 * used_phases * span * ncopies;
     const int64_t cpc = std::max<int64_t>(1, kL1Budget / per_ch);
     p->nchunks = (cg + cpc - 1) / cpc;
     const int64_t stride = p->nchunks + 1, taps = g_.kh * g_.kw;
@@ -174,6 +199,45 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   return p;
 }
 
+namespace {
+
+// Plane rows [0, Hb) of phase `phase`, channel c of the band starting at output row oy0.
+void build_plane_rows(const ConvGeometry& g, int64_t H, int64_t W, int64_t Hb, int64_t Wq, const float* src,
+                      float* dst, int64_t oy0, int64_t phase) {
+  const int64_t ry = phase / g.sw, rx = phase % g.sw;
+  // Valid j: 0 <= j*sw + rx - pw < W.
+  int64_t j0 = 0;
+  while (j0 < Wq && j0 * g.sw + rx - g.pw < 0) ++j0;
+  int64_t j1 = j0;
+  while (j1 < Wq && j1 * g.sw + rx - g.pw < W) ++j1;
+  for (int64_t i = 0; i < Hb; ++i) {
+    float* d = dst + i * Wq;
+    const int64_t iy = (oy0 + i) * g.sh + ry - g.ph;
+    if (iy < 0 || iy >= H || j1 <= j0) {
+      std::memset(d, 0, sizeof(float) * Wq);
+      continue;
+    }
+    const float* s = src + iy * W;
+    if (j0 > 0) std::memset(d, 0, sizeof(float) * j0);
+    if (g.sw == 1) {
+      std::memcpy(d + j0, s + (j0 + rx - g.pw), sizeof(float) * (j1 - j0));
+    } else {
+      for (int64_t j = j0; j < j1; ++j) d[j] = s[j * g.sw + rx - g.pw];
+    }
+    if (j1 < Wq) std::memset(d + j1, 0, sizeof(float) * (Wq - j1));
+  }
+}
+
+// Region r of a band buffer: region 0 shifted left by sft floats, zero at the end; floats [a, b).
+void shifted_copy(const float* region0, float* dst, int64_t S, int64_t sft, int64_t a, int64_t b) {
+  const int64_t b_copy = std::min(b, S - sft);
+  if (b_copy > a) std::memcpy(dst + a, region0 + a + sft, sizeof(float) * (b_copy - a));
+  const int64_t z = std::max(a, b_copy);
+  if (b > z) std::memset(dst + z, 0, sizeof(float) * (b - z));
+}
+
+}  // namespace
+
 void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu,
                            const float* scale, const float* shift) const {
   if (N <= 0) return;
@@ -185,17 +249,23 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   const CsrWeights w = w_.view();
   const int64_t C = g_.in_channels, OC = g_.out_channels;
   const int64_t HW = H * W, OHW = p.OH * p.OW;
+  const int64_t phases = g_.sh * g_.sw, ncopies = int64_t(p.shift.size());
   const float* bias = w.bias;
 
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
 
-  // Images are processed in groups so the phase buffers stay bounded for large batches.
-  const int64_t G = std::min<int64_t>(N, std::max<int64_t>(1, T));
+  // Two schedules. With many bands (large images, or batches), each task is one band of one image:
+  // the thread builds that band in its own buffer and convolves it for every output channel, with
+  // no synchronisation. Otherwise the threads build each band together and split its pixel blocks
+  // and output channels, group of images by group of images.
+  const bool private_bands = N * p.nbands >= 4 * int64_t(T) || T == 1;
+  const int64_t G = private_bands ? 1 : std::min<int64_t>(N, std::max<int64_t>(1, T));
+  const int64_t nbuf = private_bands ? T : G;
   // Scratch lives in the calling thread and is reused across calls (fresh multi-megabyte buffers
-  // would page-fault on every call); pool workers only use it during this call.
+  // would page-fault on every call); it is bounded by the band budget.
   thread_local std::vector<float> tl_buf, tl_tmp;
-  const size_t need = size_t(G * p.in_floats + 16);
+  const size_t need = size_t(nbuf * p.in_floats + 16);
   if (tl_buf.size() < need) {
     tl_buf.clear();
     tl_buf.shrink_to_fit();
@@ -207,113 +277,109 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   if (tl_tmp.size() < tmp_per_slot * size_t(T)) tl_tmp.resize(tmp_per_slot * size_t(T));
   float* const tmp_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_tmp.data()) + 63) & ~uintptr_t(63));
 
-  // Task split per group: block ranges x output-channel chunks, at least ~8 tasks per thread.
-  const int64_t n_occ_units = (OC + kOcChunk - 1) / kOcChunk;
-
-  for (int64_t n0 = 0; n0 < N; n0 += G) {
-    const int64_t g = std::min(G, N - n0);
-
-    // 1) Build the phase-split padded inputs: one task per (image, plane row block).
-    const int64_t rows_total = g_.sh * g_.sw * C;
-    pool.parallel_for(g * rows_total, T, [&](int64_t task, int) {
-      const int64_t img = task / rows_total, rc = task % rows_total;
-      const int64_t phase = rc / C, c = rc % C;
-      const int64_t ry = phase / g_.sw, rx = phase % g_.sw;
-      float* dst = buf_base + img * p.in_floats + phase * p.plane + c * p.Hq * p.Wq;
-      const float* src = x + ((n0 + img) * C + c) * HW;
-      for (int64_t i = 0; i < p.Hq; ++i) {
-        float* d = dst + i * p.Wq;
-        const int64_t iy = i * g_.sh + ry - g_.ph;
-        if (iy < 0 || iy >= H) {
-          std::memset(d, 0, sizeof(float) * p.Wq);
-          continue;
-        }
-        const float* s = src + iy * W;
-        // Valid j: 0 <= j*sw + rx - pw < W.
-        int64_t j0 = 0;
-        while (j0 < p.Wq && j0 * g_.sw + rx - g_.pw < 0) ++j0;
-        int64_t j1 = j0;
-        while (j1 < p.Wq && j1 * g_.sw + rx - g_.pw < W) ++j1;
-        for (int64_t j = 0; j < j0; ++j) d[j] = 0.f;
-        if (g_.sw == 1) {
-          if (j1 > j0) std::memcpy(d + j0, s + (j0 + rx - g_.pw), sizeof(float) * (j1 - j0));
-        } else {
-          for (int64_t j = j0; j < j1; ++j) d[j] = s[j * g_.sw + rx - g_.pw];
-        }
-        for (int64_t j = j1; j < p.Wq; ++j) d[j] = 0.f;
-      }
-      if (rc == rows_total - 1) {
-        float* tail = buf_base + img * p.in_floats + g_.sh * g_.sw * p.plane;
-        std::memset(tail, 0, sizeof(float) * (p.S - g_.sh * g_.sw * p.plane));
-      }
-    });
-
-    // 1b) Shifted copies for aligned loads.
-    const int64_t ncopies = int64_t(p.shift.size());
-    if (ncopies > 1) {
-      const int64_t pieces = 8;
-      pool.parallel_for(g * (ncopies - 1) * pieces, T, [&](int64_t task, int) {
-        const int64_t img = task / ((ncopies - 1) * pieces), r = 1 + (task / pieces) % (ncopies - 1);
-        const int64_t piece = task % pieces, sft = p.shift[size_t(r)];
-        const float* src = buf_base + img * p.in_floats;
-        float* dst = buf_base + img * p.in_floats + r * p.S;
-        const int64_t a = p.S * piece / pieces, b = p.S * (piece + 1) / pieces;
-        const int64_t b_copy = std::min(b, p.S - sft);
-        if (b_copy > a) std::memcpy(dst + a, src + a + sft, sizeof(float) * (b_copy - a));
-        for (int64_t i = std::max(a, b_copy); i < b; ++i) dst[i] = 0.f;
-      });
-    }
-
-    // 2) Convolve.
-    int64_t occ = 1;
-    while (g * p.nblocks * occ < 8 * T && occ < n_occ_units) ++occ;
-    const int64_t oc_per = ((n_occ_units + occ - 1) / occ) * kOcChunk;
-    occ = (OC + oc_per - 1) / oc_per;
-    int64_t bpt = std::max<int64_t>(1, (g * p.nblocks * occ) / (8 * T));
-    bpt = std::min(bpt, p.nblocks);
-    const int64_t nbt = (p.nblocks + bpt - 1) / bpt;
-    pool.parallel_for(g * nbt * occ, T, [&](int64_t task, int slot) {
-      const int64_t img = task / (nbt * occ);
-      const int64_t rest = task % (nbt * occ);
-      const int64_t bt = rest / occ, oc_a = (rest % occ) * oc_per, oc_b = std::min(OC, oc_a + oc_per);
-      float* t = tmp_base + size_t(slot) * tmp_per_slot;
-      const float* in = buf_base + img * p.in_floats;
-      float* out = y + (n0 + img) * OC * OHW;
-      for (int64_t b = bt * bpt; b < std::min(p.nblocks, (bt + 1) * bpt); ++b) {
-        const int64_t p0 = b * p.block, p1 = std::min(p.P, p0 + p.block);
-        for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
-          const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
-          for (int64_t c = 0; c < p.nchunks; ++c)
-            K.conv(w, p.off.data(), p.seg.data() + c, p.nchunks + 1, in, p0, p.nv, oc0, oc1, t, c > 0);
-          for (int64_t oc = oc0; oc < oc1; ++oc) {
-            const float* a = t + (oc - oc0) * p.block;
-            float* o = out + oc * OHW;
-            const float bi = bias ? bias[oc] : 0.f;
-            const float sc = scale ? scale[oc] : 1.f;
-            const float sf = shift ? shift[oc] : 0.f;
-            // Walk the output rows this block touches.
-            int64_t q = p0;
-            while (q < p1) {
-              const int64_t oy = q / p.Wq, ox = q % p.Wq;
-              const int64_t row_end = std::min(p1, (oy + 1) * p.Wq);
-              if (ox < p.OW) {
-                const int64_t n = std::min(row_end, oy * p.Wq + p.OW) - q;
-                const float* src = a + (q - p0);
-                float* dst = o + oy * p.OW + ox;
-                if (scale || shift) {
-                  for (int64_t i = 0; i < n; ++i) dst[i] = (src[i] + bi) * sc + sf;
-                } else {
-                  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] + bi;
-                }
-                if (relu)
-                  for (int64_t i = 0; i < n; ++i) dst[i] = dst[i] > 0.f ? dst[i] : (dst[i] == dst[i] ? 0.f : dst[i]);
+  // Convolve pixel blocks [b0, b1) of the band at output row oy0 (rows_b rows) of image n, output
+  // channels [oc_a, oc_b), reading the band buffer `in`.
+  auto convolve = [&](const float* in, int64_t n, int64_t oy0, int64_t rows_b, int64_t b0, int64_t b1, int64_t oc_a,
+                      int64_t oc_b, float* t) {
+    const int64_t P_b = rows_b * p.Wq;
+    float* out = y + n * OC * OHW;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * p.block, p1 = std::min(P_b, p0 + p.block);
+      for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
+        const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
+        for (int64_t c = 0; c < p.nchunks; ++c)
+          K.conv(w, p.off.data(), p.seg.data() + c, p.nchunks + 1, in, p0, p.nv, oc0, oc1, t, c > 0);
+        for (int64_t oc = oc0; oc < oc1; ++oc) {
+          const float* a = t + (oc - oc0) * p.block;
+          float* o = out + oc * OHW;
+          const float bi = bias ? bias[oc] : 0.f;
+          const float sc = scale ? scale[oc] : 1.f;
+          const float sf = shift ? shift[oc] : 0.f;
+          // Walk the output rows this block touches.
+          int64_t q = p0;
+          while (q < p1) {
+            const int64_t oy = q / p.Wq, ox = q % p.Wq;
+            const int64_t row_end = std::min(p1, (oy + 1) * p.Wq);
+            if (ox < p.OW) {
+              const int64_t cnt = std::min(row_end, oy * p.Wq + p.OW) - q;
+              const float* src = a + (q - p0);
+              float* dst = o + (oy0 + oy) * p.OW + ox;
+              if (scale || shift) {
+                for (int64_t i = 0; i < cnt; ++i) dst[i] = (src[i] + bi) * sc + sf;
+              } else {
+                for (int64_t i = 0; i < cnt; ++i) dst[i] = src[i] + bi;
               }
-              q = row_end;
+              if (relu)
+                for (int64_t i = 0; i < cnt; ++i) dst[i] = dst[i] > 0.f ? dst[i] : (dst[i] == dst[i] ? 0.f : dst[i]);
             }
+            q = row_end;
           }
         }
       }
+    }
+  };
+  const int64_t tail_floats = p.S - phases * p.plane;
+
+  if (private_bands) {
+    pool.parallel_for(N * p.nbands, T, [&](int64_t task, int slot) {
+      const int64_t n = task / p.nbands, band = task % p.nbands;
+      const int64_t oy0 = band * p.BH, rows_b = std::min(p.BH, p.OH - oy0);
+      float* buf = buf_base + slot * p.in_floats;
+      const float* src = x + n * C * HW;
+      for (int64_t ph = 0; ph < phases; ++ph)
+        for (int64_t c = 0; c < C; ++c)
+          build_plane_rows(g_, H, W, p.Hb, p.Wq, src + c * HW, buf + ph * p.plane + c * p.Hb * p.Wq, oy0, ph);
+      std::memset(buf + phases * p.plane, 0, sizeof(float) * tail_floats);
+      for (int64_t r = 1; r < ncopies; ++r) shifted_copy(buf, buf + r * p.S, p.S, p.shift[size_t(r)], 0, p.S);
+      const int64_t nb = (rows_b * p.Wq + p.block - 1) / p.block;
+      convolve(buf, n, oy0, rows_b, 0, nb, 0, OC, tmp_base + size_t(slot) * tmp_per_slot);
     });
+    return;
+  }
+
+  const int64_t n_occ_units = (OC + kOcChunk - 1) / kOcChunk;
+  for (int64_t n0 = 0; n0 < N; n0 += G) {
+    const int64_t g = std::min(G, N - n0);
+    for (int64_t band = 0; band < p.nbands; ++band) {
+      const int64_t oy0 = band * p.BH, rows_b = std::min(p.BH, p.OH - oy0);
+      const int64_t nb = (rows_b * p.Wq + p.block - 1) / p.block;
+      // 1) Build the phase-split padded band: one task per (image, phase, channel).
+      const int64_t rows_total = phases * C;
+      pool.parallel_for(g * rows_total, T, [&](int64_t task, int) {
+        const int64_t img = task / rows_total, rc = task % rows_total;
+        const int64_t ph = rc / C, c = rc % C;
+        float* buf = buf_base + img * p.in_floats;
+        build_plane_rows(g_, H, W, p.Hb, p.Wq, x + ((n0 + img) * C + c) * HW, buf + ph * p.plane + c * p.Hb * p.Wq,
+                         oy0, ph);
+        if (rc == rows_total - 1) std::memset(buf + phases * p.plane, 0, sizeof(float) * tail_floats);
+      });
+      // 1b) Shifted copies for aligned loads.
+      if (ncopies > 1) {
+        const int64_t pieces = 8;
+        pool.parallel_for(g * (ncopies - 1) * pieces, T, [&](int64_t task, int) {
+          const int64_t img = task / ((ncopies - 1) * pieces), r = 1 + (task / pieces) % (ncopies - 1);
+          const int64_t piece = task % pieces;
+          const float* buf = buf_base + img * p.in_floats;
+          shifted_copy(buf, const_cast<float*>(buf) + r * p.S, p.S, p.shift[size_t(r)], p.S * piece / pieces,
+                       p.S * (piece + 1) / pieces);
+        });
+      }
+      // 2) Convolve: block ranges x output-channel chunks, at least ~8 tasks per thread.
+      int64_t occ = 1;
+      while (g * nb * occ < 8 * T && occ < n_occ_units) ++occ;
+      const int64_t oc_per = ((n_occ_units + occ - 1) / occ) * kOcChunk;
+      occ = (OC + oc_per - 1) / oc_per;
+      int64_t bpt = std::max<int64_t>(1, (g * nb * occ) / (8 * T));
+      bpt = std::min(bpt, nb);
+      const int64_t nbt = (nb + bpt - 1) / bpt;
+      pool.parallel_for(g * nbt * occ, T, [&](int64_t task, int slot) {
+        const int64_t img = task / (nbt * occ);
+        const int64_t rest = task % (nbt * occ);
+        const int64_t bt = rest / occ, oc_a = (rest % occ) * oc_per, oc_b = std::min(OC, oc_a + oc_per);
+        convolve(buf_base + img * p.in_floats, n0 + img, oy0, rows_b, bt * bpt, std::min(nb, (bt + 1) * bpt), oc_a,
+                 oc_b, tmp_base + size_t(slot) * tmp_per_slot);
+      });
+    }
   }
 }
 

@@ -17,6 +17,10 @@ struct ConvGeometry {
   int64_t in_channels, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, groups;
 };
 
+// Bytes of the per-band input buffer the plans aim for (tests lower it to exercise banding).
+int64_t conv_band_budget();
+int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
+
 class SparseConv2d {
  public:
   SparseConv2d(const CsrInput& in, const ConvGeometry& g);

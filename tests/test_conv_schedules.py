@@ -1,0 +1,70 @@
+"""SparseConv2d schedules: the input is processed in row bands (sized by a buffer budget) either
+band-per-task or shared by all threads. Every schedule must give the same result as torch."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+nat = pytest.importorskip("deepcomp._native")
+
+from test_kernels import SUPPORTED_ISAS, assert_close, make_conv  # noqa: E402
+
+
+@pytest.fixture
+def restore():
+    budget = nat._set_conv_band_bytes(1 << 20)
+    nat._set_conv_band_bytes(budget)
+    threads = nat.get_num_threads()
+    yield
+    nat._set_conv_band_bytes(budget)
+    nat.set_num_threads(threads)
+    nat._set_isa(SUPPORTED_ISAS[0])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(
+    isa=st.sampled_from(SUPPORTED_ISAS),
+    budget=st.sampled_from([1, 2000, 9000, 40000, 1 << 22]),
+    threads=st.sampled_from([1, 2, 3]),
+    cin=st.integers(1, 20),
+    cout=st.integers(1, 40),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    n=st.sampled_from([1, 2, 5]),
+    hw=st.tuples(st.integers(5, 40), st.integers(5, 40)),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    layout=st.sampled_from(["fp32", "codebook"]),
+    seed=st.integers(0, 2**31),
+)
+def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, stride, padding, dilation, n, hw,
+                                density, layout, seed):
+    rng = np.random.default_rng(seed)
+    H, W = hw
+    if H + 2 * padding[0] < dilation[0] * (k[0] - 1) + 1 or W + 2 * padding[1] < dilation[1] * (k[1] - 1) + 1:
+        return
+    nat._set_isa(isa)
+    nat.set_num_threads(threads)
+    nat._set_conv_band_bytes(budget)
+    layer, wt, b = make_conv(rng, cin, cout, k[0], k[1], stride, padding, dilation, 1, density, layout)
+    x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
+    ref = F.relu(F.conv2d(torch.from_numpy(x), wt, b, stride, padding, dilation))
+    assert_close(layer.forward(x, relu=True), ref.numpy())
+
+
+def test_conv_vgg_like_banded(restore):
+    """A VGG-like layer large enough to be cut into many bands at the default budget."""
+    rng = np.random.default_rng(7)
+    layer, wt, b = make_conv(rng, 32, 24, 3, 3, 1, 1, 1, 1, 0.3, "codebook")
+    x = rng.standard_normal((1, 32, 150, 131)).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), wt, b, 1, 1).numpy()
+    for threads in (1, 2):
+        nat.set_num_threads(threads)
+        for budget in (1, 100_000, 1 << 21):
+            nat._set_conv_band_bytes(budget)
+            assert_close(layer.forward(x), ref)
