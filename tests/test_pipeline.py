@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from deepcomp.dcz import decompress, read_dcz
+from deepcomp.errors import RecipeError
 from deepcomp.pipeline import compress
 from deepcomp.recipes import load_recipe
 from deepcomp.zoo import load_model
@@ -58,6 +59,21 @@ def test_paper_bits_for_presets():
     assert load_recipe("deep-compression", "vgg16").defaults["index_bits"] == 5
     vgg = load_recipe("deep-compression", "torchvision:vgg16")
     assert len(vgg.layers) == 16 and vgg.layers["classifier.0"]["density"] == 0.04
+
+
+def test_fashion_mnist_presets():
+    for arch in ("lenet-300-100", "zoo:lenet-5"):
+        paper, fashion = load_recipe("deep-compression", arch), load_recipe("fashion-mnist", arch)
+        assert fashion.name.startswith("fashion-mnist-lenet")
+        assert {k: v["density"] for k, v in fashion.layers.items()} == {k: v["density"] for k, v in paper.layers.items()}
+        assert fashion.layers["fc1"]["bits"] == 3 and "bits" not in paper.layers["fc1"]
+    assert load_recipe("fashion-mnist-lenet-5").arch == "lenet-5"
+    with pytest.raises(RecipeError, match="fashion-mnist"):
+        load_recipe("fashion-mnist", "alexnet")
+    loaded = load_model("zoo:lenet-300-100")
+    r = compress(loaded, recipe="fashion-mnist", progress=False)
+    assert r.encoded["fc1"].bits == 3 and r.encoded["fc2"].bits == 5
+    assert r.encoded["fc1"].codebook.size <= 8
 
 
 def test_global_and_overrides(tmp_path):

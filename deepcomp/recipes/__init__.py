@@ -32,6 +32,13 @@ PRESETS = {
     "lenet-300-100": "deep-compression-lenet-300-100.toml",
     "lenet-5": "deep-compression-lenet-5.toml",
 }
+# architecture name -> preset file for recipe "fashion-mnist": the paper's densities with fewer bits on
+# the largest fc layer, which reaches the paper's LeNet ratios on Fashion-MNIST (see the files)
+FASHION_PRESETS = {
+    "lenet-300-100": "fashion-mnist-lenet-300-100.toml",
+    "lenet-5": "fashion-mnist-lenet-5.toml",
+}
+FAMILIES = {"deep-compression": PRESETS, "fashion-mnist": FASHION_PRESETS}
 DEFAULT_SPARSITY = 0.8
 DEFAULTS = {"conv_bits": 8, "fc_bits": 5, "index_bits": 5, "scope": "layer", "init": "linear"}
 _DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity"}
@@ -102,7 +109,8 @@ def _read_builtin(filename: str) -> Recipe:
 
 
 def load_recipe(spec: str | None, arch: str | None = None) -> Recipe:
-    """A recipe by name (``deep-compression``, resolved by architecture, or a preset's file stem) or path."""
+    """A recipe by name (``deep-compression`` or ``fashion-mnist``, resolved by architecture, or a preset's
+    file stem) or path."""
     spec = spec or "deep-compression"
     path = Path(spec)
     if spec.endswith(".toml") or path.exists():
@@ -118,8 +126,15 @@ def load_recipe(spec: str | None, arch: str | None = None) -> Recipe:
     if spec == "deep-compression":
         preset = PRESETS.get(normalize_arch(arch))
         return _read_builtin(preset or "deep-compression.toml")
-    builtin = {p[:-5]: p for p in PRESETS.values()} | {"deep-compression-generic": "deep-compression.toml"}
+    if spec == "fashion-mnist":
+        preset = FASHION_PRESETS.get(normalize_arch(arch))
+        if preset is None:
+            raise RecipeError(f"recipe 'fashion-mnist' has presets for {', '.join(FASHION_PRESETS)} only, not "
+                              f"{arch or 'this model'!r}; use 'deep-compression' or a TOML file")
+        return _read_builtin(preset)
+    builtin = {p[:-5]: p for fam in FAMILIES.values() for p in fam.values()}
+    builtin["deep-compression-generic"] = "deep-compression.toml"
     if spec in builtin:
         return _read_builtin(builtin[spec])
-    raise RecipeError(f"unknown recipe {spec!r}: use 'deep-compression', one of {', '.join(sorted(builtin))}, "
+    raise RecipeError(f"unknown recipe {spec!r}: use 'deep-compression', 'fashion-mnist', one of {', '.join(sorted(builtin))}, "
                       f"or a path to a .toml file")
