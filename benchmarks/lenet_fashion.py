@@ -29,7 +29,12 @@ def kb(n: int) -> str:
     return f"{n / 1024:.1f} KB"
 
 
-def run_model(arch: str, args, train_ds, test_ds, workdir: str, tag: str = "") -> dict:
+def recipe_for(spec: str, arch: str) -> str:
+    """'paper' -> the paper's preset ("deep-compression"); 'fashion' -> fashion-mnist-<arch>."""
+    return {"paper": "deep-compression", "fashion": f"fashion-mnist-{arch}"}.get(spec, spec)
+
+
+def run_model(arch: str, args, train_ds, test_ds, workdir: str, tag: str = "", recipes=("paper",)) -> list[dict]:
     from deepcomp.data import make_loader
     from deepcomp.pipeline import compress
     from deepcomp.train import evaluate, load_dcz_for_eval, make_hooks, train
@@ -54,24 +59,30 @@ def run_model(arch: str, args, train_ds, test_ds, workdir: str, tag: str = "") -
                        codebook_epochs=args.codebook_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
                        weight_decay=args.weight_decay,
                        log_path=log, seed=args.seed, progress=args.progress)
-    t0 = time.time()
-    result = compress(LoadedModel(model, arch, shape, f"benchmark:{name}"), recipe="deep-compression",
-                      iterative=args.iterative, seed=args.seed, progress=False, log_path=log, **hooks)
-    path = os.path.join(workdir, f"{name}.dcz")
-    size = result.save(path)
-    t_comp = time.time() - t0
-    runtime_model, engine = load_dcz_for_eval(path)
-    comp = evaluate(runtime_model, test_loader)
-    torch_comp = evaluate(result.model, test_loader)
-    st = result.meta["stages"]
-    orig = result.meta["original_bytes"]
-    kept = sum(sw.nnz for sw in result.shared.values()) / sum(sw.numel for sw in result.shared.values())
-    print(f"[{name}] compressed: top-1 {comp['top1']:.4f} on {engine}, {size} bytes, {orig / size:.1f}x "
-          f"({t_comp:.0f} s)", flush=True)
-    return {"arch": arch, "base": base, "comp": comp, "torch_comp": torch_comp, "engine": engine,
-            "file_bytes": size, "original_bytes": orig, "ratio": orig / size, "stages": st, "kept": kept,
-            "params": result.meta["num_params"], "seconds_baseline": t_base, "seconds_compress": t_comp,
-            "dcz": path}
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    out = []
+    for spec in recipes:
+        recipe = recipe_for(spec, arch)
+        model.load_state_dict(trained)  # every recipe starts from the same baseline
+        t0 = time.time()
+        result = compress(LoadedModel(model, arch, shape, f"benchmark:{name}"), recipe=recipe,
+                          iterative=args.iterative, seed=args.seed, progress=False, log_path=log, **hooks)
+        path = os.path.join(workdir, f"{name}-{spec}.dcz")
+        size = result.save(path)
+        t_comp = time.time() - t0
+        runtime_model, engine = load_dcz_for_eval(path)
+        comp = evaluate(runtime_model, test_loader)
+        torch_comp = evaluate(result.model, test_loader)
+        st = result.meta["stages"]
+        orig = result.meta["original_bytes"]
+        kept = sum(sw.nnz for sw in result.shared.values()) / sum(sw.numel for sw in result.shared.values())
+        print(f"[{name}] recipe {recipe}: top-1 {comp['top1']:.4f} on {engine}, {size} bytes, {orig / size:.1f}x "
+              f"({t_comp:.0f} s)", flush=True)
+        out.append({"arch": arch, "recipe": recipe, "base": base, "comp": comp, "torch_comp": torch_comp,
+                    "engine": engine, "file_bytes": size, "original_bytes": orig, "ratio": orig / size, "stages": st,
+                    "kept": kept, "params": result.meta["num_params"], "seconds_baseline": t_base,
+                    "seconds_compress": t_comp, "dcz": path})
+    return out
 
 
 def run_transfer(args, data, workdir: str) -> dict:
@@ -84,7 +95,7 @@ def run_transfer(args, data, workdir: str) -> dict:
     src_te = load_dataset(data, "test", classes=range(0, 5))
     dst_tr = load_dataset(data, "train", classes=range(5, 10), limit=lim)
     dst_te = load_dataset(data, "test", classes=range(5, 10))
-    src = run_model("lenet-5", args, src_tr, src_te, workdir, tag="-classes0-4")
+    src = run_model("lenet-5", args, src_tr, src_te, workdir, tag="-classes0-4", recipes=(args.transfer_recipe,))[0]
     t0 = time.time()
     tr = finetune_dcz(src["dcz"], None, num_classes=5, out_path=os.path.join(workdir, "lenet-5-transfer5-9.dcz"),
                       epochs=args.transfer_epochs, lr=args.finetune_lr, batch_size=args.batch_size, seed=args.seed,
@@ -108,16 +119,16 @@ def table(results: list[dict], transfer: dict | None, args, elapsed: float) -> s
     paper = {"lenet-300-100": ("LeNet-300-100", "40x, 1.64% -> 1.58% error", 40.0),
              "lenet-5": ("LeNet-5", "39x, 0.80% -> 0.74% error", 39.0)}
     lines = [
-        "| model | baseline top-1 | compressed top-1 (.dcz, native runtime) | Δ points | kept | fp32 params | "
+        "| model | recipe | baseline top-1 | compressed top-1 (.dcz, native runtime) | Δ points | kept | fp32 params | "
         "pruned only | + shared weights | + Huffman (.dcz file) | ratio | paper (MNIST) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         st, orig = r["stages"], r["original_bytes"]
         label, ref, _ = paper[r["arch"]]
         delta = 100 * (r["comp"]["top1"] - r["base"]["top1"])
         lines.append(
-            f"| {label} | {100 * r['base']['top1']:.2f}% | {100 * r['comp']['top1']:.2f}% | {delta:+.2f} | "
+            f"| {label} | {r['recipe']} | {100 * r['base']['top1']:.2f}% | {100 * r['comp']['top1']:.2f}% | {delta:+.2f} | "
             f"{100 * r['kept']:.1f}% | {kb(orig)} | {kb(st['pruned_bytes'])} ({orig / st['pruned_bytes']:.1f}x) | "
             f"{kb(st['quantized_bytes'])} ({orig / st['quantized_bytes']:.1f}x) | {kb(r['file_bytes'])} | "
             f"**{r['ratio']:.1f}x** | {ref} |")
@@ -163,6 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="training samples per run (default all; quick 6000)")
     ap.add_argument("--models", default="lenet-300-100,lenet-5")
+    ap.add_argument("--recipes", default="paper,fashion",
+                    help="recipes to compress each baseline with: 'paper' (deep-compression, the paper's tables), "
+                         "'fashion' (fashion-mnist-<arch>), or recipe names/paths (default: paper,fashion)")
+    ap.add_argument("--transfer-recipe", default="fashion", help="recipe of the transfer demo's source model")
     ap.add_argument("--no-transfer", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the .pt/.dcz/.jsonl files go (default benchmarks/results/lenet_fashion)")
@@ -188,7 +203,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     train_ds = load_dataset(args.data, "train", limit=args.limit)
     test_ds = load_dataset(args.data, "test")
-    results = [run_model(a.strip(), args, train_ds, test_ds, args.workdir) for a in args.models.split(",") if a.strip()]
+    recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+    results = [r for a in args.models.split(",") if a.strip()
+               for r in run_model(a.strip(), args, train_ds, test_ds, args.workdir, recipes=recipes)]
     transfer = None if args.no_transfer else run_transfer(args, args.data, args.workdir)
     elapsed = time.time() - t0
     md = table(results, transfer, args, elapsed)

@@ -285,14 +285,15 @@ def test_lenet_300_100_fashion_mnist_reduced(tmp_path):
     log = tmp_path / "log.jsonl"
     hooks = make_hooks(None, train_data=tr, test_data=te, finetune_epochs=1, lr=5e-4, progress=False,
                        log_path=str(log))
-    result = compress(LoadedModel(model, "lenet-300-100", shape, "test"), recipe="deep-compression", iterative=2,
+    result = compress(LoadedModel(model, "lenet-300-100", shape, "test"), recipe="fashion-mnist", iterative=2,
                       progress=False, **hooks)
     size = result.save(tmp_path / "m.dcz")
     assert result.meta["recipe"]["retrained"] and result.meta["recipe"]["trained_centroids"]
     runtime, _ = load_dcz_for_eval(str(tmp_path / "m.dcz"))
     acc = evaluate(runtime, make_loader(te, batch_size=500))
     assert acc["top1"] > 0.70, acc           # chance is 0.10
-    assert result.meta["original_bytes"] / size > 30
+    print("reduced LeNet-300-100:", acc, "ratio", result.meta["original_bytes"] / size)
+    assert result.meta["original_bytes"] / size > 38  # the full run reaches 44x (benchmarks/lenet_fashion.py)
     stages = [json.loads(line)["stage"] for line in log.read_text().splitlines()]
     assert stages == ["prune-1/2", "prune-2/2", "codebooks"]
     for name, sw in result.shared.items():
