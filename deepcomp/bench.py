@@ -124,7 +124,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
     c_dense = DenseTorchGraph(model.graph, decompress(path)).eval()
     users = _layer_consumers(model.graph)
     by_name = {nd["name"]: nd for nd in model.graph["nodes"]}
-    steps = {s.name: s for s in model._steps}  # the runtime's planned steps (kernel + fused epilogue)
+    steps = {s.name: s for s in model.steps}  # the runtime's planned steps (kernel + fused epilogue)
     info = {l.name: l for l in model.layers}
     rng = np.random.default_rng(seed)
     results = []

@@ -191,7 +191,7 @@ class BNModel(nn.Module):
 
 def test_bn_residual_concat():
     m, _, _ = compare(BNModel(), (3, 7, 7))
-    ops = [s.name for s in m._steps]
+    ops = [s.name for s in m.steps]
     # relu after conv1+bn1 fused; the relu after the residual add fused; relu after bn3 fused
     assert "relu" not in ops and not any(name.startswith("relu#") for name in ops)
 

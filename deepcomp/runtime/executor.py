@@ -531,6 +531,13 @@ class RuntimeModel:
     run = __call__
 
     @property
+    def steps(self) -> tuple:
+        """The planned steps in execution order. Each has ``name`` (the graph node it computes; a fused
+        ReLU is part of its producer's step), ``inputs`` (node names) and ``run(*arrays) -> array``,
+        which calls the kernel with its fused epilogue: what ``deepcomp bench`` times per layer."""
+        return tuple(self._steps)
+
+    @property
     def num_threads(self) -> int:
         return get_num_threads()
 
