@@ -56,10 +56,13 @@ struct SparseConv2d::ShapePlan {
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
   std::vector<int32_t> off;
-  // Input channels are walked in chunks whose input window fits in L1; seg[oc*(nchunks+1) + c] is
-  // the first nonzero of row oc in chunk c.
+  // Input channels are walked in chunks whose input window fits in L1. The nonzeros are reordered
+  // chunk-major: seg[c*(OC+1) + oc] is the first of row oc in chunk c, off/values/cluster are in
+  // that order (values or cluster, like the store).
   int64_t nchunks;
   std::vector<int64_t> seg;
+  std::vector<float> values;
+  std::vector<uint8_t> cluster;
 };
 
 SparseConv2d::SparseConv2d(const CsrInput& in, const ConvGeometry& g)
@@ -154,7 +157,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->block = int64_t(best) * width;
   p->nblocks = (p->P + p->block - 1) / p->block;
 
-  p->off.resize(nnz);
+  std::vector<int32_t> off(static_cast<size_t>(nnz));
   int64_t max_off = 0;
   for (int64_t j = 0; j < nnz; ++j) {
     const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
@@ -162,7 +165,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
                       (ty / g_.sh) * p->Wq + tx / g_.sw;
     const int64_t sft = o % width;
     max_off = std::max(max_off, o - sft);
-    p->off[j] = int32_t(region_of[size_t(sft)]);  // the region for now; the offset is set below
+    off[size_t(j)] = int32_t(region_of[size_t(sft)]);  // the region for now; the offset is set below
   }
   p->S = (std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
   p->in_floats = ncopies * p->S;
@@ -171,27 +174,48 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
     const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
     const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hb * p->Wq +
                       (ty / g_.sh) * p->Wq + tx / g_.sw;
-    p->off[j] = int32_t(p->off[j] * p->S + o - o % width);
+    off[size_t(j)] = int32_t(off[size_t(j)] * p->S + o - o % width);
   }
   // Channel chunks: the rows of one channel that a pixel block reads, in every phase plane used.
+  // The nonzeros are stored chunk-major (chunk, output channel, column), so that the kernel, which
+  // walks the output channels of one chunk, reads offsets and weights sequentially.
   {
+    const int64_t OC = g_.out_channels;
     const int64_t cg = g_.in_channels / g_.groups;
     const int64_t used_phases = std::min(g_.sh, g_.kh) * std::min(g_.sw, g_.kw);
     const int64_t span = p->block + dy_max * p->Wq + (g_.kw - 1) * g_.dw / g_.sw + 16;
     const int64_t per_ch = 4 * used_phases * span * ncopies;
     const int64_t cpc = std::max<int64_t>(1, kL1Budget / per_ch);
     p->nchunks = (cg + cpc - 1) / cpc;
-    const int64_t stride = p->nchunks + 1, taps = g_.kh * g_.kw;
-    p->seg.resize(size_t(g_.out_channels * stride));
+    const int64_t taps = g_.kh * g_.kw;
+    std::vector<int64_t> start(size_t(OC * (p->nchunks + 1)));
     const auto& rp = w_.row_ptr();
-    for (int64_t oc = 0; oc < g_.out_channels; ++oc) {
+    for (int64_t oc = 0; oc < OC; ++oc) {
       int64_t j = rp[oc];
       for (int64_t c = 0; c < p->nchunks; ++c) {
         const int64_t first_col = c * cpc * taps;
         while (j < rp[oc + 1] && w_.col_at(j) < first_col) ++j;
-        p->seg[oc * stride + c] = j;
+        start[size_t(oc * (p->nchunks + 1) + c)] = j;
       }
-      p->seg[oc * stride + p->nchunks] = rp[oc + 1];
+      start[size_t(oc * (p->nchunks + 1) + p->nchunks)] = rp[oc + 1];
+    }
+    const CsrWeights w = w_.view();
+    p->seg.resize(size_t(p->nchunks * (OC + 1)));
+    p->off.resize(size_t(nnz));
+    if (w.values) p->values.resize(size_t(nnz));
+    else p->cluster.resize(size_t(nnz));
+    int64_t k = 0;
+    for (int64_t c = 0; c < p->nchunks; ++c) {
+      for (int64_t oc = 0; oc < OC; ++oc) {
+        p->seg[size_t(c * (OC + 1) + oc)] = k;
+        const int64_t a = start[size_t(oc * (p->nchunks + 1) + c)], b = start[size_t(oc * (p->nchunks + 1) + c + 1)];
+        for (int64_t j = a; j < b; ++j, ++k) {
+          p->off[size_t(k)] = off[size_t(j)];
+          if (w.values) p->values[size_t(k)] = w.values[j];
+          else p->cluster[size_t(k)] = w.cluster[j];
+        }
+      }
+      p->seg[size_t(c * (OC + 1) + OC)] = k;
     }
   }
   if (cache_.size() >= 8) cache_.erase(cache_.begin());
@@ -246,7 +270,9 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   if (plan->width != K.width) plan = plan_for(H, W);  // the ISA changed in between (tests only)
   const ShapePlan& p = *plan;
   if (p.width != K.width) throw ShapeError("SparseConv2d: ISA changed during the call");
-  const CsrWeights w = w_.view();
+  CsrWeights w = w_.view();
+  if (w.values) w.values = p.values.data();
+  else w.cluster = p.cluster.data();
   const int64_t C = g_.in_channels, OC = g_.out_channels;
   const int64_t HW = H * W, OHW = p.OH * p.OW;
   const int64_t phases = g_.sh * g_.sw, ncopies = int64_t(p.shift.size());
@@ -288,7 +314,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
         const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
         for (int64_t c = 0; c < p.nchunks; ++c)
-          K.conv(w, p.off.data(), p.seg.data() + c, p.nchunks + 1, in, p0, p.nv, oc0, oc1, t, c > 0);
+          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0);
         for (int64_t oc = oc0; oc < oc1; ++oc) {
           const float* a = t + (oc - oc0) * p.block;
           float* o = out + oc * OHW;
