@@ -22,12 +22,21 @@ namespace deepcomp {
 
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
-constexpr int kMaxNv = 8;  // the kernels go to 12; measured no faster here
+#ifndef DC_MAXNV
+#define DC_MAXNV 8
+#endif
+#ifndef DC_L1
+#define DC_L1 (24 << 10)
+#endif
+#ifndef DC_OCT
+#define DC_OCT 256
+#endif
+constexpr int kMaxNv = DC_MAXNV;  // the kernels go to 12; measured no faster here
 constexpr int64_t kOcChunk = 16;  // unit of the output-channel split between tasks
 // Output channels convolved together chunk by chunk: each input-channel chunk, once in L1, is
 // reused by this many rows (the accumulators, kOcTile pixel blocks, live in L2 meanwhile).
-constexpr int64_t kOcTile = 256;
-constexpr int64_t kL1Budget = 24 << 10;
+constexpr int64_t kOcTile = DC_OCT;
+constexpr int64_t kL1Budget = DC_L1;
 // Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
@@ -55,6 +64,7 @@ struct SparseConv2d::ShapePlan {
   int64_t nblocks;    // pixel blocks of a full band
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
+  int threads;        // thread count the plan was made for
   std::vector<int32_t> off;
   // Input channels are walked in chunks whose input window fits in L1. The nonzeros are reordered
   // chunk-major: seg[c*(OC+1) + oc] is the first of row oc in chunk c, off/values/cluster are in
@@ -100,18 +110,21 @@ std::pair<int64_t, int64_t> SparseConv2d::out_size(int64_t H, int64_t W) const {
   return {(Hp - eh) / g_.sh + 1, (Wp - ew) / g_.sw + 1};
 }
 
-std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H, int64_t W) const {
+std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H, int64_t W, int threads) const {
   const int width = kernels().width;
   const int64_t budget = conv_band_budget();
   std::lock_guard<std::mutex> lock(cache_mutex_);
   auto it = cache_.find({H, W});
-  if (it != cache_.end() && it->second->width == width && it->second->budget == budget) return it->second;
+  if (it != cache_.end() && it->second->width == width && it->second->budget == budget &&
+      it->second->threads == threads)
+    return it->second;
 
   auto p = std::make_shared<ShapePlan>();
   p->H = H;
   p->W = W;
   p->width = width;
   p->budget = budget;
+  p->threads = threads;
   auto os = out_size(H, W);
   p->OH = os.first;
   p->OW = os.second;
@@ -135,11 +148,15 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   }
   const int64_t ncopies = int64_t(p->shift.size());
 
-  // Band height: the largest whose buffer fits the budget (at least one output row).
+  // Band height: the largest whose buffer fits the budget (at least one output row), then lowered
+  // so that the band count is a multiple of the thread count where the image has enough rows: each
+  // thread then convolves whole bands from its own cache, with no synchronisation.
   const int64_t row_floats = ncopies * phases * C * p->Wq;
-  p->BH = std::max<int64_t>(1, std::min(p->OH, budget / (4 * row_floats) - dy_max));
-  p->nbands = (p->OH + p->BH - 1) / p->BH;
+  const int64_t bh = std::max<int64_t>(1, std::min(p->OH, budget / (4 * row_floats) - dy_max));
+  p->nbands = (p->OH + bh - 1) / bh;
+  if (threads > 1) p->nbands = std::min(p->OH, (p->nbands + threads - 1) / threads * threads);
   p->BH = (p->OH + p->nbands - 1) / p->nbands;  // even bands
+  p->nbands = (p->OH + p->BH - 1) / p->BH;
   p->Hb = p->BH + dy_max;
   p->plane = C * p->Hb * p->Wq;
   p->P = p->BH * p->Wq;
@@ -266,8 +283,10 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
                            const float* scale, const float* shift) const {
   if (N <= 0) return;
   const Kernels& K = kernels();
-  auto plan = plan_for(H, W);
-  if (plan->width != K.width) plan = plan_for(H, W);  // the ISA changed in between (tests only)
+  ThreadPool& pool = ThreadPool::instance();
+  const int T = pool.num_threads();
+  auto plan = plan_for(H, W, T);
+  if (plan->width != K.width) plan = plan_for(H, W, T);  // the ISA changed in between (tests only)
   const ShapePlan& p = *plan;
   if (p.width != K.width) throw ShapeError("SparseConv2d: ISA changed during the call");
   CsrWeights w = w_.view();
@@ -278,14 +297,11 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   const int64_t phases = g_.sh * g_.sw, ncopies = int64_t(p.shift.size());
   const float* bias = w.bias;
 
-  ThreadPool& pool = ThreadPool::instance();
-  const int T = pool.num_threads();
-
   // Two schedules. With many bands (large images, or batches), each task is one band of one image:
   // the thread builds that band in its own buffer and convolves it for every output channel, with
   // no synchronisation. Otherwise the threads build each band together and split its pixel blocks
   // and output channels, group of images by group of images.
-  const bool private_bands = N * p.nbands >= 4 * int64_t(T) || T == 1;
+  const bool private_bands = N * p.nbands >= int64_t(T);
   const int64_t G = private_bands ? 1 : std::min<int64_t>(N, std::max<int64_t>(1, T));
   const int64_t nbuf = private_bands ? T : G;
   // Scratch lives in the calling thread and is reused across calls (fresh multi-megabyte buffers

@@ -36,7 +36,7 @@ class SparseConv2d {
 
  private:
   struct ShapePlan;
-  std::shared_ptr<const ShapePlan> plan_for(int64_t H, int64_t W) const;
+  std::shared_ptr<const ShapePlan> plan_for(int64_t H, int64_t W, int threads) const;
 
   ConvGeometry g_;
   CsrStore w_;
