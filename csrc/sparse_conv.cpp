@@ -85,21 +85,6 @@ SparseConv2d::SparseConv2d(const CsrInput& in, const ConvGeometry& g)
     throw ShapeError("SparseConv2d: in_channels and out_channels must be divisible by groups");
   if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.ph < 0 || g.pw < 0)
     throw ShapeError("SparseConv2d: kernel_size, stride, dilation must be >= 1 and padding >= 0");
-  const int64_t cg = g.in_channels / g.groups, ocg = g.out_channels / g.groups;
-  const int64_t nnz = w_.nnz();
-  tap_c_.resize(nnz);
-  tap_y_.resize(nnz);
-  tap_x_.resize(nnz);
-  const auto& rp = w_.row_ptr();
-  for (int64_t oc = 0; oc < g.out_channels; ++oc) {
-    const int64_t grp = oc / ocg;
-    for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
-      const int64_t c = w_.col_at(j);
-      tap_x_[j] = int32_t(c % g.kw);
-      tap_y_[j] = int32_t((c / g.kw) % g.kh);
-      tap_c_[j] = int32_t(grp * cg + c / (g.kw * g.kh));
-    }
-  }
 }
 
 std::pair<int64_t, int64_t> SparseConv2d::out_size(int64_t H, int64_t W) const {
@@ -140,7 +125,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   std::vector<int64_t> region_of(size_t(width), -1);
   region_of[0] = 0;
   for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t sft = (int64_t(tap_x_[j]) * g_.dw / g_.sw) % width;
+    const int64_t sft = (w_.col_at(j) % g_.kw * g_.dw / g_.sw) % width;
     if (region_of[size_t(sft)] < 0) {
       region_of[size_t(sft)] = int64_t(p->shift.size());
       p->shift.push_back(sft);
@@ -174,25 +159,29 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->block = int64_t(best) * width;
   p->nblocks = (p->P + p->block - 1) / p->block;
 
-  std::vector<int32_t> off(static_cast<size_t>(nnz));
+  // Offset of each nonzero's tap in region 0 of the band buffer (before the alignment shift).
+  std::vector<int64_t> off(static_cast<size_t>(nnz));
   int64_t max_off = 0;
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
-    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hb * p->Wq +
-                      (ty / g_.sh) * p->Wq + tx / g_.sw;
-    const int64_t sft = o % width;
-    max_off = std::max(max_off, o - sft);
-    off[size_t(j)] = int32_t(region_of[size_t(sft)]);  // the region for now; the offset is set below
+  {
+    const auto& rp = w_.row_ptr();
+    const int64_t cg = C / g_.groups, ocg = g_.out_channels / g_.groups;
+    for (int64_t oc = 0; oc < g_.out_channels; ++oc) {
+      for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
+        const int64_t col = w_.col_at(j);
+        const int64_t c = oc / ocg * cg + col / (g_.kh * g_.kw);
+        const int64_t ty = (col / g_.kw) % g_.kh * g_.dh, tx = col % g_.kw * g_.dw;
+        const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + c * p->Hb * p->Wq +
+                          (ty / g_.sh) * p->Wq + tx / g_.sw;
+        max_off = std::max(max_off, o - o % width);
+        off[size_t(j)] = o;
+      }
+    }
   }
   p->S = (std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
   p->in_floats = ncopies * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t ty = int64_t(tap_y_[j]) * g_.dh, tx = int64_t(tap_x_[j]) * g_.dw;
-    const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + tap_c_[j] * p->Hb * p->Wq +
-                      (ty / g_.sh) * p->Wq + tx / g_.sw;
-    off[size_t(j)] = int32_t(off[size_t(j)] * p->S + o - o % width);
-  }
+  // The kernel's offset: region (by shift) times S plus the aligned offset.
+  for (auto& o : off) o = region_of[size_t(o % width)] * p->S + o - o % width;
   // Channel chunks: the rows of one channel that a pixel block reads, in every phase plane used.
   // The nonzeros are stored chunk-major (chunk, output channel, column), so that the kernel, which
   // walks the output channels of one chunk, reads offsets and weights sequentially.
@@ -227,7 +216,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
         p->seg[size_t(c * (OC + 1) + oc)] = k;
         const int64_t a = start[size_t(oc * (p->nchunks + 1) + c)], b = start[size_t(oc * (p->nchunks + 1) + c + 1)];
         for (int64_t j = a; j < b; ++j, ++k) {
-          p->off[size_t(k)] = off[size_t(j)];
+          p->off[size_t(k)] = int32_t(off[size_t(j)]);
           if (w.values) p->values[size_t(k)] = w.values[j];
           else p->cluster[size_t(k)] = w.cluster[j];
         }

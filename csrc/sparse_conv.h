@@ -40,7 +40,6 @@ class SparseConv2d {
 
   ConvGeometry g_;
   CsrStore w_;
-  std::vector<int32_t> tap_c_, tap_y_, tap_x_;  // per nonzero: global input channel, kernel row/col
   mutable std::mutex cache_mutex_;
   mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const ShapePlan>> cache_;
 };
