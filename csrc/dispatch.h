@@ -25,6 +25,20 @@ struct CsrWeights {
   bool relu = false;
 };
 
+// Where the last input-channel chunk of a convolution writes its results: output vector v of the
+// pixel block (lanes with bit i of mask[v] set) goes to y + oc*ostride + voff[v], as
+// relu?((acc + bias[oc]) * scale[oc] + shift[oc]) (bias/scale/shift may be null).
+struct ConvEpilogue {
+  float* y = nullptr;
+  int64_t ostride = 0;
+  const int64_t* voff = nullptr;
+  const uint32_t* mask = nullptr;
+  const float* bias = nullptr;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  bool relu = false;
+};
+
 struct Kernels {
   const char* name;
   int width;  // floats per vector register
@@ -38,9 +52,10 @@ struct Kernels {
   // Direct sparse convolution, one output-pixel block of nv*width floats at p0 for output channels
   // [oc0, oc1), over the nonzeros seg[oc*seg_stride] .. seg[oc*seg_stride + 1] of each row (one
   // input-channel chunk): tmp[(oc-oc0)*nv*width + i] (+)= sum_j w_j in[off_j + p0 + i].
-  // accumulate: add to tmp instead of overwriting it. nv in [1, 12].
+  // accumulate: add to tmp instead of overwriting it. ep: instead of storing to tmp, finish the
+  // outputs (see ConvEpilogue). nv in [1, 12].
   void (*conv)(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
-               int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate);
+               int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep);
 };
 
 const Kernels& kernels();

@@ -31,7 +31,9 @@ std::string S(int64_t v) { return std::to_string(v); }
 #ifndef DC_OCT
 #define DC_OCT 256
 #endif
-constexpr int kMaxNv = DC_MAXNV;  // the kernels go to 12; measured no faster here
+constexpr int kMaxNv = DC_MAXNV;
+constexpr int kMaxVec = 12;  // the kernels' largest block
+static_assert(kMaxNv <= kMaxVec, "blocks beyond the kernels' largest");  // the kernels go to 12; measured no faster here
 constexpr int64_t kOcChunk = 16;  // unit of the output-channel split between tasks
 // Output channels convolved together chunk by chunk: each input-channel chunk, once in L1, is
 // reused by this many rows (the accumulators, kOcTile pixel blocks, live in L2 meanwhile).
@@ -313,39 +315,31 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   auto convolve = [&](const float* in, int64_t n, int64_t oy0, int64_t rows_b, int64_t b0, int64_t b1, int64_t oc_a,
                       int64_t oc_b, float* t) {
     const int64_t P_b = rows_b * p.Wq;
-    float* out = y + n * OC * OHW;
+    // Output vectors of a block: each lies in one row (Wq and the block are multiples of the width).
+    int64_t voff[kMaxVec];
+    uint32_t mask[kMaxVec];
+    ConvEpilogue ep;
+    ep.y = y + n * OC * OHW;
+    ep.ostride = OHW;
+    ep.voff = voff;
+    ep.mask = mask;
+    ep.bias = bias;
+    ep.scale = scale;
+    ep.shift = shift;
+    ep.relu = relu;
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = b * p.block, p1 = std::min(P_b, p0 + p.block);
+      const int64_t p0 = b * p.block;
+      for (int v = 0; v < p.nv; ++v) {
+        const int64_t q = p0 + int64_t(v) * p.width, oy = q / p.Wq, ox = q % p.Wq;
+        const int64_t valid = q < P_b ? std::min<int64_t>(p.width, p.OW - ox) : 0;
+        mask[v] = valid > 0 ? uint32_t((uint64_t(1) << valid) - 1) : 0u;
+        voff[v] = (oy0 + oy) * p.OW + ox;
+      }
       for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
         const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
         for (int64_t c = 0; c < p.nchunks; ++c)
-          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0);
-        for (int64_t oc = oc0; oc < oc1; ++oc) {
-          const float* a = t + (oc - oc0) * p.block;
-          float* o = out + oc * OHW;
-          const float bi = bias ? bias[oc] : 0.f;
-          const float sc = scale ? scale[oc] : 1.f;
-          const float sf = shift ? shift[oc] : 0.f;
-          // Walk the output rows this block touches.
-          int64_t q = p0;
-          while (q < p1) {
-            const int64_t oy = q / p.Wq, ox = q % p.Wq;
-            const int64_t row_end = std::min(p1, (oy + 1) * p.Wq);
-            if (ox < p.OW) {
-              const int64_t cnt = std::min(row_end, oy * p.Wq + p.OW) - q;
-              const float* src = a + (q - p0);
-              float* dst = o + (oy0 + oy) * p.OW + ox;
-              if (scale || shift) {
-                for (int64_t i = 0; i < cnt; ++i) dst[i] = (src[i] + bi) * sc + sf;
-              } else {
-                for (int64_t i = 0; i < cnt; ++i) dst[i] = src[i] + bi;
-              }
-              if (relu)
-                for (int64_t i = 0; i < cnt; ++i) dst[i] = dst[i] > 0.f ? dst[i] : (dst[i] == dst[i] ? 0.f : dst[i]);
-            }
-            q = row_end;
-          }
-        }
+          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0,
+                 c == p.nchunks - 1 ? &ep : nullptr);
       }
     }
   };

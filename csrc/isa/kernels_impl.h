@@ -135,7 +135,7 @@ void spmm(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, in
 // ---- direct sparse convolution: every nonzero is an AXPY at a precomputed input offset ----------
 template <int NV, bool CB>
 void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
-            int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate) {
+            int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
   constexpr int W = V::W;
   constexpr int U = NV >= 9 ? 1 : (NV >= 6 ? 2 : (NV >= 3 ? 3 : 4));
   const float* base = in + p0;
@@ -161,32 +161,46 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t
     }
     for (int u = 1; u < U; ++u)
       for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
-    for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[0][v]);
+    if (!ep) {
+      for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[0][v]);
+      continue;
+    }
+    const VT b = V::set1(ep->bias ? ep->bias[oc] : 0.f);
+    const bool affine = ep->scale || ep->shift;
+    const VT sc = V::set1(ep->scale ? ep->scale[oc] : 1.f), sf = V::set1(ep->shift ? ep->shift[oc] : 0.f);
+    float* y = ep->y + oc * ep->ostride;
+    for (int v = 0; v < NV; ++v) {
+      if (!ep->mask[v]) continue;
+      VT r = V::add(acc[0][v], b);
+      if (affine) r = V::add(V::mul(r, sc), sf);
+      if (ep->relu) r = V::max(V::zero(), r);  // max(0, NaN) is NaN, like torch's relu
+      V::store_mask(y + ep->voff[v], r, ep->mask[v]);
+    }
   }
 }
 
 template <int NV>
 void conv_nv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t ss, const float* in, int64_t p0,
-             int64_t oc0, int64_t oc1, float* tmp, bool acc) {
-  if (w.values) conv_t<NV, false>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-  else conv_t<NV, true>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+             int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
+  if (w.values) conv_t<NV, false>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+  else conv_t<NV, true>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
 }
 
 void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t ss, const float* in, int64_t p0,
-          int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc) {
+          int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
   switch (nv) {
-    case 1: return conv_nv<1>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 2: return conv_nv<2>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 3: return conv_nv<3>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 4: return conv_nv<4>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 5: return conv_nv<5>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 6: return conv_nv<6>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 7: return conv_nv<7>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 8: return conv_nv<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 9: return conv_nv<9>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 10: return conv_nv<10>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    case 11: return conv_nv<11>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
-    default: return conv_nv<12>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc);
+    case 1: return conv_nv<1>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 2: return conv_nv<2>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 3: return conv_nv<3>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 4: return conv_nv<4>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 5: return conv_nv<5>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 6: return conv_nv<6>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 7: return conv_nv<7>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 8: return conv_nv<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 9: return conv_nv<9>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 10: return conv_nv<10>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    case 11: return conv_nv<11>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
+    default: return conv_nv<12>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
   }
 }
 

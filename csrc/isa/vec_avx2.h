@@ -15,6 +15,14 @@ struct VecAvx2 {
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }  // b if either is NaN
+  static void store_mask(float* p, T v, uint32_t m) {
+    if (m == 0xff) return _mm256_storeu_ps(p, v);
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
+    _mm256_maskstore_ps(p, sel, v);
+  }
   static float reduce(T v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -16,6 +16,9 @@ struct VecAvx512 {
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }  // b if either is NaN
+  static void store_mask(float* p, T v, uint32_t m) { _mm512_mask_storeu_ps(p, __mmask16(m), v); }
   static float reduce(T v) { return _mm512_reduce_add_ps(v); }
   static T gather(const float* base, const uint16_t* idx) {
     __m512i i = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));

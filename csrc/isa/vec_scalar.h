@@ -13,6 +13,11 @@ struct VecScalar {
   static void store(float* p, T v) { *p = v; }
   static T fma(T a, T b, T c) { return a * b + c; }
   static T add(T a, T b) { return a + b; }
+  static T mul(T a, T b) { return a * b; }
+  static T max(T a, T b) { return a > b ? a : b; }  // b if either is NaN, like maxps
+  static void store_mask(float* p, T v, uint32_t m) {
+    if (m & 1) *p = v;
+  }
   static float reduce(T v) { return v; }
   static T gather(const float* base, const uint16_t* idx) { return base[idx[0]]; }
   static T gather(const float* base, const int32_t* idx) { return base[idx[0]]; }
