@@ -54,7 +54,8 @@ struct SparseConv2d::ShapePlan {
   // The output rows are processed in bands of BH rows (the last one may be shorter); a band reads
   // Hb rows of each phase plane, held in a band buffer of ncopies regions of S floats.
   int64_t BH, Hb, nbands;
-  int64_t plane;      // C * Hb * Wq floats: one phase plane of a band
+  int64_t cstride;    // floats from one channel to the next in a phase plane (>= Hb * Wq)
+  int64_t plane;      // floats from one phase plane to the next (>= C * cstride)
   int64_t in_floats;  // band buffer: ncopies regions of S floats
   int64_t S;          // one region: the phase planes plus read slack, a multiple of the SIMD width
   // Region 0 holds the phase planes; region r > 0 the same shifted left by shift[r] floats, so that
@@ -145,7 +146,15 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->BH = (p->OH + p->nbands - 1) / p->nbands;  // even bands
   p->nbands = (p->OH + p->BH - 1) / p->BH;
   p->Hb = p->BH + dy_max;
-  p->plane = C * p->Hb * p->Wq;
+  // Channel, phase-plane and region strides of an odd number of cache lines: a chunk's window, which
+  // reads the same rows of several channels, planes and regions, then spreads over the L1 sets
+  // (at power-of-two strides, e.g. AlexNet conv1's 16 phase planes of 12 KB, they all collided).
+  auto odd_lines = [](int64_t floats) {
+    const int64_t lines = (floats + 15) / 16;
+    return (lines | 1) * 16;
+  };
+  p->cstride = odd_lines(p->Hb * p->Wq);
+  p->plane = odd_lines(C * p->cstride);
   p->P = p->BH * p->Wq;
 
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
@@ -172,14 +181,14 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
         const int64_t col = w_.col_at(j);
         const int64_t c = oc / ocg * cg + col / (g_.kh * g_.kw);
         const int64_t ty = (col / g_.kw) % g_.kh * g_.dh, tx = col % g_.kw * g_.dw;
-        const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + c * p->Hb * p->Wq +
+        const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + c * p->cstride +
                           (ty / g_.sh) * p->Wq + tx / g_.sw;
         max_off = std::max(max_off, o - o % width);
         off[size_t(j)] = o;
       }
     }
   }
-  p->S = (std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width - 1) / width * width;
+  p->S = odd_lines(std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width);
   p->in_floats = ncopies * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
   // The kernel's offset: region (by shift) times S plus the aligned offset.
@@ -233,9 +242,11 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
 
 namespace {
 
-// Plane rows [0, Hb) of phase `phase`, channel c of the band starting at output row oy0.
-void build_plane_rows(const ConvGeometry& g, int64_t H, int64_t W, int64_t Hb, int64_t Wq, const float* src,
-                      float* dst, int64_t oy0, int64_t phase) {
+// Plane rows [0, Hb) of phase `phase`, channel c of the band starting at output row oy0, and zeros
+// up to the channel stride.
+void build_plane_rows(const ConvGeometry& g, int64_t H, int64_t W, int64_t Hb, int64_t Wq, int64_t cstride,
+                      const float* src, float* dst, int64_t oy0, int64_t phase) {
+  if (cstride > Hb * Wq) std::memset(dst + Hb * Wq, 0, sizeof(float) * (cstride - Hb * Wq));
   const int64_t ry = phase / g.sw, rx = phase % g.sw;
   // Valid j: 0 <= j*sw + rx - pw < W.
   int64_t j0 = 0;
@@ -344,6 +355,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
     }
   };
   const int64_t tail_floats = p.S - phases * p.plane;
+  const int64_t plane_gap = p.plane - C * p.cstride;
 
   if (private_bands) {
     pool.parallel_for(N * p.nbands, T, [&](int64_t task, int slot) {
@@ -353,7 +365,9 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       const float* src = x + n * C * HW;
       for (int64_t ph = 0; ph < phases; ++ph)
         for (int64_t c = 0; c < C; ++c)
-          build_plane_rows(g_, H, W, p.Hb, p.Wq, src + c * HW, buf + ph * p.plane + c * p.Hb * p.Wq, oy0, ph);
+          build_plane_rows(g_, H, W, p.Hb, p.Wq, p.cstride, src + c * HW, buf + ph * p.plane + c * p.cstride, oy0, ph);
+      for (int64_t ph = 0; ph < phases; ++ph)
+        std::memset(buf + ph * p.plane + C * p.cstride, 0, sizeof(float) * plane_gap);
       std::memset(buf + phases * p.plane, 0, sizeof(float) * tail_floats);
       for (int64_t r = 1; r < ncopies; ++r) shifted_copy(buf, buf + r * p.S, p.S, p.shift[size_t(r)], 0, p.S);
       const int64_t nb = (rows_b * p.Wq + p.block - 1) / p.block;
@@ -374,8 +388,9 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
         const int64_t img = task / rows_total, rc = task % rows_total;
         const int64_t ph = rc / C, c = rc % C;
         float* buf = buf_base + img * p.in_floats;
-        build_plane_rows(g_, H, W, p.Hb, p.Wq, x + ((n0 + img) * C + c) * HW, buf + ph * p.plane + c * p.Hb * p.Wq,
-                         oy0, ph);
+        build_plane_rows(g_, H, W, p.Hb, p.Wq, p.cstride, x + ((n0 + img) * C + c) * HW,
+                         buf + ph * p.plane + c * p.cstride, oy0, ph);
+        if (c == C - 1) std::memset(buf + ph * p.plane + C * p.cstride, 0, sizeof(float) * plane_gap);
         if (rc == rows_total - 1) std::memset(buf + phases * p.plane, 0, sizeof(float) * tail_floats);
       });
       // 1b) Shifted copies for aligned loads.
