@@ -33,6 +33,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 #endif
 constexpr int kMaxNv = DC_MAXNV;
 constexpr int kMaxVec = 12;  // the kernels' largest block
+constexpr int64_t kMinBandRows = 7;
 static_assert(kMaxNv <= kMaxVec, "blocks beyond the kernels' largest");  // the kernels go to 12; measured no faster here
 constexpr int64_t kOcChunk = 16;  // unit of the output-channel split between tasks
 // Output channels convolved together chunk by chunk: each input-channel chunk, once in L1, is
@@ -142,7 +143,12 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   const int64_t row_floats = ncopies * phases * C * p->Wq;
   const int64_t bh = std::max<int64_t>(1, std::min(p->OH, budget / (4 * row_floats) - dy_max));
   p->nbands = (p->OH + bh - 1) / bh;
-  if (threads > 1) p->nbands = std::min(p->OH, (p->nbands + threads - 1) / threads * threads);
+  // Two bands per thread where that leaves bands of kMinBandRows rows or more: the pool hands bands
+  // out dynamically, so a thread slowed by something else on its core sheds work to the others.
+  if (threads > 1) {
+    const int64_t want = p->OH / (2 * threads) >= kMinBandRows ? 2 * threads : threads;
+    p->nbands = std::min(p->OH, (std::max(p->nbands, want) + threads - 1) / threads * threads);
+  }
   p->BH = (p->OH + p->nbands - 1) / p->nbands;  // even bands
   p->nbands = (p->OH + p->BH - 1) / p->BH;
   p->Hb = p->BH + dy_max;
