@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -146,25 +144,14 @@ def check(L, x) -> None:
     assert err < 1e-3, f"mismatch {err}"
 
 
-CLOCK = time.perf_counter
+def median_ms(fns: dict, repeat: int = 7) -> dict:
+    """Median steady-state time in ms of each callable: deepcomp.bench's protocol (alternating blocks
+    of back-to-back calls, the start of each block discarded), so torch's spinning OpenMP workers
+    and the other side's cache footprint do not leak into the next measurement."""
+    from deepcomp.bench import median_ms as block_median_ms
 
-
-def median_ms(fns: dict, min_runs: int = 7, min_time: float = 0.5, max_runs: int = 200) -> dict:
-    """Median time in ms of each callable (wall clock, or process CPU time with --clock cpu). Runs are
-    interleaved (one call of each per round) so that load from elsewhere on the machine hits every
-    implementation alike."""
-    for f in fns.values():
-        f()  # warm-up (also builds deepcomp's per-shape offset cache)
-    times = {k: [] for k in fns}
-    t_end = time.perf_counter() + min_time
-    rounds = 0
-    while rounds < min_runs or (time.perf_counter() < t_end and rounds < max_runs):
-        for k, f in fns.items():
-            t0 = CLOCK()
-            f()
-            times[k].append(CLOCK() - t0)
-        rounds += 1
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    names = list(fns)
+    return dict(zip(names, block_median_ms(*(fns[k] for k in names), repeat=repeat)))
 
 
 # ---- pytest-benchmark ---------------------------------------------------------------------------
@@ -211,16 +198,12 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="", help="comma-separated layer names to keep")
     ap.add_argument("--batches", default="", help="override batch sizes, e.g. 1,8,64")
     ap.add_argument("--threads", type=int, default=0, help="thread count for both libraries (default: ours)")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="cpu: process CPU time, robust to other load on the machine; meaningful with --threads 1")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds of alternating blocks (default 7)")
     args = ap.parse_args(argv)
-    global CLOCK
     if args.threads:
         nat.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        CLOCK = time.process_time
     sync_threads()
-    print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__} clock={args.clock}\n")
+    print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__}\n")
     print("| net | layer | density | batch | torch dense ms | torch CSR ms | deepcomp ms | vs dense | vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
     totals = {}
@@ -239,7 +222,7 @@ def main(argv=None) -> int:
                 x = make_input(L, batch)
                 check(L, x)
                 r = runners(L, x)
-                t = median_ms(r)
+                t = median_ms(r, args.repeat)
                 d, o = t["torch-dense"], t["deepcomp"]
                 c = t.get("torch-sparse-csr")
                 key = (net, kind, batch)
