@@ -4,7 +4,8 @@ paper's Table 8 (MKL CSRMV vs CBLAS GEMV on a Haswell i7-5930K), plus load time 
     python benchmarks/speed.py [--batch 1,8] [--repeat 10] [--out benchmarks/results/speed.md]
 
 Everything is measured in this process, on the same inputs, with the same thread count for torch
-and deepcomp (default: all cores), as the median of --repeat interleaved runs. Weights are random,
+and deepcomp (default: all cores), as the steady-state median of --repeat rounds of alternating
+blocks of back-to-back calls (deepcomp.bench.median_ms). Weights are random,
 pruned to the paper's per-layer densities (recipe deep-compression): speed depends on the sparsity
 pattern's density, not on the values.
 """
@@ -65,7 +66,7 @@ def run(arch: str, batches, repeat: int, threads: int | None, workdir: str) -> t
 def markdown(arch: str, results: list[dict], probe: dict) -> str:
     lines = [f"### {arch}", ""]
     for r in results:
-        lines += [f"batch {r['batch']}, {r['threads']} threads, kernels {r['isa']}, median of interleaved runs:", "",
+        lines += [f"batch {r['batch']}, {r['threads']} threads, kernels {r['isa']}, steady-state medians of alternating blocks:", "",
                   "| layer | kept % | dense PyTorch ms | deepcomp ms | speedup | torch.sparse CSR ms | deepcomp vs torch.sparse |",
                   "|---|---|---|---|---|---|---|"]
         for l in r["layers"]:
