@@ -74,40 +74,26 @@ struct CsrArgs {
 
   CsrArgs(const py::handle& rp, const py::handle& c, const py::handle& v, const py::handle& cl,
           const py::handle& cb, const py::handle& b) {
-    row_ptr = vec_arg<int64_t>(rp, "row_ptr");
-    col = vec_arg<int32_t>(c, "col");
-    in.row_ptr = row_ptr.data();
-    in.row_ptr_len = row_ptr.shape(0);
-    in.col = col.data();
-    in.col_len = col.shape(0);
+    take(rp, "row_ptr", row_ptr, in.row_ptr, in.row_ptr_len);
+    take(c, "col", col, in.col, in.col_len);
     if (in.row_ptr_len < 1) throw ShapeError("row_ptr must have at least one entry");
-    if (!v.is_none()) {
-      values = vec_arg<float>(v, "values");
-      in.values = values.data();
-      in.values_len = values.shape(0);
-    }
-    if (!cl.is_none()) {
-      cluster = vec_arg<uint8_t>(cl, "cluster");
-      in.cluster = cluster.data();
-      in.cluster_len = cluster.shape(0);
-      // A zero-length numpy array may have a null data pointer; keep "given" distinguishable.
-      static const uint8_t dummy = 0;
-      if (!in.cluster) in.cluster = &dummy;
-    }
-    if (!cb.is_none()) {
-      codebook = vec_arg<float>(cb, "codebook");
-      in.codebook = codebook.data();
-      in.codebook_len = codebook.shape(0);
-    }
-    if (!b.is_none()) {
-      bias = vec_arg<float>(b, "bias");
-      in.bias = bias.data();
-      in.bias_len = bias.shape(0);
-    }
-    static const float fdummy = 0.f;
-    if (!v.is_none() && !in.values) in.values = &fdummy;
-    static const int32_t idummy = 0;
-    if (!in.col) in.col = &idummy;
+    if (!v.is_none()) take(v, "values", values, in.values, in.values_len);
+    if (!cl.is_none()) take(cl, "cluster", cluster, in.cluster, in.cluster_len);
+    if (!cb.is_none()) take(cb, "codebook", codebook, in.codebook, in.codebook_len);
+    if (!b.is_none()) take(b, "bias", bias, in.bias, in.bias_len);
+  }
+
+ private:
+  // Converts one argument and points the CsrInput at it. A zero-length numpy array may have a null
+  // data pointer: a given array always gets a non-null one, so "given" stays distinguishable from
+  // "absent" (null).
+  template <class T>
+  static void take(const py::handle& h, const char* name, py::array_t<T, kIn>& store, const T*& ptr,
+                   int64_t& len) {
+    static const T dummy{};
+    store = vec_arg<T>(h, name);
+    ptr = store.data() ? store.data() : &dummy;
+    len = store.shape(0);
   }
 };
 

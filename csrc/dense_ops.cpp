@@ -15,14 +15,20 @@ namespace deepcomp {
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 
+// Splits NC planes into contiguous ranges (enough per task to amortise the dispatch) and calls
+// f(first, last) for each range on the pool.
 template <class F>
-void for_planes(int64_t NC, int64_t work_per_plane, F&& f) {
+void for_plane_ranges(int64_t NC, int64_t work_per_plane, F&& f) {
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
   const int64_t min_planes = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_plane));
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(NC / min_planes, int64_t(T) * 4));
-  pool.parallel_for(ntasks, T, [&](int64_t t, int) {
-    const int64_t a = NC * t / ntasks, b = NC * (t + 1) / ntasks;
+  pool.parallel_for(ntasks, T, [&](int64_t t, int) { f(NC * t / ntasks, NC * (t + 1) / ntasks); });
+}
+
+template <class F>
+void for_planes(int64_t NC, int64_t work_per_plane, F&& f) {
+  for_plane_ranges(NC, work_per_plane, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) f(i);
   });
 }
@@ -60,15 +66,10 @@ inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 // (H x OW), then a vertical max over each output row's window of those rows, vectorised along OW.
 // About kh/(sh) fewer scalar operations than the direct window loop, and no branches.
 void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& p, float* y, int64_t OH, int64_t OW) {
-  ThreadPool& pool = ThreadPool::instance();
-  const int T = pool.num_threads();
-  const int64_t work = OH * OW * p.kh * p.kw;
-  const int64_t min_planes = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work));
-  const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(NC / min_planes, int64_t(T) * 4));
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  pool.parallel_for(ntasks, T, [&](int64_t t, int) {
+  for_plane_ranges(NC, OH * OW * p.kh * p.kw, [&](int64_t first, int64_t last) {
     std::vector<float> rows(size_t(H * OW));
-    for (int64_t i = NC * t / ntasks; i < NC * (t + 1) / ntasks; ++i) {
+    for (int64_t i = first; i < last; ++i) {
       const float* xp = x + i * H * W;
       float* yp = y + i * OH * OW;
       for (int64_t iy = 0; iy < H; ++iy) {
@@ -81,13 +82,16 @@ void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& 
           const int64_t c0 = k * p.dw - p.pw;  // column read by ox = 0
           const int64_t lo = c0 >= 0 ? 0 : (-c0 + p.sw - 1) / p.sw;
           const int64_t hi = std::min(OW, c0 < W ? (W - 1 - c0) / p.sw + 1 : int64_t(0));
-          const float* rc = r + c0;
+          if (hi <= lo) continue;
+          const float* rc = r + (c0 + lo * p.sw);  // column of ox = lo, inside the row
+          float* hc = h + lo;
+          const int64_t n = hi - lo;
           if (p.sw == 1) {
-            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[ox]);
+            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[j]);
           } else if (p.sw == 2) {
-            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[2 * ox]);
+            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[2 * j]);
           } else {
-            for (int64_t ox = lo; ox < hi; ++ox) h[ox] = nan_max(h[ox], rc[ox * p.sw]);
+            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[j * p.sw]);
           }
         }
       }
