@@ -305,10 +305,14 @@ def cmd_train(args) -> int:
     if is_main():
         ev = evaluate(loaded.model, make_loader(test_ds, batch_size=512))
         save_model(args.output, loaded.model, loaded.arch, loaded.input_shape)
-        top5 = f", top-5 {ev['top5']:.4f}" if "top5" in ev else ""
-        print(f"wrote {args.output} ({loaded.arch}); test top-1 {ev['top1']:.4f}{top5}, loss {ev['loss']:.4f} "
-              f"on {ev['samples']} samples")
+        print(f"wrote {args.output} ({loaded.arch}); test split: {_accuracy_text(ev)}")
     return 0
+
+
+def _accuracy_text(res: dict) -> str:
+    """One line for an evaluate() result, as train and eval print it."""
+    top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
+    return f"top-1 {100 * res['top1']:.2f}%{top5}, loss {res['loss']:.4f} on {res['samples']} samples"
 
 
 def _add_eval(sub) -> None:
@@ -348,9 +352,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        top5 = f"  top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
-        print(f"{args.file} on {args.data} ({args.split}, {res['samples']} samples, {engine}): "
-              f"top-1 {100 * res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
+        print(f"{args.file} on {args.data} ({args.split}, {engine}): {_accuracy_text(res)}")
     return 0
 
 

@@ -123,15 +123,12 @@ def load_recipe(spec: str | None, arch: str | None = None) -> Recipe:
         except UnicodeDecodeError:
             raise RecipeError(f"recipe {spec}: not a UTF-8 text file") from None
         return _validate(data, spec)
-    if spec == "deep-compression":
-        preset = PRESETS.get(normalize_arch(arch))
-        return _read_builtin(preset or "deep-compression.toml")
-    if spec == "fashion-mnist":
-        preset = FASHION_PRESETS.get(normalize_arch(arch))
-        if preset is None:
-            raise RecipeError(f"recipe 'fashion-mnist' has presets for {', '.join(FASHION_PRESETS)} only, not "
+    if spec in FAMILIES:
+        preset = FAMILIES[spec].get(normalize_arch(arch))
+        if preset is None and spec != "deep-compression":
+            raise RecipeError(f"recipe {spec!r} has presets for {', '.join(FAMILIES[spec])} only, not "
                               f"{arch or 'this model'!r}; use 'deep-compression' or a TOML file")
-        return _read_builtin(preset)
+        return _read_builtin(preset or "deep-compression.toml")  # deep-compression: generic defaults
     builtin = {p[:-5]: p for fam in FAMILIES.values() for p in fam.values()}
     builtin["deep-compression-generic"] = "deep-compression.toml"
     if spec in builtin:

@@ -178,9 +178,8 @@ class RuntimeModel:
             return _Weight(name, tuple(w.shape), csr, rows * cols, nbytes)
         raise DczError(f"node {where!r} uses the tensor {name!r}, which the file does not hold")
 
-    def _built(self, name: str, w: _Weight) -> None:
+    def _built(self, name: str) -> None:
         """A kernel now holds its own copy of weight ``name``: drop the loader's arrays when allowed."""
-        w.csr = {}
         if self._release and name in self._coded_users:
             self._coded_users[name] -= 1
             if self._coded_users[name] == 0:
@@ -436,7 +435,7 @@ class RuntimeModel:
                                            values=w.csr.get("values"), cluster=w.csr.get("cluster"),
                                            codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
-                self._built(a["weight"], w)
+                self._built(a["weight"])
                 return lambda x: k.forward(x, relu, scale, shift)
             if op == "linear":
                 w = self._weight(a["weight"], name)
@@ -444,7 +443,7 @@ class RuntimeModel:
                 k = kernel("SparseLinear")(w.csr["row_ptr"], w.csr["col"], w.cols, values=w.csr.get("values"),
                                            cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
-                self._built(a["weight"], w)
+                self._built(a["weight"])
                 return lambda x: k.forward(x, relu)
         except ValueError as e:  # the kernels validate the CSR arrays
             raise DczError(f"the weight of node {name!r} is malformed: {e}") from None

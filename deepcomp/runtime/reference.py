@@ -123,7 +123,10 @@ def pool_out(size, k, s, p, d, ceil_mode) -> int:
     return out
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, fill):
+    """The common part of the pools: ``(squeeze, padded input, (kh, kw, sh, sw, dh, dw), (oh, ow),
+    (h, w, ph, pw))``. A 3-D input gets a batch axis (``squeeze`` says to drop it again); the input
+    is padded with ``fill`` far enough for every window of the output."""
     x = np.asarray(x, dtype=np.float32)
     squeeze = x.ndim == 3
     if squeeze:
@@ -136,10 +139,15 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     oh, ow = pool_out(h, kh, sh, ph, dh, ceil_mode), pool_out(w, kw, sw, pw, dw, ceil_mode)
     need_h = sh * (oh - 1) + dh * (kh - 1) + 1
     need_w = sw * (ow - 1) + dw * (kw - 1) + 1
-    xp = np.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), -np.inf, dtype=np.float32)
+    xp = np.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), fill, dtype=np.float32)
     xp[:, :, ph:ph + h, pw:pw + w] = x
-    y = np.full((n, c, oh, ow), -np.inf, dtype=np.float32)
-    for _, _, win in _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow):
+    return squeeze, xp, (kh, kw, sh, sw, dh, dw), (oh, ow), (h, w, ph, pw)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    squeeze, xp, geo, (oh, ow), _ = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, -np.inf)
+    y = np.full((*xp.shape[:2], oh, ow), -np.inf, dtype=np.float32)
+    for _, _, win in _windows(xp, *geo, oh, ow):
         np.maximum(y, win, out=y)
     return y[0] if squeeze else y
 
@@ -156,20 +164,10 @@ def _avg_divisors(size, k, s, p, out, count_include_pad):
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-    x = np.asarray(x, dtype=np.float32)
-    squeeze = x.ndim == 3
-    if squeeze:
-        x = x[None]
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride if stride is not None else (kh, kw))
-    ph, pw = _pair(padding)
-    n, c, h, w = x.shape
-    oh, ow = pool_out(h, kh, sh, ph, 1, ceil_mode), pool_out(w, kw, sw, pw, 1, ceil_mode)
-    need_h, need_w = sh * (oh - 1) + kh, sw * (ow - 1) + kw
-    xp = np.zeros((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), dtype=np.float32)
-    xp[:, :, ph:ph + h, pw:pw + w] = x
-    y = np.zeros((n, c, oh, ow), dtype=np.float32)
-    for _, _, win in _windows(xp, kh, kw, sh, sw, 1, 1, oh, ow):
+    squeeze, xp, geo, (oh, ow), (h, w, ph, pw) = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, 0.0)
+    kh, kw, sh, sw = geo[:4]
+    y = np.zeros((*xp.shape[:2], oh, ow), dtype=np.float32)
+    for _, _, win in _windows(xp, *geo, oh, ow):
         y += win
     div = np.outer(_avg_divisors(h, kh, sh, ph, oh, count_include_pad),
                    _avg_divisors(w, kw, sw, pw, ow, count_include_pad))
