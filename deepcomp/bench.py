@@ -19,32 +19,44 @@ from deepcomp.errors import DeepcompError
 BLOCK_S = 0.05  # target wall time of one block of back-to-back calls
 
 
-def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2, block_s: float = BLOCK_S) -> list[float]:
+SETTLE_S = 0.015  # a block's calls that start earlier than this are discarded too
+
+
+def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2, block_s: float = BLOCK_S,
+              settle_s: float = SETTLE_S) -> list[float]:
     """Median wall time per call of each function, in ms, in steady state.
 
     The functions take turns in blocks (a a a a, b b b b, a a a a, ...): ``repeat`` rounds, each
-    running every function back to back for about ``block_s`` seconds (3 to 20 calls). The first
-    quarter of every block (at least one call) is discarded: right after the other function ran,
-    PyTorch's OpenMP workers are still spinning on the cores (measured: VGG-16 conv2 12 ms alone,
-    17 ms right after a torch call) and caches hold the other side's data. The rest of the block is
-    the steady state that repeated inference sees, and alternating blocks make a burst of load on a
-    shared machine hit both sides alike, so their ratio stays honest."""
+    running every function back to back for about ``block_s`` seconds (3 to 20 kept calls). The
+    start of every block is discarded: its first quarter, and every call that starts within
+    ``settle_s`` of the block's start. Right after the other function ran, PyTorch's OpenMP workers
+    are still spinning on the cores for a few milliseconds (measured: AlexNet conv3 at batch 8 takes
+    7 ms for its first two calls after a torch block, 4.2 ms after that) and caches hold the other
+    side's data. The rest of the block is the steady state that repeated inference sees, and
+    alternating blocks make a burst of load on a shared machine hit both sides alike, so their ratio
+    stays honest. Block lengths come from a timed call after the warmup, so one-off work in the
+    first call (planning a convolution for its input shape) does not shorten them."""
     per_call = []
     for fn in fns:
-        t = time.perf_counter_ns()
         for _ in range(max(1, warmup)):
             fn()
-        per_call.append((time.perf_counter_ns() - t) / max(1, warmup) / 1e9)
+        t = time.perf_counter_ns()
+        fn()
+        per_call.append((time.perf_counter_ns() - t) / 1e9)
     blocks = [min(20, max(3, int(block_s / max(pc, 1e-6)))) for pc in per_call]
     times: list[list[int]] = [[] for _ in fns]
     for _ in range(max(1, repeat)):
         for fn, ts, k in zip(fns, times, blocks):
-            skip = max(1, k // 4)
-            for i in range(k):
+            start = time.perf_counter_ns()
+            kept, n = 0, 0
+            while kept < k:
                 t = time.perf_counter_ns()
                 fn()
-                if i >= skip:
-                    ts.append(time.perf_counter_ns() - t)
+                dt = time.perf_counter_ns() - t
+                if n >= max(1, k // 4) and t - start >= settle_s * 1e9:
+                    ts.append(dt)
+                    kept += 1
+                n += 1
     return [statistics.median(ts) / 1e6 for ts in times]
 
 
