@@ -28,6 +28,9 @@ std::string S(int64_t v) { return std::to_string(v); }
 #ifndef DC_L1
 #define DC_L1 (24 << 10)
 #endif
+#ifndef DC_DENSE_DENSITY
+#define DC_DENSE_DENSITY 0.7
+#endif
 #ifndef DC_OCT
 #define DC_OCT 256
 #endif
@@ -45,7 +48,12 @@ constexpr int64_t kL1Budget = DC_L1;
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
 }  // namespace
 
+// Layers at least this dense (kept / all weights) run on the dense kernel.
+std::atomic<double> g_dense_density{DC_DENSE_DENSITY};
+
 int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
+double conv_dense_density() { return g_dense_density.load(std::memory_order_relaxed); }
+double set_conv_dense_density(double d) { return g_dense_density.exchange(d, std::memory_order_relaxed); }
 int64_t set_conv_band_budget(int64_t bytes) {
   return g_band_budget.exchange(std::max<int64_t>(bytes, 1), std::memory_order_relaxed);
 }
@@ -68,6 +76,13 @@ struct SparseConv2d::ShapePlan {
   int64_t nblocks;    // pixel blocks of a full band
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
+  double dense_density;  // dense-kernel threshold the plan was made for
+  // Dense plans (groups == 1, density >= the threshold) run every tap of the layer on the dense
+  // kernel: K = in_channels * kh * kw taps, off[] holds all K of them in chunk order, seg[c] the
+  // first tap of chunk c (nchunks + 1 entries), and wpack the weights [oc / kDenseOcb][tap][kDenseOcb].
+  bool dense;
+  int64_t K;
+  std::vector<float> wpack;
   int threads;        // thread count the plan was made for
   std::vector<int32_t> off;
   // Input channels are walked in chunks whose input window fits in L1. The nonzeros are reordered
@@ -103,9 +118,10 @@ std::pair<int64_t, int64_t> SparseConv2d::out_size(int64_t H, int64_t W) const {
 std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H, int64_t W, int threads) const {
   const int width = kernels().width;
   const int64_t budget = conv_band_budget();
+  const double dense_density = conv_dense_density();
   std::lock_guard<std::mutex> lock(cache_mutex_);
   auto it = cache_.find({H, W});
-  if (it != cache_.end() && it->second->width == width && it->second->budget == budget &&
+  if (it != cache_.end() && it->second->width == width && it->second->budget == budget && it->second->dense_density == dense_density &&
       it->second->threads == threads)
     return it->second;
 
@@ -114,6 +130,7 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->W = W;
   p->width = width;
   p->budget = budget;
+  p->dense_density = dense_density;
   p->threads = threads;
   auto os = out_size(H, W);
   p->OH = os.first;
@@ -123,14 +140,20 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   const int64_t C = g_.in_channels, phases = g_.sh * g_.sw;
   const int64_t dy_max = ((g_.kh - 1) * g_.dh) / g_.sh;  // extra plane rows a band reads below it
   const int64_t nnz = w_.nnz();
+  const int64_t cg = C / g_.groups, taps = g_.kh * g_.kw;
+  p->K = cg * taps;
+  p->dense = g_.groups == 1 && nnz > 0 && double(nnz) >= dense_density * double(g_.out_channels * p->K);
+  // The taps the kernel reads: every tap of a dense plan, the nonzeros' otherwise.
+  const int64_t ntaps = p->dense ? p->K : nnz;
+  auto tap_col = [&](int64_t j) { return p->dense ? j : w_.col_at(j); };
 
   // Shifts: the distinct (offset mod width) of the taps; they do not depend on the band height
   // because a plane row is a multiple of the width.
   p->shift.assign(1, 0);
   std::vector<int64_t> region_of(size_t(width), -1);
   region_of[0] = 0;
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t sft = (w_.col_at(j) % g_.kw * g_.dw / g_.sw) % width;
+  for (int64_t j = 0; j < ntaps; ++j) {
+    const int64_t sft = (tap_col(j) % g_.kw * g_.dw / g_.sw) % width;
     if (region_of[size_t(sft)] < 0) {
       region_of[size_t(sft)] = int64_t(p->shift.size());
       p->shift.push_back(sft);
@@ -165,34 +188,42 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->P = p->BH * p->Wq;
 
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
-  // nonzero plus about two scalar operations (offset, weight broadcast).
+  // nonzero plus about two scalar operations (offset, weight broadcast); on the dense kernel
+  // kDenseOcb*nv FMAs per tap plus about one vector of loads.
   const int64_t nvec = (p->P + width - 1) / width;
+  const int max_nv = p->dense ? std::min(kMaxNv, kernels().dense_max_nv) : kMaxNv;
   int best = 1;
   int64_t best_cost = INT64_MAX;
-  for (int nv = 1; nv <= kMaxNv; ++nv) {
-    const int64_t cost = ((nvec + nv - 1) / nv) * (nv + 2);
+  for (int nv = 1; nv <= max_nv; ++nv) {
+    const int64_t cost = ((nvec + nv - 1) / nv) * (p->dense ? kDenseOcb * nv + 2 : nv + 2);
     if (cost <= best_cost) best = nv, best_cost = cost;
   }
   p->nv = best;
   p->block = int64_t(best) * width;
   p->nblocks = (p->P + p->block - 1) / p->block;
 
-  // Offset of each nonzero's tap in region 0 of the band buffer (before the alignment shift).
-  std::vector<int64_t> off(static_cast<size_t>(nnz));
+  // Offset of each tap in region 0 of the band buffer (before the alignment shift): per nonzero,
+  // or per column of a dense plan.
+  std::vector<int64_t> off(static_cast<size_t>(ntaps));
   int64_t max_off = 0;
   {
-    const auto& rp = w_.row_ptr();
-    const int64_t cg = C / g_.groups, ocg = g_.out_channels / g_.groups;
-    for (int64_t oc = 0; oc < g_.out_channels; ++oc) {
-      for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
-        const int64_t col = w_.col_at(j);
-        const int64_t c = oc / ocg * cg + col / (g_.kh * g_.kw);
-        const int64_t ty = (col / g_.kw) % g_.kh * g_.dh, tx = col % g_.kw * g_.dw;
-        const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + c * p->cstride +
-                          (ty / g_.sh) * p->Wq + tx / g_.sw;
-        max_off = std::max(max_off, o - o % width);
-        off[size_t(j)] = o;
-      }
+    auto offset = [&](int64_t c, int64_t col) {
+      const int64_t ty = (col / g_.kw) % g_.kh * g_.dh, tx = col % g_.kw * g_.dw;
+      const int64_t o = ((ty % g_.sh) * g_.sw + (tx % g_.sw)) * p->plane + c * p->cstride + (ty / g_.sh) * p->Wq +
+                        tx / g_.sw;
+      max_off = std::max(max_off, o - o % width);
+      return o;
+    };
+    if (p->dense) {
+      for (int64_t col = 0; col < p->K; ++col) off[size_t(col)] = offset(col / taps, col);
+    } else {
+      const auto& rp = w_.row_ptr();
+      const int64_t ocg = g_.out_channels / g_.groups;
+      for (int64_t oc = 0; oc < g_.out_channels; ++oc)
+        for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
+          const int64_t col = w_.col_at(j);
+          off[size_t(j)] = offset(oc / ocg * cg + col / taps, col);
+        }
     }
   }
   p->S = odd_lines(std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width);
@@ -208,8 +239,6 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   // of one chunk, reads offsets and weights sequentially.
   {
     const int64_t OC = g_.out_channels;
-    const int64_t cg = g_.in_channels / g_.groups;
-    const int64_t taps = g_.kh * g_.kw;
     std::vector<int64_t> tap_unit(static_cast<size_t>(taps), 0), phase_index(static_cast<size_t>(phases), -1);
     int64_t nused = 0;
     for (int64_t t = 0; t < taps; ++t) {
@@ -228,6 +257,30 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
       return u / upc;
     };
     const auto& rp = w_.row_ptr();
+    const CsrWeights w = w_.view();
+    auto weight = [&](int64_t j) { return w.values ? w.values[j] : w.codebook[w.cluster[j]]; };
+    if (p->dense) {
+      // Taps in chunk order (stable), and the weights packed for the dense kernel.
+      p->seg.assign(size_t(p->nchunks + 1), 0);
+      for (int64_t col = 0; col < p->K; ++col) ++p->seg[size_t(chunk_of(col) + 1)];
+      for (int64_t c = 0; c < p->nchunks; ++c) p->seg[size_t(c + 1)] += p->seg[size_t(c)];
+      std::vector<int64_t> pos(p->seg.begin(), p->seg.end() - 1), slot(static_cast<size_t>(p->K));
+      p->off.resize(size_t(p->K));
+      for (int64_t col = 0; col < p->K; ++col) {
+        const int64_t q = pos[size_t(chunk_of(col))]++;
+        slot[size_t(col)] = q;
+        p->off[size_t(q)] = int32_t(off[size_t(col)]);
+      }
+      const int64_t ocb = (OC + kDenseOcb - 1) / kDenseOcb;
+      p->wpack.assign(size_t(ocb * p->K * kDenseOcb), 0.f);
+      for (int64_t oc = 0; oc < OC; ++oc)
+        for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j)
+          p->wpack[size_t((oc / kDenseOcb * p->K + slot[size_t(w_.col_at(j))]) * kDenseOcb + oc % kDenseOcb)] =
+              weight(j);
+      if (cache_.size() >= 8) cache_.erase(cache_.begin());
+      cache_[{H, W}] = p;
+      return p;
+    }
     p->seg.assign(size_t(p->nchunks * (OC + 1)), 0);
     for (int64_t oc = 0; oc < OC; ++oc)
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) ++p->seg[size_t(chunk_of(w_.col_at(j)) * (OC + 1) + oc)];
@@ -238,14 +291,13 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
       k += n;
     }
     std::vector<int64_t> pos(p->seg);
-    const CsrWeights w = w_.view();
     p->off.resize(size_t(nnz));
     p->values.resize(size_t(nnz));
     for (int64_t oc = 0; oc < OC; ++oc) {
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
         const int64_t q = pos[size_t(chunk_of(w_.col_at(j)) * (OC + 1) + oc)]++;
         p->off[size_t(q)] = int32_t(off[size_t(j)]);
-        p->values[size_t(q)] = w.values ? w.values[j] : w.codebook[w.cluster[j]];
+        p->values[size_t(q)] = weight(j);
       }
     }
   }
@@ -362,9 +414,14 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       }
       for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
         const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
-        for (int64_t c = 0; c < p.nchunks; ++c)
-          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0,
-                 c == p.nchunks - 1 ? &ep : nullptr);
+        for (int64_t c = 0; c < p.nchunks; ++c) {
+          const ConvEpilogue* last = c == p.nchunks - 1 ? &ep : nullptr;
+          if (p.dense)
+            K.conv_dense(p.wpack.data(), p.off.data(), p.seg[size_t(c)], p.seg[size_t(c + 1)], p.K, in, p0, p.nv, oc0,
+                         oc1, t, c > 0, last);
+          else
+            K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0, last);
+        }
       }
     }
   };

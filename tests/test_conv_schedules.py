@@ -1,5 +1,6 @@
 """SparseConv2d schedules: the input is processed in row bands (sized by a buffer budget) either
-band-per-task or shared by all threads. Every schedule must give the same result as torch."""
+band-per-task or shared by all threads, on the sparse kernel or, for dense enough layers, the dense
+one. Every schedule must give the same result as torch."""
 
 import numpy as np
 import pytest
@@ -17,9 +18,12 @@ from test_kernels import SUPPORTED_ISAS, assert_close, make_conv  # noqa: E402
 def restore():
     budget = nat._set_conv_band_bytes(1 << 20)
     nat._set_conv_band_bytes(budget)
+    dense = nat._set_conv_dense_density(0.5)
+    nat._set_conv_dense_density(dense)
     threads = nat.get_num_threads()
     yield
     nat._set_conv_band_bytes(budget)
+    nat._set_conv_dense_density(dense)
     nat.set_num_threads(threads)
     nat._set_isa(SUPPORTED_ISAS[0])
 
@@ -40,10 +44,11 @@ def restore():
     hw=st.tuples(st.integers(5, 40), st.integers(5, 40)),
     density=st.sampled_from([0.0, 0.3, 1.0]),
     layout=st.sampled_from(["fp32", "codebook"]),
+    kernel=st.sampled_from(["sparse", "dense"]),
     seed=st.integers(0, 2**31),
 )
 def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, stride, padding, dilation, n, hw,
-                                density, layout, seed):
+                                density, layout, kernel, seed):
     rng = np.random.default_rng(seed)
     H, W = hw
     if H + 2 * padding[0] < dilation[0] * (k[0] - 1) + 1 or W + 2 * padding[1] < dilation[1] * (k[1] - 1) + 1:
@@ -51,6 +56,7 @@ def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, str
     nat._set_isa(isa)
     nat.set_num_threads(threads)
     nat._set_conv_band_bytes(budget)
+    nat._set_conv_dense_density(0.0 if kernel == "dense" else 2.0)
     layer, wt, b = make_conv(rng, cin, cout, k[0], k[1], stride, padding, dilation, 1, density, layout)
     x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
     ref = F.relu(F.conv2d(torch.from_numpy(x), wt, b, stride, padding, dilation))
@@ -68,3 +74,25 @@ def test_conv_vgg_like_banded(restore):
         for budget in (1, 100_000, 1 << 21):
             nat._set_conv_band_bytes(budget)
             assert_close(layer.forward(x), ref)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_conv_dense_kernel(restore, isa):
+    """The dense kernel, for layers at or above the density threshold (forced for all, at 0.85, and
+    at the default): every output-channel count (it works in blocks of 4), the fused scale/shift
+    epilogue, and grouped layers (which stay on the sparse kernel) all match torch."""
+    nat._set_isa(isa)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 6, 23, 19)).astype(np.float32)
+    for threshold in (0.0, 0.85, None):
+        if threshold is not None:
+            nat._set_conv_dense_density(threshold)
+        for cout in (1, 3, 4, 5, 17):
+            for groups, density in ((1, 0.9), (1, 1.0), (2, 1.0)):
+                layer, wt, b = make_conv(rng, 6, cout * groups, 3, 2, (2, 1), (1, 0), 1, groups, density,
+                                         "codebook")
+                scale = rng.standard_normal(cout * groups).astype(np.float32)
+                shift = rng.standard_normal(cout * groups).astype(np.float32)
+                ref = F.conv2d(torch.from_numpy(x), wt, b, (2, 1), (1, 0), 1, groups).numpy()
+                ref = np.maximum(ref * scale[:, None, None] + shift[:, None, None], 0)
+                assert_close(layer.forward(x, relu=True, scale=scale, shift=shift), ref)

@@ -5,6 +5,7 @@
 //   DC_NAME   the ISA's name as a string literal
 //   DC_ENTRY  the name of the function returning this ISA's Kernels table
 // Everything else lives in an anonymous namespace, so the per-ISA copies never collide.
+#include <algorithm>
 #include <cstdint>
 
 #include "dispatch.h"
@@ -133,6 +134,27 @@ void spmm(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, in
 }
 
 // ---- direct sparse convolution: every nonzero is an AXPY at a precomputed input offset ----------
+
+// One output channel's NV accumulators: into tmp (ep null), or finished into the output.
+template <int NV>
+inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* ep) {
+  constexpr int W = V::W;
+  if (!ep) {
+    for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[v]);
+    return;
+  }
+  const VT b = V::set1(ep->bias ? ep->bias[oc] : 0.f);
+  const bool affine = ep->scale || ep->shift;
+  const VT sc = V::set1(ep->scale ? ep->scale[oc] : 1.f), sf = V::set1(ep->shift ? ep->shift[oc] : 0.f);
+  float* y = ep->y + oc * ep->ostride;
+  for (int v = 0; v < NV; ++v) {
+    if (!ep->mask[v]) continue;
+    VT r = V::add(acc[v], b);
+    if (affine) r = V::add(V::mul(r, sc), sf);
+    if (ep->relu) r = V::max(V::zero(), r);  // max(0, NaN) is NaN, like torch's relu
+    V::store_mask(y + ep->voff[v], r, ep->mask[v]);
+  }
+}
 template <int NV, bool CB>
 void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
             int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
@@ -161,21 +183,7 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t
     }
     for (int u = 1; u < U; ++u)
       for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
-    if (!ep) {
-      for (int v = 0; v < NV; ++v) V::store(t + v * W, acc[0][v]);
-      continue;
-    }
-    const VT b = V::set1(ep->bias ? ep->bias[oc] : 0.f);
-    const bool affine = ep->scale || ep->shift;
-    const VT sc = V::set1(ep->scale ? ep->scale[oc] : 1.f), sf = V::set1(ep->shift ? ep->shift[oc] : 0.f);
-    float* y = ep->y + oc * ep->ostride;
-    for (int v = 0; v < NV; ++v) {
-      if (!ep->mask[v]) continue;
-      VT r = V::add(acc[0][v], b);
-      if (affine) r = V::add(V::mul(r, sc), sf);
-      if (ep->relu) r = V::max(V::zero(), r);  // max(0, NaN) is NaN, like torch's relu
-      V::store_mask(y + ep->voff[v], r, ep->mask[v]);
-    }
+    finish_row<NV>(acc[0], oc, t, ep);
   }
 }
 
@@ -204,10 +212,55 @@ void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t s
   }
 }
 
+
+// ---- dense direct convolution, for layers too dense for the sparse kernel to pay ---------------
+// Output channels in blocks of kDenseOcb: each input vector is loaded once and multiplied by the
+// block's weights (packed [oc / kDenseOcb][k][kDenseOcb], zero past the last channel), so a load
+// feeds kDenseOcb FMAs instead of one. Taps k in [k0, k1), at offsets off[k]; oc0 is a multiple
+// of kDenseOcb.
+template <int NV>
+void conv_dense_t(const float* wp, const int32_t* off, int64_t k0, int64_t k1, int64_t K, const float* in,
+                  int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
+  constexpr int W = V::W;
+  constexpr int B = kDenseOcb;
+  const float* base = in + p0;
+  for (int64_t ob = oc0; ob < oc1; ob += B) {
+    const int rows = int(std::min<int64_t>(B, oc1 - ob));
+    VT acc[B][NV];
+    for (int o = 0; o < B; ++o)
+      for (int v = 0; v < NV; ++v)
+        acc[o][v] = accumulate && o < rows ? V::load(tmp + (ob - oc0 + o) * (NV * W) + v * W) : V::zero();
+    const float* wk = wp + (ob / B * K + k0) * B;
+    for (int64_t k = k0; k < k1; ++k, wk += B) {
+      const float* s = base + off[k];
+      VT wv[B];
+      for (int o = 0; o < B; ++o) wv[o] = V::set1(wk[o]);
+      for (int v = 0; v < NV; ++v) {
+        const VT x = V::load(s + v * W);
+        for (int o = 0; o < B; ++o) acc[o][v] = V::fma(wv[o], x, acc[o][v]);
+      }
+    }
+    for (int o = 0; o < rows; ++o) finish_row<NV>(acc[o], ob + o, tmp + (ob - oc0 + o) * (NV * W), ep);
+  }
+}
+
+void conv_dense(const float* wp, const int32_t* off, int64_t k0, int64_t k1, int64_t K, const float* in,
+                int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
+  switch (nv) {
+    case 1: return conv_dense_t<1>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+    case 2: return conv_dense_t<2>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+    case 3: return conv_dense_t<3>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+    case 4: return conv_dense_t<4>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+    case 5: return conv_dense_t<5>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+    default: return conv_dense_t<6>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
+  }
+}
+
 }  // namespace
 
 const Kernels* DC_ENTRY() {
-  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv};
+  // Registers: kDenseOcb * nv accumulators + kDenseOcb weights + one input vector.
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, V::W >= 16 ? 6 : 2};
   return &table;
 }
 
