@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import deepcomp._native as nat
+from deepcomp.bench import steady_heap
+
+steady_heap()  # the dense baseline at its best: no page faults on fresh scratch memory
 
 # name, kind, geometry, density. conv geometry: (cin, cout, k, stride, pad, input hw); fc: (in, out).
 ALEXNET = [

@@ -266,9 +266,9 @@ void bind_kernels(py::module_& m) {
   m.def("isa", &isa_name, "The SIMD instruction set the kernels use: 'avx512', 'avx2' or 'scalar'.");
   m.def("_set_conv_band_bytes", &set_conv_band_budget, py::arg("bytes"),
         "Debug/testing: band buffer budget of SparseConv2d plans made from now on; returns the previous one.");
-  m.def("_set_conv_dense_density", &set_conv_dense_density, py::arg("density"),
-        "Debug/testing: SparseConv2d layers at least this dense (kept / all weights, groups == 1) run on the "
-        "dense kernel in plans made from now on (0: every layer, above 1: none); returns the previous value.");
+  m.def("_set_conv_dense_threshold", &set_conv_dense_threshold, py::arg("threshold"),
+        "Debug/testing: SparseConv2d layers (groups == 1) whose effective density reaches this run on the dense "
+        "kernel in plans made from now on (0: every one, above 1: none); returns the previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");

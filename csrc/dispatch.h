@@ -56,17 +56,14 @@ struct Kernels {
   // outputs (see ConvEpilogue). nv in [1, 12].
   void (*conv)(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
                int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep);
-  // Dense direct convolution of the same block: weights packed [oc / kDenseOcb][k][kDenseOcb] for
-  // K taps, taps [k0, k1) at offsets off[k], output channels [oc0, oc1) with oc0 a multiple of
-  // kDenseOcb; tmp, accumulate and ep as for conv. nv in [1, dense_max_nv].
-  void (*conv_dense)(const float* wp, const int32_t* off, int64_t k0, int64_t k1, int64_t K, const float* in,
-                     int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate,
-                     const ConvEpilogue* ep);
-  int dense_max_nv;
+  // Dense direct convolution of one block of 2*width output channels by px (1..dense_px) output
+  // pixels that are consecutive in the input planes: for every tap k (K of them, weights packed
+  // [k][2*width]) input in[off[k] + i] feeds pixel i. out[i*2*width + o] =
+  // relu?((acc + epi[o]) * epi[es + o] + epi[2*es + o]) (bias, scale, shift of the block's channels).
+  void (*conv_dense)(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi,
+                     int64_t es, bool relu, float* out);
+  int dense_px;
 };
-
-// Output channels that the dense convolution kernel computes together.
-constexpr int kDenseOcb = 4;
 
 const Kernels& kernels();
 // Name of the chosen table ("avx512", "avx2", "scalar").

@@ -20,9 +20,10 @@ struct ConvGeometry {
 // Bytes of the per-band input buffer the plans aim for (tests lower it to exercise banding).
 int64_t conv_band_budget();
 int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
-// Layers whose density (kept / all weights) reaches this run on the dense kernel (groups == 1).
-double conv_dense_density();
-double set_conv_dense_density(double density);  // returns the previous value
+// Layers (groups == 1) whose effective density reaches this run on the dense kernel: 0 sends all of
+// them there, anything above 1 none.
+double conv_dense_threshold();
+double set_conv_dense_threshold(double threshold);  // returns the previous value
 
 class SparseConv2d {
  public:

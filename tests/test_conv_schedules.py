@@ -18,12 +18,12 @@ from test_kernels import SUPPORTED_ISAS, assert_close, make_conv  # noqa: E402
 def restore():
     budget = nat._set_conv_band_bytes(1 << 20)
     nat._set_conv_band_bytes(budget)
-    dense = nat._set_conv_dense_density(0.5)
-    nat._set_conv_dense_density(dense)
+    dense = nat._set_conv_dense_threshold(0.5)
+    nat._set_conv_dense_threshold(dense)
     threads = nat.get_num_threads()
     yield
     nat._set_conv_band_bytes(budget)
-    nat._set_conv_dense_density(dense)
+    nat._set_conv_dense_threshold(dense)
     nat.set_num_threads(threads)
     nat._set_isa(SUPPORTED_ISAS[0])
 
@@ -56,7 +56,7 @@ def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, str
     nat._set_isa(isa)
     nat.set_num_threads(threads)
     nat._set_conv_band_bytes(budget)
-    nat._set_conv_dense_density(0.0 if kernel == "dense" else 2.0)
+    nat._set_conv_dense_threshold(0.0 if kernel == "dense" else 2.0)
     layer, wt, b = make_conv(rng, cin, cout, k[0], k[1], stride, padding, dilation, 1, density, layout)
     x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
     ref = F.relu(F.conv2d(torch.from_numpy(x), wt, b, stride, padding, dilation))
@@ -78,16 +78,16 @@ def test_conv_vgg_like_banded(restore):
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 def test_conv_dense_kernel(restore, isa):
-    """The dense kernel, for layers at or above the density threshold (forced for all, at 0.85, and
-    at the default): every output-channel count (it works in blocks of 4), the fused scale/shift
-    epilogue, and grouped layers (which stay on the sparse kernel) all match torch."""
+    """The dense kernel (forced for every layer; then thresholds at which these small layers stay
+    sparse): every output-channel count (it works in blocks of 2 * SIMD width), the fused
+    scale/shift epilogue, and grouped layers (which always stay sparse) match torch."""
     nat._set_isa(isa)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 6, 23, 19)).astype(np.float32)
-    for threshold in (0.0, 0.85, None):
+    for threshold in (0.0, 0.85, None):  # None: the default
         if threshold is not None:
-            nat._set_conv_dense_density(threshold)
-        for cout in (1, 3, 4, 5, 17):
+            nat._set_conv_dense_threshold(threshold)
+        for cout in (1, 3, 8, 17, 33):
             for groups, density in ((1, 0.9), (1, 1.0), (2, 1.0)):
                 layer, wt, b = make_conv(rng, 6, cout * groups, 3, 2, (2, 1), (1, 0), 1, groups, density,
                                          "codebook")

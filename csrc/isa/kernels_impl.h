@@ -5,8 +5,9 @@
 //   DC_NAME   the ISA's name as a string literal
 //   DC_ENTRY  the name of the function returning this ISA's Kernels table
 // Everything else lives in an anonymous namespace, so the per-ISA copies never collide.
-#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <utility>
 
 #include "dispatch.h"
 
@@ -213,54 +214,56 @@ void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t s
 }
 
 
-// ---- dense direct convolution, for layers too dense for the sparse kernel to pay ---------------
-// Output channels in blocks of kDenseOcb: each input vector is loaded once and multiplied by the
-// block's weights (packed [oc / kDenseOcb][k][kDenseOcb], zero past the last channel), so a load
-// feeds kDenseOcb FMAs instead of one. Taps k in [k0, k1), at offsets off[k]; oc0 is a multiple
-// of kDenseOcb.
-template <int NV>
-void conv_dense_t(const float* wp, const int32_t* off, int64_t k0, int64_t k1, int64_t K, const float* in,
-                  int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
+// ---- dense direct convolution, output channels along the vectors --------------------------------
+// For layers too dense for the sparse kernel to pay. A block is two vectors of output channels
+// (2W) by PX output pixels that lie next to each other in one row of the input planes. Per tap k:
+// two vectors of weights (packed [k][2W]) and one broadcast input value per pixel, so the FMAs,
+// not the loads, bound it, and no lane is spent on padding columns.
+// out[i * 2W + o] = act((sum_k wp[k * 2W + o] * in[off[k] + i] + epi[o]) * epi[es + o] + epi[2 es + o]).
+constexpr int kDensePx = V::W >= 16 ? 12 : (V::W >= 8 ? 6 : 4);  // 2 * PX accumulators in registers
+
+template <int PX>
+void conv_dense_t(const float* wp, const int32_t* off, int64_t K, const float* in, const float* epi, int64_t es,
+                  bool relu, float* out) {
   constexpr int W = V::W;
-  constexpr int B = kDenseOcb;
-  const float* base = in + p0;
-  for (int64_t ob = oc0; ob < oc1; ob += B) {
-    const int rows = int(std::min<int64_t>(B, oc1 - ob));
-    VT acc[B][NV];
-    for (int o = 0; o < B; ++o)
-      for (int v = 0; v < NV; ++v)
-        acc[o][v] = accumulate && o < rows ? V::load(tmp + (ob - oc0 + o) * (NV * W) + v * W) : V::zero();
-    const float* wk = wp + (ob / B * K + k0) * B;
-    for (int64_t k = k0; k < k1; ++k, wk += B) {
-      const float* s = base + off[k];
-      VT wv[B];
-      for (int o = 0; o < B; ++o) wv[o] = V::set1(wk[o]);
-      for (int v = 0; v < NV; ++v) {
-        const VT x = V::load(s + v * W);
-        for (int o = 0; o < B; ++o) acc[o][v] = V::fma(wv[o], x, acc[o][v]);
-      }
+  VT a0[PX], a1[PX];
+  for (int i = 0; i < PX; ++i) a0[i] = a1[i] = V::zero();
+  for (int64_t k = 0; k < K; ++k, wp += 2 * W) {
+    const float* s = in + off[k];
+    const VT w0 = V::load(wp), w1 = V::load(wp + W);
+    for (int i = 0; i < PX; ++i) {
+      const VT x = V::set1(s[i]);
+      a0[i] = V::fma(w0, x, a0[i]);
+      a1[i] = V::fma(w1, x, a1[i]);
     }
-    for (int o = 0; o < rows; ++o) finish_row<NV>(acc[o], ob + o, tmp + (ob - oc0 + o) * (NV * W), ep);
+  }
+  const VT b0 = V::load(epi), b1 = V::load(epi + W);
+  const VT c0 = V::load(epi + es), c1 = V::load(epi + es + W);
+  const VT d0 = V::load(epi + 2 * es), d1 = V::load(epi + 2 * es + W);
+  for (int i = 0; i < PX; ++i) {
+    VT r0 = V::add(V::mul(V::add(a0[i], b0), c0), d0), r1 = V::add(V::mul(V::add(a1[i], b1), c1), d1);
+    if (relu) r0 = V::max(V::zero(), r0), r1 = V::max(V::zero(), r1);  // NaN stays NaN, like torch
+    V::store(out + i * 2 * W, r0);
+    V::store(out + i * 2 * W + W, r1);
   }
 }
 
-void conv_dense(const float* wp, const int32_t* off, int64_t k0, int64_t k1, int64_t K, const float* in,
-                int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
-  switch (nv) {
-    case 1: return conv_dense_t<1>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-    case 2: return conv_dense_t<2>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-    case 3: return conv_dense_t<3>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-    case 4: return conv_dense_t<4>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-    case 5: return conv_dense_t<5>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-    default: return conv_dense_t<6>(wp, off, k0, k1, K, in, p0, oc0, oc1, tmp, acc, ep);
-  }
+using DenseFn = void (*)(const float*, const int32_t*, int64_t, const float*, const float*, int64_t, bool, float*);
+template <int... P>
+constexpr std::array<DenseFn, sizeof...(P)> dense_table(std::integer_sequence<int, P...>) {
+  return {&conv_dense_t<P + 1>...};
+}
+
+void conv_dense(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi, int64_t es,
+                bool relu, float* out) {
+  static constexpr auto table = dense_table(std::make_integer_sequence<int, kDensePx>{});
+  table[size_t(px - 1)](wp, off, K, in, epi, es, relu, out);
 }
 
 }  // namespace
 
 const Kernels* DC_ENTRY() {
-  // Registers: kDenseOcb * nv accumulators + kDenseOcb weights + one input vector.
-  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, V::W >= 16 ? 6 : 2};
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx};
   return &table;
 }
 
