@@ -36,7 +36,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 #endif
 constexpr int kMaxNv = DC_MAXNV;
 constexpr int kMaxVec = 12;  // the kernels' largest block
-constexpr int64_t kMinBandRows = 7;
+constexpr int64_t kMinBandRows = 6;
 static_assert(kMaxNv <= kMaxVec, "blocks beyond the kernels' largest");  // the kernels go to 12; measured no faster here
 // Unit of the output-channel split between tasks: a multiple of the dense kernel's channel block
 // (2 * width, at most 32).
