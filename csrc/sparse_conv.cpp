@@ -37,6 +37,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 constexpr int kMaxNv = DC_MAXNV;
 constexpr int kMaxVec = 12;  // the kernels' largest block
 constexpr int64_t kMinBandRows = 6;
+constexpr int64_t kPad = 8;
 static_assert(kMaxNv <= kMaxVec, "blocks beyond the kernels' largest");  // the kernels go to 12; measured no faster here
 // Unit of the output-channel split between tasks: a multiple of the dense kernel's channel block
 // (2 * width, at most 32).
@@ -295,8 +296,9 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
       k += n;
     }
     std::vector<int64_t> pos(p->seg);
-    p->off.resize(size_t(nnz));
-    p->values.resize(size_t(nnz));
+    // kPad zero entries past the end: the kernel loads the next offsets ahead of their use.
+    p->off.resize(size_t(nnz + kPad));
+    p->values.resize(size_t(nnz + kPad));
     for (int64_t oc = 0; oc < OC; ++oc) {
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
         const int64_t q = pos[size_t(chunk_of(w_.col_at(j)) * (OC + 1) + oc)]++;
