@@ -69,19 +69,19 @@ def markdown(arch: str, results: list[dict], probe: dict) -> str:
     lines = [f"### {arch}", ""]
     for r in results:
         lines += [f"batch {r['batch']}, {r['threads']} threads, kernels {r['isa']}, steady-state medians of alternating blocks:", "",
-                  "| layer | kept % | dense PyTorch ms | deepcomp ms | speedup | torch.sparse CSR ms | deepcomp vs torch.sparse |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| layer | kept % | kernel | dense PyTorch ms | deepcomp ms | speedup | torch.sparse CSR ms | deepcomp vs torch.sparse |",
+                  "|---|---|---|---|---|---|---|---|"]
         for l in r["layers"]:
             label = FC_LABELS[arch].get(l["name"], l["name"])
             ts, l_sparse = l["torch_sparse_ms"], l["sparse_ms"]
-            lines.append(f"| {label} | {100 * l['density']:.1f} | {l['dense_ms']:.3f} | {l['sparse_ms']:.3f} | "
+            lines.append(f"| {label} | {100 * l['density']:.1f} | {l['kernel']} | {l['dense_ms']:.3f} | {l['sparse_ms']:.3f} | "
                          f"**{l['speedup']:.2f}x** | {'-' if ts is None else f'{ts:.3f}'} | "
                          f"{'-' if ts is None else f'{ts / l_sparse:.2f}x'} |")
         conv = [l for l in r["layers"] if l["kind"] == "conv"]
         d, s = sum(l["dense_ms"] for l in conv), sum(l["sparse_ms"] for l in conv)
         e = r["end_to_end"]
-        lines += [f"| all conv | | {d:.2f} | {s:.2f} | **{d / s:.2f}x** | | |",
-                  f"| end to end | | {e['dense_ms']:.2f} | {e['sparse_ms']:.2f} | **{e['speedup']:.2f}x** | | |", ""]
+        lines += [f"| all conv | | | {d:.2f} | {s:.2f} | **{d / s:.2f}x** | | |",
+                  f"| end to end | | | {e['dense_ms']:.2f} | {e['sparse_ms']:.2f} | **{e['speedup']:.2f}x** | | |", ""]
     b1 = next((r for r in results if r["batch"] == 1), None)
     if b1:
         lines += ["Beside the paper's Table 8 (batch 1; paper: MKL CSRMV vs CBLAS GEMV, i7-5930K):", "",

@@ -307,6 +307,15 @@ void bind_kernels(py::module_& m) {
            py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::kw_only(), py::arg("out") = py::none())
       .def("output_size", [](const PySparseConv2d& s, int64_t H, int64_t W) { return s.k->out_size(H, W); },
            py::arg("height"), py::arg("width"))
+      .def(
+          "kernel_for",
+          [](const PySparseConv2d& s, int64_t H, int64_t W) {
+            py::gil_scoped_release nogil;
+            return std::string(s.k->dense_for(H, W) ? "dense" : "sparse");
+          },
+          py::arg("height"), py::arg("width"),
+          "Which kernel convolves an input of height x width at the current thread count: 'sparse', or "
+          "'dense' for a layer too dense to gain from sparsity. Plans the shape, as the first forward would.")
       .def_property_readonly("nnz", [](const PySparseConv2d& s) { return s.k->store().nnz(); })
       .def_property_readonly("bytes", [](const PySparseConv2d& s) { return s.k->store().bytes(); })
       .def_property_readonly("in_channels", [](const PySparseConv2d& s) { return s.k->geometry().in_channels; })

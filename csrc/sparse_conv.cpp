@@ -353,6 +353,10 @@ void shifted_copy(const float* region0, float* dst, int64_t S, int64_t sft, int6
 
 }  // namespace
 
+bool SparseConv2d::dense_for(int64_t H, int64_t W) const {
+  return plan_for(H, W, ThreadPool::instance().num_threads())->dense;
+}
+
 void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu,
                            const float* scale, const float* shift) const {
   if (N <= 0) return;

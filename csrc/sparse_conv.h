@@ -35,6 +35,10 @@ class SparseConv2d {
   void forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu, const float* scale,
                const float* shift) const;
 
+  // Which kernel runs an H x W input at the current thread count and ISA: true for the dense one.
+  // Plans the shape (and caches the plan) as the first forward would.
+  bool dense_for(int64_t H, int64_t W) const;
+
   const CsrStore& store() const { return w_; }
   const ConvGeometry& geometry() const { return g_; }
 

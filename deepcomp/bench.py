@@ -196,7 +196,9 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
                 with torch.inference_mode():
                     dense_ms, sparse_ms, *rest = median_ms(*fns, repeat=repeat)
                 torch_sparse_ms = rest[0] if rest else None
-                rows.append({"name": name, "kind": "conv" if node["op"] == "conv2d" else "fc",
+                conv = node["op"] == "conv2d"
+                rows.append({"name": name, "kind": "conv" if conv else "fc",
+                             "kernel": step.kernel.kernel_for(*xin.shape[2:]) if conv else "sparse",
                              "density": layer.density, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                              "torch_sparse_ms": torch_sparse_ms, "speedup": dense_ms / sparse_ms})
         with torch.inference_mode():
@@ -220,21 +222,21 @@ def _isa() -> str:
 def format_bench(r: dict) -> str:
     lines = [f"batch {r['batch']}, {r['threads']} thread(s), kernels: {r['isa']}; median ms",
              "",
-             f"{'layer':<16} {'kind':<4} {'kept %':>6} {'dense torch':>11} {'deepcomp':>9} {'speedup':>8} "
-             f"{'torch.sparse':>12} {'vs sparse':>9}"]
+             f"{'layer':<16} {'kind':<4} {'kernel':<6} {'kept %':>6} {'dense torch':>11} {'deepcomp':>9} "
+             f"{'speedup':>8} {'torch.sparse':>12} {'vs sparse':>9}"]
     for l in r["layers"]:
         ts = l["torch_sparse_ms"]
         ts_text = "-" if ts is None else f"{ts:.3f}"
         vs_text = "-" if ts is None else f"{ts / l['sparse_ms']:.2f}x"
-        lines.append(f"{l['name']:<16} {l['kind']:<4} {100 * l['density']:>6.1f} {l['dense_ms']:>11.3f} "
-                     f"{l['sparse_ms']:>9.3f} {l['speedup']:>7.2f}x {ts_text:>12} {vs_text:>9}")
+        lines.append(f"{l['name']:<16} {l['kind']:<4} {l.get('kernel', ''):<6} {100 * l['density']:>6.1f} "
+                     f"{l['dense_ms']:>11.3f} {l['sparse_ms']:>9.3f} {l['speedup']:>7.2f}x {ts_text:>12} {vs_text:>9}")
     if r["layers"]:
         conv = [l for l in r["layers"] if l["kind"] == "conv"]
         if conv:
             d, s = sum(l["dense_ms"] for l in conv), sum(l["sparse_ms"] for l in conv)
-            lines.append(f"{'all conv':<16} {'':<4} {'':>6} {d:>11.3f} {s:>9.3f} {d / s:>7.2f}x")
+            lines.append(f"{'all conv':<16} {'':<4} {'':<6} {'':>6} {d:>11.3f} {s:>9.3f} {d / s:>7.2f}x")
     e = r["end_to_end"]
-    lines.append(f"{'end to end':<16} {'':<4} {'':>6} {e['dense_ms']:>11.3f} {e['sparse_ms']:>9.3f} "
+    lines.append(f"{'end to end':<16} {'':<4} {'':<6} {'':>6} {e['dense_ms']:>11.3f} {e['sparse_ms']:>9.3f} "
                  f"{e['speedup']:>7.2f}x")
     return "\n".join(lines)
 

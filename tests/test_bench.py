@@ -31,6 +31,7 @@ def test_bench_json_shape(lenet5, capsys):
             assert {"name", "kind", "density", "dense_ms", "sparse_ms", "torch_sparse_ms", "speedup"} <= set(l)
             assert l["dense_ms"] > 0 and l["sparse_ms"] > 0
             assert (l["torch_sparse_ms"] is None) == (l["kind"] == "conv")
+            assert l["kernel"] in ("sparse", "dense")
             assert l["speedup"] == pytest.approx(l["dense_ms"] / l["sparse_ms"])
         e = r["end_to_end"]
         assert e["speedup"] == pytest.approx(e["dense_ms"] / e["sparse_ms"])

@@ -96,3 +96,20 @@ def test_conv_dense_kernel(restore, isa):
                 ref = F.conv2d(torch.from_numpy(x), wt, b, (2, 1), (1, 0), 1, groups).numpy()
                 ref = np.maximum(ref * scale[:, None, None] + shift[:, None, None], 0)
                 assert_close(layer.forward(x, relu=True, scale=scale, shift=shift), ref)
+
+
+def test_kernel_for_follows_the_threshold(restore):
+    """kernel_for reports the kernel a shape runs on: dense when forced, sparse when forbidden, and
+    by default dense for a 90%-dense 3x3 layer with many taps, sparse for a 30%-dense one."""
+    rng = np.random.default_rng(5)
+    dense_layer = make_conv(rng, 64, 32, 3, 3, 1, 1, 1, 1, 0.9, "codebook")[0]
+    sparse_layer = make_conv(rng, 64, 32, 3, 3, 1, 1, 1, 1, 0.3, "codebook")[0]
+    assert dense_layer.kernel_for(28, 28) == "dense"
+    assert sparse_layer.kernel_for(28, 28) == "sparse"
+    nat._set_conv_dense_threshold(0.0)
+    assert sparse_layer.kernel_for(28, 28) == "dense"
+    nat._set_conv_dense_threshold(2.0)
+    assert dense_layer.kernel_for(28, 28) == "sparse"
+    grouped = make_conv(rng, 64, 32, 3, 3, 1, 1, 1, 2, 1.0, "codebook")[0]
+    nat._set_conv_dense_threshold(0.0)
+    assert grouped.kernel_for(28, 28) == "sparse"  # the dense kernel has no groups

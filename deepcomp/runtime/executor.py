@@ -100,6 +100,12 @@ class _Step(NamedTuple):
     inputs: tuple[str, ...]
     run: Callable[..., np.ndarray]
     free: tuple[str, ...]
+    kernel: object = None  # the native SparseConv2d / SparseLinear of a weighted layer
+
+
+def _with_kernel(run: Callable, k) -> Callable:
+    run.kernel = k  # picked up as the step's .kernel
+    return run
 
 
 class RuntimeModel:
@@ -331,7 +337,7 @@ class RuntimeModel:
             inputs = tuple(res(s) for s in node["inputs"])
             run = self._compile(node, inputs, name in fused_relu, owned)
             free = tuple(s for s in dict.fromkeys(inputs) if last_use.get(s) == i and s != out)
-            steps.append(_Step(name, inputs, run, free))
+            steps.append(_Step(name, inputs, run, free, getattr(run, "kernel", None)))
         self._steps = steps
 
     def _infer(self, node: dict, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -436,7 +442,7 @@ class RuntimeModel:
                                            codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
                 self._built(a["weight"])
-                return lambda x: k.forward(x, relu, scale, shift)
+                return _with_kernel(lambda x: k.forward(x, relu, scale, shift), k)
             if op == "linear":
                 w = self._weight(a["weight"], name)
                 bias = self._vector(a.get("bias"), w.rows, name, "bias")
@@ -444,7 +450,7 @@ class RuntimeModel:
                                            cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
                 self._built(a["weight"])
-                return lambda x: k.forward(x, relu)
+                return _with_kernel(lambda x: k.forward(x, relu), k)
         except ValueError as e:  # the kernels validate the CSR arrays
             raise DczError(f"the weight of node {name!r} is malformed: {e}") from None
 
