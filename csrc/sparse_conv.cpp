@@ -80,7 +80,7 @@ struct SparseConv2d::ShapePlan {
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
   double dense_threshold;  // dense-kernel threshold the plan was made for
-  // Dense plans (groups == 1, density >= the threshold) run on the dense kernel: K = in_channels *
+  // Dense plans (groups == 1, effective density >= the threshold) run on the dense kernel: K = in_channels *
   // kh * kw taps, off[] holds all K of them (no shifted copies, a plane row of any width), wpack the
   // weights [oc / ocb][tap][ocb] (ocb = 2 * width, zero past the last channel), and a "block" is
   // one output row.
@@ -125,8 +125,8 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   const double dense_threshold = conv_dense_threshold();
   std::lock_guard<std::mutex> lock(cache_mutex_);
   auto it = cache_.find({H, W});
-  if (it != cache_.end() && it->second->width == width && it->second->budget == budget && it->second->dense_threshold == dense_threshold &&
-      it->second->threads == threads)
+  if (it != cache_.end() && it->second->width == width && it->second->budget == budget &&
+      it->second->dense_threshold == dense_threshold && it->second->threads == threads)
     return it->second;
 
   auto p = std::make_shared<ShapePlan>();
@@ -240,18 +240,19 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   p->S = odd_lines(std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width);
   p->in_floats = ncopies * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
+  const int64_t OC = g_.out_channels;
+  const auto& rp = w_.row_ptr();
+  const CsrWeights w = w_.view();
+  auto weight = [&](int64_t j) { return w.values ? w.values[j] : w.codebook[w.cluster[j]]; };
   if (p->dense) {
     // The taps in column order, and the weights packed for the dense kernel.
-    const int64_t OC = g_.out_channels, ocb = 2 * width, nob = (OC + ocb - 1) / ocb;
+    const int64_t ocb = 2 * width, nob = (OC + ocb - 1) / ocb;
     p->nchunks = 1;
     p->off.assign(off.begin(), off.end());
     p->wpack.assign(size_t(nob * p->K * ocb), 0.f);
-    const auto& rp = w_.row_ptr();
-    const CsrWeights w = w_.view();
     for (int64_t oc = 0; oc < OC; ++oc)
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j)
-        p->wpack[size_t((oc / ocb * p->K + w_.col_at(j)) * ocb + oc % ocb)] =
-            w.values ? w.values[j] : w.codebook[w.cluster[j]];
+        p->wpack[size_t((oc / ocb * p->K + w_.col_at(j)) * ocb + oc % ocb)] = weight(j);
     if (cache_.size() >= 8) cache_.erase(cache_.begin());
     cache_[{H, W}] = p;
     return p;
@@ -265,7 +266,6 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
   // chunk-major (chunk, output channel, column), so that the kernel, which walks the output channels
   // of one chunk, reads offsets and weights sequentially.
   {
-    const int64_t OC = g_.out_channels;
     std::vector<int64_t> tap_unit(static_cast<size_t>(taps), 0), phase_index(static_cast<size_t>(phases), -1);
     int64_t nused = 0;
     for (int64_t t = 0; t < taps; ++t) {
@@ -283,9 +283,6 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
       const int64_t u = col / taps * nused + tap_unit[size_t(col % taps)];
       return u / upc;
     };
-    const auto& rp = w_.row_ptr();
-    const CsrWeights w = w_.view();
-    auto weight = [&](int64_t j) { return w.values ? w.values[j] : w.codebook[w.cluster[j]]; };
     p->seg.assign(size_t(p->nchunks * (OC + 1)), 0);
     for (int64_t oc = 0; oc < OC; ++oc)
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) ++p->seg[size_t(chunk_of(w_.col_at(j)) * (OC + 1) + oc)];
@@ -397,10 +394,10 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   if (tl_tmp.size() < tmp_per_slot * size_t(T)) tl_tmp.resize(tmp_per_slot * size_t(T));
   float* const tmp_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_tmp.data()) + 63) & ~uintptr_t(63));
 
-  // Convolve pixel blocks [b0, b1) of the band at output row oy0 (rows_b rows) of image n, output
-  // channels [oc_a, oc_b), reading the band buffer `in`.
   // Dense plans: a block is an output row, computed in pieces of up to dense_px pixels by 2*width
   // output channels; epi holds bias, scale and shift padded to whole channel blocks.
+  constexpr int64_t kDenseOut = 32 * 16;  // floats of a piece's result: dense_px <= 16, 2*width <= 32
+  if (int64_t(K.dense_px) * 2 * K.width > kDenseOut) throw ShapeError("SparseConv2d: dense block too large");
   const int64_t ocb = 2 * int64_t(p.width), es = p.dense ? (OC + ocb - 1) / ocb * ocb : 0;
   std::vector<float> epi(size_t(3 * es));
   for (int64_t oc = 0; oc < es; ++oc) {
@@ -411,7 +408,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   }
   auto convolve_dense = [&](const float* in, int64_t n, int64_t oy0, int64_t r0, int64_t r1, int64_t oc_a,
                             int64_t oc_b) {
-    alignas(64) float out[32 * 16];  // dense_px (<= 16) pixels by 2 * width (<= 32) channels
+    alignas(64) float out[kDenseOut];
     float* yn = y + n * OC * OHW;
     for (int64_t ob = oc_a; ob < oc_b; ob += ocb) {
       const float* wp = p.wpack.data() + ob / ocb * p.K * ocb;
@@ -427,6 +424,8 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       }
     }
   };
+  // Convolve pixel blocks [b0, b1) of the band at output row oy0 (rows_b rows) of image n, output
+  // channels [oc_a, oc_b), reading the band buffer `in`.
   auto convolve = [&](const float* in, int64_t n, int64_t oy0, int64_t rows_b, int64_t b0, int64_t b1, int64_t oc_a,
                       int64_t oc_b, float* t) {
     if (p.dense) return convolve_dense(in, n, oy0, b0, std::min(b1, rows_b), oc_a, oc_b);
