@@ -145,7 +145,9 @@ def _layer_consumers(graph: dict) -> dict[str, list[str]]:
 
 def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
                layers: bool = True, seed: int = 0) -> list[dict]:
-    """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}}``."""
+    """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}}``; each layer row
+    also says which kernel runs it (``"kernel"``: "sparse" or "dense"). Calls :func:`steady_heap`
+    first, a process-wide glibc setting that stays in effect afterwards."""
     import deepcomp.runtime as rt
     from deepcomp.dcz import decompress
 
