@@ -50,13 +50,13 @@ struct Kernels {
   void (*spmm)(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, int64_t ystride,
                int64_t r0, int64_t r1);
   // Direct sparse convolution, one output-pixel block of nv*width floats at p0 for output channels
-  // [oc0, oc1), over the nonzeros seg[oc*seg_stride] .. seg[oc*seg_stride + 1] of each row (one
-  // input-channel chunk): tmp[(oc-oc0)*nv*width + i] (+)= sum_j w_j in[off_j + p0 + i].
+  // [oc0, oc1), over the nonzeros seg[oc] .. seg[oc + 1] of each row (one input chunk):
+  // tmp[(oc-oc0)*nv*width + i] (+)= sum_j w_j in[off_j + p0 + i].
   // accumulate: add to tmp instead of overwriting it. ep: instead of storing to tmp, finish the
   // outputs (see ConvEpilogue). nv in [1, 12]. The weights are w.values (fp32; the caller decodes a
   // codebook), and off/values must hold 8 readable entries past the last nonzero.
-  void (*conv)(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
-               int64_t p0, int nv, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep);
+  void (*conv)(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in, int64_t p0, int nv,
+               int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep);
   // Dense direct convolution of one block of 2*width output channels by px (1..dense_px) output
   // pixels that are consecutive in the input planes: for every tap k (K of them, weights packed
   // [k][2*width]) input in[off[k] + i] feeds pixel i. out[i*2*width + o] =

@@ -49,10 +49,9 @@ constexpr int64_t kL1Budget = DC_L1;
 // Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
-}  // namespace
-
 // Layers whose effective density (see plan_for) reaches this run on the dense kernel.
 std::atomic<double> g_dense_threshold{DC_DENSE_THRESHOLD};
+}  // namespace
 
 int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
 double conv_dense_threshold() { return g_dense_threshold.load(std::memory_order_relaxed); }
@@ -80,6 +79,7 @@ struct SparseConv2d::ShapePlan {
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
   double dense_threshold;  // dense-kernel threshold the plan was made for
+  int threads;        // thread count the plan was made for
   // Dense plans (groups == 1, effective density >= the threshold) run on the dense kernel: K = in_channels *
   // kh * kw taps, off[] holds all K of them (no shifted copies, a plane row of any width), wpack the
   // weights [oc / ocb][tap][ocb] (ocb = 2 * width, zero past the last channel), and a "block" is
@@ -87,7 +87,6 @@ struct SparseConv2d::ShapePlan {
   bool dense;
   int64_t K;
   std::vector<float> wpack;
-  int threads;        // thread count the plan was made for
   std::vector<int32_t> off;
   // Input channels are walked in chunks whose input window fits in L1. The nonzeros are reordered
   // chunk-major: seg[c*(OC+1) + oc] is the first of row oc in chunk c, off/values are in that
@@ -253,19 +252,15 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
     for (int64_t oc = 0; oc < OC; ++oc)
       for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j)
         p->wpack[size_t((oc / ocb * p->K + w_.col_at(j)) * ocb + oc % ocb)] = weight(j);
-    if (cache_.size() >= 8) cache_.erase(cache_.begin());
-    cache_[{H, W}] = p;
-    return p;
-  }
-  // The kernel's offset: region (by shift) times S plus the aligned offset.
-  for (auto& o : off) o = region_of[size_t(o % width)] * p->S + o - o % width;
-  // Chunks of input: a unit is one input channel in one phase plane, the rows that a pixel block
-  // reads there; a chunk is as many consecutive units as fit the L1 budget (per channel instead of
-  // per phase, AlexNet conv1's 16 phase planes made one channel's window 52 KB, more than L1: its
-  // time fell 7% at batch 1 and 18% at batch 8 with phase units). The nonzeros are stored
-  // chunk-major (chunk, output channel, column), so that the kernel, which walks the output channels
-  // of one chunk, reads offsets and weights sequentially.
-  {
+  } else {
+    // The kernel's offset: region (by shift) times S plus the aligned offset.
+    for (auto& o : off) o = region_of[size_t(o % width)] * p->S + o - o % width;
+    // Chunks of input: a unit is one input channel in one phase plane, the rows that a pixel block
+    // reads there; a chunk is as many consecutive units as fit the L1 budget (per channel instead of
+    // per phase, AlexNet conv1's 16 phase planes made one channel's window 52 KB, more than L1: its
+    // time fell 7% at batch 1 and 18% at batch 8 with phase units). The nonzeros are stored
+    // chunk-major (chunk, output channel, column), so that the kernel, which walks the output channels
+    // of one chunk, reads offsets and weights sequentially.
     std::vector<int64_t> tap_unit(static_cast<size_t>(taps), 0), phase_index(static_cast<size_t>(phases), -1);
     int64_t nused = 0;
     for (int64_t t = 0; t < taps; ++t) {
@@ -453,7 +448,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
         const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
         for (int64_t c = 0; c < p.nchunks; ++c)
-          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), 1, in, p0, p.nv, oc0, oc1, t, c > 0,
+          K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), in, p0, p.nv, oc0, oc1, t, c > 0,
                  c == p.nchunks - 1 ? &ep : nullptr);
       }
     }

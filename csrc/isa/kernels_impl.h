@@ -5,6 +5,7 @@
 //   DC_NAME   the ISA's name as a string literal
 //   DC_ENTRY  the name of the function returning this ISA's Kernels table
 // Everything else lives in an anonymous namespace, so the per-ISA copies never collide.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -162,8 +163,8 @@ inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* 
 // on them, never wait on a scalar load (5-9% faster at 2 threads on AlexNet and VGG-16 layers). It
 // reads up to 5 entries of off and 1 of values past the last nonzero: the plan pads both.
 template <int NV>
-void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t seg_stride, const float* in,
-            int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
+void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in, int64_t p0, int64_t oc0,
+            int64_t oc1, float* tmp, bool accumulate, const ConvEpilogue* ep) {
   constexpr int W = V::W;
   const float* base = in + p0;
   const float* val = w.values;
@@ -172,8 +173,8 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t
     VT a[NV], b[NV];
     for (int v = 0; v < NV; ++v) a[v] = accumulate ? V::load(t + v * W) : V::zero();
     for (int v = 0; v < NV; ++v) b[v] = V::zero();
-    int64_t j = seg[oc * seg_stride];
-    const int64_t e = seg[oc * seg_stride + 1];
+    int64_t j = seg[oc];
+    const int64_t e = seg[oc + 1];
     int64_t o0 = off[j], o1 = off[j + 1], o2 = off[j + 2], o3 = off[j + 3];
     for (; j + 2 <= e; j += 2) {
       const VT x0 = V::set1(val[j]), x1 = V::set1(val[j + 1]);
@@ -196,24 +197,18 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t
   }
 }
 
-void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, int64_t ss, const float* in, int64_t p0,
-          int nv, int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
-  switch (nv) {
-    case 1: return conv_t<1>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 2: return conv_t<2>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 3: return conv_t<3>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 4: return conv_t<4>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 5: return conv_t<5>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 6: return conv_t<6>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 7: return conv_t<7>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 8: return conv_t<8>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 9: return conv_t<9>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 10: return conv_t<10>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    case 11: return conv_t<11>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-    default: return conv_t<12>(w, off, seg, ss, in, p0, oc0, oc1, tmp, acc, ep);
-  }
+using ConvFn = void (*)(const CsrWeights&, const int32_t*, const int64_t*, const float*, int64_t, int64_t, int64_t,
+                       float*, bool, const ConvEpilogue*);
+template <int... NV>
+constexpr std::array<ConvFn, sizeof...(NV)> conv_table(std::integer_sequence<int, NV...>) {
+  return {&conv_t<NV + 1>...};
 }
 
+void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in, int64_t p0, int nv,
+          int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
+  static constexpr auto table = conv_table(std::make_integer_sequence<int, 12>{});
+  table[size_t(std::min(std::max(nv, 1), 12) - 1)](w, off, seg, in, p0, oc0, oc1, tmp, acc, ep);
+}
 
 // ---- dense direct convolution, output channels along the vectors --------------------------------
 // For layers too dense for the sparse kernel to pay. A block is two vectors of output channels
