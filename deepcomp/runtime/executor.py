@@ -103,11 +103,6 @@ class _Step(NamedTuple):
     kernel: object = None  # the native SparseConv2d / SparseLinear of a weighted layer
 
 
-def _with_kernel(run: Callable, k) -> Callable:
-    run.kernel = k  # picked up as the step's .kernel
-    return run
-
-
 class RuntimeModel:
     """A compressed model ready to run: ``model(x)`` with x float32 ``[N, *input_shape]``.
 
@@ -126,6 +121,7 @@ class RuntimeModel:
         self._coded = coded
         self._release = release
         self._coded_users: dict[str, int] = {}
+        self._kernels: dict[str, Any] = {}  # node name -> its native kernel (weighted layers)
         self.layers: list[LayerInfo] = []
         self._plan()
         if release:
@@ -337,7 +333,7 @@ class RuntimeModel:
             inputs = tuple(res(s) for s in node["inputs"])
             run = self._compile(node, inputs, name in fused_relu, owned)
             free = tuple(s for s in dict.fromkeys(inputs) if last_use.get(s) == i and s != out)
-            steps.append(_Step(name, inputs, run, free, getattr(run, "kernel", None)))
+            steps.append(_Step(name, inputs, run, free, self._kernels.get(name)))
         self._steps = steps
 
     def _infer(self, node: dict, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -442,7 +438,8 @@ class RuntimeModel:
                                            codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
                 self._built(a["weight"])
-                return _with_kernel(lambda x: k.forward(x, relu, scale, shift), k)
+                self._kernels[name] = k
+                return lambda x: k.forward(x, relu, scale, shift)
             if op == "linear":
                 w = self._weight(a["weight"], name)
                 bias = self._vector(a.get("bias"), w.rows, name, "bias")
@@ -450,7 +447,8 @@ class RuntimeModel:
                                            cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"), bias=bias)
                 self.layers.append(LayerInfo(name, op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
                 self._built(a["weight"])
-                return _with_kernel(lambda x: k.forward(x, relu), k)
+                self._kernels[name] = k
+                return lambda x: k.forward(x, relu)
         except ValueError as e:  # the kernels validate the CSR arrays
             raise DczError(f"the weight of node {name!r} is malformed: {e}") from None
 
