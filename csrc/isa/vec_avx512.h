@@ -11,6 +11,12 @@ struct VecAvx512 {
   static constexpr int SMALL_K = 32;
   using T = __m512;
   static T zero() { return _mm512_setzero_ps(); }
+  // Two weights broadcast from one 8-byte load: a load port saved per pair of nonzeros.
+  static void set1_pair(const float* p, T& w0, T& w1) {
+    const __m128 q = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    w0 = _mm512_broadcastss_ps(q);
+    w1 = _mm512_broadcastss_ps(_mm_movehdup_ps(q));
+  }
   static T set1(float a) { return _mm512_set1_ps(a); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }

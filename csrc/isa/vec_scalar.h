@@ -8,6 +8,10 @@ struct VecScalar {
   static constexpr int SMALL_K = 256;
   using T = float;
   static T zero() { return 0.f; }
+  static void set1_pair(const float* p, T& w0, T& w1) {
+    w0 = p[0];
+    w1 = p[1];
+  }
   static T set1(float a) { return a; }
   static T load(const float* p) { return *p; }
   static void store(float* p, T v) { *p = v; }
