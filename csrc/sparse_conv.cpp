@@ -79,6 +79,13 @@ struct SparseConv2d::ShapePlan {
   int nv;             // vectors per pixel block
   int64_t block;      // nv * width floats
   int64_t nblocks;    // pixel blocks of a full band
+  // 0: blocks tile the band's padded-width positions (block b starts at b * block). Otherwise
+  // rows end in at least one vector of padding columns only (VGG-16's 224- and 112-wide layers:
+  // Wq = 240 and 128), and a block is one of `pieces` pieces of a row that cover its output columns
+  // and skip those vectors (see block_start).
+  int64_t pieces;
+  int64_t block_start(int64_t b) const { return pieces ? b / pieces * Wq + b % pieces * block : b * block; }
+  int64_t blocks_for(int64_t rows) const { return pieces ? rows * pieces : (rows * Wq + block - 1) / block; }
   int width;          // SIMD width the plan was made for
   int64_t budget;     // band buffer budget the plan was made for
   double dense_threshold;  // dense-kernel threshold the plan was made for
@@ -211,9 +218,20 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
     const int64_t cost = ((nvec + nv - 1) / nv) * (nv + 2);
     if (cost <= best_cost) best = nv, best_cost = cost;
   }
+  // Pieces of rows instead, where a row ends in vectors that hold no output column: 10-12% fewer
+  // vectors on 112-wide layers (7 of 8 per row), 4% on 224-wide ones (14 of 15).
+  p->pieces = 0;
+  const int64_t row_out = (p->OW + width - 1) / width, row_vecs = p->Wq / width;
+  if (!p->dense && row_out < row_vecs) {
+    const int64_t pieces = (row_out + kMaxNv - 1) / kMaxNv, nvp = (row_out + pieces - 1) / pieces;
+    if (pieces * nvp <= row_vecs && p->BH * pieces * (nvp + 2) < best_cost) {
+      best = int(nvp);
+      p->pieces = pieces;
+    }
+  }
   p->nv = p->dense ? 1 : best;
   p->block = p->dense ? p->Wq : int64_t(best) * width;
-  p->nblocks = (p->P + p->block - 1) / p->block;
+  p->nblocks = p->blocks_for(p->BH);
 
   // Offset of each tap in region 0 of the band buffer (before the alignment shift): per nonzero,
   // or per column of a dense plan.
@@ -239,7 +257,8 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
         }
     }
   }
-  p->S = odd_lines(std::max(phases * p->plane, max_off + p->nblocks * p->block) + 2 * width);
+  const int64_t reach = p->block_start(p->nblocks - 1) + p->block;  // past the last float a block reads
+  p->S = odd_lines(std::max(phases * p->plane, max_off + reach) + 2 * width);
   p->in_floats = ncopies * p->S;
   if (p->in_floats > INT32_MAX) throw ShapeError("SparseConv2d: input too large for 32-bit offsets");
   const int64_t OC = g_.out_channels;
@@ -445,7 +464,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
     ep.shift = shift;
     ep.relu = relu;
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = b * p.block;
+      const int64_t p0 = p.block_start(b);
       for (int v = 0; v < p.nv; ++v) {
         const int64_t q = p0 + int64_t(v) * p.width, oy = q / p.Wq, ox = q % p.Wq;
         const int64_t valid = q < P_b ? std::min<int64_t>(p.width, p.OW - ox) : 0;
@@ -476,7 +495,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
         std::memset(buf + ph * p.plane + C * p.cstride, 0, sizeof(float) * plane_gap);
       std::memset(buf + phases * p.plane, 0, sizeof(float) * tail_floats);
       for (int64_t r = 1; r < ncopies; ++r) shifted_copy(buf, buf + r * p.S, p.S, p.shift[size_t(r)], 0, p.S);
-      const int64_t nb = (rows_b * p.Wq + p.block - 1) / p.block;
+      const int64_t nb = p.blocks_for(rows_b);
       convolve(buf, n, oy0, rows_b, 0, nb, 0, OC, tmp_base + size_t(slot) * tmp_per_slot);
     });
     return;
@@ -487,7 +506,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
     const int64_t g = std::min(G, N - n0);
     for (int64_t band = 0; band < p.nbands; ++band) {
       const int64_t oy0 = band * p.BH, rows_b = std::min(p.BH, p.OH - oy0);
-      const int64_t nb = (rows_b * p.Wq + p.block - 1) / p.block;
+      const int64_t nb = p.blocks_for(rows_b);
       // 1) Build the phase-split padded band: one task per (image, phase, channel).
       const int64_t rows_total = phases * C;
       pool.parallel_for(g * rows_total, T, [&](int64_t task, int) {

@@ -77,6 +77,23 @@ def test_conv_vgg_like_banded(restore):
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_conv_row_pieces(restore, isa):
+    """Rows whose last vectors hold only padding columns (VGG-16's 112- and 224-wide layers) are
+    computed in pieces of rows that skip them: one to 17 vectors of output per row (one to three
+    pieces), on the band-per-task schedule and, with 2 output rows and 3 threads, the shared one."""
+    nat._set_isa(isa)
+    rng = np.random.default_rng(3)
+    layer, wt, b = make_conv(rng, 5, 7, 3, 3, 1, 1, 1, 1, 0.4, "fp32")
+    for h in (2, 9):
+        for w in (16, 32, 112, 160, 272):
+            x = rng.standard_normal((1, 5, h, w)).astype(np.float32)
+            ref = F.conv2d(torch.from_numpy(x), wt, b, 1, 1).numpy()
+            for threads in (1, 3):
+                nat.set_num_threads(threads)
+                assert_close(layer.forward(x), ref)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 def test_conv_dense_kernel(restore, isa):
     """The dense kernel (forced for every layer; then thresholds at which these small layers stay
     sparse): every output-channel count (it works in blocks of 2 * SIMD width), the fused
