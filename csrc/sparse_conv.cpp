@@ -46,8 +46,8 @@ constexpr int64_t kOcChunk = 32;
 // reused by this many rows (the accumulators, kOcTile pixel blocks, live in L2 meanwhile).
 constexpr int64_t kOcTile = DC_OCT;
 // Bytes of input window a chunk may read (this machine's L1D is 48 KB). 32 KB measured 3-5% faster
-// than 24 KB on VGG-16's convolutions once a pair's offsets and weights came in one load each, and
-// the same on AlexNet's; 16 KB and 48 KB or more were slower.
+// than 24 KB on VGG-16's convolutions once a pair's offsets and weights came in one load each
+// (AlexNet's unchanged); 16 KB and 48 KB or more were slower.
 constexpr int64_t kL1Budget = DC_L1;
 // Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
 // cache between being built and being read; also bounds the scratch memory.
@@ -218,8 +218,8 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
     const int64_t cost = ((nvec + nv - 1) / nv) * (nv + 2);
     if (cost <= best_cost) best = nv, best_cost = cost;
   }
-  // Pieces of rows instead, where a row ends in vectors that hold no output column: 10-12% fewer
-  // vectors on 112-wide layers (7 of 8 per row), 4% on 224-wide ones (14 of 15).
+  // Pieces of rows instead, where a row ends in vectors that hold no output column: 7 vectors per
+  // row instead of 8 on 112-wide layers, 14 instead of 15 on 224-wide ones.
   p->pieces = 0;
   const int64_t row_out = (p->OW + width - 1) / width, row_vecs = p->Wq / width;
   if (!p->dense && row_out < row_vecs) {
@@ -292,8 +292,9 @@ std::shared_ptr<const SparseConv2d::ShapePlan> SparseConv2d::plan_for(int64_t H,
       tap_unit[size_t(t)] = phase_index[size_t(ph)];
     }
     // A unit's window: a block shorter than a plane row reads dy_max + 1 pieces of rows, one per
-    // tap row, not the whole rows between them (VGG-16 conv1_2: 3 channels per chunk became 4, and
-    // the layer 7-10% faster); a longer block reads its rows and dy_max more.
+    // tap row, not the whole rows between them (VGG-16 conv1_2, measured with a 24 KB budget: 3
+    // channels per chunk became 4, the layer 7-10% faster); a longer block reads its rows and dy_max
+    // more.
     const int64_t ext = (g_.kw - 1) * g_.dw / g_.sw + 16;
     const int64_t span = p->block < p->Wq ? (dy_max + 1) * (p->block + ext) : p->block + dy_max * p->Wq + ext;
     const int64_t per_unit = 4 * span * ncopies;
