@@ -421,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = globals()[f"cmd_{args.command}"]
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        train_mod = sys.modules.get("deepcomp.train")  # only commands that train import it (and torch)
+        if train_mod is not None:
+            train_mod.shutdown_distributed()  # under torchrun: every rank leaves the group together
+        return code
     except DeepcompError as e:
         if args.traceback:
             raise

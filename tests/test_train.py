@@ -245,7 +245,8 @@ def _ddp_worker(rank, world, port, out_dir):
              **{f"mask_{n}": m.numpy() for n, m in masks.items()},
              **{f"cb_{n}": sw.codebook for n, sw in shared.items()},
              **{f"p_{n}": p.detach().numpy() for n, p in model.state_dict().items()})
-    torch.distributed.destroy_process_group()
+    T.shutdown_distributed()
+    assert not T.dist_active()
 
 
 def test_two_gloo_ranks_agree(tmp_path):
