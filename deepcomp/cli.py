@@ -422,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = globals()[f"cmd_{args.command}"]
     try:
         code = int(handler(args) or 0)
-        train_mod = sys.modules.get("deepcomp.train")  # only commands that train import it (and torch)
+        # Commands that may run under torchrun (train, compress, finetune, eval of a model) import
+        # deepcomp.train; the others never load torch, so look it up instead of importing it.
+        train_mod = sys.modules.get("deepcomp.train")
         if train_mod is not None:
-            train_mod.shutdown_distributed()  # under torchrun: every rank leaves the group together
+            train_mod.shutdown_distributed()  # every rank leaves the group together (no-op otherwise)
         return code
     except DeepcompError as e:
         if args.traceback:

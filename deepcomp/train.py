@@ -72,7 +72,9 @@ def is_main() -> bool:
 
 def init_distributed() -> bool:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1). Returns whether
-    training is distributed. Backend: NCCL when CUDA is available, gloo otherwise."""
+    training is distributed. Backend: NCCL when CUDA is available, gloo otherwise. ``train`` and
+    ``make_hooks`` call it; a script that uses them under torchrun ends with
+    :func:`shutdown_distributed` (the ``deepcomp`` command does)."""
     if dist_active():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
