@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from deepcomp.errors import DeepcompError
+from deepcomp.runtime.ops import OPS, check_attrs
 
 
 BLOCK_S = 0.05  # target wall time of one block of back-to-back calls
@@ -80,10 +81,48 @@ def median_ms(*fns: Callable[[], object], repeat: int, warmup: int = 2, block_s:
     return [statistics.median(ts) / 1e6 for ts in times]
 
 
+def _bn_args(bn: dict, t: dict):
+    return [t[bn[k]] if bn.get(k) else None for k in ("running_mean", "running_var", "weight", "bias")]
+
+
+def _torch_conv(a, t):
+    w, b = t[a["weight"]], t[a["bias"]] if a["bias"] else None
+
+    def conv(x):
+        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+    if a["bn"] is None:
+        return conv
+    bn, args = a["bn"], _bn_args(a["bn"], t)
+    return lambda x: F.batch_norm(conv(x), *args, False, 0.0, bn["eps"])
+
+
+def _torch_bn(a, t):
+    args = _bn_args(a, t)
+    return lambda x: F.batch_norm(x, *args, False, 0.0, a["eps"])
+
+
+# The dense PyTorch form of every op of the runtime's table (deepcomp.runtime.ops): op -> (checked
+# attrs, {tensor name: torch tensor}) -> the function a plain nn.Module's forward would call.
+TORCH_OPS: dict[str, Callable] = {
+    "conv2d": _torch_conv,
+    "linear": lambda a, t: lambda x: F.linear(x, t[a["weight"]], t[a["bias"]] if a["bias"] else None),
+    "batchnorm2d": _torch_bn,
+    "relu": lambda a, t: F.relu,
+    "maxpool2d": lambda a, t: lambda x: F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+                                                     a["ceil_mode"]),
+    "avgpool2d": lambda a, t: lambda x: F.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
+                                                     a["count_include_pad"]),
+    "adaptive_avgpool2d": lambda a, t: lambda x: F.adaptive_avg_pool2d(x, a["output_size"]),
+    "flatten": lambda a, t: lambda x: torch.flatten(x, a["start_dim"]),
+    "add": lambda a, t: torch.add,
+    "concat": lambda a, t: lambda *xs: torch.cat(xs, a["dim"]),
+}
+
+
 class DenseTorchGraph(torch.nn.Module):
     """A .dcz graph run by PyTorch eager ops on dense tensors: the plain-PyTorch baseline (the same
-    weights as the .dcz, decompressed). Each node is one torch.nn.functional call, as an nn.Module's
-    forward would make it."""
+    weights as the .dcz, decompressed). Each node is one torch.nn.functional call (TORCH_OPS), as an
+    nn.Module's forward would make it."""
 
     def __init__(self, graph: dict, state: dict[str, np.ndarray]):
         super().__init__()
@@ -92,38 +131,10 @@ class DenseTorchGraph(torch.nn.Module):
         self.fns = {n["name"]: self._compile(n) for n in graph["nodes"]}
 
     def _compile(self, node):
-        op, a, t = node["op"], node.get("attrs", {}), self.t
-        if op == "conv2d":
-            w, b = t[a["weight"]], t.get(a.get("bias")) if a.get("bias") else None
-            conv = lambda x: F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
-                                      int(a["groups"]))
-            bn = a.get("bn")
-            if bn:
-                args = [t.get(bn[k]) if bn.get(k) else None for k in ("running_mean", "running_var", "weight", "bias")]
-                return lambda x: F.batch_norm(conv(x), args[0], args[1], args[2], args[3], False, 0.0, bn["eps"])
-            return conv
-        if op == "linear":
-            w, b = t[a["weight"]], t.get(a.get("bias")) if a.get("bias") else None
-            return lambda x: F.linear(x, w, b)
-        if op == "batchnorm2d":
-            args = [t.get(a[k]) if a.get(k) else None for k in ("running_mean", "running_var", "weight", "bias")]
-            return lambda x: F.batch_norm(x, args[0], args[1], args[2], args[3], False, 0.0, a["eps"])
-        if op == "relu":
-            return F.relu
-        if op == "maxpool2d":
-            return lambda x: F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
-        if op == "avgpool2d":
-            return lambda x: F.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
-                                          a["count_include_pad"])
-        if op == "adaptive_avgpool2d":
-            return lambda x: F.adaptive_avg_pool2d(x, a["output_size"])
-        if op == "flatten":
-            return lambda x: torch.flatten(x, a.get("start_dim", 1))
-        if op == "add":
-            return torch.add
-        if op == "concat":
-            return lambda *xs: torch.cat(xs, a["dim"])
-        raise DeepcompError(f"bench: op {op!r} has no dense PyTorch equivalent here")
+        op = OPS.get(node["op"])
+        if op is None or node["op"] not in TORCH_OPS:
+            raise DeepcompError(f"bench: op {node['op']!r} has no dense PyTorch equivalent here")
+        return TORCH_OPS[node["op"]](check_attrs(op.attrs, node.get("attrs", {}), node["name"]), self.t)
 
     def forward(self, x, record: dict | None = None):
         env = {self.graph["input"]["name"]: x}

@@ -14,7 +14,7 @@ from torch import nn
 
 import deepcomp.runtime as rt
 from deepcomp.errors import DczError, DeepcompError, UnsupportedOpError
-from deepcomp.runtime import InputShapeError, RuntimeModel, executor, reference
+from deepcomp.runtime import InputShapeError, RuntimeModel, executor, ops, reference
 from deepcomp.zoo import LeNet5, LeNet300100
 
 from runtime_helpers import coded_entry, loaded_parts, prune_and_share
@@ -201,7 +201,7 @@ def test_fallback_to_reference_ops(monkeypatch):
     graph, dense, coded = loaded_parts(model, (3, 7, 7))
     x = randn(2, 3, 7, 7)
     native = RuntimeModel(graph, dense, coded)(x)
-    monkeypatch.setattr(executor, "_native", None)
+    monkeypatch.setattr(ops, "_native", None)
     assert executor.native_kernels() == []
     np.testing.assert_allclose(RuntimeModel(graph, dense, coded)(x), native, atol=1e-5)
 
@@ -307,7 +307,7 @@ def test_graph_errors():
         with pytest.raises(exc, match=needle):
             RuntimeModel(g, d, c)
 
-    expect(DczError, "version", lambda g, d, c: g.update(version=2))
+    expect(DczError, "version", lambda g, d, c: g.update(version=3))
     expect(UnsupportedOpError, "'gelu'", lambda g, d, c: g["nodes"][2].update(op="gelu"))
     expect(DczError, "does not hold", lambda g, d, c: c.pop("fc2.weight"))
     expect(DczError, "earlier nodes", lambda g, d, c: g["nodes"][1].update(inputs=["fc3"]))

@@ -17,6 +17,7 @@ from deepcomp.runtime.executor import (  # noqa: F401
     native_kernels,
     set_num_threads,
 )
+from deepcomp.runtime.plan import set_memory_limit  # noqa: F401
 
 __all__ = ["InputShapeError", "LayerInfo", "RuntimeModel", "get_num_threads", "load", "loads",
-           "native_kernels", "set_num_threads"]
+           "native_kernels", "set_memory_limit", "set_num_threads"]

@@ -1,0 +1,445 @@
+"""The op table: every op a .dcz graph may hold, in one place. Deploy side: numpy and _native only.
+
+One :class:`Op` per op says everything the rest of deepcomp needs to know about it:
+
+- ``arity`` (min, max inputs) and ``attrs`` (each attribute's check and default);
+- ``shape``: the output shape from the checked attributes and the input shapes (shapes exclude the
+  batch dimension; attributes that name dimensions count it, so dim 0 is the batch);
+- ``buffer``: "fresh" when the output is a new array nobody else holds (a fused activation or a
+  consumer may overwrite it), "view" when it may share its first input's memory;
+- ``reference``: the numpy semantics (torch.nn.functional's), used to test the runtime and to run
+  an op that has no faster implementation;
+- ``build``: the runtime implementation, made once per node at load time (None: the reference runs);
+  ``native`` names the extension's binding it calls, if any;
+- ``inplace``: for elementwise activations, the in-place form a producer's step applies to its own
+  fresh output (fusion); ``relu_epilogue`` marks ops whose kernel applies a fused ReLU itself;
+- ``doc``: the attributes column of the op table in docs/dcz-format.md; ``since``: the graph
+  version that introduced the op.
+
+The capture fronts (deepcomp.capture), the dense PyTorch baseline (deepcomp.bench) and the docs are
+checked against this table by tests/test_ops.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from deepcomp.runtime import reference
+from deepcomp.runtime.tensors import f32
+
+try:  # the extension may be missing in a broken install; the reference ops still run a graph
+    from deepcomp import _native
+except ImportError:  # pragma: no cover - exercised only without a build
+    _native = None
+
+
+class Bad(Exception):
+    """A node the op's rules reject; the planner turns it into a DczError naming the node."""
+
+
+class BuildContext(NamedTuple):
+    """What an op's build and reference get besides its attributes."""
+
+    name: str                      # the node
+    tensors: Any                   # deepcomp.runtime.tensors.Tensors
+    ins: tuple                     # input shapes (no batch)
+    out: tuple                     # output shape (no batch)
+    donate: tuple                  # per input: may the op overwrite it
+    relu: bool                     # a ReLU is fused into this op's kernel (ops with relu_epilogue)
+    record: Callable               # record(kernel, LayerInfo fields) for weighted layers
+
+
+class Op(NamedTuple):
+    name: str
+    arity: tuple[int, int | None]
+    attrs: dict
+    shape: Callable
+    reference: Callable
+    doc: str
+    build: Callable | None = None
+    native: str | None = None
+    buffer: str = "fresh"
+    inplace: Callable | None = None
+    relu_epilogue: bool = False
+    since: int = 1
+
+
+def kernel(name: str):
+    """The native implementation of a binding when the extension has it, else the numpy reference's."""
+    impl = getattr(_native, name, None) if _native is not None else None
+    return impl if impl is not None else getattr(reference, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# attribute checks: each returns the normalised value or raises Bad
+
+REQUIRED = object()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def integer(lo: int | None = 0):
+    def check(v, what):
+        if not _is_int(v) or (lo is not None and v < lo):
+            raise Bad(f"{what} must be an integer{'' if lo is None else f' >= {lo}'}, got {v!r}")
+        return v
+    return check
+
+
+def pair(lo: int = 0):
+    def check(v, what):
+        if not isinstance(v, list) or len(v) != 2 or not all(_is_int(a) and a >= lo for a in v):
+            raise Bad(f"{what} must be a pair of integers >= {lo}, got {v!r}")
+        return (v[0], v[1])
+    return check
+
+
+def number(lo: float | None = None):
+    def check(v, what):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                (lo is not None and not v >= lo):
+            raise Bad(f"{what} must be a finite number{'' if lo is None else f' >= {lo}'}, got {v!r}")
+        return float(v)
+    return check
+
+
+def flag(v, what):
+    if not isinstance(v, bool):
+        raise Bad(f"{what} must be true or false, got {v!r}")
+    return v
+
+
+def tensor_name(v, what):
+    if not isinstance(v, str):
+        raise Bad(f"{what} must name a tensor, got {v!r}")
+    return v
+
+
+def optional(check):
+    def opt(v, what):
+        return None if v is None else check(v, what)
+    return opt
+
+
+def batchnorm(v, what):
+    if not isinstance(v, dict):
+        raise Bad(f"{what} must be an object")
+    return check_attrs(BN_ATTRS, v, what)
+
+
+def check_attrs(spec: dict, given: dict, where: str) -> dict:
+    if not isinstance(given, dict):
+        raise Bad("attrs must be an object")
+    out = {}
+    for key, (check, default) in spec.items():
+        if key not in given:
+            if default is REQUIRED:
+                raise Bad(f"misses the attribute {key!r}")
+            out[key] = default
+        else:
+            out[key] = check(given[key], f"{key} of {where!r}")
+    return out
+
+
+BN_ATTRS = {"weight": (optional(tensor_name), None), "bias": (optional(tensor_name), None),
+            "running_mean": (tensor_name, REQUIRED), "running_var": (tensor_name, REQUIRED),
+            "eps": (number(0), REQUIRED)}
+
+
+# --------------------------------------------------------------------------------------------------
+# shape helpers
+
+def need_rank(x: tuple, r: int) -> None:
+    if len(x) != r:
+        raise Bad(f"gets a tensor of shape [N, {', '.join(map(str, x))}], needs rank {r + 1}")
+
+
+def same(a, ins, ts):
+    return ins[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# conv2d and linear: the weighted layers, on the native sparse kernels
+
+def _conv_shape(a, ins, ts):
+    x = ins[0]
+    need_rank(x, 3)
+    w = ts(a["weight"])
+    if len(w) != 4:
+        raise Bad(f"weight {a['weight']!r} must be 4-D, is {list(w)}")
+    oc, icg, kh, kw = w
+    g = a["groups"]
+    if icg * g != x[0] or oc % g:
+        raise Bad(f"weight {list(w)} with groups={g} does not fit {x[0]} input channels")
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    oh = (x[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (x[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return (oc, oh, ow)
+
+
+def _conv_parts(a, cx):
+    w = cx.tensors.weight(a["weight"], cx.name)
+    oc = w.shape[0]
+    bias = cx.tensors.vector(a["bias"], oc, cx.name, "bias")
+    scale, shift = cx.tensors.bn(a["bn"], oc, cx.name) if a["bn"] is not None else (None, None)
+    return w, bias, scale, shift
+
+
+def _conv_kernel(factory, a, w, bias):
+    oc, icg, kh, kw = w.shape
+    g = a["groups"]
+    return factory(w.csr["row_ptr"], w.csr["col"], icg * g, oc, (kh, kw), a["stride"], a["padding"],
+                   a["dilation"], g, values=w.csr.get("values"), cluster=w.csr.get("cluster"),
+                   codebook=w.csr.get("codebook"), bias=bias)
+
+
+def _conv_build(a, cx):
+    w, bias, scale, shift = _conv_parts(a, cx)
+    k = _conv_kernel(kernel("SparseConv2d"), a, w, bias)
+    cx.record(k, w)
+    relu = cx.relu
+    return lambda x: k.forward(x, relu, scale, shift)
+
+
+def _conv_ref(a, cx, x):
+    w, bias, scale, shift = _conv_parts(a, cx)
+    return _conv_kernel(reference.SparseConv2d, a, w, bias).forward(x, False, scale, shift)
+
+
+def _linear_shape(a, ins, ts):
+    x = ins[0]
+    w = ts(a["weight"])
+    if len(x) < 1 or len(w) != 2 or w[1] != x[-1]:
+        raise Bad(f"weight {list(w)} does not fit {x[-1] if x else 0} input features")
+    return x[:-1] + (w[0],)
+
+
+def _linear_parts(a, cx):
+    w = cx.tensors.weight(a["weight"], cx.name)
+    bias = cx.tensors.vector(a["bias"], w.rows, cx.name, "bias")
+    return w, bias
+
+
+def _linear_kernel(factory, w, bias):
+    return factory(w.csr["row_ptr"], w.csr["col"], w.cols, values=w.csr.get("values"),
+                   cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"), bias=bias)
+
+
+def _rows(fn, x):
+    """A linear layer on [N, ..., features]: one batch of N * ... rows through the 2-D kernel."""
+    if x.ndim == 2:
+        return fn(x)
+    y = fn(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _linear_build(a, cx):
+    w, bias = _linear_parts(a, cx)
+    k = _linear_kernel(kernel("SparseLinear"), w, bias)
+    cx.record(k, w)
+    relu = cx.relu
+    return lambda x: _rows(lambda r: k.forward(r, relu), x)
+
+
+def _linear_ref(a, cx, x):
+    w, bias = _linear_parts(a, cx)
+    k = _linear_kernel(reference.SparseLinear, w, bias)
+    return _rows(k.forward, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch norm outside a convolution: a per-channel scale and shift
+
+def _bn_shape(a, ins, ts):
+    if len(ins[0]) < 1:
+        raise Bad("needs a channel dimension")
+    return ins[0]
+
+
+def _bn_scale_shift(a, cx):
+    c = cx.ins[0][0]
+    scale, shift = cx.tensors.bn(a, c, cx.name)
+    tail = (1,) * (len(cx.ins[0]) - 1)
+    return scale.reshape(1, c, *tail), shift.reshape(1, c, *tail)
+
+
+def _bn_ref(a, cx, x):
+    scale, shift = _bn_scale_shift(a, cx)
+    return x * scale + shift
+
+
+def _bn_build(a, cx):
+    scale, shift = _bn_scale_shift(a, cx)
+    if not cx.donate[0]:
+        return lambda x: x * scale + shift
+
+    def bn(x):
+        x *= scale
+        x += shift
+        return x
+    return bn
+
+
+# --------------------------------------------------------------------------------------------------
+# pools
+
+def _pool_shape(a, ins, ts, dilation=True):
+    x = ins[0]
+    need_rank(x, 3)
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel_size"], a["stride"], a["padding"]
+    dh, dw = a["dilation"] if dilation else (1, 1)
+    if ph > kh // 2 or pw > kw // 2:
+        raise Bad("has a padding of more than half the kernel")
+    ceil = a["ceil_mode"]
+    return (x[0], reference.pool_out(x[1], kh, sh, ph, dh, ceil), reference.pool_out(x[2], kw, sw, pw, dw, ceil))
+
+
+POOL_ATTRS = {"kernel_size": (pair(1), REQUIRED), "stride": (pair(1), REQUIRED), "padding": (pair(0), REQUIRED),
+              "ceil_mode": (flag, False)}
+
+
+def _maxpool_ref(a, cx, x, impl=reference.max_pool2d):
+    return impl(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+
+
+def _avgpool_ref(a, cx, x, impl=reference.avg_pool2d):
+    return impl(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
+
+
+def _adaptive_shape(a, ins, ts):
+    need_rank(ins[0], 3)
+    return (ins[0][0], *a["output_size"])
+
+
+def _adaptive_ref(a, cx, x, impl=reference.adaptive_avg_pool2d):
+    return impl(x, a["output_size"])
+
+
+def _native_pool(ref, binding):
+    def build(a, cx):
+        impl = kernel(binding)
+        return lambda x: ref(a, cx, x, impl)
+    return build
+
+
+# --------------------------------------------------------------------------------------------------
+# elementwise and structural ops
+
+def _relu_ref(a, cx, x):
+    return np.maximum(x, np.float32(0))
+
+
+def _relu_inplace(a, x):
+    return kernel("relu_")(x)
+
+
+def _flatten_shape(a, ins, ts):
+    if a["start_dim"] != 1:
+        raise Bad(f"flattens from start_dim={a['start_dim']}; only 1 is supported")
+    return (int(math.prod(ins[0])),)
+
+
+def _flatten_ref(a, cx, x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _add_shape(a, ins, ts):
+    if ins[0] != ins[1]:
+        raise Bad(f"adds shapes {list(ins[0])} and {list(ins[1])}")
+    return ins[0]
+
+
+def _add_ref(a, cx, x, y):
+    return np.add(x, y)
+
+
+def _add_build(a, cx):
+    left, right = cx.donate
+
+    def add(x, y):
+        if left:
+            return np.add(x, y, out=x)
+        if right:
+            return np.add(x, y, out=y)
+        return np.add(x, y)
+    return add
+
+
+def _concat_shape(a, ins, ts):
+    x, dim = ins[0], a["dim"]
+    if dim > len(x) or any(len(s) != len(x) for s in ins):
+        raise Bad(f"dim {dim} out of range")
+    d = dim - 1
+    for s in ins[1:]:
+        if s[:d] + s[d + 1:] != x[:d] + x[d + 1:]:
+            raise Bad(f"joins mismatched shapes {[list(t) for t in ins]}")
+    return x[:d] + (sum(s[d] for s in ins),) + x[d + 1:]
+
+
+def _concat_ref(a, cx, *xs):
+    return np.concatenate(xs, axis=a["dim"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+
+CONV_ATTRS = {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None),
+              "stride": (pair(1), REQUIRED), "padding": (pair(0), REQUIRED), "dilation": (pair(1), REQUIRED),
+              "groups": (integer(1), REQUIRED), "bn": (optional(batchnorm), None)}
+
+_TABLE = [
+    Op("conv2d", (1, 1), CONV_ATTRS, _conv_shape, _conv_ref,
+       "`weight`, `bias` (name or null), `stride`, `padding`, `dilation` (pairs), `groups`, `bn`: null or "
+       "`{\"weight\", \"bias\", \"running_mean\", \"running_var\", \"eps\"}` (a BatchNorm2d folded into this "
+       "convolution: `y = (conv(x) - mean) * weight / sqrt(var + eps) + bias`, per output channel)",
+       build=_conv_build, native="SparseConv2d", relu_epilogue=True),
+    Op("linear", (1, 1), {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None)},
+       _linear_shape, _linear_ref,
+       "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows)",
+       build=_linear_build, native="SparseLinear", relu_epilogue=True),
+    Op("batchnorm2d", (1, 1), BN_ATTRS, _bn_shape, _bn_ref,
+       "`weight`, `bias`, `running_mean`, `running_var`, `eps` (one that no convolution precedes; channels "
+       "are dimension 1)", build=_bn_build),
+    Op("relu", (1, 1), {}, same, _relu_ref, "none", native="relu_", inplace=_relu_inplace),
+    Op("maxpool2d", (1, 1), {**POOL_ATTRS, "dilation": (pair(1), (1, 1))}, _pool_shape, _maxpool_ref,
+       "`kernel_size`, `stride`, `padding`, `dilation` (pairs), `ceil_mode`",
+       build=_native_pool(_maxpool_ref, "max_pool2d"), native="max_pool2d"),
+    Op("avgpool2d", (1, 1), {**POOL_ATTRS, "count_include_pad": (flag, True)},
+       lambda a, ins, ts: _pool_shape(a, ins, ts, dilation=False), _avgpool_ref,
+       "`kernel_size`, `stride`, `padding` (pairs), `ceil_mode`, `count_include_pad`",
+       build=_native_pool(_avgpool_ref, "avg_pool2d"), native="avg_pool2d"),
+    Op("adaptive_avgpool2d", (1, 1), {"output_size": (pair(1), REQUIRED)}, _adaptive_shape, _adaptive_ref,
+       "`output_size` (pair)", build=_native_pool(_adaptive_ref, "adaptive_avg_pool2d"),
+       native="adaptive_avg_pool2d"),
+    Op("flatten", (1, 1), {"start_dim": (integer(0), 1)}, _flatten_shape, _flatten_ref,
+       "`start_dim` (1); flattens dimensions start_dim..end", buffer="view"),
+    Op("add", (2, 2), {}, _add_shape, _add_ref, "none", build=_add_build),
+    Op("concat", (2, None), {"dim": (integer(1), REQUIRED)}, _concat_shape, _concat_ref, "`dim`"),
+]
+
+OPS: dict[str, Op] = {op.name: op for op in _TABLE}
+
+
+def native_bindings() -> list[str]:
+    """The extension's bindings the table uses that this build has (for diagnostics)."""
+    names = dict.fromkeys(op.native for op in _TABLE if op.native)
+    return [n for n in names if _native is not None and hasattr(_native, n)]
+
+
+def docs_table() -> str:
+    """The op table of docs/dcz-format.md, as this table defines it."""
+    rows = ["| op | inputs | attrs |", "|---|---|---|"]
+    for op in _TABLE:
+        lo, hi = op.arity
+        inputs = str(lo) if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+        rows.append(f"| `{op.name}` | {inputs} | {op.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m deepcomp.runtime.ops: print the docs' op table
+    print(docs_table())

@@ -1,0 +1,71 @@
+"""The op table is the one home of an op: every op has each of its parts (shape rule, reference,
+runtime, native binding when named, dense PyTorch baseline, capture rule, docs row), and planning
+bounds what a graph may ask for."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from deepcomp import _native
+from deepcomp.bench import TORCH_OPS
+from deepcomp.errors import DczError
+from deepcomp.runtime import RuntimeModel, plan
+from deepcomp.runtime.ops import OPS, docs_table
+
+DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "dcz-format.md"
+
+
+def test_every_op_has_every_part():
+    for name, op in OPS.items():
+        assert op.name == name
+        assert callable(op.shape) and callable(op.reference), name
+        assert op.native is None or op.build or op.inplace, f"{name} names a native binding it never calls"
+        assert op.native is None or hasattr(_native, op.native), f"{name}: _native lacks {op.native}"
+        assert op.buffer in ("fresh", "view")
+        assert op.doc, name
+    assert set(TORCH_OPS) == set(OPS), "the dense PyTorch baseline (deepcomp.bench.TORCH_OPS) misses ops"
+
+
+def test_docs_table_is_the_op_table():
+    assert docs_table() in DOC.read_text(), "run scripts/update-op-docs.py"
+
+
+def graph(nodes, shape=(3, 8, 8), output=None, version=1):
+    return {"format": "deepcomp-graph", "version": version, "input": {"name": "x", "shape": list(shape)},
+            "output": output or nodes[-1]["name"], "nodes": nodes}
+
+
+def test_hostile_shapes_are_refused_before_allocating():
+    g = graph([{"name": "p", "op": "adaptive_avgpool2d", "inputs": ["x"],
+                "attrs": {"output_size": [4294967297, 1]}}])
+    with pytest.raises(DczError, match="MiB of activations"):
+        RuntimeModel(g, {}, {})
+    g["nodes"][0]["attrs"]["output_size"] = [4, 4]
+    m = RuntimeModel(g, {}, {})
+    assert m.plan.peak_bytes == 4 * (3 * 8 * 8 + 3 * 4 * 4)
+    plan.set_memory_limit(4 * 3 * 8 * 8 * 10)
+    try:
+        m(np.zeros((2, 3, 8, 8), np.float32))
+        with pytest.raises(DczError, match="smaller batch"):
+            m(np.zeros((10, 3, 8, 8), np.float32))
+    finally:
+        plan.set_memory_limit(None)
+
+
+def test_deep_json_is_a_dcz_error():
+    deep = "[" * 100000 + "]" * 100000
+    with pytest.raises(DczError, match="nests"):
+        RuntimeModel.from_loaded({"graph": deep, "meta": "{}"})
+
+
+def test_attribute_checks_name_the_node():
+    g = graph([{"name": "p", "op": "maxpool2d", "inputs": ["x"],
+                "attrs": {"kernel_size": [2, 2], "stride": [0, 2], "padding": [0, 0]}}])
+    with pytest.raises(DczError, match="stride of 'p'"):
+        RuntimeModel(g, {}, {})
+    g["nodes"][0]["attrs"] = {"stride": [2, 2], "padding": [0, 0]}
+    with pytest.raises(DczError, match="kernel_size"):
+        RuntimeModel(g, {}, {})
+    assert json.dumps(g)  # graphs stay plain JSON
