@@ -101,6 +101,20 @@ def _torch_bn(a, t):
     return lambda x: F.batch_norm(x, *args, False, 0.0, a["eps"])
 
 
+def _torch_binary(fn, a):
+    if a["scalar"] is None:
+        return fn
+    s = a["scalar"]
+    return (lambda x: fn(torch.tensor(s), x)) if a["reverse"] else (lambda x: fn(x, s))
+
+
+def _torch_layer_norm(a, t):
+    w, b = (t[a[k]] if a[k] else None for k in ("weight", "bias"))
+    if a["dim"] != 1:
+        return lambda x: F.layer_norm(x, (x.shape[-1],), w, b, a["eps"])
+    return lambda x: F.layer_norm(x.movedim(1, -1), (x.shape[1],), w, b, a["eps"]).movedim(-1, 1)
+
+
 # The dense PyTorch form of every op of the runtime's table (deepcomp.runtime.ops): op -> (checked
 # attrs, {tensor name: torch tensor}) -> the function a plain nn.Module's forward would call.
 TORCH_OPS: dict[str, Callable] = {
@@ -114,8 +128,26 @@ TORCH_OPS: dict[str, Callable] = {
                                                      a["count_include_pad"]),
     "adaptive_avgpool2d": lambda a, t: lambda x: F.adaptive_avg_pool2d(x, a["output_size"]),
     "flatten": lambda a, t: lambda x: torch.flatten(x, a["start_dim"]),
-    "add": lambda a, t: torch.add,
+    "add": lambda a, t: _torch_binary(torch.add, a),
     "concat": lambda a, t: lambda *xs: torch.cat(xs, a["dim"]),
+    "constant": lambda a, t: lambda x: t[a["tensor"]].reshape(1, *a["shape"]).expand(x.shape[0], *a["shape"]),
+    "clamp": lambda a, t: lambda x: torch.clamp(x, a["min"], a["max"]),
+    "sigmoid": lambda a, t: torch.sigmoid,
+    "silu": lambda a, t: F.silu,
+    "tanh": lambda a, t: torch.tanh,
+    "hardswish": lambda a, t: F.hardswish,
+    "hardsigmoid": lambda a, t: F.hardsigmoid,
+    "gelu": lambda a, t: lambda x: F.gelu(x, approximate=a["approximate"]),
+    "mul": lambda a, t: _torch_binary(torch.mul, a),
+    "sub": lambda a, t: _torch_binary(torch.sub, a),
+    "div": lambda a, t: _torch_binary(torch.div, a),
+    "mean": lambda a, t: lambda x: torch.mean(x, a["dims"], a["keepdim"]),
+    "permute": lambda a, t: lambda x: x.permute(a["dims"]),
+    "reshape": lambda a, t: lambda x: x.reshape(x.shape[0], *a["shape"]),
+    "slice": lambda a, t: lambda x: x[(slice(None),) * a["dim"] + (slice(a["start"], a["stop"], a["step"]),)],
+    "layernorm": _torch_layer_norm,
+    "matmul": lambda a, t: torch.matmul,
+    "softmax": lambda a, t: lambda x: torch.softmax(x, a["dim"]),
 }
 
 

@@ -189,7 +189,7 @@ def compress(
             if p.dtype != torch.float32:
                 raise DeepcompError("deepcomp compresses float32 models; convert it first (model.float())")
 
-    from deepcomp.graph import capture
+    from deepcomp.capture import capture
 
     graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
 

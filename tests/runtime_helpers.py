@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcomp.graph import capture
+from deepcomp.capture import capture
 
 
 def prune_and_share(model: nn.Module, density: float = 0.4, bits: int = 5, seed: int = 0) -> nn.Module:
@@ -68,7 +68,8 @@ def loaded_parts(model: nn.Module, input_shape, dense_weights=()):
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = {n["attrs"]["weight"] for n in graph["nodes"] if n["op"] in ("conv2d", "linear")}
     modules = dict(model.named_modules())
-    coded = {k: coded_entry(sd[k], codebook=getattr(modules[k.rsplit(".", 1)[0]], "_test_codebook", None))
-             for k in weights if k not in dense_weights}
+    # weights prune_and_share coded; others (an attention's packed in_proj_weight) stay dense
+    shared = {k: getattr(modules.get(k.rsplit(".", 1)[0]), "_test_codebook", None) for k in weights}
+    coded = {k: coded_entry(sd[k], codebook=cb) for k, cb in shared.items() if cb is not None and k not in dense_weights}
     dense = {k: v for k, v in sd.items() if k not in coded}
     return graph, dense, coded

@@ -10,6 +10,7 @@ import pytest
 
 from deepcomp import _native
 from deepcomp.bench import TORCH_OPS
+from deepcomp.capture import fx, torchscript
 from deepcomp.errors import DczError
 from deepcomp.runtime import RuntimeModel, plan
 from deepcomp.runtime.ops import OPS, docs_table
@@ -23,9 +24,11 @@ def test_every_op_has_every_part():
         assert callable(op.shape) and callable(op.reference), name
         assert op.native is None or op.build or op.inplace, f"{name} names a native binding it never calls"
         assert op.native is None or hasattr(_native, op.native), f"{name}: _native lacks {op.native}"
-        assert op.buffer in ("fresh", "view")
+        assert op.buffer in ("fresh", "view", "shared")
         assert op.doc, name
     assert set(TORCH_OPS) == set(OPS), "the dense PyTorch baseline (deepcomp.bench.TORCH_OPS) misses ops"
+    assert fx.EMITS == set(OPS), "the torch.fx front (deepcomp.capture.fx) has no capture rule for some ops"
+    assert torchscript.EMITS <= set(OPS)
 
 
 def test_docs_table_is_the_op_table():

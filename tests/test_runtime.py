@@ -308,7 +308,9 @@ def test_graph_errors():
             RuntimeModel(g, d, c)
 
     expect(DczError, "version", lambda g, d, c: g.update(version=3))
-    expect(UnsupportedOpError, "'gelu'", lambda g, d, c: g["nodes"][2].update(op="gelu"))
+    expect(UnsupportedOpError, "'erf'", lambda g, d, c: g["nodes"][2].update(op="erf"))
+    # an op of graph version 2 in a version 1 graph
+    expect(UnsupportedOpError, "'gelu'.*version 1", lambda g, d, c: (g.update(version=1), g["nodes"][2].update(op="gelu")))
     expect(DczError, "does not hold", lambda g, d, c: c.pop("fc2.weight"))
     expect(DczError, "earlier nodes", lambda g, d, c: g["nodes"][1].update(inputs=["fc3"]))
     expect(DczError, "output", lambda g, d, c: g.update(output="nope"))

@@ -6,7 +6,8 @@ One :class:`Op` per op says everything the rest of deepcomp needs to know about 
 - ``shape``: the output shape from the checked attributes and the input shapes (shapes exclude the
   batch dimension; attributes that name dimensions count it, so dim 0 is the batch);
 - ``buffer``: "fresh" when the output is a new array nobody else holds (a fused activation or a
-  consumer may overwrite it), "view" when it may share its first input's memory;
+  consumer may overwrite it), "view" when it may share its first input's memory, "shared" when it
+  must never be written (a constant's read-only view);
 - ``reference``: the numpy semantics (torch.nn.functional's), used to test the runtime and to run
   an op that has no faster implementation;
 - ``build``: the runtime implementation, made once per node at load time (None: the reference runs);
@@ -348,28 +349,6 @@ def _flatten_ref(a, cx, x):
     return x.reshape(x.shape[0], -1)
 
 
-def _add_shape(a, ins, ts):
-    if ins[0] != ins[1]:
-        raise Bad(f"adds shapes {list(ins[0])} and {list(ins[1])}")
-    return ins[0]
-
-
-def _add_ref(a, cx, x, y):
-    return np.add(x, y)
-
-
-def _add_build(a, cx):
-    left, right = cx.donate
-
-    def add(x, y):
-        if left:
-            return np.add(x, y, out=x)
-        if right:
-            return np.add(x, y, out=y)
-        return np.add(x, y)
-    return add
-
-
 def _concat_shape(a, ins, ts):
     x, dim = ins[0], a["dim"]
     if dim > len(x) or any(len(s) != len(x) for s in ins):
@@ -383,6 +362,264 @@ def _concat_shape(a, ins, ts):
 
 def _concat_ref(a, cx, *xs):
     return np.concatenate(xs, axis=a["dim"])
+
+
+# --------------------------------------------------------------------------------------------------
+# graph version 2: constants, activations, broadcasting arithmetic, shapes, normalisation, attention
+
+
+def _constant_shape(a, ins, ts):
+    if math.prod(ts(a["tensor"])) != math.prod(a["shape"]):
+        raise Bad(f"shape {a['shape']} does not hold the {math.prod(ts(a['tensor']))} values of {a['tensor']!r}")
+    return tuple(a["shape"])
+
+
+def _constant_ref(a, cx, x):
+    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
+    return np.broadcast_to(c, (x.shape[0], *a["shape"]))
+
+
+def _constant_build(a, cx):
+    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
+    return lambda x: np.broadcast_to(c, (x.shape[0], *a["shape"]))
+
+
+def _erf(x, out):
+    """erf to within 1.5e-7 (Abramowitz and Stegun 7.1.26), in place on float32 ``out``."""
+    ax = np.abs(x)
+    t = 1.0 / (1.0 + np.float32(0.3275911) * ax)
+    poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (np.float32(1.421413741) + t * (
+        np.float32(-1.453152027) + t * np.float32(1.061405429)))))
+    np.copysign(1.0 - poly * np.exp(-ax * ax), x, out=out)
+    return out
+
+
+def _gelu(a, x):
+    if a["approximate"] == "tanh":
+        inner = x * (np.float32(0.7978845608) * (1 + np.float32(0.044715) * x * x))
+        np.tanh(inner, out=inner)
+    else:
+        inner = _erf(x * np.float32(0.7071067812), np.empty_like(x))
+    inner += 1
+    inner *= np.float32(0.5)
+    x *= inner
+    return x
+
+
+def _sigmoid(a, x):  # 0.5 (1 + tanh(x / 2)): no overflow for large |x|
+    x *= np.float32(0.5)
+    np.tanh(x, out=x)
+    x += 1
+    x *= np.float32(0.5)
+    return x
+
+
+def _silu(a, x):
+    x *= _sigmoid(a, x.copy())
+    return x
+
+
+def _hardswish(a, x):
+    x *= np.clip(x + 3, 0, 6) * np.float32(1 / 6)
+    return x
+
+
+def _hardsigmoid(a, x):
+    x *= np.float32(1 / 6)
+    x += np.float32(0.5)
+    return np.clip(x, 0, 1, out=x)
+
+
+def _clamp(a, x):
+    return np.clip(x, a["min"], a["max"], out=x) if a["min"] is not None or a["max"] is not None else x
+
+
+def _tanh(a, x):
+    return np.tanh(x, out=x)
+
+
+def choice(*values):
+    def check(v, what):
+        if v not in values:
+            raise Bad(f"{what} must be one of {', '.join(map(repr, values))}, got {v!r}")
+        return v
+    return check
+
+
+def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "none", native=None) -> Op:
+    """An elementwise op given by its in-place form ``fn(attrs, x) -> x`` on a float32 array."""
+    def ref(a, cx, x):
+        return fn(a, np.array(x, dtype=np.float32))
+    return Op(name, (1, 1), attrs or {}, same, ref, doc, inplace=fn, native=native, since=2)
+
+
+def _broadcast(ins):
+    if len({len(s) for s in ins}) != 1:
+        raise Bad(f"combines shapes {[list(s) for s in ins]} of different ranks")
+    try:
+        return tuple(np.broadcast_shapes(*ins))
+    except ValueError:
+        raise Bad(f"cannot broadcast shapes {[list(s) for s in ins]}") from None
+
+
+def _binary_shape(a, ins, ts):
+    if (len(ins) == 1) != (a["scalar"] is not None):
+        raise Bad("takes two inputs, or one input and a scalar")
+    return ins[0] if len(ins) == 1 else _broadcast(ins)
+
+
+def binary(name: str, ufunc, doc: str, since: int = 2) -> Op:
+    """Elementwise arithmetic with numpy broadcasting, on two inputs or on one and a number."""
+    def ref(a, cx, *xs):
+        if a["scalar"] is not None:
+            s = np.float32(a["scalar"])
+            return ufunc(s, xs[0]) if a["reverse"] else ufunc(xs[0], s)
+        return ufunc(*xs)
+
+    def build(a, cx):
+        # write into an input this step may overwrite when it has the output's full shape
+        into = next((i for i, (d, s) in enumerate(zip(cx.donate, cx.ins)) if d and s == cx.out), None)
+        if a["scalar"] is not None:
+            s, rev = np.float32(a["scalar"]), a["reverse"]
+            if into is None:
+                return lambda x: ufunc(s, x) if rev else ufunc(x, s)
+            return lambda x: ufunc(s, x, out=x) if rev else ufunc(x, s, out=x)
+        if into is None:
+            return ufunc
+        return lambda x, y: ufunc(x, y, out=(x, y)[into])
+
+    attrs = {"scalar": (optional(number()), None), "reverse": (flag, False)}
+    return Op(name, (1, 2), attrs, _binary_shape, ref, doc, build=build, since=since)
+
+
+def dims_list(v, what):
+    if not isinstance(v, list) or not v or not all(_is_int(d) and d >= 0 for d in v) or len(set(v)) != len(v):
+        raise Bad(f"{what} must be a list of distinct dimensions, got {v!r}")
+    return tuple(v)
+
+
+def shape_list(v, what):
+    if not isinstance(v, list) or not all(_is_int(d) and d >= 1 for d in v):
+        raise Bad(f"{what} must be a list of sizes >= 1, got {v!r}")
+    return tuple(v)
+
+
+def _mean_shape(a, ins, ts):
+    x = ins[0]
+    if 0 in a["dims"] or max(a["dims"]) > len(x):
+        raise Bad(f"averages over dims {list(a['dims'])} of a rank-{len(x) + 1} tensor (never the batch)")
+    if a["keepdim"]:
+        return tuple(1 if d + 1 in a["dims"] else s for d, s in enumerate(x))
+    return tuple(s for d, s in enumerate(x) if d + 1 not in a["dims"])
+
+
+def _mean_ref(a, cx, x):
+    return np.mean(x, axis=a["dims"], keepdims=a["keepdim"], dtype=np.float32)
+
+
+def _permute_shape(a, ins, ts):
+    x, dims = ins[0], a["dims"]
+    if sorted(dims) != list(range(len(x) + 1)) or dims[0] != 0:
+        raise Bad(f"dims {list(dims)} are not a permutation of a rank-{len(x) + 1} tensor keeping the batch first")
+    return tuple(x[d - 1] for d in dims[1:])
+
+
+def _permute_ref(a, cx, x):
+    return np.ascontiguousarray(np.transpose(x, a["dims"]))
+
+
+def _reshape_shape(a, ins, ts):
+    if math.prod(a["shape"]) != math.prod(ins[0]):
+        raise Bad(f"reshapes {list(ins[0])} to {list(a['shape'])}")
+    return a["shape"]
+
+
+def _reshape_ref(a, cx, x):
+    return x.reshape(x.shape[0], *a["shape"])
+
+
+def _slice_shape(a, ins, ts):
+    x, d = ins[0], a["dim"]
+    if not 1 <= d <= len(x):
+        raise Bad(f"slices dim {d} of a rank-{len(x) + 1} tensor (never the batch)")
+    n = len(range(a["start"], min(a["stop"], x[d - 1]), a["step"]))
+    return x[:d - 1] + (n,) + x[d:]
+
+
+def _slice_ref(a, cx, x):
+    index = (slice(None),) * a["dim"] + (slice(a["start"], a["stop"], a["step"]),)
+    return np.ascontiguousarray(x[index])
+
+
+def _layernorm_shape(a, ins, ts):
+    x, d = ins[0], a["dim"]
+    if d not in (1, len(x)):
+        raise Bad(f"normalises dim {d} of a rank-{len(x) + 1} tensor; only 1 (channels) or the last")
+    for key in ("weight", "bias"):
+        if a[key] is not None and math.prod(ts(a[key])) != x[d - 1]:
+            raise Bad(f"{key} {a[key]!r} does not have {x[d - 1]} entries")
+    return x
+
+
+def _layernorm_parts(a, cx):
+    d, n = a["dim"], cx.ins[0][a["dim"] - 1]
+    shape = [1] * (len(cx.ins[0]) + 1)
+    shape[d] = n
+    w = cx.tensors.vector(a["weight"], n, cx.name, "weight")
+    b = cx.tensors.vector(a["bias"], n, cx.name, "bias")
+    return d, None if w is None else w.reshape(shape), None if b is None else b.reshape(shape)
+
+
+def _layernorm_ref(a, cx, x):
+    d, w, b = _layernorm_parts(a, cx)
+    mu = x.mean(axis=d, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, axis=d, keepdims=True)
+    y = xc / np.sqrt(var + np.float32(a["eps"]))
+    y = y * w if w is not None else y
+    return y + b if b is not None else y
+
+
+def _layernorm_build(a, cx):
+    d, w, b = _layernorm_parts(a, cx)
+    eps = np.float32(a["eps"])
+
+    def ln(x):
+        y = x - x.mean(axis=d, keepdims=True)
+        var = np.mean(np.square(y), axis=d, keepdims=True)
+        var += eps
+        np.sqrt(var, out=var)
+        y /= var
+        if w is not None:
+            y *= w
+        if b is not None:
+            y += b
+        return y
+    return ln
+
+
+def _matmul_shape(a, ins, ts):
+    x, y = ins
+    if len(x) != len(y) or len(x) < 2 or x[-1] != y[-2]:
+        raise Bad(f"multiplies shapes {list(x)} and {list(y)}")
+    return _broadcast([x[:-2], y[:-2]]) + (x[-2], y[-1])
+
+
+def _matmul_ref(a, cx, x, y):
+    return np.matmul(x, y)
+
+
+def _softmax_shape(a, ins, ts):
+    if not 1 <= a["dim"] <= len(ins[0]):
+        raise Bad(f"dim {a['dim']} out of range (never the batch)")
+    return ins[0]
+
+
+def _softmax_ref(a, cx, x):
+    y = x - x.max(axis=a["dim"], keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=a["dim"], keepdims=True)
+    return y
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,8 +655,42 @@ _TABLE = [
        native="adaptive_avg_pool2d"),
     Op("flatten", (1, 1), {"start_dim": (integer(0), 1)}, _flatten_shape, _flatten_ref,
        "`start_dim` (1); flattens dimensions start_dim..end", buffer="view"),
-    Op("add", (2, 2), {}, _add_shape, _add_ref, "none", build=_add_build),
-    Op("concat", (2, None), {"dim": (integer(1), REQUIRED)}, _concat_shape, _concat_ref, "`dim`"),
+    binary("add", np.add, "`scalar` (null, or a number added to the one input; version 2), `reverse`; two inputs "
+           "broadcast as numpy does (version 1: equal shapes only)", since=1),
+    Op("concat", (2, None), {"dim": (integer(1), REQUIRED)}, _concat_shape, _concat_ref,
+       "`dim`"),
+    # version 2
+    Op("constant", (1, 1), {"tensor": (tensor_name, REQUIRED), "shape": (shape_list, REQUIRED)}, _constant_shape,
+       _constant_ref, "`tensor` (a stored tensor), `shape` (without the batch): the tensor reshaped to [1, *shape] "
+       "and repeated over the batch of the input, which gives only the batch size",
+       build=_constant_build, buffer="shared", since=2),
+    activation("clamp", _clamp, {"min": (optional(number()), None), "max": (optional(number()), None)},
+               "`min`, `max` (numbers or null): ReLU6, hardtanh"),
+    activation("sigmoid", _sigmoid),
+    activation("silu", _silu, doc="none (`x * sigmoid(x)`)"),
+    activation("tanh", _tanh),
+    activation("hardswish", _hardswish, doc="none (`x * clamp(x + 3, 0, 6) / 6`)"),
+    activation("hardsigmoid", _hardsigmoid, doc="none (`clamp(x / 6 + 1/2, 0, 1)`)"),
+    activation("gelu", _gelu, {"approximate": (choice("none", "tanh"), "none")}, "`approximate`: \"none\" (erf) or \"tanh\""),
+    binary("mul", np.multiply, "as `add`"),
+    binary("sub", np.subtract, "as `add` (`reverse`: scalar - input)"),
+    binary("div", np.divide, "as `add` (`reverse`: scalar / input)"),
+    Op("mean", (1, 1), {"dims": (dims_list, REQUIRED), "keepdim": (flag, False)}, _mean_shape, _mean_ref,
+       "`dims` (never 0, the batch), `keepdim`", since=2),
+    Op("permute", (1, 1), {"dims": (dims_list, REQUIRED)}, _permute_shape, _permute_ref,
+       "`dims`: a permutation with dims[0] = 0 (transpose is a permute)", since=2),
+    Op("reshape", (1, 1), {"shape": (shape_list, REQUIRED)}, _reshape_shape, _reshape_ref,
+       "`shape` without the batch dimension (view, reshape)", buffer="view", since=2),
+    Op("slice", (1, 1), {"dim": (integer(1), REQUIRED), "start": (integer(0), REQUIRED),
+                         "stop": (integer(1), REQUIRED), "step": (integer(1), 1)},
+       _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)", since=2),
+    Op("layernorm", (1, 1), {"weight": (optional(tensor_name), None), "bias": (optional(tensor_name), None),
+                             "eps": (number(0), REQUIRED), "dim": (integer(1), REQUIRED)},
+       _layernorm_shape, _layernorm_ref, "`weight`, `bias` (or null), `eps`, `dim`: the normalised dimension, the "
+       "last one or 1 (channels of NCHW)", build=_layernorm_build, since=2),
+    Op("matmul", (2, 2), {}, _matmul_shape, _matmul_ref,
+       "none; inputs of equal rank, leading dimensions broadcast", since=2),
+    Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)", since=2),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}

@@ -150,7 +150,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     def fresh(n: str) -> bool:
         """n's output is a buffer nobody else holds (a view of a fresh buffer read only by n counts)."""
         op = op_of[n]
-        if op is None:
+        if op is None or OPS[op].buffer == "shared":
             return False
         if OPS[op].buffer == "view":
             src = res(src_of[n][0])
@@ -185,7 +185,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
 
     def owned(n: str) -> bool:
         """n's buffer may be overwritten by its single consumer."""
-        if n == input_name or final_uses.get(n, 0) != 1:
+        if n == input_name or final_uses.get(n, 0) != 1 or OPS[op_of[n]].buffer == "shared":
             return False
         if OPS[op_of[n]].buffer == "view":
             return owned(src_of[n][0])
@@ -207,7 +207,7 @@ def peak_bytes(steps, input_name: str, input_shape: tuple) -> int:
     live = {input_name: _nbytes(input_shape)}
     peak = live[input_name]
     for s in steps:
-        size = 0 if OPS[s.op].buffer == "view" else _nbytes(s.out)
+        size = _nbytes(s.out) if OPS[s.op].buffer == "fresh" else 0
         peak = max(peak, sum(live.values()) + size)
         live[s.name] = size
         for f in s.free:

@@ -1,0 +1,65 @@
+"""Capture a torch model as the GRAPH section of a .dcz file (docs/dcz-format.md, "GRAPH").
+
+:func:`capture` runs the model once on zeros (eval mode) to check that it takes the input shape,
+then captures it with one of the fronts, each a table of handlers over one builder
+(deepcomp.capture.builder) and one set of lowerings (deepcomp.capture.lower):
+
+- ``fx``: torch.fx symbolic tracing, handlers keyed by module type, function and tensor method;
+- ``torchscript``: the inlined graph of a TorchScript module, handlers keyed by node kind.
+
+The captured graph's output shape is checked against the model's. Anything the fronts cannot
+express raises :class:`deepcomp.errors.UnsupportedOpError` naming the op, where it is, and what the
+front supports.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepcomp.capture.builder import GRAPH_FORMAT, GRAPH_VERSION  # noqa: F401
+from deepcomp.errors import ModelLoadError, UnsupportedOpError
+
+
+def _unsupported_for(supported):
+    def make(op: str, where: str, why: str = "") -> UnsupportedOpError:
+        extra = f" ({why})" if why else ""
+        return UnsupportedOpError(f"unsupported op '{op}' at '{where}'{extra}: deepcomp supports {supported()}")
+    return make
+
+
+def _output_shape(model, input_shape: tuple) -> tuple:
+    try:
+        with torch.no_grad():
+            y = model(torch.zeros((1, *input_shape)))
+    except Exception as e:  # noqa: BLE001 - whatever the model raises for this shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"the model does not run on an input of shape [N, {', '.join(map(str, input_shape))}]: {first}. "
+            "Give the right input shape (--input-shape C,H,W on the command line)"
+        ) from None
+    return tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else None
+
+
+def capture(model: nn.Module, input_shape: tuple) -> dict:
+    """The GRAPH JSON object (a dict) for ``model`` run on inputs of shape ``[N, *input_shape]``."""
+    from deepcomp.capture import fx, torchscript
+
+    input_shape = tuple(int(d) for d in input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        want = _output_shape(model, input_shape)
+        if want is None:
+            raise UnsupportedOpError("the model returns several values (or a container); deepcomp captures "
+                                     "models that return one tensor")
+        if isinstance(model, torch.jit.ScriptModule):
+            graph, got = torchscript.capture_script(model, input_shape, _unsupported_for(torchscript.supported))
+        else:
+            graph, got = fx.capture_fx(model, input_shape, _unsupported_for(fx.supported))
+    finally:
+        model.train(was_training)
+    if tuple(got) != want:  # pragma: no cover - a front's bug, not the user's
+        raise UnsupportedOpError(f"the captured graph computes a [N, {', '.join(map(str, got))}] output where the "
+                                 f"model computes [N, {', '.join(map(str, want))}]; please report this model")
+    return graph

@@ -1,0 +1,532 @@
+"""The torch.fx front: a model traced with ``torch.fx.symbolic_trace`` (eval mode), interpreted node
+by node through three handler tables, keyed by module type (``MODULES``), function (``FUNCTIONS``)
+and tensor method name (``METHODS``). Every handler gets the values of the node's arguments
+(:class:`~deepcomp.capture.builder.Tensor` for tensors the model computed, :class:`Param` for its
+parameters and buffers, plain Python values for the rest; the batch size is :data:`BATCH`) and
+returns the node's value. Arithmetic on plain values (shape computations) is evaluated as Python.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from deepcomp.capture import lower
+from deepcomp.capture.builder import GraphBuilder, Tensor
+from deepcomp.errors import UnsupportedOpError
+
+
+class _Batch:
+    """The batch size: known to be the same everywhere, never a number the graph may compute with."""
+
+    def __repr__(self):
+        return "N"
+
+
+BATCH = _Batch()
+
+
+class Param(str):
+    """A parameter or buffer of the model, by its state_dict key."""
+
+
+MODULES: dict[type, Callable] = {}
+FUNCTIONS: dict[Callable, Callable] = {}
+METHODS: dict[str, Callable] = {}
+EMITS: set[str] = {"constant"}  # ops of the runtime's table handlers here emit (tests/test_ops.py);
+# "constant": any parameter used as an operand (Capture.tensor)
+
+
+def handles(table: dict, *keys, emits: tuple = ()):
+    def register(fn):
+        for k in keys:
+            table[k] = fn
+        EMITS.update(emits)
+        return fn
+    return register
+
+
+class Capture:
+    """One model's capture: the builder, the fx node -> value environment, the module table."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, input_shape: tuple, unsupported: Callable):
+        self.model = model
+        self.modules = dict(gm.named_modules())
+        self.params = dict(model.named_parameters()) | dict(model.named_buffers())
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise UnsupportedOpError(f"the model's forward takes {len(placeholders)} inputs; deepcomp captures "
+                                     "models with exactly one input tensor")
+        self.where = ""
+        self._unsupported = unsupported
+        self.b = GraphBuilder(placeholders[0].name, input_shape, shapes,
+                              lambda op, where, why="": unsupported(op, where, why))
+        self.gm = gm
+        self.env: dict[fx.Node, Any] = {}
+
+    def unsupported(self, op: str, why: str = "") -> UnsupportedOpError:
+        return self._unsupported(op, self.where, why)
+
+    # values
+
+    def tensor(self, v, like: Tensor | None = None) -> Tensor:
+        """A Tensor from a handler argument; a Param becomes a constant (broadcast against ``like``)."""
+        if isinstance(v, Tensor):
+            return v
+        if isinstance(v, Param):
+            rank = like.rank if like is not None else len(self.b.tensor_shape(v, self.where))
+            return self.b.constant(v, rank, self.where)
+        raise self.unsupported("value", f"expected a tensor computed by the model, got {v!r}")
+
+    def add(self, op: str, inputs: list, attrs: dict, base: str | None = None) -> Tensor:
+        return self.b.add(op, inputs, attrs, self.where, base)
+
+    # walking
+
+    def run(self) -> dict:
+        output = None
+        for node in self.gm.graph.nodes:
+            self.where = _where(node)
+            if node.op == "placeholder":
+                self.env[node] = self.b.input
+            elif node.op == "output":
+                output = self.env.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+                if not isinstance(output, Tensor):
+                    raise UnsupportedOpError("the model returns several values (or a container); deepcomp "
+                                             "captures models that return one tensor")
+            else:
+                self.env[node] = self.call(node)
+        return self.b.result(output), output.shape
+
+    def value(self, a):
+        return fx.node.map_arg(a, lambda n: self.env[n])
+
+    def call(self, node: fx.Node):
+        args, kwargs = self.value(node.args), self.value(node.kwargs)
+        if node.op == "get_attr":
+            return self.get_attr(node.target)
+        if node.op == "call_module":
+            mod = self.modules[node.target]
+            handler = next((MODULES[t] for t in type(mod).__mro__ if t in MODULES), None)
+            if handler is None:
+                raise self.unsupported(type(mod).__name__)
+            return handler(self, mod, f"{node.target}.", *args, **kwargs)
+        if node.op == "call_function":
+            fn = node.target
+            if _plain(args, kwargs) and getattr(fn, "__module__", None) in ("_operator", "operator", "builtins"):
+                return _evaluate(self, fn, args, kwargs)  # shape arithmetic
+            if fn in FUNCTIONS:
+                return FUNCTIONS[fn](self, *args, **kwargs)
+            if _plain(args, kwargs):
+                return _evaluate(self, fn, args, kwargs)
+            raise self.unsupported(getattr(fn, "__name__", str(fn)))
+        if node.op == "call_method":
+            if isinstance(args[0], (Tensor, Param)) and node.target in METHODS:
+                return METHODS[node.target](self, *args, **kwargs)
+            if _plain(args, kwargs):
+                return _evaluate(self, getattr(type(args[0]), node.target), args, kwargs)
+            raise self.unsupported(f"Tensor.{node.target}")
+        raise self.unsupported(node.op)  # pragma: no cover - fx has no other opcodes
+
+    def get_attr(self, target: str):
+        if target in self.params:
+            return Param(target)
+        obj = self.model
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, torch.Tensor):
+            raise self.unsupported(f"get_attr {target}", "a tensor that is not a registered parameter or buffer")
+        return obj
+
+
+def _plain(*values) -> bool:
+    """No tensors among the arguments: a computation on Python values (shapes, sizes)."""
+    for v in values:
+        if isinstance(v, (Tensor, Param)):
+            return False
+        if isinstance(v, (tuple, list)) and not _plain(*v):
+            return False
+        if isinstance(v, dict) and not _plain(*v.values()):
+            return False
+    return True
+
+
+def _evaluate(cx: Capture, fn, args, kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except TypeError:
+        raise cx.unsupported(getattr(fn, "__name__", str(fn)), "arithmetic on the batch size") from None
+
+
+def _where(node) -> str:
+    stack = node.meta.get("nn_module_stack") if hasattr(node, "meta") else None
+    if node.op == "call_module":
+        return str(node.target)
+    if stack:
+        last = list(stack.values())[-1]
+        path = last[0] if isinstance(last, tuple) else list(stack)[-1]
+        return f"{path} ({node.name})" if path else node.name
+    return node.name
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - any tracing failure is the model's construction
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedOpError(
+            f"cannot trace {type(model).__name__} with torch.fx: {first}. deepcomp captures models whose "
+            "forward has no data-dependent control flow; rewrite the forward, or save it with "
+            "torch.jit.trace and compress the TorchScript file"
+        ) from None
+
+
+def capture_fx(model: nn.Module, input_shape: tuple, unsupported: Callable) -> dict:
+    return Capture(model, trace(model), input_shape, unsupported).run()
+
+
+# --------------------------------------------------------------------------------------------------
+# handlers: modules. Each takes (capture, module, "path.", *args, **kwargs).
+
+def _bind(args, kwargs, names: list[str], defaults: dict) -> dict:
+    out = dict(defaults)
+    out.update(zip(names, args))
+    out.update(kwargs)
+    return out
+
+
+@handles(MODULES, nn.Conv2d, emits=("conv2d",))
+def _conv(cx, m, p, x):
+    if m.padding_mode != "zeros":
+        raise cx.unsupported("Conv2d", f"padding_mode={m.padding_mode!r}; only 'zeros' is supported")
+    return lower.conv2d(cx, cx.tensor(x), f"{p}weight", f"{p}bias" if m.bias is not None else None,
+                        m.stride, m.padding, m.dilation, m.groups)
+
+
+@handles(MODULES, nn.Linear, emits=("linear",))
+def _linear(cx, m, p, x):
+    return lower.linear(cx, cx.tensor(x), f"{p}weight", f"{p}bias" if m.bias is not None else None)
+
+
+@handles(MODULES, nn.BatchNorm1d, nn.BatchNorm2d, emits=("batchnorm2d",))
+def _bn(cx, m, p, x):
+    if m.running_mean is None or m.running_var is None:
+        raise cx.unsupported(type(m).__name__, "track_running_stats=False uses batch statistics at inference")
+    return lower.batch_norm(cx, cx.tensor(x), f"{p}weight" if m.weight is not None else None,
+                            f"{p}bias" if m.bias is not None else None, f"{p}running_mean", f"{p}running_var", m.eps)
+
+
+@handles(MODULES, nn.LayerNorm, emits=("layernorm",))
+def _layer_norm(cx, m, p, x):
+    return lower.layer_norm(cx, cx.tensor(x), m.normalized_shape, f"{p}weight" if m.weight is not None else None,
+                            f"{p}bias" if getattr(m, "bias", None) is not None else None, m.eps)
+
+
+# activation modules: type -> (op, attrs from the module)
+_ACTIVATION_MODULES = {
+    nn.ReLU: ("relu", lambda m: {}),
+    nn.ReLU6: ("clamp", lambda m: {"min": 0.0, "max": 6.0}),
+    nn.Hardtanh: ("clamp", lambda m: {"min": float(m.min_val), "max": float(m.max_val)}),
+    nn.SiLU: ("silu", lambda m: {}),
+    nn.Sigmoid: ("sigmoid", lambda m: {}),
+    nn.Tanh: ("tanh", lambda m: {}),
+    nn.Hardswish: ("hardswish", lambda m: {}),
+    nn.Hardsigmoid: ("hardsigmoid", lambda m: {}),
+    nn.GELU: ("gelu", lambda m: {"approximate": m.approximate}),
+}
+
+
+def _activation_module(op, attrs):
+    def module(cx, m, p, x):
+        return cx.add(op, [cx.tensor(x)], attrs(m))
+    return module
+
+
+for _type, (_op, _attrs) in _ACTIVATION_MODULES.items():
+    handles(MODULES, _type, emits=(_op,))(_activation_module(_op, _attrs))
+
+
+@handles(MODULES, nn.MaxPool2d, emits=("maxpool2d",))
+def _maxpool(cx, m, p, x):
+    if m.return_indices:
+        raise cx.unsupported("MaxPool2d", "return_indices=True")
+    return lower.max_pool2d(cx, cx.tensor(x), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+@handles(MODULES, nn.AvgPool2d, emits=("avgpool2d",))
+def _avgpool(cx, m, p, x):
+    if m.divisor_override is not None:
+        raise cx.unsupported("AvgPool2d", "divisor_override")
+    return lower.avg_pool2d(cx, cx.tensor(x), m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+
+
+@handles(MODULES, nn.AdaptiveAvgPool2d, emits=("adaptive_avgpool2d",))
+def _adaptive(cx, m, p, x):
+    return lower.adaptive_avg_pool2d(cx, cx.tensor(x), m.output_size)
+
+
+@handles(MODULES, nn.Flatten, emits=("flatten", "reshape"))
+def _flatten_module(cx, m, p, x):
+    return lower.flatten(cx, cx.tensor(x), m.start_dim, m.end_dim)
+
+
+@handles(MODULES, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+         nn.Identity)
+def _identity_module(cx, m, p, x, *rest, **kw):
+    return cx.tensor(x)
+
+
+@handles(MODULES, nn.Softmax, emits=("softmax",))
+def _softmax_module(cx, m, p, x):
+    return lower.softmax(cx, cx.tensor(x), m.dim)
+
+
+@handles(MODULES, nn.MultiheadAttention, emits=("matmul", "softmax", "permute", "reshape", "slice", "mul"))
+def _mha(cx, m, p, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+         average_attn_weights=True, is_causal=False):
+    """Self-attention as torchvision's ViT calls it: one packed input projection, no masks, the
+    attention weights not used (returns (output, None))."""
+    if not (query is key is value) or key_padding_mask is not None or attn_mask is not None or is_causal:
+        raise cx.unsupported("MultiheadAttention", "only self-attention (query is key is value) without masks")
+    if m.in_proj_weight is None or m.bias_k is not None or m.add_zero_attn:
+        raise cx.unsupported("MultiheadAttention", "separate q/k/v projections, bias_k or add_zero_attn")
+    x = cx.tensor(query)
+    if not m.batch_first:
+        raise cx.unsupported("MultiheadAttention", "batch_first=False (the batch must be dimension 0)")
+    if x.rank != 3:
+        raise cx.unsupported("MultiheadAttention", f"an input of rank {x.rank}; [N, tokens, features] expected")
+    e, h = m.embed_dim, m.num_heads
+    qkv = lower.linear(cx, x, f"{p}in_proj_weight", f"{p}in_proj_bias" if m.in_proj_bias is not None else None)
+    q, k, v = (lower.permute(cx, lower.reshape(cx, t, [BATCH, x.shape[0], h, e // h], BATCH), [0, 2, 1, 3])
+               for t in lower.split(cx, qkv, e, -1))
+    out = lower.permute(cx, lower.attention(cx, q, k, v), [0, 2, 1, 3])
+    out = lower.reshape(cx, out, [BATCH, x.shape[0], e], BATCH)
+    out_proj = m.out_proj
+    return lower.linear(cx, out, f"{p}out_proj.weight", f"{p}out_proj.bias" if out_proj.bias is not None else None), None
+
+
+# --------------------------------------------------------------------------------------------------
+# handlers: functions and methods. Each takes (capture, *args, **kwargs) as the call had them.
+
+def _fn(*fns, emits: tuple = (), method: tuple = ()):
+    """Register one handler for functions and tensor methods of the same signature."""
+    def register(h):
+        handles(FUNCTIONS, *fns, emits=emits)(h)
+        handles(METHODS, *method, emits=emits)(h)
+        return h
+    return register
+
+
+def _unary(op, names=(), defaults=None, attrs=lambda p: {}):
+    """An activation function: its arguments after the input bound by ``names``, then ``attrs``."""
+    def h(cx, x, *args, **kwargs):
+        p = _bind(args, kwargs, list(names), dict(defaults or {}))
+        return cx.add(op, [cx.tensor(x)], attrs(p))
+    return h
+
+
+_fn(F.relu, F.relu_, torch.relu, torch.relu_, method=("relu", "relu_"), emits=("relu",))(_unary("relu", ["inplace"]))
+_fn(F.relu6, emits=("clamp",))(_unary("clamp", ["inplace"], attrs=lambda p: {"min": 0.0, "max": 6.0}))
+_fn(F.hardtanh, F.hardtanh_, emits=("clamp",))(_unary(
+    "clamp", ["min_val", "max_val", "inplace"], {"min_val": -1.0, "max_val": 1.0},
+    lambda p: {"min": float(p["min_val"]), "max": float(p["max_val"])}))
+_fn(torch.clamp, torch.clip, method=("clamp", "clamp_", "clip"), emits=("clamp",))(_unary(
+    "clamp", ["min", "max"], {"min": None, "max": None},
+    lambda p: {"min": None if p["min"] is None else float(p["min"]), "max": None if p["max"] is None else float(p["max"])}))
+_fn(F.silu, emits=("silu",))(_unary("silu", ["inplace"]))
+_fn(torch.sigmoid, F.sigmoid, method=("sigmoid", "sigmoid_"), emits=("sigmoid",))(_unary("sigmoid"))
+_fn(torch.tanh, F.tanh, method=("tanh", "tanh_"), emits=("tanh",))(_unary("tanh"))
+_fn(F.hardswish, emits=("hardswish",))(_unary("hardswish", ["inplace"]))
+_fn(F.hardsigmoid, emits=("hardsigmoid",))(_unary("hardsigmoid", ["inplace"]))
+_fn(F.gelu, emits=("gelu",))(_unary("gelu", [], {"approximate": "none"}, lambda p: {"approximate": p["approximate"]}))
+
+
+def _binary(op: str):
+    def h(cx, a, b, *, alpha=1, out=None):
+        if alpha != 1:
+            raise cx.unsupported(op, "alpha other than 1")
+        if not isinstance(a, (Tensor, Param)):
+            return lower.binary(cx, op, b, a, reverse=True)
+        return lower.binary(cx, op, a, b)
+    return h
+
+
+_fn(operator.add, operator.iadd, torch.add, method=("add", "add_", "__add__", "__radd__"),
+    emits=("add",))(_binary("add"))
+_fn(operator.mul, operator.imul, torch.mul, method=("mul", "mul_", "__mul__", "__rmul__"),
+    emits=("mul",))(_binary("mul"))
+_fn(operator.sub, operator.isub, torch.sub, method=("sub", "sub_", "__sub__"), emits=("sub",))(_binary("sub"))
+_fn(operator.truediv, operator.itruediv, torch.div, method=("div", "div_", "__truediv__"),
+    emits=("div",))(_binary("div"))
+
+
+@_fn(torch.cat, torch.concat, torch.concatenate, emits=("concat",))
+def _cat(cx, tensors, dim=0, *, axis=None):
+    return lower.concat(cx, [cx.tensor(t, like=next(v for v in tensors if isinstance(v, Tensor))) for t in tensors],
+                        dim if axis is None else axis)
+
+
+@_fn(torch.flatten, method=("flatten",), emits=("flatten", "reshape"))
+def _flatten(cx, x, start_dim=0, end_dim=-1):
+    return lower.flatten(cx, cx.tensor(x), start_dim, end_dim)
+
+
+@_fn(torch.reshape, method=("view", "reshape"), emits=("reshape", "flatten"))
+def _reshape(cx, x, *shape, **kw):
+    sizes = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else list(shape)
+    if not sizes:
+        sizes = list(kw.get("shape", kw.get("size", ())))
+    return lower.reshape(cx, cx.tensor(x), sizes, batch=BATCH)
+
+
+@_fn(torch.permute, method=("permute",), emits=("permute",))
+def _permute(cx, x, *dims, **kw):
+    dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else list(dims or kw["dims"])
+    return lower.permute(cx, cx.tensor(x), dims)
+
+
+@_fn(torch.transpose, method=("transpose",), emits=("permute",))
+def _transpose(cx, x, dim0, dim1):
+    return lower.transpose(cx, cx.tensor(x), dim0, dim1)
+
+
+@_fn(torch.mean, method=("mean",), emits=("mean",))
+def _mean(cx, x, dim=None, keepdim=False, *, dtype=None):
+    return lower.mean(cx, cx.tensor(x), dim, keepdim)
+
+
+@_fn(torch.chunk, method=("chunk",), emits=("slice",))
+def _chunk(cx, x, chunks, dim=0):
+    return lower.chunk(cx, cx.tensor(x), chunks, dim)
+
+
+@_fn(torch.split, method=("split",), emits=("slice",))
+def _split(cx, x, split_size_or_sections, dim=0):
+    return lower.split(cx, cx.tensor(x), split_size_or_sections, dim)
+
+
+@_fn(torch.matmul, torch.bmm, operator.matmul, method=("matmul", "bmm", "__matmul__"), emits=("matmul",))
+def _matmul(cx, a, b):
+    return lower.matmul(cx, cx.tensor(a), cx.tensor(b))
+
+
+@_fn(F.softmax, torch.softmax, method=("softmax",), emits=("softmax",))
+def _softmax(cx, x, dim=None, _stacklevel=3, dtype=None):
+    return lower.softmax(cx, cx.tensor(x), dim)
+
+
+@_fn(F.layer_norm, emits=("layernorm",))
+def _layer_norm_fn(cx, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return lower.layer_norm(cx, cx.tensor(x), normalized_shape, weight, bias, eps)
+
+
+@_fn(F.scaled_dot_product_attention, emits=("matmul", "softmax", "mul", "permute"))
+def _sdpa(cx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    if attn_mask is not None or is_causal:
+        raise cx.unsupported("scaled_dot_product_attention", "an attention mask")
+    return lower.attention(cx, cx.tensor(q), cx.tensor(k), cx.tensor(v), scale)
+
+
+@_fn(F.max_pool2d, torch.max_pool2d, emits=("maxpool2d",))
+def _max_pool_fn(cx, *args, **kwargs):
+    p = _bind(args, kwargs, ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+              {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False})
+    if p["return_indices"]:
+        raise cx.unsupported("max_pool2d", "return_indices=True")
+    return lower.max_pool2d(cx, cx.tensor(p["input"]), p["kernel_size"], p["stride"], p["padding"], p["dilation"],
+                            p["ceil_mode"])
+
+
+@_fn(F.avg_pool2d, emits=("avgpool2d",))
+def _avg_pool_fn(cx, *args, **kwargs):
+    p = _bind(args, kwargs, ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                             "divisor_override"],
+              {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None})
+    if p["divisor_override"] is not None:
+        raise cx.unsupported("avg_pool2d", "divisor_override")
+    return lower.avg_pool2d(cx, cx.tensor(p["input"]), p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"],
+                            p["count_include_pad"])
+
+
+@_fn(F.adaptive_avg_pool2d, emits=("adaptive_avgpool2d",))
+def _adaptive_fn(cx, x, output_size):
+    return lower.adaptive_avg_pool2d(cx, cx.tensor(x), output_size)
+
+
+def _identity(cx, x, *args, **kwargs):
+    return cx.tensor(x) if isinstance(x, Param) else x
+
+
+_fn(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout,
+    method=("contiguous", "clone", "detach"))(_identity)
+
+
+@_fn(getattr)
+def _getattr(cx, obj, name):
+    if isinstance(obj, Tensor) and name == "shape":
+        return (BATCH, *obj.shape)
+    if isinstance(obj, Tensor) and name == "ndim":
+        return obj.rank
+    if isinstance(obj, (Tensor, Param)):
+        raise cx.unsupported(f"Tensor.{name}")
+    return getattr(obj, name)
+
+
+@_fn(torch._assert)
+def _assert(cx, condition, message):
+    if condition is not True:
+        raise cx.unsupported("_assert", f"an assertion on tensor values, or one that fails: {message}")
+
+
+@handles(METHODS, "size")
+def _size(cx, x, dim=None):
+    shape = (BATCH, *cx.tensor(x).shape)
+    return shape if dim is None else shape[dim]
+
+
+@handles(METHODS, "dim")
+def _dim(cx, x):
+    return cx.tensor(x).rank
+
+
+@_fn(operator.getitem, emits=("slice", "reshape"))
+def _getitem(cx, x, index):
+    if not isinstance(x, (Tensor, Param)):
+        return x[index]
+    return lower.index(cx, cx.tensor(x), index)
+
+
+@handles(METHODS, "expand")
+def _expand(cx, x, *sizes):
+    """``param.expand(N, -1, ...)``: a stored tensor repeated over the batch (ViT's class token)."""
+    sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else list(sizes)
+    if isinstance(x, Param) and sizes and sizes[0] is BATCH and all(s == -1 for s in sizes[1:]):
+        return cx.tensor(x, like=Tensor("", (1,) * (len(sizes) - 1)))
+    raise cx.unsupported("Tensor.expand", "only a parameter expanded over the batch, as expand(N, -1, ...)")
+
+
+def _torchvision_handlers():
+    """torchvision's own modules and wrapped functions, when torchvision is installed."""
+    try:
+        from torchvision.ops import StochasticDepth, stochastic_depth
+    except ImportError:  # pragma: no cover
+        return
+    handles(MODULES, StochasticDepth)(_identity_module)
+    handles(FUNCTIONS, stochastic_depth)(_identity)
+
+
+_torchvision_handlers()
+
+
+def supported() -> str:
+    mods = sorted({t.__name__ for t in MODULES})
+    fns = sorted({getattr(f, "__name__", str(f)) for f in FUNCTIONS})
+    return (f"modules {', '.join(mods)}; functions {', '.join(fns)}; tensor methods "
+            f"{', '.join(sorted(m for m in METHODS if not m.startswith('__')))}")
+

@@ -1,0 +1,62 @@
+"""One small model of every torchvision classification family, captured and run by the runtime on
+pruned and shared weights, against PyTorch on the same weights (benchmarks/zoo.py runs the full
+models). Inputs are small where the architecture allows, so each case takes a few seconds."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepcomp.runtime import RuntimeModel
+
+from runtime_helpers import loaded_parts, prune_and_share
+
+tv = pytest.importorskip("torchvision")
+
+
+def _vit():
+    return tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                       mlp_dim=64, num_classes=10)
+
+
+def _convnext():
+    from torchvision.models.convnext import CNBlockConfig
+
+    cfg = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)]
+    return tv.models.ConvNeXt(cfg, stochastic_depth_prob=0.1, num_classes=10)
+
+
+FAMILIES = {
+    "mobilenet_v2": (lambda: tv.models.mobilenet_v2(width_mult=0.35, num_classes=10), 64),
+    "mobilenet_v3_small": (lambda: tv.models.mobilenet_v3_small(num_classes=10), 64),
+    "efficientnet_b0": (lambda: tv.models.efficientnet_b0(num_classes=10), 64),
+    "regnet_y_400mf": (lambda: tv.models.regnet_y_400mf(num_classes=10), 64),
+    "mnasnet0_5": (lambda: tv.models.mnasnet0_5(num_classes=10), 64),
+    "shufflenet_v2_x0_5": (lambda: tv.models.shufflenet_v2_x0_5(num_classes=10), 64),
+    "convnext": (_convnext, 32),
+    "vit": (_vit, 32),
+}
+
+
+def nonvanishing(model):
+    """Weights initialised to zero (classifier heads) get random values, so outputs vary with x."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_runs_like_torch(family):
+    make, size = FAMILIES[family]
+    torch.manual_seed(0)
+    model = prune_and_share(nonvanishing(make().eval()))
+    graph, dense, coded = loaded_parts(model, (3, size, size))
+    m = RuntimeModel(graph, dense, coded)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    y = m(x)
+    assert ref.std() > 1e-3, "the logits do not vary: the comparison would prove nothing"
+    np.testing.assert_allclose(y, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+    assert (y.argmax(1) == ref.argmax(1)).all()
