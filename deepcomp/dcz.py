@@ -286,6 +286,8 @@ def _json(payload: memoryview, what: str, compressed: bool) -> dict:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DczError(f"{what} section is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise DczError(f"{what} section nests JSON too deeply") from None
     if not isinstance(obj, dict):
         raise DczError(f"{what} section must hold a JSON object")
     return obj

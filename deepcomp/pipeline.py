@@ -80,6 +80,11 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="layer")
 
 
+def _depthwise(module) -> bool:
+    groups = getattr(module, "groups", 1)
+    return groups > 1 and groups == getattr(module, "in_channels", 0)
+
+
 def make_plan(
     layers: Mapping[str, nn.Module],
     recipe: Recipe,
@@ -109,7 +114,10 @@ def make_plan(
     for name, module in layers.items():
         spec = recipe.layers.get(name, {})
         kind = layer_kind(module)
-        if sparsity is not None:
+        if "density" not in spec and _depthwise(module):
+            density = 1.0  # few weights, and the depthwise kernel runs them dense: keep them all
+            spec = {**spec, "label": spec.get("label") or "depthwise, kept dense"}
+        elif sparsity is not None:
             density = 1.0 - sparsity
         elif "density" in spec:
             density = float(spec["density"])

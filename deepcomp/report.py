@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from deepcomp.dcz import read_dcz
+from deepcomp.errors import DczError
 
 
 def _kb(n: float) -> str:
@@ -23,9 +24,24 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _validate_graph(c) -> None:
+    """Plan the graph as deepcomp.load would (shapes, attributes, memory bound): info on a file
+    that load refuses says so instead of printing a table."""
+    from deepcomp.runtime.plan import make_plan
+
+    shapes = {k: tuple(v.shape) for k, v in c.dense.items()} | {k: tuple(e.shape) for k, e in c.coded.items()}
+
+    def tensor_shape(name, where):
+        if name not in shapes:
+            raise DczError(f"node {where!r} uses the tensor {name!r}, which the file does not hold")
+        return shapes[name]
+    make_plan(c.graph, tensor_shape)
+
+
 def report_from_file(path) -> dict:
     """The `deepcomp info --json` object: per coded layer and totals (ratio = original / file bytes)."""
     c = read_dcz(path)
+    _validate_graph(c)
     recipe_layers = c.meta.get("recipe", {}).get("layers", {})
     layers = []
     for name, e in c.coded.items():

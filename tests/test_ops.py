@@ -72,3 +72,30 @@ def test_attribute_checks_name_the_node():
     with pytest.raises(DczError, match="kernel_size"):
         RuntimeModel(g, {}, {})
     assert json.dumps(g)  # graphs stay plain JSON
+
+
+def test_info_validates_the_graph_as_load_does(tmp_path, capsys):
+    from deepcomp.cli import main
+    from deepcomp.dcz import write_dcz
+
+    g = graph([{"name": "p", "op": "adaptive_avgpool2d", "inputs": ["x"],
+                "attrs": {"output_size": [4294967297, 1]}}])
+    path = tmp_path / "hostile.dcz"
+    write_dcz(path, meta={"state_dict_keys": []}, graph=g, dense={}, coded={}, order=[])
+    with pytest.raises(DczError, match="MiB of activations"):
+        from deepcomp import load
+        load(path)
+    assert main(["info", str(path)]) != 0
+    assert "MiB of activations" in capsys.readouterr().err
+
+
+def test_depthwise_layers_stay_dense_by_default():
+    from torch import nn
+
+    from deepcomp.pipeline import make_plan
+    from deepcomp.recipes import load_recipe
+
+    layers = {"dw": nn.Conv2d(8, 8, 3, groups=8), "pw": nn.Conv2d(8, 16, 1), "g": nn.Conv2d(8, 8, 3, groups=2)}
+    plan, _ = make_plan(layers, load_recipe("deep-compression", "x"), sparsity=0.8)
+    assert plan["dw"].density == 1.0 and "depthwise" in plan["dw"].label
+    assert plan["pw"].density == pytest.approx(0.2) and plan["g"].density == pytest.approx(0.2)
