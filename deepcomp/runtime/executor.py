@@ -114,7 +114,7 @@ class RuntimeModel:
             self._kernels[s.name] = k
             self.layers.append(LayerInfo(s.name, s.op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
 
-        cx = BuildContext(s.name, self._tensors, s.ins, s.out, s.donate, s.relu, record)
+        cx = BuildContext(s.name, self._tensors, s.ins, s.out, s.donate, s.act, record)
         try:
             if op.build is not None:
                 fn = op.build(s.attrs, cx)

@@ -13,7 +13,8 @@ One :class:`Op` per op says everything the rest of deepcomp needs to know about 
 - ``build``: the runtime implementation, made once per node at load time (None: the reference runs);
   ``native`` names the extension's binding it calls, if any;
 - ``inplace``: for elementwise activations, the in-place form a producer's step applies to its own
-  fresh output (fusion); ``relu_epilogue`` marks ops whose kernel applies a fused ReLU itself;
+  fresh output (fusion); ``epilogue(attrs, ins, act, act_attrs)`` says which activation the op's
+  kernel applies itself, as a clamp range (lo, hi), or None;
 - ``doc``: the attributes column of the op table in docs/dcz-format.md; ``since``: the graph
   version that introduced the op.
 
@@ -29,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from deepcomp.runtime import reference
-from deepcomp.runtime.tensors import f32
+from deepcomp.runtime.tensors import Weight, f32
 
 try:  # the extension may be missing in a broken install; the reference ops still run a graph
     from deepcomp import _native
@@ -49,7 +50,7 @@ class BuildContext(NamedTuple):
     ins: tuple                     # input shapes (no batch)
     out: tuple                     # output shape (no batch)
     donate: tuple                  # per input: may the op overwrite it
-    relu: bool                     # a ReLU is fused into this op's kernel (ops with relu_epilogue)
+    act: tuple | None              # (lo, hi): a clamp (ReLU, ReLU6) fused into this op's kernel
     record: Callable               # record(kernel, LayerInfo fields) for weighted layers
 
 
@@ -64,7 +65,7 @@ class Op(NamedTuple):
     native: str | None = None
     buffer: str = "fresh"
     inplace: Callable | None = None
-    relu_epilogue: bool = False
+    epilogue: Callable | None = None
     since: int = 1
 
 
@@ -199,11 +200,43 @@ def _conv_kernel(factory, a, w, bias):
                    codebook=w.csr.get("codebook"), bias=bias)
 
 
+def _depthwise(a, ins) -> bool:
+    return a["groups"] > 1 and a["groups"] == ins[0][0]
+
+
+def _conv_epilogue(a, ins, act, act_attrs):
+    """ReLU in every conv kernel; ReLU6 / hardtanh in the depthwise one."""
+    if act == "relu":
+        return (0.0, math.inf)
+    if act == "clamp" and _depthwise(a, ins) and _native is not None and hasattr(_native, "DepthwiseConv2d"):
+        lo, hi = act_attrs["min"], act_attrs["max"]
+        return (-math.inf if lo is None else lo, math.inf if hi is None else hi)
+    return None
+
+
+def _depthwise_build(a, cx):
+    """Depthwise layers on the dense depthwise kernel, BatchNorm folded into weights and bias."""
+    w = cx.tensors.array(a["weight"], cx.name)
+    oc = w.shape[0]
+    bias = cx.tensors.vector(a["bias"], oc, cx.name, "bias")
+    bias = np.zeros(oc, np.float32) if bias is None else bias
+    if a["bn"] is not None:
+        scale, shift = cx.tensors.bn(a["bn"], oc, cx.name)
+        w, bias = w * scale[:, None, None, None], bias * scale + shift
+    k = _native.DepthwiseConv2d(f32(w), f32(bias), cx.ins[0][0], a["stride"], a["padding"], a["dilation"])
+    nnz = int(np.count_nonzero(w))
+    cx.record(k, Weight(a["weight"], tuple(w.shape), {}, nnz, w.nbytes))
+    lo, hi = cx.act if cx.act is not None else (None, None)
+    return lambda x: k.forward(x, lo, hi)
+
+
 def _conv_build(a, cx):
+    if _depthwise(a, cx.ins) and _native is not None and hasattr(_native, "DepthwiseConv2d"):
+        return _depthwise_build(a, cx)
     w, bias, scale, shift = _conv_parts(a, cx)
     k = _conv_kernel(kernel("SparseConv2d"), a, w, bias)
     cx.record(k, w)
-    relu = cx.relu
+    relu = cx.act is not None  # the plan fuses nothing but a ReLU into this kernel
     return lambda x: k.forward(x, relu, scale, shift)
 
 
@@ -243,7 +276,7 @@ def _linear_build(a, cx):
     w, bias = _linear_parts(a, cx)
     k = _linear_kernel(kernel("SparseLinear"), w, bias)
     cx.record(k, w)
-    relu = cx.relu
+    relu = cx.act is not None
     return lambda x: _rows(lambda r: k.forward(r, relu), x)
 
 
@@ -634,11 +667,12 @@ _TABLE = [
        "`weight`, `bias` (name or null), `stride`, `padding`, `dilation` (pairs), `groups`, `bn`: null or "
        "`{\"weight\", \"bias\", \"running_mean\", \"running_var\", \"eps\"}` (a BatchNorm2d folded into this "
        "convolution: `y = (conv(x) - mean) * weight / sqrt(var + eps) + bias`, per output channel)",
-       build=_conv_build, native="SparseConv2d", relu_epilogue=True),
+       build=_conv_build, native="SparseConv2d", epilogue=_conv_epilogue),
     Op("linear", (1, 1), {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None)},
        _linear_shape, _linear_ref,
        "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows)",
-       build=_linear_build, native="SparseLinear", relu_epilogue=True),
+       build=_linear_build, native="SparseLinear",
+       epilogue=lambda a, ins, act, act_attrs: (0.0, math.inf) if act == "relu" else None),
     Op("batchnorm2d", (1, 1), BN_ATTRS, _bn_shape, _bn_ref,
        "`weight`, `bias`, `running_mean`, `running_var`, `eps` (one that no convolution precedes; channels "
        "are dimension 1)", build=_bn_build),

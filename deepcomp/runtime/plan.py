@@ -3,7 +3,7 @@
 :func:`make_plan` checks the GRAPH object against the op table (deepcomp.runtime.ops), infers every
 node's output shape from the input shape, fuses each elementwise activation whose input feeds
 nothing else into the step that produced it (a ReLU after a conv/linear goes into the kernel's
-epilogue, the others run in place on the producer's fresh output), says which inputs a step may
+epilogue, as does a ReLU6 after a depthwise one; the others run in place on the producer's fresh output), says which inputs a step may
 overwrite, frees each buffer after its last use, and computes the peak activation memory of one
 sample. A plan that needs more than the memory limit is refused before anything is allocated.
 The executor (deepcomp.runtime.executor) turns the steps into calls.
@@ -53,7 +53,7 @@ class Step(NamedTuple):
     inputs: tuple              # node names (after fusion)
     ins: tuple                 # their shapes (no batch)
     out: tuple                 # the output shape (no batch)
-    relu: bool                 # a ReLU fused into the op's kernel
+    act: tuple | None          # (lo, hi): an activation fused into the op's kernel as a clamp
     epilogue: tuple            # (op, attrs) of activations applied in place to the output, in order
     donate: tuple              # per input: the step may overwrite it
     free: tuple                # buffers dropped after this step
@@ -158,8 +158,10 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
         return True
 
     # fusion: an activation whose input feeds nothing else runs in place in its producer's step
-    relu_of: set[str] = set()
+    act_of: dict[str, tuple] = {}
     epilogue: dict[str, list] = {}
+    attrs_of = {name: attrs for name, _, _, attrs in checked}
+    ins_of = {name: [shapes[s] for s in ins] for name, _, ins, _ in checked}
     for name, op, ins, attrs in checked:
         if OPS[op].inplace is None:
             continue
@@ -168,8 +170,12 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
             continue
         alias[name] = src
         uses[src] = uses.get(name, 0)
-        if op == "relu" and OPS[op_of[src]].relu_epilogue and not epilogue.get(src) and src not in relu_of:
-            relu_of.add(src)
+        producer = OPS[op_of[src]]
+        act = None
+        if producer.epilogue is not None and not epilogue.get(src) and src not in act_of:
+            act = producer.epilogue(attrs_of[src], ins_of[src], op, attrs)
+        if act is not None:
+            act_of[src] = act
         else:
             epilogue.setdefault(src, []).append((op, attrs))
     out = res(output)
@@ -195,7 +201,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     for i, (name, op, ins, attrs) in enumerate(kept):
         donate = tuple(owned(s) and ins.count(s) == 1 for s in ins)
         free = tuple(s for s in dict.fromkeys(ins) if last_use.get(s) == i and s != out)
-        steps.append(Step(name, op, attrs, ins, tuple(shapes[s] for s in ins), shapes[name], name in relu_of,
+        steps.append(Step(name, op, attrs, ins, tuple(shapes[s] for s in ins), shapes[name], act_of.get(name),
                           tuple(epilogue.get(name, ())), donate, free))
     plan = Plan(input_name, input_shape, out, shapes[out], tuple(steps), peak_bytes(steps, input_name, input_shape))
     check_memory(plan, 1, limit)

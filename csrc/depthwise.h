@@ -1,0 +1,73 @@
+// Depthwise 2-D convolution (groups == in_channels; out_channels = multiplier * in_channels) on
+// dense weights, NCHW float32: the convolutions of MobileNet, EfficientNet, MnasNet, ShuffleNet,
+// RegNet-Y and ConvNeXt. They hold few weights, so deepcomp keeps them dense; the kernel's work is
+// memory traffic, not arithmetic.
+//
+// Each input plane is copied once, padded, into `sw` column-phase planes (phase p holds padded
+// columns p, p + sw, ...), so every tap of every stride reads consecutive floats: an output row is
+// a few SIMD vectors, each the sum over the taps of a broadcast weight times a contiguous load. The
+// epilogue adds the bias and clamps to [lo, hi] (ReLU: [0, inf), ReLU6: [0, 6]); a BatchNorm is
+// folded into the weights and bias by the caller.
+#pragma once
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace deepcomp {
+
+struct DepthwiseGeometry {
+  int64_t channels = 0, multiplier = 1, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+};
+
+// One output plane for the per-ISA row kernels (isa/depthwise_impl.h).
+struct DepthwisePlane {
+  const float* phases;  // [sw][Hp][Wq]
+  int64_t Wq, sh;
+  const float* w;        // [taps]
+  const int64_t* off;    // [taps]: where tap t reads, from the start of output row 0's input row
+  int64_t taps;
+  // stride 1, dilation 1 rows (pairs of output rows share their input rows' loads): kh, kw and
+  // offx[kx], where column tap kx reads within a row
+  bool pairs;
+  int64_t kh, kw;
+  const int64_t* offx;
+  float bias, lo, hi;
+  bool clamp_lo, clamp_hi;
+  float* y;  // [OH][OW]
+  int64_t OH, OW;
+};
+
+struct DepthwiseKernels {
+  const char* name;
+  int width;  // floats per vector: the phase planes' rows are padded to a multiple of it
+  void (*plane)(const DepthwisePlane&);
+  // The sw phase planes [sw][Hp][Wq] of one H x W input plane padded by (ph, pw): phase p, row r,
+  // column j holds padded column j*sw + p of padded row r (zero outside the input).
+  void (*fill)(const float* x, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
+               float* out);
+};
+
+const DepthwiseKernels* depthwise_kernels_scalar();
+#if DEEPCOMP_X86
+const DepthwiseKernels* depthwise_kernels_avx2();
+const DepthwiseKernels* depthwise_kernels_avx512();
+#endif
+
+class DepthwiseConv2d {
+ public:
+  // w: [channels * multiplier][kh * kw]; bias: channels * multiplier floats or empty.
+  DepthwiseConv2d(std::vector<float> w, std::vector<float> bias, const DepthwiseGeometry& g);
+
+  // Output size for an H x W input; ShapeError if the kernel does not fit.
+  std::pair<int64_t, int64_t> out_size(int64_t H, int64_t W) const;
+  // x [N][channels][H][W] -> y [N][channels * multiplier][OH][OW], clamped to [lo, hi] where set.
+  void forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo, float lo, bool clamp_hi,
+               float hi) const;
+  const DepthwiseGeometry& geometry() const { return g_; }
+
+ private:
+  std::vector<float> w_, bias_;
+  DepthwiseGeometry g_;
+};
+
+}  // namespace deepcomp

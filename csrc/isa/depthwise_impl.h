@@ -1,0 +1,169 @@
+// The depthwise row kernel, written once against a vector trait and compiled once per ISA.
+// Include after defining DC_VEC (the trait), DC_NAME and DC_ENTRY (the table's accessor).
+#include <algorithm>
+#include <cstdint>
+
+#include "depthwise.h"
+
+namespace deepcomp {
+namespace {
+
+using V = DC_VEC;
+using VT = typename V::T;
+
+inline VT finish(const DepthwisePlane& p, VT acc) {
+  if (p.clamp_lo) acc = V::max(acc, V::set1(p.lo));
+  if (p.clamp_hi) {  // min(a, hi) = -max(-a, -hi)
+    const VT neg = V::set1(-1.f);
+    acc = V::mul(V::max(V::mul(acc, neg), V::set1(-p.hi)), neg);
+  }
+  return acc;
+}
+
+// U vectors of one output row starting at ox: acc[u] = bias + sum over taps of w * src[ox + u*W].
+template <int U>
+inline void block(const DepthwisePlane& p, const float* row0, int64_t ox, float* out, int last_lanes) {
+  VT acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = V::set1(p.bias);
+  const float* base = row0 + ox;
+  for (int64_t t = 0; t < p.taps; ++t) {
+    const float* src = base + p.off[t];
+    const VT wv = V::set1(p.w[t]);
+    for (int u = 0; u < U; ++u) acc[u] = V::fma(wv, V::load(src + u * V::W), acc[u]);
+  }
+  for (int u = 0; u < U; ++u) {
+    const VT v = finish(p, acc[u]);
+    if (u == U - 1 && last_lanes < V::W) V::store_mask(out + ox + u * V::W, v, (1u << last_lanes) - 1);
+    else V::store(out + ox + u * V::W, v);
+  }
+}
+
+// Output rows oy and oy + 1 (stride and dilation 1), U vectors each from ox: input row r feeds
+// tap row r of the first and r - 1 of the second, so each load serves two FMAs.
+template <int U>
+inline void pair_block(const DepthwisePlane& p, const float* row0, int64_t ox, float* out, int last_lanes) {
+  VT a[U], b[U];
+  for (int u = 0; u < U; ++u) a[u] = b[u] = V::set1(p.bias);
+  const float* base = row0 + ox;
+  for (int64_t r = 0; r <= p.kh; ++r) {
+    const float* row = base + r * p.Wq;
+    const float* wa = p.w + r * p.kw;        // tap row r of output row oy (r < kh)
+    const float* wb = p.w + (r - 1) * p.kw;  // tap row r - 1 of output row oy + 1 (r >= 1)
+    for (int64_t kx = 0; kx < p.kw; ++kx) {
+      const float* src = row + p.offx[kx];
+      VT v[U];
+      for (int u = 0; u < U; ++u) v[u] = V::load(src + u * V::W);
+      if (r < p.kh) {
+        const VT w = V::set1(wa[kx]);
+        for (int u = 0; u < U; ++u) a[u] = V::fma(w, v[u], a[u]);
+      }
+      if (r >= 1) {
+        const VT w = V::set1(wb[kx]);
+        for (int u = 0; u < U; ++u) b[u] = V::fma(w, v[u], b[u]);
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    const VT va = finish(p, a[u]), vb = finish(p, b[u]);
+    if (u == U - 1 && last_lanes < V::W) {
+      V::store_mask(out + ox + u * V::W, va, (1u << last_lanes) - 1);
+      V::store_mask(out + p.OW + ox + u * V::W, vb, (1u << last_lanes) - 1);
+    } else {
+      V::store(out + ox + u * V::W, va);
+      V::store(out + p.OW + ox + u * V::W, vb);
+    }
+  }
+}
+
+void plane(const DepthwisePlane& p) {
+  constexpr int W = V::W, U = 4;
+  int64_t oy = 0;
+  if (p.pairs) {
+    for (; oy + 2 <= p.OH; oy += 2) {
+      const float* row0 = p.phases + oy * p.Wq;
+      float* out = p.y + oy * p.OW;
+      int64_t ox = 0;
+      for (; ox + 3 * W <= p.OW; ox += 3 * W) pair_block<3>(p, row0, ox, out, W);
+      for (; ox < p.OW; ox += W) {
+        const int64_t left = p.OW - ox;
+        pair_block<1>(p, row0, ox, out, left >= W ? W : int(left));
+      }
+    }
+  }
+  for (; oy < p.OH; ++oy) {
+    const float* row0 = p.phases + oy * p.sh * p.Wq;
+    float* out = p.y + oy * p.OW;
+    int64_t ox = 0;
+    for (; ox + U * W <= p.OW; ox += U * W) block<U>(p, row0, ox, out, W);
+    for (; ox + 2 * W <= p.OW; ox += 2 * W) block<2>(p, row0, ox, out, W);
+    for (; ox < p.OW; ox += W) {
+      const int64_t left = p.OW - ox;
+      block<1>(p, row0, ox, out, left >= W ? W : int(left));
+    }
+  }
+}
+
+// Plain loops, compiled with this ISA's flags so the copies (and stride 2's deinterleave) vectorise.
+void fill(const float* xs, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
+          float* out) {
+  int64_t j0[8], j1[8];  // per phase, the columns j with 0 <= j*sw + p - pw < W
+  for (int64_t p = 0; p < sw && p < 8; ++p) {
+    j0[p] = std::min(Wq, std::max<int64_t>(0, (pw - p + sw - 1) / sw));
+    j1[p] = std::max(j0[p], std::min(Wq, (W + pw - p + sw - 1) / sw));
+  }
+  for (int64_t r = 0; r < Hp; ++r) {
+    const int64_t iy = r - ph;
+    for (int64_t p = 0; p < sw; ++p) {
+      float* row = out + (p * Hp + r) * Wq;
+      if (iy < 0 || iy >= H || sw > 8) {
+        std::fill(row, row + Wq, 0.f);
+        continue;
+      }
+      std::fill(row, row + j0[p], 0.f);
+      std::fill(row + j1[p], row + Wq, 0.f);
+    }
+    if (iy < 0 || iy >= H) continue;
+    const float* src = xs + iy * W;
+    if (sw == 1) {
+      std::copy(src + (j0[0] - pw), src + (j1[0] - pw), out + r * Wq + j0[0]);
+    } else if (sw == 2) {
+      // one contiguous pass splits even and odd input columns: input column 2i + q (q = 0, 1)
+      // is padded column 2i + q + pw, so it lands in phase (q + pw) % 2 at j = i + (q + pw) / 2
+      float* dst[2];
+      int64_t shift[2], lim = W / 2;
+      for (int q = 0; q < 2; ++q) {
+        shift[q] = (q + pw) / 2;
+        dst[q] = out + (((q + pw) % 2) * Hp + r) * Wq + shift[q];
+        lim = std::min(lim, Wq - shift[q]);
+      }
+      lim = std::max<int64_t>(lim, 0);
+      for (int q = 0; q < 2; ++q)  // what the paired pass leaves: an odd last column, the row's end
+        for (int64_t i = lim; i * 2 + q < W && i + shift[q] < Wq; ++i) dst[q][i] = src[2 * i + q];
+      for (int64_t i = 0; i < lim; ++i) {
+        dst[0][i] = src[2 * i];
+        dst[1][i] = src[2 * i + 1];
+      }
+    } else {
+      for (int64_t p = 0; p < sw && sw <= 8; ++p) {
+        float* row = out + (p * Hp + r) * Wq;
+        for (int64_t j = j0[p]; j < j1[p]; ++j) row[j] = src[j * sw + p - pw];
+      }
+    }
+  }
+  if (sw > 8) {  // rare: column by column
+    for (int64_t p = 0; p < sw; ++p)
+      for (int64_t r = ph; r < ph + H; ++r)
+        for (int64_t j = 0; j < Wq; ++j) {
+          const int64_t ix = j * sw + p - pw;
+          if (ix >= 0 && ix < W) out[(p * Hp + r) * Wq + j] = xs[(r - ph) * W + ix];
+        }
+  }
+}
+
+const DepthwiseKernels kTable = {DC_NAME, V::W, &plane, &fill};
+
+}  // namespace
+
+const DepthwiseKernels* DC_ENTRY() { return &kTable; }
+
+}  // namespace deepcomp

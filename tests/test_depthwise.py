@@ -1,0 +1,71 @@
+"""The native depthwise convolution against torch: every ISA, strides, paddings, dilations, channel
+multipliers, widths that end in partial vectors, fused clamps; and the runtime choosing it."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepcomp import _native
+
+ISAS = [isa for isa in ("scalar", "avx2", "avx512") if _native.isa() == isa or isa == "scalar" or
+        (isa == "avx2" and _native.isa() == "avx512")]
+CASES = [
+    # channels, multiplier, kernel, stride, padding, dilation, h, w
+    (8, 1, 3, 1, 1, 1, 13, 17), (6, 2, 5, 2, 2, 1, 20, 9), (4, 1, 3, 2, 0, 2, 11, 15), (3, 1, 7, 1, 3, 1, 5, 40),
+    (5, 1, 3, 3, 1, 1, 16, 16), (2, 1, (3, 5), (1, 2), (1, 2), 1, 9, 33), (16, 1, 3, 2, 1, 1, 112, 112),
+    (3, 1, 1, 1, 0, 1, 1, 1), (2, 1, 3, 2, 1, 1, 7, 8),
+]
+
+
+@pytest.fixture
+def isa():
+    before = _native.isa()
+    yield _native._set_isa
+    _native._set_isa(before)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("case", CASES)
+def test_depthwise_matches_torch(isa, name, case):
+    isa(name)
+    c, m, k, s, p, d, h, w = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c * m, 1, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(c * m).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b), s, p, d, c).numpy()
+    kern = _native.DepthwiseConv2d(wt, b, c, s, p, d)
+    np.testing.assert_allclose(kern.forward(x), ref, atol=1e-4)
+    np.testing.assert_allclose(kern.forward(x, 0.0, 6.0), np.clip(ref, 0, 6), atol=1e-4)
+    np.testing.assert_allclose(kern.forward(x, 0.0), np.maximum(ref, 0), atol=1e-4)
+    assert kern.output_size(h, w) == ref.shape[2:]
+
+
+def test_depthwise_rejects_bad_shapes():
+    wt = np.zeros((4, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="multiple"):
+        _native.DepthwiseConv2d(wt, None, 3)
+    kern = _native.DepthwiseConv2d(wt, None, 4)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        kern.forward(np.zeros((1, 4, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\[N, 4, H, W\]"):
+        kern.forward(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_runtime_runs_depthwise_natively_with_relu6_fused():
+    from torch import nn
+
+    from deepcomp.runtime import RuntimeModel
+    from runtime_helpers import loaded_parts, prune_and_share
+
+    model = prune_and_share(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                          nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval())
+    m = RuntimeModel(*loaded_parts(model, (3, 10, 10)))
+    dw = next(s for s in m.steps if s.name == "1")
+    assert type(dw.kernel).__name__ == "DepthwiseConv2d" and [s.name for s in m.steps] == ["0", "1", "4"]
+    assert m.plan.steps[1].act == (0.0, 6.0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), model(torch.from_numpy(x)).numpy(), atol=1e-5)
