@@ -52,8 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from deepcomp.zoo import load_model
 
-    return load_model(args.model, weights=args.weights, arch=args.arch,
-                      trust_pickle=args.trust_pickle, num_classes=args.num_classes)
+    shape = getattr(args, "input_shape", None)
+    return load_model(args.model, weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
+                      num_classes=args.num_classes, input_shape=tuple(shape) if shape else None)
 
 
 # --------------------------------------------------------------------------------------- compress

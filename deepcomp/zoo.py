@@ -280,7 +280,7 @@ def _shape_for(model: nn.Module, arch: str | None, input_shape, path: str) -> tu
             pass
     shape = _guess_input_shape(model)
     if shape is None:
-        raise ModelLoadError(f"cannot tell the input shape of the model in {path!r}; pass input_shape=")
+        raise ModelLoadError(f"cannot tell the input shape of the model in {path!r}; give it with --input-shape C,H,W (input_shape= in Python)")
     return shape
 
 
