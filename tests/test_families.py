@@ -60,3 +60,22 @@ def test_family_runs_like_torch(family):
     assert ref.std() > 1e-3, "the logits do not vary: the comparison would prove nothing"
     np.testing.assert_allclose(y, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
     assert (y.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("how", ["trace", "script"])
+@pytest.mark.parametrize("family", ["shufflenet_v2_x0_5", "mobilenet_v3_small", "convnext"])
+def test_family_as_torchscript(family, how):
+    from deepcomp.bench import DenseTorchGraph
+    from deepcomp.capture import capture
+
+    make, size = FAMILIES[family]
+    torch.manual_seed(0)
+    model = nonvanishing(make().eval())
+    x = torch.randn(2, 3, size, size)
+    sm = torch.jit.trace(model, x[:1]) if how == "trace" else torch.jit.script(model)
+    g = capture(sm, (3, size, size))
+    with torch.no_grad():
+        y = DenseTorchGraph(g, {k: v.numpy() for k, v in model.state_dict().items()})(x)
+        torch.testing.assert_close(y, model(x), atol=1e-4, rtol=1e-4)
+    assert [n["op"] for n in g["nodes"]] == [n["op"] for n in capture(model, (3, size, size))["nodes"]]

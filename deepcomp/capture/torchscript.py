@@ -236,14 +236,16 @@ def _warn(cx, n, ins):
 _CONST_OPS = {"aten::eq": operator.eq, "aten::ne": operator.ne, "aten::lt": operator.lt, "aten::le": operator.le,
               "aten::gt": operator.gt, "aten::ge": operator.ge, "aten::__and__": lambda a, c: a and c,
               "aten::__or__": lambda a, c: a or c, "aten::__is__": operator.is_, "aten::__isnot__": operator.is_not,
-              "aten::floordiv": operator.floordiv, "aten::__not__": operator.not_, "aten::neg": operator.neg}
+              "aten::floordiv": operator.floordiv, "aten::floor_divide": operator.floordiv,
+              "aten::remainder": operator.mod, "aten::__not__": operator.not_, "aten::neg": operator.neg,
+              "aten::__contains__": operator.contains}
 
 
 def _const_op(fn):
     def h(cx, n, ins):
         syms = [cx.sym(v) for v in ins]
-        if all(s.kind == "const" for s in syms):
-            return Sym("const", fn(*(s.value for s in syms)))
+        if all(s.kind == "const" or (s.kind == "list" and all(x.kind == "const" for x in s.value)) for s in syms):
+            return Sym("const", fn(*(cx.const(v) for v in ins)))
         if cx.kind in ("aten::__is__", "aten::__isnot__"):  # a tensor or module is never None
             return Sym("const", cx.kind == "aten::__isnot__")
         raise cx.unsupported(cx.kind, "a computation on tensor-dependent values")
