@@ -106,6 +106,23 @@ class GraphBuilder:
         return fold_batchnorm(drop_dead(graph))
 
 
+class Handlers(dict):
+    """A front's handler table (key -> handler) that also collects the graph ops its handlers emit
+    (``emits``, shared by a front's tables; tests/test_ops.py checks every op has a capture rule)."""
+
+    def __init__(self, emits: set):
+        super().__init__()
+        self.emits = emits
+
+    def register(self, *keys, emits: tuple = ()):
+        def register(fn):
+            for k in keys:
+                self[k] = fn
+            self.emits.update(emits)
+            return fn
+        return register
+
+
 def pair(v, what: str = "value") -> list[int]:
     if isinstance(v, int):
         return [int(v), int(v)]

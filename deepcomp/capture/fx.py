@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcomp.capture import lower
-from deepcomp.capture.builder import GraphBuilder, Tensor
+from deepcomp.capture.builder import GraphBuilder, Handlers, Tensor
 from deepcomp.errors import UnsupportedOpError
 
 
@@ -35,20 +35,11 @@ class Param(str):
     """A parameter or buffer of the model, by its state_dict key."""
 
 
-MODULES: dict[type, Callable] = {}
-FUNCTIONS: dict[Callable, Callable] = {}
-METHODS: dict[str, Callable] = {}
 EMITS: set[str] = {"constant"}  # ops of the runtime's table handlers here emit (tests/test_ops.py);
 # "constant": any parameter used as an operand (Capture.tensor)
-
-
-def handles(table: dict, *keys, emits: tuple = ()):
-    def register(fn):
-        for k in keys:
-            table[k] = fn
-        EMITS.update(emits)
-        return fn
-    return register
+MODULES = Handlers(EMITS)    # module type -> handler(capture, module, "path.", *args, **kwargs)
+FUNCTIONS = Handlers(EMITS)  # function -> handler(capture, *args, **kwargs)
+METHODS = Handlers(EMITS)    # tensor method name -> handler(capture, self, *args, **kwargs)
 
 
 class Capture:
@@ -201,7 +192,7 @@ def _bind(args, kwargs, names: list[str], defaults: dict) -> dict:
     return out
 
 
-@handles(MODULES, nn.Conv2d, emits=("conv2d",))
+@MODULES.register(nn.Conv2d, emits=("conv2d",))
 def _conv(cx, m, p, x):
     if m.padding_mode != "zeros":
         raise cx.unsupported("Conv2d", f"padding_mode={m.padding_mode!r}; only 'zeros' is supported")
@@ -209,12 +200,12 @@ def _conv(cx, m, p, x):
                         m.stride, m.padding, m.dilation, m.groups)
 
 
-@handles(MODULES, nn.Linear, emits=("linear",))
+@MODULES.register(nn.Linear, emits=("linear",))
 def _linear(cx, m, p, x):
     return lower.linear(cx, cx.tensor(x), f"{p}weight", f"{p}bias" if m.bias is not None else None)
 
 
-@handles(MODULES, nn.BatchNorm1d, nn.BatchNorm2d, emits=("batchnorm2d",))
+@MODULES.register(nn.BatchNorm1d, nn.BatchNorm2d, emits=("batchnorm2d",))
 def _bn(cx, m, p, x):
     if m.running_mean is None or m.running_var is None:
         raise cx.unsupported(type(m).__name__, "track_running_stats=False uses batch statistics at inference")
@@ -222,7 +213,7 @@ def _bn(cx, m, p, x):
                             f"{p}bias" if m.bias is not None else None, f"{p}running_mean", f"{p}running_var", m.eps)
 
 
-@handles(MODULES, nn.LayerNorm, emits=("layernorm",))
+@MODULES.register(nn.LayerNorm, emits=("layernorm",))
 def _layer_norm(cx, m, p, x):
     return lower.layer_norm(cx, cx.tensor(x), m.normalized_shape, f"{p}weight" if m.weight is not None else None,
                             f"{p}bias" if getattr(m, "bias", None) is not None else None, m.eps)
@@ -249,45 +240,45 @@ def _activation_module(op, attrs):
 
 
 for _type, (_op, _attrs) in _ACTIVATION_MODULES.items():
-    handles(MODULES, _type, emits=(_op,))(_activation_module(_op, _attrs))
+    MODULES.register(_type, emits=(_op,))(_activation_module(_op, _attrs))
 
 
-@handles(MODULES, nn.MaxPool2d, emits=("maxpool2d",))
+@MODULES.register(nn.MaxPool2d, emits=("maxpool2d",))
 def _maxpool(cx, m, p, x):
     if m.return_indices:
         raise cx.unsupported("MaxPool2d", "return_indices=True")
     return lower.max_pool2d(cx, cx.tensor(x), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
 
 
-@handles(MODULES, nn.AvgPool2d, emits=("avgpool2d",))
+@MODULES.register(nn.AvgPool2d, emits=("avgpool2d",))
 def _avgpool(cx, m, p, x):
     if m.divisor_override is not None:
         raise cx.unsupported("AvgPool2d", "divisor_override")
     return lower.avg_pool2d(cx, cx.tensor(x), m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
 
 
-@handles(MODULES, nn.AdaptiveAvgPool2d, emits=("adaptive_avgpool2d",))
+@MODULES.register(nn.AdaptiveAvgPool2d, emits=("adaptive_avgpool2d",))
 def _adaptive(cx, m, p, x):
     return lower.adaptive_avg_pool2d(cx, cx.tensor(x), m.output_size)
 
 
-@handles(MODULES, nn.Flatten, emits=("flatten", "reshape"))
+@MODULES.register(nn.Flatten, emits=("flatten", "reshape"))
 def _flatten_module(cx, m, p, x):
     return lower.flatten(cx, cx.tensor(x), m.start_dim, m.end_dim)
 
 
-@handles(MODULES, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+@MODULES.register(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
          nn.Identity)
 def _identity_module(cx, m, p, x, *rest, **kw):
     return cx.tensor(x)
 
 
-@handles(MODULES, nn.Softmax, emits=("softmax",))
+@MODULES.register(nn.Softmax, emits=("softmax",))
 def _softmax_module(cx, m, p, x):
     return lower.softmax(cx, cx.tensor(x), m.dim)
 
 
-@handles(MODULES, nn.MultiheadAttention, emits=("matmul", "softmax", "permute", "reshape", "slice", "mul"))
+@MODULES.register(nn.MultiheadAttention, emits=("matmul", "softmax", "permute", "reshape", "slice", "mul"))
 def _mha(cx, m, p, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
          average_attn_weights=True, is_causal=False):
     """Self-attention as torchvision's ViT calls it: one packed input projection, no masks, the
@@ -317,8 +308,8 @@ def _mha(cx, m, p, query, key, value, key_padding_mask=None, need_weights=True, 
 def _fn(*fns, emits: tuple = (), method: tuple = ()):
     """Register one handler for functions and tensor methods of the same signature."""
     def register(h):
-        handles(FUNCTIONS, *fns, emits=emits)(h)
-        handles(METHODS, *method, emits=emits)(h)
+        FUNCTIONS.register(*fns, emits=emits)(h)
+        METHODS.register(*method, emits=emits)(h)
         return h
     return register
 
@@ -484,13 +475,13 @@ def _assert(cx, condition, message):
         raise cx.unsupported("_assert", f"an assertion on tensor values, or one that fails: {message}")
 
 
-@handles(METHODS, "size")
+@METHODS.register("size")
 def _size(cx, x, dim=None):
     shape = (BATCH, *cx.tensor(x).shape)
     return shape if dim is None else shape[dim]
 
 
-@handles(METHODS, "dim")
+@METHODS.register("dim")
 def _dim(cx, x):
     return cx.tensor(x).rank
 
@@ -502,7 +493,7 @@ def _getitem(cx, x, index):
     return lower.index(cx, cx.tensor(x), index)
 
 
-@handles(METHODS, "expand")
+@METHODS.register("expand")
 def _expand(cx, x, *sizes):
     """``param.expand(N, -1, ...)``: a stored tensor repeated over the batch (ViT's class token)."""
     sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else list(sizes)
@@ -517,8 +508,8 @@ def _torchvision_handlers():
         from torchvision.ops import StochasticDepth, stochastic_depth
     except ImportError:  # pragma: no cover
         return
-    handles(MODULES, StochasticDepth)(_identity_module)
-    handles(FUNCTIONS, stochastic_depth)(_identity)
+    MODULES.register(StochasticDepth)(_identity_module)
+    FUNCTIONS.register(stochastic_depth)(_identity)
 
 
 _torchvision_handlers()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deepcomp.capture import lower
-from deepcomp.capture.builder import GraphBuilder, Tensor
+from deepcomp.capture.builder import GraphBuilder, Handlers, Tensor
 from deepcomp.errors import UnsupportedOpError
 
 
@@ -39,17 +39,9 @@ class _Batch:
 
 
 BATCH = _Batch()
-ATEN: dict[str, Callable] = {}
 EMITS: set[str] = set()
-
-
-def handles(*kinds, emits: tuple = ()):
-    def register(fn):
-        for k in kinds:
-            ATEN[k] = fn
-        EMITS.update(emits)
-        return fn
-    return register
+ATEN = Handlers(EMITS)  # node kind -> handler(capture, node, inputs) -> value (or None)
+handles = ATEN.register
 
 
 class ScriptCapture:
