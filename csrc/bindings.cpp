@@ -10,6 +10,7 @@ void bind_huffman(py::module_& m);
 void bind_loader(py::module_& m);
 void bind_kernels(py::module_& m);
 void bind_depthwise(py::module_& m);
+void bind_activation(py::module_& m);
 }  // namespace deepcomp
 
 PYBIND11_MODULE(_native, m) {
@@ -29,4 +30,5 @@ PYBIND11_MODULE(_native, m) {
   deepcomp::bind_loader(m);
   deepcomp::bind_kernels(m);
   deepcomp::bind_depthwise(m);
+  deepcomp::bind_activation(m);
 }

@@ -99,3 +99,24 @@ def test_depthwise_layers_stay_dense_by_default():
     plan, _ = make_plan(layers, load_recipe("deep-compression", "x"), sparsity=0.8)
     assert plan["dw"].density == 1.0 and "depthwise" in plan["dw"].label
     assert plan["pw"].density == pytest.approx(0.2) and plan["g"].density == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_native_activations_match_torch(isa):
+    import torch
+    import torch.nn.functional as F
+
+    if isa != "scalar" and _native.isa() not in (isa, "avx512"):
+        pytest.skip(f"no {isa} here")
+    before = _native.isa()
+    x = (np.random.default_rng(0).standard_normal(40003) * 6).astype(np.float32)
+    x[:4] = [-100, 100, 0, -0.0]
+    t = torch.from_numpy(x)
+    try:
+        _native._set_isa(isa)
+        for kind, ref in enumerate([torch.sigmoid(t), F.silu(t), F.gelu(t), F.gelu(t, approximate="tanh")]):
+            np.testing.assert_allclose(_native.activation_(x.copy(), kind), ref.numpy(), atol=2e-6, rtol=2e-6)
+    finally:
+        _native._set_isa(before)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.activation_(np.zeros((4, 4), np.float32)[:, ::2], 0)

@@ -479,11 +479,24 @@ def choice(*values):
     return check
 
 
-def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "none", native=None) -> Op:
-    """An elementwise op given by its in-place form ``fn(attrs, x) -> x`` on a float32 array."""
+def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "none", kind=None) -> Op:
+    """An elementwise op given by its in-place numpy form ``fn(attrs, x) -> x`` on a float32 array;
+    ``kind(attrs)`` is its number for the native ``activation_`` kernel, which runs it when present."""
     def ref(a, cx, x):
         return fn(a, np.array(x, dtype=np.float32))
-    return Op(name, (1, 1), attrs or {}, same, ref, doc, inplace=fn, native=native, since=2)
+
+    def inplace(a, x):
+        native = getattr(_native, "activation_", None) if _native is not None else None
+        if native is not None and x.flags.c_contiguous and x.flags.writeable:
+            return native(x, kind(a))
+        return fn(a, x)
+
+    def build(a, cx):
+        return lambda x: inplace(a, np.array(x, dtype=np.float32))
+
+    if kind is None:
+        return Op(name, (1, 1), attrs or {}, same, ref, doc, inplace=fn, since=2)
+    return Op(name, (1, 1), attrs or {}, same, ref, doc, build=build, inplace=inplace, native="activation_", since=2)
 
 
 def _broadcast(ins):
@@ -700,12 +713,13 @@ _TABLE = [
        build=_constant_build, buffer="shared", since=2),
     activation("clamp", _clamp, {"min": (optional(number()), None), "max": (optional(number()), None)},
                "`min`, `max` (numbers or null): ReLU6, hardtanh"),
-    activation("sigmoid", _sigmoid),
-    activation("silu", _silu, doc="none (`x * sigmoid(x)`)"),
+    activation("sigmoid", _sigmoid, kind=lambda a: 0),
+    activation("silu", _silu, doc="none (`x * sigmoid(x)`)", kind=lambda a: 1),
     activation("tanh", _tanh),
     activation("hardswish", _hardswish, doc="none (`x * clamp(x + 3, 0, 6) / 6`)"),
     activation("hardsigmoid", _hardsigmoid, doc="none (`clamp(x / 6 + 1/2, 0, 1)`)"),
-    activation("gelu", _gelu, {"approximate": (choice("none", "tanh"), "none")}, "`approximate`: \"none\" (erf) or \"tanh\""),
+    activation("gelu", _gelu, {"approximate": (choice("none", "tanh"), "none")}, "`approximate`: \"none\" (erf) or \"tanh\"",
+               kind=lambda a: 2 if a["approximate"] == "none" else 3),
     binary("mul", np.multiply, "as `add`"),
     binary("sub", np.subtract, "as `add` (`reverse`: scalar - input)"),
     binary("div", np.divide, "as `add` (`reverse`: scalar / input)"),
