@@ -120,3 +120,84 @@ def test_native_activations_match_torch(isa):
         _native._set_isa(before)
     with pytest.raises(ValueError, match="C-contiguous"):
         _native.activation_(np.zeros((4, 4), np.float32)[:, ::2], 0)
+
+
+# One small graph per op the families' tests may not reach in every form: the runtime against the
+# dense PyTorch baseline (deepcomp.bench.TORCH_OPS), node by node.
+X4 = (4, 6, 5)
+SAMPLES = {
+    "clamp": ([{"min": 0.0, "max": 6.0}, {"min": -1.0, "max": None}], X4),
+    "sigmoid": ([{}], X4), "silu": ([{}], X4), "tanh": ([{}], X4), "hardswish": ([{}], X4),
+    "hardsigmoid": ([{}], X4), "relu": ([{}], X4),
+    "gelu": ([{"approximate": "none"}, {"approximate": "tanh"}], X4),
+    "add": ([{"scalar": 3.0}, {"scalar": 2.0, "reverse": True}], X4),
+    "mul": ([{"scalar": 0.5}], X4), "sub": ([{"scalar": 1.0, "reverse": True}], X4),
+    "div": ([{"scalar": 6.0}, {"scalar": 2.0, "reverse": True}], X4),
+    "mean": ([{"dims": [2, 3], "keepdim": True}, {"dims": [1], "keepdim": False}], X4),
+    "permute": ([{"dims": [0, 2, 3, 1]}, {"dims": [0, 3, 1, 2]}], X4),
+    "reshape": ([{"shape": [24, 5]}, {"shape": [2, 2, 30]}], X4),
+    "slice": ([{"dim": 1, "start": 1, "stop": 4}, {"dim": 3, "start": 0, "stop": 5, "step": 2}], X4),
+    "softmax": ([{"dim": 3}, {"dim": 1}], X4),
+    "flatten": ([{"start_dim": 1}], X4),
+}
+
+
+# ops with weights or several inputs, tested by the graphs of their own tests
+COVERED_ELSEWHERE = {"conv2d", "linear", "batchnorm2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "concat",
+                     "constant", "matmul", "layernorm"}
+
+
+def test_every_op_has_a_runtime_test():
+    assert set(OPS) <= set(SAMPLES) | COVERED_ELSEWHERE, "add the op to SAMPLES"
+
+
+@pytest.mark.parametrize("op", sorted(SAMPLES))
+def test_op_runs_like_the_torch_baseline(op):
+    import torch
+
+    from deepcomp.bench import DenseTorchGraph
+
+    variants, shape = SAMPLES[op]
+    x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32) * 4
+    for attrs in variants:
+        g = graph([{"name": "y", "op": op, "inputs": ["x"], "attrs": attrs}], shape=shape, version=2)
+        with torch.no_grad():
+            ref = DenseTorchGraph(g, {})(torch.from_numpy(x)).numpy()
+        m = RuntimeModel(g, {}, {})
+        np.testing.assert_allclose(m(x), ref, atol=2e-6, rtol=2e-6, err_msg=f"{op} {attrs}")
+        # fused: the same op applied in place to a fresh buffer (an add's output)
+        g2 = graph([{"name": "a", "op": "add", "inputs": ["x", "x"], "attrs": {}},
+                    {"name": "y", "op": op, "inputs": ["a"], "attrs": attrs}], shape=shape, version=2)
+        with torch.no_grad():
+            ref2 = DenseTorchGraph(g2, {})(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(RuntimeModel(g2, {}, {})(x), ref2, atol=2e-6, rtol=2e-6, err_msg=f"{op} fused")
+
+
+def test_binary_broadcast_matmul_and_constants():
+    import torch
+
+    from deepcomp.bench import DenseTorchGraph
+
+    rng = np.random.default_rng(2)
+    dense = {"c": rng.standard_normal((1, 4, 1, 5)).astype(np.float32),
+             "w": rng.standard_normal(5).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    nodes = [{"name": "c", "op": "constant", "inputs": ["x"], "attrs": {"tensor": "c", "shape": [4, 1, 5]}},
+             {"name": "m", "op": "mul", "inputs": ["x", "c"], "attrs": {}},
+             {"name": "p", "op": "mean", "inputs": ["m"], "attrs": {"dims": [2], "keepdim": True}},
+             {"name": "s", "op": "sub", "inputs": ["m", "p"], "attrs": {}},
+             {"name": "d", "op": "div", "inputs": ["s", "c"], "attrs": {}},
+             {"name": "t", "op": "permute", "inputs": ["d"], "attrs": {"dims": [0, 1, 3, 2]}},
+             {"name": "mm", "op": "matmul", "inputs": ["d", "t"], "attrs": {}},
+             {"name": "ln", "op": "layernorm", "inputs": ["d"], "attrs": {"weight": "w", "bias": "b", "eps": 1e-5,
+                                                                       "dim": 3}},
+             {"name": "cat", "op": "concat", "inputs": ["ln", "c"], "attrs": {"dim": 2}},
+             {"name": "y", "op": "add", "inputs": ["cat", "cat"], "attrs": {}}]
+    g = graph(nodes, shape=(4, 6, 5), version=2)
+    x = rng.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    with torch.no_grad():
+        ref = DenseTorchGraph(g, dense)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(RuntimeModel(g, dense, {})(x), ref, atol=1e-5, rtol=1e-5)
+    g["output"] = "mm"
+    with torch.no_grad():
+        ref = DenseTorchGraph(g, dense)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(RuntimeModel(g, dense, {})(x), ref, atol=1e-4, rtol=1e-5)
