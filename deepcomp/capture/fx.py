@@ -340,11 +340,7 @@ _fn(F.gelu, emits=("gelu",))(_unary("gelu", [], {"approximate": "none"}, lambda 
 
 def _binary(op: str):
     def h(cx, a, b, *, alpha=1, out=None):
-        if alpha != 1:
-            raise cx.unsupported(op, "alpha other than 1")
-        if not isinstance(a, (Tensor, Param)):
-            return lower.binary(cx, op, b, a, reverse=True)
-        return lower.binary(cx, op, a, b)
+        return lower.binary(cx, op, a, b, alpha)
     return h
 
 

@@ -74,9 +74,18 @@ def adaptive_avg_pool2d(cx, x: Tensor, output_size) -> Tensor:
 # elementwise
 
 
-def binary(cx, op: str, a, b, reverse: bool = False) -> Tensor:
-    """``a op b`` (``b op a`` when reverse) where a is a tensor or parameter, b also a number."""
-    if isinstance(b, (int, float)) and not isinstance(b, bool):
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def binary(cx, op: str, a, b, alpha=1) -> Tensor:
+    """``a op b`` (torch's ``alpha`` must be 1) on tensors, parameters and numbers."""
+    if alpha != 1:
+        raise cx.unsupported(op, "alpha other than 1")
+    reverse = _number(a)
+    if reverse:
+        a, b = b, a
+    if _number(b):
         return cx.add(op, [cx.tensor(a)], {"scalar": float(b), "reverse": reverse})
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise cx.unsupported(op, "arithmetic between parameters only")

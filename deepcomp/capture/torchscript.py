@@ -349,11 +349,7 @@ def _binary(op):
         if not isinstance(a, (Tensor, str)) and not isinstance(b, (Tensor, str)):
             return {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}[op](
                 a, b * alpha)
-        if alpha != 1:
-            raise cx.unsupported(op, "alpha other than 1")
-        if not isinstance(a, (Tensor, str)):
-            return lower.binary(cx, op, b, a, reverse=True)
-        return lower.binary(cx, op, a, b)
+        return lower.binary(cx, op, a, b, alpha)
     return h
 
 

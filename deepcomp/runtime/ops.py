@@ -20,6 +20,11 @@ One :class:`Op` per op says everything the rest of deepcomp needs to know about 
 
 The capture fronts (deepcomp.capture), the dense PyTorch baseline (deepcomp.bench) and the docs are
 checked against this table by tests/test_ops.py.
+
+Adding an op (``tanh`` as the example): its entry here (a 2-line in-place numpy function and one
+``activation(...)`` line), its torch form in deepcomp.bench.TORCH_OPS (1 line), its capture rules
+in deepcomp/capture/fx.py (module and function tables, 2 lines) and torchscript.py (1 name), a
+SAMPLES entry in tests/test_ops.py, then ``python scripts/update-op-docs.py`` for the docs row.
 """
 
 from __future__ import annotations
