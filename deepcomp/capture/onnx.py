@@ -623,7 +623,7 @@ def _gather(cx, node, ins, a):
     data, idx = ins
     if not isinstance(data, np.ndarray) or not isinstance(idx, np.ndarray) or a.get("axis", 0) != 0:
         raise cx.unsupported("Gather", "gathering from a computed tensor")
-    return np.take(data, idx.astype(np.int64), axis=0)
+    return _shape_vector(np.take(data, idx.astype(np.int64), axis=0))
 
 
 @handles("Unsqueeze", "Squeeze")
