@@ -251,10 +251,8 @@ class OnnxCapture:
 
     def layer(self, node, i: int, module_for: Callable[[np.ndarray], nn.Module], transposed: bool) -> str:
         """The weight input ``i`` of a Conv / Gemm / MatMul as the weight of a torch layer; its key."""
-        name = self.source.get(node.input[i])
-        if name is None:
-            raise self.unsupported(node.op_type, "the weight must be an initializer, not computed")
-        w = self.consts[name]
+        w = self.const(i, node, "weight")
+        name = self.source.get(node.input[i], node.input[i])  # folded constants are named by their value
 
         def make():
             module = module_for(w.T if transposed else w)
@@ -270,8 +268,9 @@ class OnnxCapture:
 
         def make():
             module = self.m.get_submodule(path)
-            if arr.shape[0] != module.weight.shape[0]:
-                raise self.unsupported(node.op_type, f"a bias of {arr.shape[0]} values for {module.weight.shape[0]} outputs")
+            outs = module.weight.shape[0]
+            if arr.shape[0] != outs:
+                raise self.unsupported(node.op_type, f"a bias of {arr.shape[0]} values for {outs} outputs")
             module.bias = nn.Parameter(torch.from_numpy(np.array(arr, dtype=np.float32)))
             return f"{path}.bias"
         return self._key("bias", f"{path}:{self.source.get(name, name)}", make)
@@ -294,9 +293,8 @@ class OnnxCapture:
             self.op, self.where = node.op_type, node.name or f"{node.op_type} #{k}"
             if node.domain not in ("", "ai.onnx"):
                 raise self.unsupported(f"{node.domain}.{node.op_type}")
-            ins = [self.env[i] if i in self.env else self._missing(i) for i in node.input]
+            ins = [_numeric(self.env[i]) if i in self.env else self._missing(i) for i in node.input]
             attrs = _attributes(node)
-            ins = [_numeric(v) for v in ins]
             if all(isinstance(v, np.ndarray) and v.dtype != object for v in ins if v is not None):
                 outs = self.fold(node, ins)
             elif node.op_type in ONNX:
