@@ -181,3 +181,35 @@ def _cli(*args, cwd=None):
     p = subprocess.run([sys.executable, "-m", "deepcomp.cli", *args], capture_output=True, text=True, cwd=cwd,
                        timeout=300)
     return p.returncode, p.stdout, p.stderr
+
+
+def test_matmul_add_and_untransposed_gemm(tmp_path):
+    """Hand-written graph: x @ W + b (fused into one linear with bias), Gemm with transB=0 ([in, out]
+    weights, stored transposed), Mul by a per-feature constant, Softmax."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w1, b1 = rng.standard_normal((16, 12)).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    w2, b2 = rng.standard_normal((12, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    scale = rng.uniform(0.5, 2, (1, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (scale, "s"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1/MatMul"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1/Add"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["g"], name="fc2/Gemm", transB=0),
+             helper.make_node("Mul", ["g", "s"], ["gs"], name="scale"),
+             helper.make_node("Softmax", ["gs"], ["y"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    loaded = load_model(str(path))
+    assert loaded.model.onnx_names == {"fc1.weight": ("w1", True), "fc2.weight": ("w2", True)}
+    result = deepcomp.compress(loaded, sparsity=0.5, progress=False)
+    linears = [n for n in result.graph["nodes"] if n["op"] == "linear"]
+    assert [n["attrs"]["bias"] for n in linears] == ["fc1.bias", "fc2.bias"]  # the Add became fc1's bias
+    result.save(tmp_path / "mlp.dcz")
+    dense = deepcomp.decompress(tmp_path / "mlp.dcz")
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    ref = ort.InferenceSession(with_weights(path, loaded, dense)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(deepcomp.load(tmp_path / "mlp.dcz")(x), ref, rtol=1e-4, atol=1e-6)
