@@ -15,8 +15,8 @@ from deepcomp.errors import DeepcompError
 
 EPILOG = """\
 models (MODEL): torchvision:NAME (random init unless --weights FILE), zoo:lenet-300-100, zoo:lenet-5,
-a file written by `deepcomp train`, a TorchScript file, a state_dict with --arch NAME, or a pickled
-module with --trust-pickle.  See `deepcomp CMD --help`.
+a file written by `deepcomp train`, a TorchScript file, an ONNX file (model.onnx; pip install
+"deepcomp[onnx]"), a state_dict with --arch NAME, or a pickled module with --trust-pickle.  See `deepcomp CMD --help`.
 """
 
 
@@ -105,7 +105,10 @@ def cmd_compress(args) -> int:
     loaded = _load(args)
     hooks = {}
     if args.data:
+        from deepcomp.pipeline import require_trainable
         from deepcomp.train import make_hooks
+
+        require_trainable(loaded.model)
 
         hooks = make_hooks(args.data, finetune_epochs=args.finetune_epochs, lr=args.lr,
                            batch_size=args.batch_size, log_path=args.log, seed=args.seed,

@@ -155,6 +155,13 @@ def _resolve_model(model, input_shape):
     return module, str(model.arch), shape, str(getattr(model, "source", ""))
 
 
+def require_trainable(module) -> None:
+    """Retraining runs the model in torch: a model that only holds weights (from ONNX) cannot."""
+    why = getattr(module, "not_trainable", None)
+    if why:
+        raise DeepcompError(why)
+
+
 def _schedule(target_sparsity: float, steps: int) -> list[float]:
     """Per-step sparsities: the kept fraction shrinks geometrically (Han et al.), linearly to 1.0."""
     return iterative_schedule(target_sparsity, steps, "geometric" if target_sparsity < 1.0 else "linear")
@@ -191,6 +198,8 @@ def compress(
     """
     t0 = time.perf_counter()
     module, arch, shape, source = _resolve_model(model, input_shape)
+    if finetune is not None or train_codebooks is not None:
+        require_trainable(module)
     module.eval()
     with torch.no_grad():
         for p in module.parameters():

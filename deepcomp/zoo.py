@@ -4,8 +4,8 @@ Names: ``zoo:lenet-300-100`` and ``zoo:lenet-5`` (the two MNIST networks of the 
 paper) and ``torchvision:NAME`` (any torchvision classification model, randomly initialised: there
 are no pretrained downloads here; pass ``weights=`` a state_dict file).
 
-Files: a deepcomp model file (:func:`save_model`), a TorchScript file, a plain state_dict together
-with ``arch=``, or (only with ``trust_pickle=True``) a whole pickled ``nn.Module``. Every file is read
+Files: a deepcomp model file (:func:`save_model`), a TorchScript file, an ONNX file (``.onnx``, read by
+deepcomp.capture.onnx), a plain state_dict together with ``arch=``, or (only with ``trust_pickle=True``) a whole pickled ``nn.Module``. Every file is read
 with ``torch.load(weights_only=True)`` unless the user trusts it.
 """
 
@@ -300,7 +300,7 @@ def load_model(
     The model is returned in eval mode.
     """
     spec = os.fspath(spec)
-    looks_like_path = os.sep in spec or spec.endswith((".pt", ".pth", ".bin", ".ckpt"))
+    looks_like_path = os.sep in spec or spec.endswith((".pt", ".pth", ".bin", ".ckpt", ".onnx"))
     if not os.path.exists(spec) and looks_like_path:
         raise ModelLoadError(f"model file {spec!r} does not exist")
     if not os.path.exists(spec) and (":" in spec or arch is None):
@@ -311,6 +311,13 @@ def load_model(
         raise ModelLoadError(f"model file {spec!r} does not exist")
     if os.path.isdir(spec):
         raise ModelLoadError(f"{spec!r} is a directory; give a model file or a name such as zoo:lenet-5")
+
+    if spec.lower().endswith(".onnx"):
+        if arch is not None:
+            raise ModelLoadError(f"{spec!r} is an ONNX file, which holds its architecture; drop --arch")
+        from deepcomp.capture.onnx import load_onnx
+
+        return load_onnx(spec, input_shape)
 
     if _is_torchscript(spec):
         try:

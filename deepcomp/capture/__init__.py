@@ -5,7 +5,8 @@ then captures it with one of the fronts, each a table of handlers over one build
 (deepcomp.capture.builder) and one set of lowerings (deepcomp.capture.lower):
 
 - ``fx``: torch.fx symbolic tracing, handlers keyed by module type, function and tensor method;
-- ``torchscript``: the inlined graph of a TorchScript module, handlers keyed by node kind.
+- ``torchscript``: the inlined graph of a TorchScript module, handlers keyed by node kind;
+- ``onnx``: an ONNX file's graph (a :class:`deepcomp.capture.onnx.OnnxModel`), handlers keyed by op type.
 
 The captured graph's output shape is checked against the model's. Anything the fronts cannot
 express raises :class:`deepcomp.errors.UnsupportedOpError` naming the op, where it is, and what the
@@ -43,9 +44,11 @@ def _output_shape(model, input_shape: tuple) -> tuple:
 
 def capture(model: nn.Module, input_shape: tuple) -> dict:
     """The GRAPH JSON object (a dict) for ``model`` run on inputs of shape ``[N, *input_shape]``."""
-    from deepcomp.capture import fx, torchscript
+    from deepcomp.capture import fx, onnx, torchscript
 
     input_shape = tuple(int(d) for d in input_shape)
+    if isinstance(model, onnx.OnnxModel):  # nothing to run in torch: the ONNX graph declares its output
+        return onnx.capture_onnx(model, input_shape, _unsupported_for(onnx.supported))[0]
     was_training = model.training
     model.eval()
     try:
