@@ -127,7 +127,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, x):
         x = torch.relu(self.conv(x))
         gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-        x = x * gate
+        x = 2 * (x * gate)
         y = self.shuffled(x)
         y = y.reshape(-1, 2, 4, y.shape[2], y.shape[3]).transpose(1, 2).reshape(y.shape)
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x + y, 1), 1))
@@ -143,6 +143,16 @@ def test_broadcast_multiply_and_untraced_reshape():
     new, plan = prune_channels(model, 0.5, example_input_shape=(3, 6, 6), return_plan=True)
     assert new.fc1.out_channels == 2 and new.fc2.in_channels == 2
     same_outputs(model, new, plan, (2, 3, 6, 6))
+
+
+def test_layers_sharing_a_weight_are_left_whole():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 9, 2))
+    model[4].weight = model[2].weight
+    groups, skipped = find_channel_groups(model, example_input_shape=(3, 3, 3))
+    assert not groups and all("shares a parameter" in skipped[n] for n in ("0", "2", "4"))  # "0" feeds "2"
+    new = prune_channels(model, 0.5, example_input_shape=(3, 3, 3))
+    assert new[2].weight is new[4].weight and new[0].out_channels == 4
 
 
 def test_readme_call_and_user_errors(resnet18):

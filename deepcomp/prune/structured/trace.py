@@ -39,12 +39,13 @@ BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-    nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )
 PASS_FUNCTIONS = {
     F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
     F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
     F.dropout, F.dropout1d, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+    F.interpolate, F.pad,  # spatial; a pad that adds channels fails the width check made after every node
 }
 PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "detach"}
 ELEMENTWISE_FUNCTIONS = {
@@ -243,6 +244,11 @@ class _Tracer:
         self.slots: list[tuple[int, str, Slot]] = []  # (space, role, slot)
         self.direct_bn: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
+        owners: dict[int, list[str]] = {}
+        for name, mod in modules.items():
+            for p in mod.parameters(recurse=False):
+                owners.setdefault(id(p), []).append(name)
+        self.tied = {n for names in owners.values() if len(names) > 1 for n in names}  # cut once, not per owner
 
     # layouts
     def width(self, layout: Layout) -> int:
@@ -322,6 +328,10 @@ class _Tracer:
                 self.skipped.setdefault(name, "it is called in a way channel pruning does not follow")
             return self.opaque(node, f"it feeds {name} in a way channel pruning does not follow")
         layout, shape = self.layout[src], _shape(src)
+        if name in self.tied:
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                self.skipped[name] = "it shares a parameter with another layer"
+            return self.opaque(node, f"it feeds {name}, which shares a parameter with another layer")
         if isinstance(mod, nn.Conv2d):
             self.conv(node, name, mod, layout)
         elif isinstance(mod, nn.Linear):
@@ -402,7 +412,7 @@ class _Tracer:
 
     def elementwise(self, node) -> None:
         tensors = [a for a in node.all_input_nodes if _shape(a) is not None]
-        if len(tensors) == 1 and tensors[0] in self.layout and node.args and node.args[0] is tensors[0]:
+        if len(tensors) == 1 and tensors[0] in self.layout:
             return self.pass_on(node, tensors[0])  # with a scalar
         if len(tensors) != 2 or not all(a in self.layout for a in tensors):
             return self.opaque(node, _what(node))
