@@ -15,7 +15,7 @@ the steady-state median of --repeat rounds of alternating blocks (deepcomp.bench
 the original and the hardened model each compressed with the same recipe (deep-compression's bits,
 at each --sparsity of unstructured pruning on top: 0 keeps every remaining weight, dense kernels),
 loaded with deepcomp.runtime and timed the same way. A model the runtime cannot capture is reported
-with the reason. About 5 minutes on 2 cores.
+with the reason. About 6 minutes on 2 quiet cores (11 with 1 thread on a loaded machine).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def run(arch: str, args, workdir: str) -> list[str]:
              f"MACs {flops[0] / 1e9:.2f} G -> {flops[1] / 1e9:.2f} G per image. "
              f"Hardened vs masked outputs: max |difference| / max |output| = {diff:.1e}; "
              f"TorchScript (script, save, load): max |difference| {ts_diff:.1e}.", "",
-             f"{args.threads} threads, steady-state medians of alternating blocks, ms per batch:", "",
+             f"{args.threads} thread{'s' * (args.threads != 1)}, steady-state medians of alternating blocks, "
+             "ms per batch:", "",
              "| where | batch | original ms | hardened ms | speedup |", "|---|---|---|---|---|"]
     for batch in args.batches:
         xb = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))

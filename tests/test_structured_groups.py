@@ -108,6 +108,7 @@ def test_googlenet_branches_feed_the_next_inception_and_the_aux_heads():
     # inception4a's output also feeds the first auxiliary classifier, which runs in training only
     assert ("aux1.conv.conv", 0, 1) in plan.groups["inception4a.branch1.conv"].consumers
     assert new.inception3b.branch1.conv.in_channels == 128
+    assert set(plan.skipped) == {"fc", "aux1.fc2", "aux2.fc2"} and "output" in plan.skipped["fc"]
     same_outputs(model, new, plan, (2, 3, 64, 64))
     out = new.train()(torch.randn(2, 3, 64, 64))
     assert out.logits.shape == out.aux_logits1.shape == out.aux_logits2.shape == (2, 10)

@@ -23,6 +23,7 @@ scored together and removed together from every member.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from dataclasses import dataclass, field
@@ -122,21 +123,29 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _in_mode(model: nn.Module, training: bool):
+    """Every module in train or eval mode for the block, then back to the mode each had."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """The model's graph, traced in training mode so that branches taken only in training (auxiliary
-    classifiers) are seen too; the modules' modes are restored."""
-    modes = {m: m.training for m in model.modules()}
-    model.train()
+    classifiers) are seen too."""
     try:
-        return torch.fx.symbolic_trace(model)
+        with _in_mode(model, True):
+            return torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
         raise UnsupportedOpError(
             f"structured pruning needs a torch.fx-traceable model; tracing {type(model).__name__} failed "
             f"({_first_line(exc)}). Remove data-dependent control flow from forward(), or prune with "
             "unstructured masks instead") from None
-    finally:
-        for m, t in modes.items():
-            m.training = t
 
 
 class _ShapeRecorder(torch.fx.Interpreter):
@@ -155,19 +164,14 @@ class _ShapeRecorder(torch.fx.Interpreter):
 
 
 def _run_example(gm: torch.fx.GraphModule, model: nn.Module, x: torch.Tensor) -> None:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with _in_mode(model, False), torch.no_grad():
             _ShapeRecorder(gm).run(x)
     except Exception as exc:
         raise InputShapeError(
             f"an example input of shape {tuple(x.shape)} (batch first) does not run through "
             f"{type(model).__name__} ({_first_line(exc)}); pass example_input_shape, the shape of one "
             "sample such as (3, 224, 224)") from None
-    finally:
-        for m, t in modes.items():
-            m.training = t
 
 
 def traced_with_shapes(model: nn.Module, example_input_shape=None, example=None) -> torch.fx.GraphModule:
@@ -400,6 +404,8 @@ class _Tracer:
             return self.cat(node)
         if (method and t == "mean") or (not method and t is torch.mean):
             return self.spatial_mean(node)
+        if _shape(node) is None and node.users and all(u.op == "output" for u in node.users):
+            return self.fix_inputs(node, "its channels reach the model's output")  # e.g. a named tuple of outputs
         self.opaque(node, f"its channels go through {_what(node)}, which channel pruning does not handle")
 
     def reshape(self, node) -> None:
