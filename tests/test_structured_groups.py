@@ -1,15 +1,20 @@
 """Channel groups across residual adds and concats: ResNet, MobileNetV2, DenseNet, GoogLeNet at small
 input sizes; the hardened model equals the masked one and saves as TorchScript; user errors."""
 
+import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from deepcomp.dcz import decompress
 from deepcomp.errors import DeepcompError, InputShapeError, RecipeError, UnsupportedOpError
+from deepcomp.pipeline import compress
 from deepcomp.prune import find_channel_groups, prune_channels, slim
+from deepcomp.runtime import load
 from structured_helpers import n_params, randomize_bn, same_outputs
 
 
@@ -51,6 +56,20 @@ def test_resnet_residual_stage_is_one_group(resnet18, tmp_path):
     assert n_params(new) < 0.3 * n_params(model)
     same_outputs(model, new, plan, (2, 3, 32, 32), atol=1e-4)
     torchscript_roundtrip(new, (2, 3, 32, 32), tmp_path)
+
+
+def test_hardened_resnet_compresses_and_runs_on_the_runtime(resnet18, tmp_path):
+    """The smaller layers capture into a .dcz; the runtime computes what torch computes with the
+    file's (shared, pruned) weights."""
+    new = prune_channels(resnet18, 0.75, example_input_shape=(3, 32, 32)).eval()
+    compress(new, input_shape=(3, 32, 32), sparsity=0.5, progress=False).save(tmp_path / "m.dcz")
+    shared = copy.deepcopy(new)
+    shared.load_state_dict({k: torch.from_numpy(v) for k, v in decompress(tmp_path / "m.dcz").items()}, strict=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = shared(torch.from_numpy(x)).numpy()
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(load(tmp_path / "m.dcz")(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_a_layer_names_its_group(resnet18):
