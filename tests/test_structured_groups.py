@@ -180,6 +180,7 @@ def test_readme_call_and_user_errors(resnet18):
     raise DeepcompError with one clear line, with no torch.fx traceback attached."""
     new = prune_channels(resnet18, 0.5, criterion="l1", example_input_shape=(3, 32, 32))
     assert new.conv1.out_channels == 32
+    assert not any(m.training for m in resnet18.modules())  # traced in training mode, then restored
     assert slim(resnet18, 0.5, (3, 32, 32)).fc.in_features < 512
     assert prune_channels(resnet18, 0.5, example_input_shape=(1, 3, 32, 32)).conv1.out_channels == 32
 
