@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from deepcomp.errors import RecipeError, UnsupportedOpError
+from deepcomp.errors import InputShapeError, RecipeError, UnsupportedOpError
 from deepcomp.prune import (
     RelevanceCriterion,
     SlimmingRegularizer,
@@ -17,22 +17,7 @@ from deepcomp.prune import (
     slimming_step,
 )
 from deepcomp.zoo import LeNet5, LeNet300100
-
-
-def n_params(m):
-    return sum(p.numel() for p in m.parameters())
-
-
-def randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+from structured_helpers import n_params, randomize_bn, same_outputs
 
 
 def vgg_bn():
@@ -45,20 +30,10 @@ def vgg_bn():
     ))
 
 
-def same_outputs(model, new, plan, shape, atol=1e-5):
-    """The smaller model computes what the original computes with the removed channels zeroed."""
-    ref = apply_channel_plan(model, plan, mode="zero")
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        a, b = new.eval()(x), ref.eval()(x)
-    assert a.shape == b.shape
-    assert torch.allclose(a, b, atol=atol, rtol=1e-4), float((a - b).abs().max())
-
-
 def test_lenet5_filters_removed_and_outputs_match_hand_masked_original():
     torch.manual_seed(0)
     model = LeNet5().eval()
-    new, plan = prune_channels(model, 0.5, "l1", example_input_shape=(1, 1, 28, 28), return_plan=True)
+    new, plan = prune_channels(model, 0.5, "l1", example_input_shape=(1, 28, 28), return_plan=True)
     assert new.conv1.weight.shape == (10, 1, 5, 5) and new.conv1.bias.shape == (10,)
     assert new.conv2.weight.shape == (25, 10, 5, 5)
     assert new.fc1.weight.shape == (250, 25 * 16)
@@ -88,7 +63,7 @@ def test_lenet5_filters_removed_and_outputs_match_hand_masked_original():
 def test_unit_pruning_of_linear_neurons():
     torch.manual_seed(0)
     model = LeNet300100().eval()
-    new, plan = prune_channels(model, {"fc1": 0.5, "fc2": 0.3}, "l2", example_input_shape=(1, 1, 28, 28),
+    new, plan = prune_channels(model, {"fc1": 0.5, "fc2": 0.3}, "l2", example_input_shape=(1, 28, 28),
                                return_plan=True)
     assert new.fc1.weight.shape == (150, 784) and new.fc2.weight.shape == (70, 150)
     assert new.fc3.weight.shape == (10, 70)
@@ -110,7 +85,7 @@ def test_vgg_like_with_batchnorm():
 @pytest.mark.parametrize("crit", ["l2", "bn"])
 def test_criteria_on_vgg_like(crit):
     model = vgg_bn().eval()
-    new, plan = prune_channels(model, {"0": 0.25, "3": 0.5}, crit, example_input_shape=(1, 3, 8, 8), return_plan=True)
+    new, plan = prune_channels(model, {"0": 0.25, "3": 0.5}, crit, example_input_shape=(3, 8, 8), return_plan=True)
     assert plan.removed() == {"0": 2, "3": 8}
     if crit == "bn":
         gamma = model[4].weight.detach().abs()
@@ -123,13 +98,13 @@ def test_relevance_criterion_ranks_filters():
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))]
     rel = RelevanceCriterion.from_batches(model, data)
-    new, plan = prune_channels(model, 0.5, rel, example_input_shape=(1, 3, 8, 8), return_plan=True)
+    new, plan = prune_channels(model, 0.5, rel, example_input_shape=(3, 8, 8), return_plan=True)
     per_filter = rel.score("3", model[3]).sum((1, 2, 3))
     assert set(plan.keep["3"].tolist()) == set(torch.argsort(per_filter, descending=True)[:8].tolist())
     same_outputs(model, new, plan, (2, 3, 8, 8))
 
 
-@pytest.mark.parametrize("arch,shape", [("alexnet", (1, 3, 64, 64)), ("vgg11", (1, 3, 32, 32))])
+@pytest.mark.parametrize("arch,shape", [("alexnet", (3, 64, 64)), ("vgg11", (3, 32, 32))])
 def test_torchvision_models(arch, shape):
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=10).eval()
@@ -140,27 +115,14 @@ def test_torchvision_models(arch, shape):
     i = next(i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear))
     assert new.classifier[i].in_features == model.classifier[i].in_features // 2  # 36 / 49 features per channel
     assert set(plan.skipped) == {"classifier.6"}
-    same_outputs(model, new, plan, (2, *shape[1:]))
-
-
-def test_resnet_skips_layers_joined_by_adds():
-    torch.manual_seed(0)
-    model = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
-    new, plan = prune_channels(model, 0.5, "l1", example_input_shape=(1, 3, 32, 32), return_plan=True)
-    assert "layer1.0.conv1" in plan.keep and new.layer1[0].conv1.out_channels == 32
-    assert new.layer1[0].bn1.num_features == 32 and new.layer1[0].conv2.in_channels == 32
-    assert "add" in plan.skipped["layer1.0.conv2"] and "layer2.0.downsample.0" in plan.skipped
-    assert new.layer1[0].conv2.out_channels == 64
-    same_outputs(model, new, plan, (2, 3, 32, 32), atol=1e-4)
-    with pytest.raises(RecipeError, match="residual add"):
-        prune_channels(model, {"layer1.0.conv2": 0.5}, example_input_shape=(1, 3, 32, 32))
+    same_outputs(model, new, plan, (2, *shape))
 
 
 def test_global_scope_and_min_channels():
     model = vgg_bn().eval()
     with torch.no_grad():
         model[1].weight.fill_(1e-3)  # every gamma of the first BN is tiny
-    new, plan = prune_channels(model, 0.5, "bn", example_input_shape=(1, 3, 8, 8), scope="global",
+    new, plan = prune_channels(model, 0.5, "bn", example_input_shape=(3, 8, 8), scope="global",
                                return_plan=True, min_channels=2)
     removed = plan.removed()
     assert removed["0"] == 6  # the tiny ones go first, but two channels stay
@@ -170,19 +132,19 @@ def test_global_scope_and_min_channels():
 
 def test_groups_and_errors():
     model = vgg_bn()
-    groups, skipped = find_channel_groups(model, example_input_shape=(1, 3, 8, 8))
-    assert groups["0"].bns == [("1", 1)] and groups["0"].consumers == [("3", 1)]
-    assert groups["3"].consumers == [("8", 16)] and groups["8"].bns == [("9", 1)]
-    with pytest.raises(RecipeError, match="example_input_shape"):
+    groups, skipped = find_channel_groups(model, example_input_shape=(3, 8, 8))
+    assert groups["0"].bns == [("1", 0, 1)] and groups["0"].consumers == [("3", 0, 1)]
+    assert groups["3"].consumers == [("8", 0, 16)] and groups["8"].bns == [("9", 0, 1)]
+    with pytest.raises(InputShapeError, match="example_input_shape"):
         prune_channels(model, 0.5)
     with pytest.raises(RecipeError):
-        prune_channels(model, 0.5, "entropy", example_input_shape=(1, 3, 8, 8))
+        prune_channels(model, 0.5, "entropy", example_input_shape=(3, 8, 8))
     with pytest.raises(RecipeError):
-        prune_channels(model, {"nope": 0.5}, example_input_shape=(1, 3, 8, 8))
+        prune_channels(model, {"nope": 0.5}, example_input_shape=(3, 8, 8))
     with pytest.raises(RecipeError):
-        prune_channels(model, 1.5, example_input_shape=(1, 3, 8, 8))
-    with pytest.raises(RecipeError, match="does not run"):
-        prune_channels(model, 0.5, example_input_shape=(1, 3, 9))
+        prune_channels(model, 1.5, example_input_shape=(3, 8, 8))
+    with pytest.raises(InputShapeError, match="does not run"):
+        prune_channels(model, 0.5, example_input_shape=(3, 9))
 
     class Branchy(nn.Module):
         def __init__(self):
@@ -195,8 +157,8 @@ def test_groups_and_errors():
             return x
 
     with pytest.raises(UnsupportedOpError):
-        prune_channels(Branchy(), 0.5, example_input_shape=(1, 1, 4, 4))
-    plan = plan_channel_pruning(model, 0.0, example_input_shape=(1, 3, 8, 8))
+        prune_channels(Branchy(), 0.5, example_input_shape=(1, 4, 4))
+    plan = plan_channel_pruning(model, 0.0, example_input_shape=(3, 8, 8))
     assert all(v == 0 for v in plan.removed().values())
 
 
@@ -228,7 +190,7 @@ def test_slim_removes_smallest_gammas_globally():
     with torch.no_grad():
         model[1].weight[:3] = torch.tensor([0.01, -0.02, 0.03])
         model[4].weight[5:7] = torch.tensor([0.015, -0.025])
-    new, plan = slim(model, 5 / 56, (1, 3, 8, 8), return_plan=True)
+    new, plan = slim(model, 5 / 56, (3, 8, 8), return_plan=True)
     assert plan.removed() == {"0": 3, "3": 2, "8": 0}
     assert 5 not in plan.keep["3"].tolist() and 6 not in plan.keep["3"].tolist()
     assert new[0].out_channels == 5 and new[3].out_channels == 14

@@ -24,6 +24,7 @@ from deepcomp.prune.structured import (  # noqa: F401
     FilterL1,
     FilterL2,
     SlimmingRegularizer,
+    Slot,
     SummedWeightScores,
     apply_channel_plan,
     find_channel_groups,
