@@ -39,6 +39,22 @@ struct ConvEpilogue {
   bool relu = false;
 };
 
+using ConvSparseFn = void (*)(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in,
+                             int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate,
+                             const ConvEpilogue* ep);
+using ConvDenseFn = void (*)(const float* wp, const int32_t* off, int64_t K, const float* in, const float* epi,
+                            int64_t es, bool relu, float* out);
+
+// One entry of csrc/isa/microkernels.h as instantiated for one ISA: exactly one function is set.
+// tile: vectors per pixel block (conv_sparse) or output pixels (conv_dense).
+struct MicroKernel {
+  const char* name;  // <dtype>_<op>_<tile>__<isa>
+  const char* op;    // "conv_sparse" or "conv_dense"
+  int tile;
+  ConvSparseFn conv_sparse;
+  ConvDenseFn conv_dense;
+};
+
 struct Kernels {
   const char* name;
   int width;  // floats per vector register
@@ -64,11 +80,18 @@ struct Kernels {
   void (*conv_dense)(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi,
                      int64_t es, bool relu, float* out);
   int dense_px;
+  // Every micro-kernel of this ISA (see isa/microkernels.h); conv and conv_dense dispatch to them.
+  const MicroKernel* micro;
+  int nmicro;
 };
 
 const Kernels& kernels();
 // Name of the chosen table ("avx512", "avx2", "scalar").
 std::string isa_name();
+// Whether this CPU runs the named ISA's table.
+bool isa_supported(const std::string& name);
+// The named ISA's table (null if unknown or unsupported here), without switching to it.
+const Kernels* kernels_for(const std::string& name);
 // Switch tables (tests and benchmarks). Raises ShapeError for an unknown or unsupported name.
 void set_isa(const std::string& name);
 

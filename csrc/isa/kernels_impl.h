@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "dispatch.h"
+#include "isa/microkernels.h"
 
 namespace deepcomp {
 namespace {
@@ -162,9 +163,8 @@ inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* 
 // The nonzeros come as fp32 weights (the plan decodes a codebook) in `values`, two per iteration.
 // Every load costs: the loop is bound by load issue (one input vector per FMA, plus the scalars),
 // so a pair's two offsets come from one 8-byte load and its two weights from another, broadcast by
-// shuffles (5-6% faster than four scalar loads on AlexNet and VGG-16 layers, 1 and 2 threads). The
-// offsets of the next pair are loaded one iteration ahead, so the vector loads, whose addresses
-// depend on them, never wait on a scalar load. It reads up to 4 entries of off past the last
+// shuffles (see docs/kernels.md). The offsets of the next pair are loaded one iteration ahead, so
+// the vector loads, whose addresses depend on them, never wait on a scalar load. It reads up to 4 entries of off past the last
 // nonzero: the plan pads them.
 inline uint64_t load_pair(const int32_t* p) {
   uint64_t q;
@@ -208,17 +208,16 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, const f
   }
 }
 
-using ConvFn = void (*)(const CsrWeights&, const int32_t*, const int64_t*, const float*, int64_t, int64_t, int64_t,
-                       float*, bool, const ConvEpilogue*);
-template <int... NV>
-constexpr std::array<ConvFn, sizeof...(NV)> conv_table(std::integer_sequence<int, NV...>) {
-  return {&conv_t<NV + 1>...};
-}
+// The sparse micro-kernels of isa/microkernels.h, and the dispatch over their tiles.
+#define DC_SPARSE_ENTRY(NV) {"f32_conv_sparse_" #NV "v__" DC_NAME, "conv_sparse", NV, &conv_t<NV>, nullptr},
+constexpr MicroKernel kSparseKernels[] = {DC_CONV_SPARSE_TILES(DC_SPARSE_ENTRY)};
+#undef DC_SPARSE_ENTRY
+constexpr int kMaxSparseTile = int(sizeof(kSparseKernels) / sizeof(kSparseKernels[0]));
 
 void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in, int64_t p0, int nv,
           int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
-  static constexpr auto table = conv_table(std::make_integer_sequence<int, 12>{});
-  table[size_t(std::min(std::max(nv, 1), 12) - 1)](w, off, seg, in, p0, oc0, oc1, tmp, acc, ep);
+  kSparseKernels[std::min(std::max(nv, 1), kMaxSparseTile) - 1].conv_sparse(w, off, seg, in, p0, oc0, oc1, tmp, acc,
+                                                                            ep);
 }
 
 // ---- dense direct convolution, output channels along the vectors --------------------------------
@@ -255,22 +254,35 @@ void conv_dense_t(const float* wp, const int32_t* off, int64_t K, const float* i
   }
 }
 
-using DenseFn = void (*)(const float*, const int32_t*, int64_t, const float*, const float*, int64_t, bool, float*);
-template <int... P>
-constexpr std::array<DenseFn, sizeof...(P)> dense_table(std::integer_sequence<int, P...>) {
-  return {&conv_dense_t<P + 1>...};
-}
+// Tiles beyond this ISA's kDensePx are listed with a null function and left out of the list.
+#define DC_DENSE_ENTRY(PX) \
+  {"f32_conv_dense_" #PX "px__" DC_NAME, "conv_dense", PX, nullptr, PX <= kDensePx ? &conv_dense_t<(PX <= kDensePx ? PX : 1)> : nullptr},
+constexpr MicroKernel kDenseKernels[] = {DC_CONV_DENSE_TILES(DC_DENSE_ENTRY)};
+#undef DC_DENSE_ENTRY
 
 void conv_dense(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi, int64_t es,
                 bool relu, float* out) {
-  static constexpr auto table = dense_table(std::make_integer_sequence<int, kDensePx>{});
-  table[size_t(px - 1)](wp, off, K, in, epi, es, relu, out);
+  kDenseKernels[size_t(px - 1)].conv_dense(wp, off, K, in, epi, es, relu, out);
+}
+
+// Both lists in one, the dense one cut at kDensePx.
+struct MicroList {
+  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx];
+  int n = 0;
+};
+MicroList make_micro_list() {
+  MicroList l{};
+  for (const auto& m : kSparseKernels) l.k[l.n++] = m;
+  for (const auto& m : kDenseKernels)
+    if (m.conv_dense) l.k[l.n++] = m;
+  return l;
 }
 
 }  // namespace
 
 const Kernels* DC_ENTRY() {
-  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx};
+  static const MicroList micro = make_micro_list();
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, micro.k, micro.n};
   return &table;
 }
 

@@ -1,0 +1,152 @@
+// Shared by the micro-kernel test and benchmark: random problems for one micro-kernel, the scalar
+// reference, and the comparison. Header-only; no Python, no test framework.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "dispatch.h"
+
+namespace deepcomp {
+namespace mktest {
+
+constexpr int64_t kPad = 8;  // readable entries past the last nonzero the sparse kernels may load
+
+// A sparse-conv problem: OC rows over an input window of L floats, density d (rows may be empty).
+struct SparseProblem {
+  int width = 1, nv = 1;
+  int64_t OC = 0, L = 0, p0 = 0;
+  std::vector<float> in, values, tmp, bias, scale, shift, y;
+  std::vector<int32_t> off;
+  std::vector<int64_t> seg;
+};
+
+// Tap t reads the input at offset t * spacing.
+inline SparseProblem make_sparse(const MicroKernel& mk, int width, int64_t OC, int64_t taps, double density,
+                                 uint32_t seed, int64_t spacing = 1) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::bernoulli_distribution keep(density);
+  SparseProblem p;
+  p.width = width;
+  p.nv = mk.tile;
+  p.OC = OC;
+  const int64_t block = int64_t(mk.tile) * width;
+  p.p0 = width;  // the block does not start at the buffer's first float
+  p.L = taps * spacing + p.p0 + block + width;
+  p.in.resize(size_t(p.L));
+  for (auto& v : p.in) v = u(rng);
+  p.seg.push_back(0);
+  for (int64_t oc = 0; oc < OC; ++oc) {
+    // Rows 0 and 3 (mod 7) stay empty; the others keep each tap with probability `density`.
+    for (int64_t t = 0; t < taps; ++t)
+      if (oc % 7 != 0 && oc % 7 != 3 && keep(rng)) {
+        p.off.push_back(int32_t(t * spacing));
+        p.values.push_back(u(rng));
+      }
+    p.seg.push_back(int64_t(p.off.size()));
+  }
+  p.off.resize(p.off.size() + kPad, 0);
+  p.values.resize(p.values.size() + kPad, 0.f);
+  p.tmp.assign(size_t(OC * block), 0.f);
+  for (int64_t oc = 0; oc < OC; ++oc) {
+    p.bias.push_back(u(rng));
+    p.scale.push_back(u(rng));
+    p.shift.push_back(u(rng));
+  }
+  p.y.assign(size_t(OC * block), 0.f);
+  return p;
+}
+
+// Reference of one row's block, in double: sum_j w_j in[off_j + p0 + i].
+inline double sparse_ref(const SparseProblem& p, int64_t oc, int64_t i) {
+  double s = 0;
+  for (int64_t j = p.seg[size_t(oc)]; j < p.seg[size_t(oc + 1)]; ++j)
+    s += double(p.values[size_t(j)]) * double(p.in[size_t(p.off[size_t(j)] + p.p0 + i)]);
+  return s;
+}
+
+inline bool close(double got, double want, double scale, const char* what, const char* name) {
+  if (std::fabs(got - want) <= 1e-4 * std::max(1.0, std::fabs(scale))) return true;
+  std::printf("FAIL %s %s: got %.7g want %.7g\n", name, what, got, want);
+  return false;
+}
+
+// Runs a sparse micro-kernel three ways (store, accumulate, epilogue with relu, scale, shift and a
+// partial last vector) and compares with the reference. Returns the number of mismatches.
+inline int check_sparse(const MicroKernel& mk, int width, int64_t OC, int64_t taps, double density, uint32_t seed) {
+  SparseProblem p = make_sparse(mk, width, OC, taps, density, seed);
+  CsrWeights w;
+  w.values = p.values.data();
+  const int64_t block = int64_t(mk.tile) * width;
+  int bad = 0;
+  // 1) store into tmp, 2) accumulate onto it: twice the sum.
+  mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), false, nullptr);
+  for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
+    for (int64_t i = 0; i < block; ++i)
+      bad += !close(p.tmp[size_t(oc * block + i)], sparse_ref(p, oc, i), 1.0, "store", mk.name);
+  mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), true, nullptr);
+  for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
+    for (int64_t i = 0; i < block; ++i)
+      bad += !close(p.tmp[size_t(oc * block + i)], 2 * sparse_ref(p, oc, i), 1.0, "accumulate", mk.name);
+  // 3) the epilogue: output vectors scattered to voff, the last one partial, one masked off.
+  std::vector<int64_t> voff(size_t(mk.tile));
+  std::vector<uint32_t> mask(size_t(mk.tile));
+  for (int v = 0; v < mk.tile; ++v) {
+    voff[size_t(v)] = int64_t(mk.tile - 1 - v) * width;  // reversed order
+    const int valid = v == mk.tile - 1 ? std::max(1, width - 1) : width;
+    mask[size_t(v)] = (v == 1 && mk.tile > 2) ? 0u : uint32_t((uint64_t(1) << valid) - 1);
+  }
+  ConvEpilogue ep;
+  std::fill(p.y.begin(), p.y.end(), -7.f);
+  ep.y = p.y.data();
+  ep.ostride = block;
+  ep.voff = voff.data();
+  ep.mask = mask.data();
+  ep.bias = p.bias.data();
+  ep.scale = p.scale.data();
+  ep.shift = p.shift.data();
+  ep.relu = true;
+  mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), false, &ep);
+  for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
+    for (int v = 0; v < mk.tile; ++v)
+      for (int l = 0; l < width; ++l) {
+        const double s = sparse_ref(p, oc, int64_t(v) * width + l);
+        double want = std::max(0.0, (s + p.bias[size_t(oc)]) * p.scale[size_t(oc)] + p.shift[size_t(oc)]);
+        if (!((mask[size_t(v)] >> l) & 1)) want = -7.0;  // untouched
+        bad += !close(p.y[size_t(oc * block + voff[size_t(v)] + l)], want, 1.0, "epilogue", mk.name);
+      }
+  return bad;
+}
+
+// A dense-conv problem: K taps, 2*width output channels, PX pixels.
+inline int check_dense(const MicroKernel& mk, int width, int64_t K, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int64_t ocb = 2 * width, es = ocb;
+  std::vector<float> wp(size_t(K * ocb)), in(size_t(K + mk.tile + 8)), epi(size_t(3 * es)), out(size_t(mk.tile * ocb));
+  std::vector<int32_t> off(static_cast<size_t>(K));
+  for (auto& v : wp) v = u(rng);
+  for (auto& v : in) v = u(rng);
+  for (auto& v : epi) v = u(rng);
+  for (int64_t k = 0; k < K; ++k) off[size_t(k)] = int32_t((k * 5) % (K + 1));
+  int bad = 0;
+  for (bool relu : {false, true}) {
+    mk.conv_dense(wp.data(), off.data(), K, in.data(), epi.data(), es, relu, out.data());
+    for (int i = 0; i < mk.tile && bad < 5; ++i)
+      for (int64_t o = 0; o < ocb; ++o) {
+        double s = 0;
+        for (int64_t k = 0; k < K; ++k) s += double(wp[size_t(k * ocb + o)]) * in[size_t(off[size_t(k)] + i)];
+        double want = (s + epi[size_t(o)]) * epi[size_t(es + o)] + epi[size_t(2 * es + o)];
+        if (relu) want = std::max(0.0, want);
+        bad += !close(out[size_t(i * ocb + o)], want, 1.0, relu ? "dense relu" : "dense", mk.name);
+      }
+  }
+  return bad;
+}
+
+}  // namespace mktest
+}  // namespace deepcomp
