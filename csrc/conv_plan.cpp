@@ -31,6 +31,10 @@ constexpr int64_t kL1Budget = DC_L1;
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
 std::atomic<double> g_dense_threshold{DC_DENSE_THRESHOLD};
+#ifndef DC_CONV_RT
+#define DC_CONV_RT false  // measured slower on VGG-16's layers so far: docs/kernels.md
+#endif
+std::atomic<bool> g_register_tiling{DC_CONV_RT};
 
 // An odd number of cache lines: a chunk's window, which reads the same rows of several channels,
 // planes and regions, then spreads over the L1 sets (at power-of-two strides they collide).
@@ -91,6 +95,60 @@ std::shared_ptr<ConvPlan> new_plan(const ConvGeometry& g, const ConvPlanKey& key
 
 float weight_of(const CsrWeights& w, int64_t j) { return w.values ? w.values[j] : w.codebook[w.cluster[j]]; }
 
+// Regroups a sparse plan's chunk-major nonzeros (seg/off/values) into register tiles: per chunk and
+// group of kConvRtRows rows, one entry per distinct offset with the weights of the rows keeping it,
+// entries sorted by pattern so that the kernel runs one branch-free loop per pattern.
+void pack_register_tiles(ConvPlan& p, int64_t OC) {
+  constexpr int M = kConvRtRows;
+  p.rt = true;
+  p.ngroups = (OC + M - 1) / M;
+  p.rt_idx.assign(size_t(p.nchunks * p.ngroups * 3), 0);
+  struct Entry {
+    int32_t off;
+    unsigned pattern;
+    float w[M];
+  };
+  std::vector<std::pair<int32_t, int>> taps;  // (offset, row) of one group in one chunk
+  std::vector<Entry> ents;
+  for (int64_t c = 0; c < p.nchunks; ++c) {
+    const int64_t* sg = p.seg.data() + c * (OC + 1);
+    for (int64_t g = 0; g < p.ngroups; ++g) {
+      taps.clear();
+      for (int r = 0; r < M && g * M + r < OC; ++r)
+        for (int64_t q = sg[g * M + r]; q < sg[g * M + r + 1]; ++q) taps.push_back({p.off[size_t(q)], r});
+      std::sort(taps.begin(), taps.end());
+      ents.clear();
+      for (size_t i = 0; i < taps.size();) {
+        Entry e{taps[i].first, 0u, {}};
+        for (; i < taps.size() && taps[i].first == e.off; ++i) e.pattern |= 1u << taps[i].second;
+        ents.push_back(e);
+      }
+      // The weights, looked up again by (row, offset) from the row's nonzeros.
+      for (auto& e : ents)
+        for (int r = 0; r < M; ++r)
+          if ((e.pattern >> r) & 1)
+            for (int64_t q = sg[g * M + r]; q < sg[g * M + r + 1]; ++q)
+              if (p.off[size_t(q)] == e.off) e.w[r] += p.values[size_t(q)];
+      std::stable_sort(ents.begin(), ents.end(), [](const Entry& a, const Entry& b) { return a.pattern < b.pattern; });
+      int64_t* idx = p.rt_idx.data() + (c * p.ngroups + g) * 3;
+      idx[0] = int64_t(p.rt_hdr.size());
+      idx[1] = int64_t(p.rt_off.size());
+      idx[2] = int64_t(p.rt_w.size());
+      const size_t counts = p.rt_hdr.size();
+      p.rt_hdr.resize(counts + (1u << M) - 1, 0);
+      for (const auto& e : ents) {
+        ++p.rt_hdr[counts + e.pattern - 1];
+        p.rt_off.push_back(e.off);
+        for (int r = 0; r < M; ++r)
+          if ((e.pattern >> r) & 1) p.rt_w.push_back(e.w[r]);
+      }
+    }
+  }
+  // The per-row layout is not needed any more.
+  std::vector<int32_t>().swap(p.off);
+  std::vector<float>().swap(p.values);
+}
+
 }  // namespace
 
 int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
@@ -100,8 +158,11 @@ int64_t set_conv_band_budget(int64_t bytes) {
   return g_band_budget.exchange(std::max<int64_t>(bytes, 1), std::memory_order_relaxed);
 }
 
+bool conv_register_tiling() { return g_register_tiling.load(std::memory_order_relaxed); }
+bool set_conv_register_tiling(bool on) { return g_register_tiling.exchange(on, std::memory_order_relaxed); }
+
 ConvPlanKey current_conv_key(int64_t H, int64_t W, int threads) {
-  return {H, W, threads, kernels().width, conv_band_budget(), conv_dense_threshold()};
+  return {H, W, threads, kernels().width, conv_band_budget(), conv_dense_threshold(), conv_register_tiling()};
 }
 
 std::pair<int64_t, int64_t> conv_out_size(const ConvGeometry& g, int64_t H, int64_t W) {
@@ -181,10 +242,11 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
 
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
   // nonzero plus about two scalar operations (offset, weight broadcast).
+  const int max_nv = key.rt ? std::min(kMaxNv, conv_rt_max_nv(width)) : kMaxNv;
   const int64_t nvec = (p->P + width - 1) / width;
   int best = 1;
   int64_t best_cost = INT64_MAX;
-  for (int nv = 1; nv <= kMaxNv; ++nv) {
+  for (int nv = 1; nv <= max_nv; ++nv) {
     const int64_t cost = ((nvec + nv - 1) / nv) * (nv + 2);
     if (cost <= best_cost) best = nv, best_cost = cost;
   }
@@ -193,7 +255,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   p->pieces = 0;
   const int64_t row_out = (p->OW + width - 1) / width, row_vecs = p->Wq / width;
   if (row_out < row_vecs) {
-    const int64_t pieces = (row_out + kMaxNv - 1) / kMaxNv, nvp = (row_out + pieces - 1) / pieces;
+    const int64_t pieces = (row_out + max_nv - 1) / max_nv, nvp = (row_out + pieces - 1) / pieces;
     if (pieces * nvp <= row_vecs && p->BH * pieces * (nvp + 2) < best_cost) {
       best = int(nvp);
       p->pieces = pieces;
@@ -256,6 +318,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
       p->off[size_t(q)] = int32_t(off[size_t(j)]);
       p->values[size_t(q)] = weight_of(v, j);
     }
+  if (key.rt) pack_register_tiles(*p, OC);
   return p;
 }
 

@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "dispatch.h"
 #include "sparse_linear.h"
 
 namespace deepcomp {
@@ -32,6 +33,9 @@ int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
 // them there, anything above 1 none.
 double conv_dense_threshold();
 double set_conv_dense_threshold(double threshold);  // returns the previous value
+// Whether sparse plans use the register-tiled kernel (groups of output channels sharing loads).
+bool conv_register_tiling();
+bool set_conv_register_tiling(bool on);  // returns the previous value
 
 // Everything a plan depends on besides the layer itself: the input's spatial size and the run's
 // thread count, SIMD width and planning knobs. A change in any of them makes a new plan.
@@ -40,7 +44,8 @@ struct ConvPlanKey {
   int threads, width;
   int64_t budget;
   double dense_threshold;
-  auto tie() const { return std::tie(H, W, threads, width, budget, dense_threshold); }
+  bool rt;
+  auto tie() const { return std::tie(H, W, threads, width, budget, dense_threshold, rt); }
   bool operator<(const ConvPlanKey& o) const { return tie() < o.tie(); }
   bool operator==(const ConvPlanKey& o) const { return tie() == o.tie(); }
 };
@@ -85,6 +90,17 @@ struct ConvPlan {
   int64_t nchunks;
   std::vector<int64_t> seg;
   std::vector<float> values;
+  // Register-tiled sparse plans (key.rt) hold the same nonzeros as ConvRtChunk data instead of
+  // seg/off/values: per chunk, ngroups groups of kConvRtRows output channels (rt_idx[(c * ngroups
+  // + g) * 3 ...]), each group's entries sorted by pattern, then by offset.
+  bool rt = false;
+  int64_t ngroups = 0;
+  std::vector<int64_t> rt_idx;
+  std::vector<int32_t> rt_hdr, rt_off;
+  std::vector<float> rt_w;
+  ConvRtChunk rt_chunk(int64_t c) const {
+    return {rt_idx.data() + c * ngroups * 3, rt_hdr.data(), rt_off.data(), rt_w.data()};
+  }
 };
 
 // Entries of off/values past the last nonzero that the sparse kernel may read.

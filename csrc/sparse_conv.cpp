@@ -18,6 +18,7 @@ constexpr int kMaxVec = 12;  // the kernels' largest block
 // Unit of the output-channel split between tasks: a multiple of the dense kernel's channel block
 // (2 * width, at most 32).
 constexpr int64_t kOcChunk = 32;
+static_assert(kOcChunk % kConvRtRows == 0, "task splits must not cut a register-tile group");
 #ifndef DC_OCT
 #define DC_OCT 256
 #endif
@@ -187,6 +188,12 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       }
       for (int64_t oc0 = oc_a; oc0 < oc_b; oc0 += oc_tile) {
         const int64_t oc1 = std::min(oc_b, oc0 + oc_tile);
+        if (p.rt) {  // oc0 is a multiple of the group size (kOcChunk and oc_tile are)
+          const int64_t g0 = oc0 / kConvRtRows, g1 = (oc1 + kConvRtRows - 1) / kConvRtRows;
+          for (int64_t c = 0; c < p.nchunks; ++c)
+            K.conv_rt(p.rt_chunk(c), in, p0, p.nv, g0, g1, OC, t, c > 0, c == p.nchunks - 1 ? &ep : nullptr);
+          continue;
+        }
         for (int64_t c = 0; c < p.nchunks; ++c)
           K.conv(w, p.off.data(), p.seg.data() + c * (OC + 1), in, p0, p.nv, oc0, oc1, t, c > 0,
                  c == p.nchunks - 1 ? &ep : nullptr);

@@ -5,11 +5,16 @@
 //
 // A micro-kernel's name is <dtype>_<op>_<tile>__<isa>, e.g. f32_conv_sparse_8v__avx512: the sparse
 // direct conv over a pixel block of 8 vectors, or f32_conv_dense_12px__avx2: the dense direct conv
-// over 12 output pixels by two vectors of output channels.
+// over 12 output pixels by two vectors of output channels, f32_conv_rt4x6v__avx512: the register-tiled
+// sparse conv over groups of 4 output channels and a pixel block of 6 vectors.
 #pragma once
 
 // Sparse direct conv, pixel block of NV vectors (Kernels::conv): X(NV).
 #define DC_CONV_SPARSE_TILES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)
+// Register-tiled sparse direct conv (kConvRtRows output channels share each input load), pixel
+// block of NV vectors (Kernels::conv_rt): X(NV). An ISA instantiates the tiles up to
+// conv_rt_max_nv(width).
+#define DC_CONV_RT_TILES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)
 // Dense direct conv, PX output pixels (Kernels::conv_dense): X(PX). An ISA instantiates the tiles up
 // to its dense_px (its register file holds 2 * PX accumulators).
 #define DC_CONV_DENSE_TILES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)

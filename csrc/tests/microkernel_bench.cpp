@@ -37,7 +37,14 @@ int main(int argc, char** argv) {
       const MicroKernel& mk = k->micro[i];
       if (!filter.empty() && std::string(mk.name).find(filter) == std::string::npos) continue;
       double macs = 0, s = 0;
-      if (std::string(mk.op) == "conv_sparse") {
+      if (std::string(mk.op) == "conv_rt") {
+        const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
+        mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
+        mktest::RtLayout l = mktest::pack_rt(p);
+        macs = double(p.seg.back()) * mk.tile * k->width;
+        s = median_seconds([&] { mk.conv_rt(l.chunk(), p.in.data(), p.p0, 0, OC / kConvRtRows, OC, p.tmp.data(), true,
+                                            nullptr); }, 7, 200);
+      } else if (std::string(mk.op) == "conv_sparse") {
         const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
         mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
         CsrWeights w;

@@ -122,6 +122,86 @@ inline int check_sparse(const MicroKernel& mk, int width, int64_t OC, int64_t ta
   return bad;
 }
 
+// The register-tiled layout of a SparseProblem (one chunk), packed independently of the planner:
+// per group, entries of each pattern in increasing pattern order.
+struct RtLayout {
+  std::vector<int64_t> idx;
+  std::vector<int32_t> hdr, off;
+  std::vector<float> w;
+  ConvRtChunk chunk() const { return {idx.data(), hdr.data(), off.data(), w.data()}; }
+};
+
+inline RtLayout pack_rt(const SparseProblem& p) {
+  constexpr int M = kConvRtRows;
+  RtLayout l;
+  const int64_t G = (p.OC + M - 1) / M;
+  for (int64_t g = 0; g < G; ++g) {
+    l.idx.insert(l.idx.end(), {int64_t(l.hdr.size()), int64_t(l.off.size()), int64_t(l.w.size())});
+    // offset -> weight per row (0 where the row does not keep it) and pattern
+    std::vector<std::pair<int32_t, std::vector<float>>> taps;
+    std::vector<unsigned> pat;
+    for (int r = 0; r < M && g * M + r < p.OC; ++r)
+      for (int64_t j = p.seg[size_t(g * M + r)]; j < p.seg[size_t(g * M + r + 1)]; ++j) {
+        size_t k = 0;
+        while (k < taps.size() && taps[k].first != p.off[size_t(j)]) ++k;
+        if (k == taps.size()) taps.push_back({p.off[size_t(j)], std::vector<float>(M, 0.f)}), pat.push_back(0);
+        taps[k].second[size_t(r)] = p.values[size_t(j)];
+        pat[k] |= 1u << r;
+      }
+    for (unsigned P = 1; P < (1u << M); ++P) {
+      int n = 0;
+      for (size_t k = 0; k < taps.size(); ++k)
+        if (pat[k] == P) {
+          ++n;
+          l.off.push_back(taps[k].first);
+          for (int r = 0; r < M; ++r)
+            if ((P >> r) & 1) l.w.push_back(taps[k].second[size_t(r)]);
+        }
+      l.hdr.push_back(n);
+    }
+  }
+  return l;
+}
+
+// The register-tiled kernel on the same problem: all groups and groups [1, G) (a range not
+// starting at 0), store then accumulate, and the epilogue.
+inline int check_rt(const MicroKernel& mk, int width, int64_t OC, int64_t taps, double density, uint32_t seed) {
+  SparseProblem p = make_sparse(mk, width, OC, taps, density, seed);
+  RtLayout l = pack_rt(p);
+  const int64_t block = int64_t(mk.tile) * width, G = (OC + kConvRtRows - 1) / kConvRtRows;
+  int bad = 0;
+  for (int64_t g0 : {int64_t(0), std::min<int64_t>(1, G - 1)}) {
+    const int64_t r0 = g0 * kConvRtRows;
+    std::fill(p.tmp.begin(), p.tmp.end(), 0.f);
+    mk.conv_rt(l.chunk(), p.in.data(), p.p0, g0, G, OC, p.tmp.data(), false, nullptr);
+    mk.conv_rt(l.chunk(), p.in.data(), p.p0, g0, G, OC, p.tmp.data(), true, nullptr);
+    for (int64_t oc = r0; oc < OC && bad < 5; ++oc)
+      for (int64_t i = 0; i < block; ++i)
+        bad += !close(p.tmp[size_t((oc - r0) * block + i)], 2 * sparse_ref(p, oc, i), 1.0, "rt accumulate", mk.name);
+  }
+  std::vector<int64_t> voff(size_t(mk.tile));
+  std::vector<uint32_t> mask(size_t(mk.tile));
+  for (int v = 0; v < mk.tile; ++v) {
+    voff[size_t(v)] = int64_t(v) * width;
+    mask[size_t(v)] = uint32_t((uint64_t(1) << width) - 1);
+  }
+  ConvEpilogue ep;
+  std::fill(p.y.begin(), p.y.end(), -7.f);
+  ep.y = p.y.data();
+  ep.ostride = block;
+  ep.voff = voff.data();
+  ep.mask = mask.data();
+  ep.bias = p.bias.data();
+  ep.relu = true;
+  mk.conv_rt(l.chunk(), p.in.data(), p.p0, 0, G, OC, p.tmp.data(), false, &ep);
+  for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
+    for (int64_t i = 0; i < block; ++i) {
+      const double want = std::max(0.0, sparse_ref(p, oc, i) + p.bias[size_t(oc)]);
+      bad += !close(p.y[size_t(oc * block + i)], want, 1.0, "rt epilogue", mk.name);
+    }
+  return bad;
+}
+
 // A dense-conv problem: K taps, 2*width output channels, PX pixels.
 inline int check_dense(const MicroKernel& mk, int width, int64_t K, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -22,6 +22,12 @@ int main() {
         for (double d : {0.0, 0.05, 0.33, 1.0})
           for (int64_t taps : {1, 2, 3, 37})
             b += mktest::check_sparse(mk, k->width, /*OC=*/9, taps, d, uint32_t(1000 * d + taps));
+      } else if (std::string(mk.op) == "conv_rt") {
+        // 9 and 6 rows: a partial last group; rows 0 and 3 (mod 7) empty, so some groups are sparse.
+        for (int64_t oc : {9, 6, 4})
+          for (double d : {0.0, 0.05, 0.33, 1.0})
+            for (int64_t taps : {1, 3, 37})
+              b += mktest::check_rt(mk, k->width, oc, taps, d, uint32_t(100 * d + taps + oc));
       } else {
         for (int64_t K : {1, 2, 27, 64}) b += mktest::check_dense(mk, k->width, K, uint32_t(K));
       }
