@@ -22,8 +22,10 @@ How it measures:
   worker's own CPU time); a run with more than --max-foreign cores of foreign load is redone up to
   --retries times, and the table marks figures that stayed disturbed;
 - afterwards, one profiling run per runtime gives per-layer times where the runtime reports them
-  (ONNX Runtime's profiler, OpenVINO's performance counters, PyTorch and deepcomp timed module by
-  module / step by step). A conv row includes its ReLU; pools, flatten and dropout are "other".
+  (ONNX Runtime's profiler, OpenVINO f32's performance counters, PyTorch and deepcomp timed module
+  by module / step by step). A conv row includes its ReLU; pools, flatten and dropout are "other".
+- dense PyTorch loads the decompressed weights as a saved state dict (dense.pt), the others their
+  own format (ONNX, .dcz); load to ready includes importing the runtime.
 
 The peers are optional extras: pip install ".[peers]" (onnx, onnxruntime, openvino).
 """
@@ -127,17 +129,16 @@ def _load_runtime(rt: str, spec: dict, batch: int, threads: int, profile: bool):
 
 
 def _torch_model(spec: dict, threads: int):
-    import numpy as np
+    """The dense model as a PyTorch user deploys it: the architecture, then its saved state dict."""
     import torch
 
     from deepcomp.bench import steady_heap
-    from deepcomp.dcz import decompress
     from deepcomp.zoo import load_model
 
     steady_heap()
     torch.set_num_threads(threads)
     model = load_model(spec["model"]).model.eval()
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in decompress(spec["dcz"]).items()})
+    model.load_state_dict(torch.load(spec["dense"], weights_only=True))
 
     def fn(x):
         with torch.inference_mode():
@@ -268,8 +269,13 @@ def prepare(model_spec: str, name: str, batches: list[int], workdir: Path, seed:
         compress(loaded, progress=False, seed=seed).save(str(dcz))
     model = load_model(model_spec).model.eval()
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in decompress(str(dcz)).items()})
+    dense = d / "dense.pt"
+    if not dense.exists():
+        torch.save(model.state_dict(), d / ".dense.pt.tmp")
+        (d / ".dense.pt.tmp").rename(dense)
     rng = np.random.default_rng(seed)
-    spec = {"name": name, "model": model_spec, "dcz": str(dcz), "workdir": str(d), "batches": batches,
+    spec = {"name": name, "model": model_spec, "dcz": str(dcz), "dense": str(dense), "workdir": str(d),
+            "batches": batches,
             "onnx": {}, "inputs": {}, "refs": {}, "groups": layer_groups(model)}
     for b in batches:
         x = rng.standard_normal((b, *loaded.input_shape), dtype=np.float32)
@@ -377,7 +383,8 @@ def measure(spec: dict, runtimes: list[str], args, progress) -> dict:
     profiles = {}
     if args.layers:
         for rt in runtimes:
-            if rt not in errors and rt not in ("deepsparse",):
+            # DeepSparse reports no per-layer times; OpenVINO's bf16 counters name other nodes
+            if rt not in errors and rt not in ("deepsparse", "openvino-default"):
                 res = run_worker(rt, spec, args, profile=True)
                 if "error" not in res:
                     profiles[rt] = res
