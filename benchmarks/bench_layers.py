@@ -223,11 +223,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="rounds of alternating blocks (default 7)")
     ap.add_argument("--ab", choices=sorted(AB_KNOBS), help="time deepcomp with this planning knob off (A) and on (B)")
     args = ap.parse_args(argv)
-    if args.ab:
-        return ab_main(args)
     if args.threads:
         nat.set_num_threads(args.threads)
     sync_threads()
+    if args.ab:
+        return ab_main(args)
     print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__}\n")
     print("| net | layer | density | batch | torch dense ms | torch CSR ms | deepcomp ms | vs dense | vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -268,9 +268,6 @@ def ab_main(args) -> int:
     load measured around each layer's timing."""
     from deepcomp.cpuload import ForeignLoad
 
-    if args.threads:
-        nat.set_num_threads(args.threads)
-    sync_threads()
     print(f"threads={threads()} isa={nat.isa()} A/B: {args.ab} off (A) vs on (B)\n")
     print("| net | layer | density | batch | torch ms | A ms | B ms | B speedup over A | B vs torch | foreign cores |")
     print("|---|---|---|---|---|---|---|---|---|---|")

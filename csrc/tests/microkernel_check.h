@@ -61,6 +61,23 @@ inline SparseProblem make_sparse(const MicroKernel& mk, int width, int64_t OC, i
   return p;
 }
 
+// An epilogue writing relu((acc + bias) [* scale + shift]) into p.y (filled with -7 first, so that
+// untouched lanes show), one row per `block` floats.
+inline ConvEpilogue epilogue_into(SparseProblem& p, int64_t block, const std::vector<int64_t>& voff,
+                                  const std::vector<uint32_t>& mask, bool affine) {
+  ConvEpilogue ep;
+  std::fill(p.y.begin(), p.y.end(), -7.f);
+  ep.y = p.y.data();
+  ep.ostride = block;
+  ep.voff = voff.data();
+  ep.mask = mask.data();
+  ep.bias = p.bias.data();
+  ep.scale = affine ? p.scale.data() : nullptr;
+  ep.shift = affine ? p.shift.data() : nullptr;
+  ep.relu = true;
+  return ep;
+}
+
 // Reference of one row's block, in double: sum_j w_j in[off_j + p0 + i].
 inline double sparse_ref(const SparseProblem& p, int64_t oc, int64_t i) {
   double s = 0;
@@ -100,16 +117,7 @@ inline int check_sparse(const MicroKernel& mk, int width, int64_t OC, int64_t ta
     const int valid = v == mk.tile - 1 ? std::max(1, width - 1) : width;
     mask[size_t(v)] = (v == 1 && mk.tile > 2) ? 0u : uint32_t((uint64_t(1) << valid) - 1);
   }
-  ConvEpilogue ep;
-  std::fill(p.y.begin(), p.y.end(), -7.f);
-  ep.y = p.y.data();
-  ep.ostride = block;
-  ep.voff = voff.data();
-  ep.mask = mask.data();
-  ep.bias = p.bias.data();
-  ep.scale = p.scale.data();
-  ep.shift = p.shift.data();
-  ep.relu = true;
+  const ConvEpilogue ep = epilogue_into(p, block, voff, mask, /*affine=*/true);
   mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), false, &ep);
   for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
     for (int v = 0; v < mk.tile; ++v)
@@ -185,14 +193,7 @@ inline int check_rt(const MicroKernel& mk, int width, int64_t OC, int64_t taps, 
     voff[size_t(v)] = int64_t(v) * width;
     mask[size_t(v)] = uint32_t((uint64_t(1) << width) - 1);
   }
-  ConvEpilogue ep;
-  std::fill(p.y.begin(), p.y.end(), -7.f);
-  ep.y = p.y.data();
-  ep.ostride = block;
-  ep.voff = voff.data();
-  ep.mask = mask.data();
-  ep.bias = p.bias.data();
-  ep.relu = true;
+  const ConvEpilogue ep = epilogue_into(p, block, voff, mask, /*affine=*/false);
   mk.conv_rt(l.chunk(), p.in.data(), p.p0, 0, G, OC, p.tmp.data(), false, &ep);
   for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
     for (int64_t i = 0; i < block; ++i) {
