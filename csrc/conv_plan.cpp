@@ -32,9 +32,12 @@ constexpr int64_t kL1Budget = DC_L1;
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
 std::atomic<double> g_dense_threshold{DC_DENSE_THRESHOLD};
 #ifndef DC_CONV_RT
-#define DC_CONV_RT false  // measured slower on VGG-16's layers so far: docs/kernels.md
+#define DC_CONV_RT true
 #endif
 std::atomic<bool> g_register_tiling{DC_CONV_RT};
+// Sparser layers share too few input loads between the rows of a group to pay for the pattern
+// loops (VGG-16 conv1_2, 22% kept, 0.95-0.97x; conv3_2, 24%, 1.03x: docs/kernels.md).
+constexpr double kRtMinDensity = 0.24;
 
 // An odd number of cache lines: a chunk's window, which reads the same rows of several channels,
 // planes and regions, then spreads over the L1 sets (at power-of-two strides they collide).
@@ -242,7 +245,8 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
 
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
   // nonzero plus about two scalar operations (offset, weight broadcast).
-  const int max_nv = key.rt ? std::min(kMaxNv, conv_rt_max_nv(width)) : kMaxNv;
+  const bool rt = key.rt && double(nnz) >= kRtMinDensity * double(g.out_channels * p->K);
+  const int max_nv = rt ? std::min(kMaxNv, conv_rt_max_nv(width)) : kMaxNv;
   const int64_t nvec = (p->P + width - 1) / width;
   int best = 1;
   int64_t best_cost = INT64_MAX;
@@ -318,7 +322,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
       p->off[size_t(q)] = int32_t(off[size_t(j)]);
       p->values[size_t(q)] = weight_of(v, j);
     }
-  if (key.rt) pack_register_tiles(*p, OC);
+  if (rt) pack_register_tiles(*p, OC);
   return p;
 }
 

@@ -33,7 +33,8 @@ int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
 // them there, anything above 1 none.
 double conv_dense_threshold();
 double set_conv_dense_threshold(double threshold);  // returns the previous value
-// Whether sparse plans use the register-tiled kernel (groups of output channels sharing loads).
+// Whether sparse plans (of layers at least 24% dense) use the register-tiled kernel (groups of
+// output channels sharing input loads). On by default.
 bool conv_register_tiling();
 bool set_conv_register_tiling(bool on);  // returns the previous value
 
@@ -90,7 +91,7 @@ struct ConvPlan {
   int64_t nchunks;
   std::vector<int64_t> seg;
   std::vector<float> values;
-  // Register-tiled sparse plans (key.rt) hold the same nonzeros as ConvRtChunk data instead of
+  // Register-tiled sparse plans (key.rt and a density of at least 0.24) hold the same nonzeros as ConvRtChunk data instead of
   // seg/off/values: per chunk, ngroups groups of kConvRtRows output channels (rt_idx[(c * ngroups
   // + g) * 3 ...]), each group's entries sorted by pattern, then by offset.
   bool rt = false;

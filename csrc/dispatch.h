@@ -43,7 +43,7 @@ struct ConvEpilogue {
 // of kConvRtRows; per group, idx[3*g] .. gives its start in hdr, off and w. hdr: the number of
 // entries of each pattern 1 .. 2^kConvRtRows - 1 (bit r: row r of the group keeps the entry), the
 // entries in that pattern order; per entry one offset and popcount(pattern) weights (rows in order).
-constexpr int kConvRtRows = 4;
+constexpr int kConvRtRows = 2;
 struct ConvRtChunk {
   const int64_t* idx = nullptr;
   const int32_t* hdr = nullptr;
@@ -52,7 +52,7 @@ struct ConvRtChunk {
 };
 // Largest pixel block (vectors) the register-tiled kernel keeps in registers at this SIMD width:
 // kConvRtRows * nv accumulators plus nv input vectors.
-constexpr int conv_rt_max_nv(int width) { return width >= 16 ? 6 : (width >= 8 ? 3 : 8); }
+constexpr int conv_rt_max_nv(int width) { return width >= 16 ? 8 : (width >= 8 ? 4 : 8); }
 using ConvRtFn = void (*)(const ConvRtChunk& c, const float* in, int64_t p0, int64_t g0, int64_t g1, int64_t rows,
                           float* tmp, bool accumulate, const ConvEpilogue* ep);
 

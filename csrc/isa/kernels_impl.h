@@ -272,10 +272,13 @@ void conv_rt_t(const ConvRtChunk& c, const float* in, int64_t p0, int64_t g0, in
   }
 }
 
+static_assert(kConvRtRows == 2, "DC_RT_ROWS names the group size");
+#define DC_RT_ROWS "2"
 #define DC_RT_ENTRY(NV) \
-  {"f32_conv_rt4x" #NV "v__" DC_NAME, "conv_rt", NV, nullptr, nullptr, NV <= kRtMaxNv ? &conv_rt_t<(NV <= kRtMaxNv ? NV : 1)> : nullptr},
+  {"f32_conv_rt" DC_RT_ROWS "x" #NV "v__" DC_NAME, "conv_rt", NV, nullptr, nullptr, NV <= kRtMaxNv ? &conv_rt_t<(NV <= kRtMaxNv ? NV : 1)> : nullptr},
 constexpr MicroKernel kRtKernels[] = {DC_CONV_RT_TILES(DC_RT_ENTRY)};
 #undef DC_RT_ENTRY
+#undef DC_RT_ROWS
 
 void conv_rt(const ConvRtChunk& c, const float* in, int64_t p0, int nv, int64_t g0, int64_t g1, int64_t rows, float* tmp,
              bool acc, const ConvEpilogue* ep) {

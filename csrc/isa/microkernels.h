@@ -5,8 +5,8 @@
 //
 // A micro-kernel's name is <dtype>_<op>_<tile>__<isa>, e.g. f32_conv_sparse_8v__avx512: the sparse
 // direct conv over a pixel block of 8 vectors, or f32_conv_dense_12px__avx2: the dense direct conv
-// over 12 output pixels by two vectors of output channels, f32_conv_rt4x6v__avx512: the register-tiled
-// sparse conv over groups of 4 output channels and a pixel block of 6 vectors.
+// over 12 output pixels by two vectors of output channels, f32_conv_rt2x8v__avx512: the register-tiled
+// sparse conv over groups of 2 output channels and a pixel block of 8 vectors.
 #pragma once
 
 // Sparse direct conv, pixel block of NV vectors (Kernels::conv): X(NV).
