@@ -111,27 +111,31 @@ void pack_register_tiles(ConvPlan& p, int64_t OC) {
     unsigned pattern;
     float w[M];
   };
-  std::vector<std::pair<int32_t, int>> taps;  // (offset, row) of one group in one chunk
+  struct Tap {
+    int32_t off;
+    int row;
+    float w;
+    bool operator<(const Tap& o) const { return off != o.off ? off < o.off : row < o.row; }
+  };
+  std::vector<Tap> taps;  // the nonzeros of one group in one chunk
   std::vector<Entry> ents;
   for (int64_t c = 0; c < p.nchunks; ++c) {
     const int64_t* sg = p.seg.data() + c * (OC + 1);
     for (int64_t g = 0; g < p.ngroups; ++g) {
       taps.clear();
       for (int r = 0; r < M && g * M + r < OC; ++r)
-        for (int64_t q = sg[g * M + r]; q < sg[g * M + r + 1]; ++q) taps.push_back({p.off[size_t(q)], r});
+        for (int64_t q = sg[g * M + r]; q < sg[g * M + r + 1]; ++q)
+          taps.push_back({p.off[size_t(q)], r, p.values[size_t(q)]});
       std::sort(taps.begin(), taps.end());
       ents.clear();
       for (size_t i = 0; i < taps.size();) {
-        Entry e{taps[i].first, 0u, {}};
-        for (; i < taps.size() && taps[i].first == e.off; ++i) e.pattern |= 1u << taps[i].second;
+        Entry e{taps[i].off, 0u, {}};
+        for (; i < taps.size() && taps[i].off == e.off; ++i) {
+          e.pattern |= 1u << taps[i].row;
+          e.w[taps[i].row] += taps[i].w;  // a row holds an offset once; += keeps a duplicate exact
+        }
         ents.push_back(e);
       }
-      // The weights, looked up again by (row, offset) from the row's nonzeros.
-      for (auto& e : ents)
-        for (int r = 0; r < M; ++r)
-          if ((e.pattern >> r) & 1)
-            for (int64_t q = sg[g * M + r]; q < sg[g * M + r + 1]; ++q)
-              if (p.off[size_t(q)] == e.off) e.w[r] += p.values[size_t(q)];
       std::stable_sort(ents.begin(), ents.end(), [](const Entry& a, const Entry& b) { return a.pattern < b.pattern; });
       int64_t* idx = p.rt_idx.data() + (c * p.ngroups + g) * 3;
       idx[0] = int64_t(p.rt_hdr.size());
