@@ -7,6 +7,7 @@ linear centroids). All implementations run in one process with the same thread c
     pytest benchmarks/bench_layers.py --benchmark-only           # pytest-benchmark, grouped per layer
     python benchmarks/bench_layers.py --quick                    # markdown table of medians and ratios
     python benchmarks/bench_layers.py --full                     # also batch 64 for every conv layer
+    python benchmarks/bench_layers.py --ab register-tiling       # kernel A/B: knob off vs on, same process
 
 DEEPCOMP_BENCH_NETS=alexnet limits the networks; DEEPCOMP_NUM_THREADS sets both libraries' threads.
 """
@@ -139,6 +140,24 @@ def runners(L, x: torch.Tensor):
     return out
 
 
+# Planning knobs an A/B run can flip (off, on): the plan cache is keyed by them, so switching between
+# calls picks each side's own cached plan.
+AB_KNOBS = {"register-tiling": lambda on: nat._set_conv_register_tiling(on)}
+
+
+def ab_runners(L, x: torch.Tensor, knob: str) -> dict:
+    """deepcomp with the knob off ("A") and on ("B"), plus dense torch, all on the same layer."""
+    r = runners(L, x)
+    ours, set_knob = r["deepcomp"], AB_KNOBS[knob]
+
+    def side(on):
+        def run():
+            set_knob(on)
+            return ours()
+        return run
+    return {"torch-dense": r["torch-dense"], "A": side(False), "B": side(True)}
+
+
 def check(L, x) -> None:
     r = runners(L, x)
     ref = r["torch-dense"]().numpy()
@@ -202,10 +221,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="", help="override batch sizes, e.g. 1,8,64")
     ap.add_argument("--threads", type=int, default=0, help="thread count for both libraries (default: ours)")
     ap.add_argument("--repeat", type=int, default=7, help="rounds of alternating blocks (default 7)")
+    ap.add_argument("--ab", choices=sorted(AB_KNOBS), help="time deepcomp with this planning knob off (A) and on (B)")
     args = ap.parse_args(argv)
     if args.threads:
         nat.set_num_threads(args.threads)
     sync_threads()
+    if args.ab:
+        return ab_main(args)
     print(f"threads={threads()} isa={nat.isa()} torch={torch.__version__}\n")
     print("| net | layer | density | batch | torch dense ms | torch CSR ms | deepcomp ms | vs dense | vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -238,6 +260,41 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for (net, kind, batch), (d, o) in totals.items():
         print(f"| {net} | all {kind} | {batch} | {d:.2f} | {o:.2f} | {d / o:.2f}x |")
+    return 0
+
+
+def ab_main(args) -> int:
+    """Same-process A/B of a planning knob over the chosen layers (conv only), with the foreign CPU
+    load measured around each layer's timing."""
+    from deepcomp.cpuload import ForeignLoad
+
+    print(f"threads={threads()} isa={nat.isa()} A/B: {args.ab} off (A) vs on (B)\n")
+    print("| net | layer | density | batch | torch ms | A ms | B ms | B speedup over A | B vs torch | foreign cores |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    tot = {}
+    batches = [int(b) for b in (args.batches or "1").split(",")]
+    for net in args.nets.split(","):
+        for name, kind, geo, density in NETS[net]:
+            if kind != "conv" or (args.layers and name not in args.layers.split(",")):
+                continue
+            L = build(net, name)
+            for batch in batches:
+                x = make_input(L, batch)
+                r = ab_runners(L, x, args.ab)
+                ref = r["torch-dense"]().numpy()
+                for k in ("A", "B"):
+                    err = np.abs(np.asarray(r[k]()) - ref).max() / max(1.0, np.abs(ref).max())
+                    assert err < 1e-3, f"{name} {k}: mismatch {err}"
+                with ForeignLoad() as load:
+                    t = median_ms(r, args.repeat)
+                a, b, d = t["A"], t["B"], t["torch-dense"]
+                ta, tb, td = tot.get((net, batch), (0.0, 0.0, 0.0))
+                tot[(net, batch)] = (ta + a, tb + b, td + d)
+                print(f"| {net} | {name} | {density:.2f} | {batch} | {d:.3f} | {a:.3f} | {b:.3f} | {a / b:.3f}x | "
+                      f"{d / b:.2f}x | {load.cores if load.cores is not None else float('nan'):.2f} |", flush=True)
+    for (net, batch), (a, b, d) in tot.items():
+        print(f"| {net} | all conv | | {batch} | {d:.2f} | {a:.2f} | {b:.2f} | {a / b:.3f}x | {d / b:.2f}x | |")
+    AB_KNOBS[args.ab](True)
     return 0
 
 

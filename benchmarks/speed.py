@@ -82,6 +82,7 @@ def markdown(arch: str, results: list[dict], probe: dict) -> str:
         e = r["end_to_end"]
         lines += [f"| all conv | | | {d:.2f} | {s:.2f} | **{d / s:.2f}x** | | |",
                   f"| end to end | | | {e['dense_ms']:.2f} | {e['sparse_ms']:.2f} | **{e['speedup']:.2f}x** | | |", ""]
+        lines += [f"- UNRELIABLE: {w}" for w in r.get("unreliable", [])] + ([""] if r.get("unreliable") else [])
     b1 = next((r for r in results if r["batch"] == 1), None)
     if b1:
         lines += ["Beside the paper's Table 8 (batch 1; paper: MKL CSRMV vs CBLAS GEMV, i7-5930K):", "",

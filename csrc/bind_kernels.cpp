@@ -266,6 +266,9 @@ void bind_kernels(py::module_& m) {
   m.def("isa", &isa_name, "The SIMD instruction set the kernels use: 'avx512', 'avx2' or 'scalar'.");
   m.def("_set_conv_band_bytes", &set_conv_band_budget, py::arg("bytes"),
         "Debug/testing: band buffer budget of SparseConv2d plans made from now on; returns the previous one.");
+  m.def("_set_conv_register_tiling", &set_conv_register_tiling, py::arg("on"),
+        "Debug/testing: whether SparseConv2d sparse plans made from now on use the register-tiled kernel; returns "
+        "the previous setting.");
   m.def("_set_conv_dense_threshold", &set_conv_dense_threshold, py::arg("threshold"),
         "Debug/testing: SparseConv2d layers (groups == 1) whose effective density reaches this run on the dense "
         "kernel in plans made from now on (0: every one, above 1: none); returns the previous value.");

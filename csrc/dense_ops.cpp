@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -62,20 +63,28 @@ namespace {
 inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 }  // namespace
 
-// Two passes per plane: a horizontal max over each output column's window for every input row
-// (H x OW), then a vertical max over each output row's window of those rows, vectorised along OW.
-// About kh/(sh) fewer scalar operations than the direct window loop, and no branches.
+// Per output row: a vertical max over its kh input rows (contiguous, vectorised along W), then the
+// horizontal max over each output column's window of that one row. The strided reads are one row's
+// worth per output row (kw / sw per output pixel), not one per input row and tap as in a
+// horizontal-first order (see docs/kernels.md).
 void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& p, float* y, int64_t OH, int64_t OW) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for_plane_ranges(NC, OH * OW * p.kh * p.kw, [&](int64_t first, int64_t last) {
-    std::vector<float> rows(size_t(H * OW));
+    std::vector<float> col(static_cast<size_t>(W));  // one per task, reused for every row of its planes
+    float* v = col.data();
     for (int64_t i = first; i < last; ++i) {
       const float* xp = x + i * H * W;
       float* yp = y + i * OH * OW;
-      for (int64_t iy = 0; iy < H; ++iy) {
-        const float* r = xp + iy * W;
-        float* h = rows.data() + iy * OW;
-        for (int64_t ox = 0; ox < OW; ++ox) h[ox] = kNegInf;
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        for (int64_t j = 0; j < W; ++j) v[j] = kNegInf;
+        for (int64_t k = 0; k < p.kh; ++k) {
+          const int64_t iy = oy * p.sh - p.ph + k * p.dh;
+          if (iy < 0 || iy >= H) continue;
+          const float* r = xp + iy * W;
+          for (int64_t j = 0; j < W; ++j) v[j] = nan_max(v[j], r[j]);
+        }
+        float* o = yp + oy * OW;
+        for (int64_t ox = 0; ox < OW; ++ox) o[ox] = kNegInf;
         // Tap k of output column ox reads column ox*sw - pw + k*dw: one strided pass per tap over
         // the columns where it is inside the row.
         for (int64_t k = 0; k < p.kw; ++k) {
@@ -83,26 +92,16 @@ void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& 
           const int64_t lo = c0 >= 0 ? 0 : (-c0 + p.sw - 1) / p.sw;
           const int64_t hi = std::min(OW, c0 < W ? (W - 1 - c0) / p.sw + 1 : int64_t(0));
           if (hi <= lo) continue;
-          const float* rc = r + (c0 + lo * p.sw);  // column of ox = lo, inside the row
-          float* hc = h + lo;
+          const float* rc = v + (c0 + lo * p.sw);  // column of ox = lo, inside the row
+          float* oc = o + lo;
           const int64_t n = hi - lo;
           if (p.sw == 1) {
-            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[j]);
+            for (int64_t j = 0; j < n; ++j) oc[j] = nan_max(oc[j], rc[j]);
           } else if (p.sw == 2) {
-            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[2 * j]);
+            for (int64_t j = 0; j < n; ++j) oc[j] = nan_max(oc[j], rc[2 * j]);
           } else {
-            for (int64_t j = 0; j < n; ++j) hc[j] = nan_max(hc[j], rc[j * p.sw]);
+            for (int64_t j = 0; j < n; ++j) oc[j] = nan_max(oc[j], rc[j * p.sw]);
           }
-        }
-      }
-      for (int64_t oy = 0; oy < OH; ++oy) {
-        float* o = yp + oy * OW;
-        for (int64_t ox = 0; ox < OW; ++ox) o[ox] = kNegInf;
-        for (int64_t k = 0; k < p.kh; ++k) {
-          const int64_t iy = oy * p.sh - p.ph + k * p.dh;
-          if (iy < 0 || iy >= H) continue;
-          const float* h = rows.data() + iy * OW;
-          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = nan_max(o[ox], h[ox]);
         }
       }
     }
@@ -140,6 +139,12 @@ void avg_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& 
 }
 
 void adaptive_avg_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, float* y, int64_t OH, int64_t OW) {
+  if (OH == H && OW == W) {  // every window is one pixel (VGG-16's 7x7 -> 7x7): a copy
+    for_plane_ranges(NC, H * W, [&](int64_t a, int64_t b) {
+      std::memcpy(y + a * H * W, x + a * H * W, sizeof(float) * size_t((b - a) * H * W));
+    });
+    return;
+  }
   for_planes(NC, H * W, [&](int64_t i) {
     const float* xp = x + i * H * W;
     float* yp = y + i * OH * OW;

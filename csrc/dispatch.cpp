@@ -54,6 +54,9 @@ std::atomic<const Kernels*>& current() {
 
 }  // namespace
 
+bool isa_supported(const std::string& name) { return cpu_has(name) && table_for(name); }
+const Kernels* kernels_for(const std::string& name) { return isa_supported(name) ? table_for(name) : nullptr; }
+
 const Kernels& kernels() { return *current().load(std::memory_order_acquire); }
 
 std::string isa_name() { return kernels().name; }

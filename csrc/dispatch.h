@@ -39,6 +39,40 @@ struct ConvEpilogue {
   bool relu = false;
 };
 
+// Register-tiled sparse conv weights of one input chunk (see conv_plan.h): output channels in groups
+// of kConvRtRows; per group, idx[3*g] .. gives its start in hdr, off and w. hdr: the number of
+// entries of each pattern 1 .. 2^kConvRtRows - 1 (bit r: row r of the group keeps the entry), the
+// entries in that pattern order; per entry one offset and popcount(pattern) weights (rows in order).
+constexpr int kConvRtRows = 2;
+struct ConvRtChunk {
+  const int64_t* idx = nullptr;
+  const int32_t* hdr = nullptr;
+  const int32_t* off = nullptr;
+  const float* w = nullptr;
+};
+// Largest pixel block (vectors) the register-tiled kernel keeps in registers at this SIMD width:
+// kConvRtRows * nv accumulators plus nv input vectors.
+constexpr int conv_rt_max_nv(int width) { return width >= 16 ? 8 : (width >= 8 ? 4 : 8); }
+using ConvRtFn = void (*)(const ConvRtChunk& c, const float* in, int64_t p0, int64_t g0, int64_t g1, int64_t rows,
+                          float* tmp, bool accumulate, const ConvEpilogue* ep);
+
+using ConvSparseFn = void (*)(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in,
+                             int64_t p0, int64_t oc0, int64_t oc1, float* tmp, bool accumulate,
+                             const ConvEpilogue* ep);
+using ConvDenseFn = void (*)(const float* wp, const int32_t* off, int64_t K, const float* in, const float* epi,
+                            int64_t es, bool relu, float* out);
+
+// One entry of csrc/isa/microkernels.h as instantiated for one ISA: exactly one function is set.
+// tile: vectors per pixel block (conv_sparse) or output pixels (conv_dense).
+struct MicroKernel {
+  const char* name;  // <dtype>_<op>_<tile>__<isa>
+  const char* op;    // "conv_sparse", "conv_dense" or "conv_rt"
+  int tile;
+  ConvSparseFn conv_sparse;
+  ConvDenseFn conv_dense;
+  ConvRtFn conv_rt;
+};
+
 struct Kernels {
   const char* name;
   int width;  // floats per vector register
@@ -64,11 +98,24 @@ struct Kernels {
   void (*conv_dense)(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi,
                      int64_t es, bool relu, float* out);
   int dense_px;
+  // Register-tiled sparse conv over groups [g0, g1) of kConvRtRows output channels (rows: the
+  // layer's output channels, the last group may be partial), pixel block of nv (1..
+  // conv_rt_max_nv(width)) vectors at p0: tmp[(oc - g0*kConvRtRows)*nv*width + i] (+)= sum over
+  // the chunk's entries of w * in[off + p0 + i]; ep as for conv.
+  void (*conv_rt)(const ConvRtChunk& c, const float* in, int64_t p0, int nv, int64_t g0, int64_t g1, int64_t rows,
+                  float* tmp, bool accumulate, const ConvEpilogue* ep);
+  // Every micro-kernel of this ISA (see isa/microkernels.h); conv and conv_dense dispatch to them.
+  const MicroKernel* micro;
+  int nmicro;
 };
 
 const Kernels& kernels();
 // Name of the chosen table ("avx512", "avx2", "scalar").
 std::string isa_name();
+// Whether this CPU runs the named ISA's table.
+bool isa_supported(const std::string& name);
+// The named ISA's table (null if unknown or unsupported here), without switching to it.
+const Kernels* kernels_for(const std::string& name);
 // Switch tables (tests and benchmarks). Raises ShapeError for an unknown or unsupported name.
 void set_isa(const std::string& name);
 

@@ -3,27 +3,13 @@
 // input, so every nonzero is an AXPY over contiguous memory and there is no im2col buffer.
 #pragma once
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <utility>
-#include <vector>
 
+#include "conv_plan.h"
 #include "sparse_linear.h"
 
 namespace deepcomp {
-
-struct ConvGeometry {
-  int64_t in_channels, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, groups;
-};
-
-// Bytes of the per-band input buffer the plans aim for (tests lower it to exercise banding).
-int64_t conv_band_budget();
-int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
-// Layers (groups == 1) whose effective density reaches this run on the dense kernel: 0 sends all of
-// them there, anything above 1 none.
-double conv_dense_threshold();
-double set_conv_dense_threshold(double threshold);  // returns the previous value
 
 class SparseConv2d {
  public:
@@ -43,13 +29,11 @@ class SparseConv2d {
   const ConvGeometry& geometry() const { return g_; }
 
  private:
-  struct ShapePlan;
-  std::shared_ptr<const ShapePlan> plan_for(int64_t H, int64_t W, int threads) const;
+  std::shared_ptr<const ConvPlan> plan_for(int64_t H, int64_t W, int threads) const;
 
   ConvGeometry g_;
   CsrStore w_;
-  mutable std::mutex cache_mutex_;
-  mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const ShapePlan>> cache_;
+  ConvPlanCache plans_;
 };
 
 }  // namespace deepcomp

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepcomp.cpuload import ForeignLoad
 from deepcomp.errors import DeepcompError
 from deepcomp.runtime.ops import OPS, check_attrs
 
@@ -210,6 +211,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
         x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
         xt = torch.from_numpy(x)
         rows = []
+        layer_load = ForeignLoad().start()
         if layers:
             record: dict = {}
             with torch.inference_mode():
@@ -246,13 +248,47 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
                              "kernel": step.kernel.kernel_for(*xin.shape[2:]) if conv else "sparse",
                              "density": layer.density, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                              "torch_sparse_ms": torch_sparse_ms, "speedup": dense_ms / sparse_ms})
-        with torch.inference_mode():
+        layer_load.stop()
+        with ForeignLoad() as e2e_load, torch.inference_mode():
             dense_e2e, sparse_e2e = median_ms(lambda: c_dense(xt), lambda: model(x), repeat=repeat)
         results.append({"threads": n, "batch": int(batch), "layers": rows,
                         "end_to_end": {"dense_ms": dense_e2e, "sparse_ms": sparse_e2e,
                                        "speedup": dense_e2e / sparse_e2e},
                         "isa": _isa()})
+        _add_trust(results[-1], layer_load if layers else None, e2e_load)
     return results
+
+
+# Foreign load (cores used by other processes) above which a figure is reported as unreliable.
+MAX_FOREIGN_CORES = 0.25
+# Weighted layers are part of the end-to-end work: their sum may exceed the end-to-end time only by
+# this factor (timer and cache effects) before the figures contradict each other.
+MAX_LAYER_SUM_RATIO = 1.15
+
+
+def _add_trust(r: dict, layer_load: ForeignLoad | None, e2e_load: ForeignLoad) -> None:
+    """Records the foreign load around the two passes and what makes the result untrustworthy."""
+    r["foreign_cores"] = {"layers": layer_load.cores if layer_load else None, "end_to_end": e2e_load.cores}
+    r["unreliable"] = trust_warnings(r)
+
+
+def trust_warnings(r: dict) -> list[str]:
+    """Plain statements of why the figures of one bench_file result cannot be trusted (empty if
+    nothing was noticed): other processes using the CPU meanwhile, or per-layer times that add up to
+    more than the end-to-end time they are part of."""
+    out = []
+    for what, cores in r.get("foreign_cores", {}).items():
+        if cores is not None and cores > MAX_FOREIGN_CORES:
+            out.append(f"other processes used {cores:.2f} cores while the {what.replace('_', ' ')} times were "
+                       f"measured ({r['threads']} thread(s) here): these figures are unreliable; rerun on a quiet "
+                       "machine")
+    e = r["end_to_end"]
+    for side, key in (("dense PyTorch", "dense_ms"), ("deepcomp", "sparse_ms")):
+        total = sum(l[key] for l in r["layers"])
+        if r["layers"] and total > MAX_LAYER_SUM_RATIO * e[key]:
+            out.append(f"{side}'s per-layer times add up to {total:.2f} ms, more than its end-to-end time of "
+                       f"{e[key]:.2f} ms that contains them: the per-layer figures are unreliable")
+    return out
 
 
 def _isa() -> str:
@@ -283,6 +319,7 @@ def format_bench(r: dict) -> str:
     e = r["end_to_end"]
     lines.append(f"{'end to end':<16} {'':<4} {'':<6} {'':>6} {e['dense_ms']:>11.3f} {e['sparse_ms']:>9.3f} "
                  f"{e['speedup']:>7.2f}x")
+    lines += [f"UNRELIABLE: {w}" for w in r.get("unreliable", [])]
     return "\n".join(lines)
 
 

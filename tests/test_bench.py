@@ -97,3 +97,35 @@ def test_steady_heap_keeps_freed_memory():
     for _ in range(5):
         touch()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 100  # without it: about 500
+
+
+def _result(layer_ms, e2e_ms, foreign):
+    return {"threads": 2, "batch": 1, "isa": "x", "foreign_cores": {"layers": foreign, "end_to_end": 0.0},
+            "layers": [{"name": f"l{i}", "dense_ms": d, "sparse_ms": s} for i, (d, s) in enumerate(layer_ms)],
+            "end_to_end": {"dense_ms": e2e_ms[0], "sparse_ms": e2e_ms[1], "speedup": e2e_ms[0] / e2e_ms[1]}}
+
+
+def test_trust_warnings_say_what_is_wrong():
+    from deepcomp.bench import trust_warnings
+
+    assert trust_warnings(_result([(1.0, 0.5), (2.0, 1.0)], (3.5, 2.0), 0.0)) == []
+    # "all conv" ten times the end-to-end time it is part of, as seen on a busy machine
+    w = trust_warnings(_result([(20.0, 0.5), (15.0, 1.0)], (3.5, 2.0), 0.0))
+    assert len(w) == 1 and "dense PyTorch" in w[0] and "35.00 ms" in w[0]
+    w = trust_warnings(_result([(1.0, 0.5)], (3.5, 2.0), 1.3))
+    assert len(w) == 1 and "1.30 cores" in w[0] and "layers" in w[0]
+
+
+def test_bench_flags_a_busy_machine(lenet5, capsys):
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        assert main(["bench", str(lenet5), "--batch", "1", "--repeat", "2", "--threads", "1"]) == 0
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    out = capsys.readouterr().out
+    assert "UNRELIABLE: other processes used" in out

@@ -20,10 +20,13 @@ def restore():
     nat._set_conv_band_bytes(budget)
     dense = nat._set_conv_dense_threshold(0.5)
     nat._set_conv_dense_threshold(dense)
+    rt = nat._set_conv_register_tiling(False)
+    nat._set_conv_register_tiling(rt)
     threads = nat.get_num_threads()
     yield
     nat._set_conv_band_bytes(budget)
     nat._set_conv_dense_threshold(dense)
+    nat._set_conv_register_tiling(rt)
     nat.set_num_threads(threads)
     nat._set_isa(SUPPORTED_ISAS[0])
 
@@ -44,7 +47,7 @@ def restore():
     hw=st.tuples(st.integers(5, 40), st.integers(5, 40)),
     density=st.sampled_from([0.0, 0.3, 1.0]),
     layout=st.sampled_from(["fp32", "codebook"]),
-    kernel=st.sampled_from(["sparse", "dense"]),
+    kernel=st.sampled_from(["sparse", "sparse-rt", "dense"]),
     seed=st.integers(0, 2**31),
 )
 def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, stride, padding, dilation, n, hw,
@@ -57,6 +60,7 @@ def test_conv_bands_match_torch(restore, isa, budget, threads, cin, cout, k, str
     nat.set_num_threads(threads)
     nat._set_conv_band_bytes(budget)
     nat._set_conv_dense_threshold(0.0 if kernel == "dense" else 2.0)
+    nat._set_conv_register_tiling(kernel == "sparse-rt")
     layer, wt, b = make_conv(rng, cin, cout, k[0], k[1], stride, padding, dilation, 1, density, layout)
     x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
     ref = F.relu(F.conv2d(torch.from_numpy(x), wt, b, stride, padding, dilation))
@@ -80,7 +84,8 @@ def test_conv_vgg_like_banded(restore):
 def test_conv_row_pieces(restore, isa):
     """Rows whose last vectors hold only padding columns (VGG-16's 112- and 224-wide layers) are
     computed in pieces of rows that skip them: one to 17 vectors of output per row (one to three
-    pieces), on the band-per-task schedule and, with 2 output rows and 3 threads, the shared one."""
+    pieces), on the band-per-task schedule and, with 2 output rows and 3 threads, the shared one;
+    per-row and register-tiled kernels."""
     nat._set_isa(isa)
     rng = np.random.default_rng(3)
     layer, wt, b = make_conv(rng, 5, 7, 3, 3, 1, 1, 1, 1, 0.4, "fp32")
@@ -90,7 +95,71 @@ def test_conv_row_pieces(restore, isa):
             ref = F.conv2d(torch.from_numpy(x), wt, b, 1, 1).numpy()
             for threads in (1, 3):
                 nat.set_num_threads(threads)
-                assert_close(layer.forward(x), ref)
+                for rt in (False, True):  # the register-tiled kernel's blocks are at most 6 vectors
+                    nat._set_conv_register_tiling(rt)
+                    assert_close(layer.forward(x), ref)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_conv_register_tiles(restore, isa):
+    """The register-tiled kernel (groups of output channels sharing input loads): channel counts not
+    divisible by 4, all-zero rows and whole zero groups, 100% density, grouped convolutions (a tile
+    may span two of them), strides, padding, dilation, both schedules, scale/shift epilogue."""
+    nat._set_isa(isa)
+    nat._set_conv_register_tiling(True)
+    nat._set_conv_dense_threshold(2.0)
+    rng = np.random.default_rng(5)
+    for cin, cout, groups, k, stride, pad, dil, density in [
+            (6, 7, 1, 3, 1, 1, 1, 0.3), (8, 9, 1, 3, 2, 0, 1, 1.0), (6, 6, 3, 3, 1, 1, 2, 0.5),
+            (4, 10, 2, 1, 1, 0, 1, 0.4), (5, 13, 1, 5, (2, 1), 2, 1, 0.3)]:
+        layer, wt, b = make_conv(rng, cin, cout, k, k, stride, pad, dil, groups, density, "codebook")
+        x = rng.standard_normal((2, cin, 17, 23)).astype(np.float32)
+        scale = rng.standard_normal(cout).astype(np.float32)
+        shift = rng.standard_normal(cout).astype(np.float32)
+        ref = F.conv2d(torch.from_numpy(x), wt, b, stride, pad, dil, groups).numpy()
+        ref = np.maximum(ref * scale[:, None, None] + shift[:, None, None], 0)
+        for threads in (1, 3):
+            nat.set_num_threads(threads)
+            assert_close(layer.forward(x, relu=True, scale=scale, shift=shift), ref)
+    # Zero rows and zero groups: rows 0-3 and 6 have no nonzeros (the rest keep enough for the
+    # layer to stay above the register-tiled kernel's minimum density).
+    layer, wt, b = make_conv(rng, 6, 11, 3, 3, 1, 1, 1, 1, 0.8, "fp32")
+    w = wt.numpy().reshape(11, -1).copy()
+    w[[0, 1, 2, 3, 6]] = 0
+    rp = np.concatenate([[0], np.cumsum((w != 0).sum(1))]).astype(np.int64)
+    col = np.nonzero(w)[1].astype(np.int32)
+    layer = nat.SparseConv2d(rp, col, 6, 11, (3, 3), 1, 1, 1, 1, values=w[w != 0].astype(np.float32), bias=b.numpy())
+    x = rng.standard_normal((1, 6, 20, 20)).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w.reshape(11, 6, 3, 3)), b, 1, 1).numpy()
+    assert_close(layer.forward(x), ref)
+
+
+def test_conv_register_tiles_threads(restore):
+    """One register-tiled layer called from several threads at once gives each the single-thread result."""
+    import threading
+
+    nat._set_conv_register_tiling(True)
+    nat._set_conv_dense_threshold(2.0)
+    rng = np.random.default_rng(9)
+    layer, wt, b = make_conv(rng, 8, 18, 3, 3, 1, 1, 1, 1, 0.35, "codebook")
+    xs = [rng.standard_normal((n, 8, h, h)).astype(np.float32) for n, h in [(1, 20), (2, 13), (3, 9)] * 2]
+    refs = [layer.forward(x) for x in xs]
+    errors = []
+
+    def work(x, ref):
+        try:
+            for _ in range(5):
+                np.testing.assert_array_equal(layer.forward(x), ref)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=a) for a in zip(xs, refs)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[0]
+    assert_close(refs[0], F.conv2d(torch.from_numpy(xs[0]), wt, b, 1, 1).numpy())
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)

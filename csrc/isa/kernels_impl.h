@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "dispatch.h"
+#include "isa/microkernels.h"
 
 namespace deepcomp {
 namespace {
@@ -162,9 +163,8 @@ inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* 
 // The nonzeros come as fp32 weights (the plan decodes a codebook) in `values`, two per iteration.
 // Every load costs: the loop is bound by load issue (one input vector per FMA, plus the scalars),
 // so a pair's two offsets come from one 8-byte load and its two weights from another, broadcast by
-// shuffles (5-6% faster than four scalar loads on AlexNet and VGG-16 layers, 1 and 2 threads). The
-// offsets of the next pair are loaded one iteration ahead, so the vector loads, whose addresses
-// depend on them, never wait on a scalar load. It reads up to 4 entries of off past the last
+// shuffles (see docs/kernels.md). The offsets of the next pair are loaded one iteration ahead, so
+// the vector loads, whose addresses depend on them, never wait on a scalar load. It reads up to 4 entries of off past the last
 // nonzero: the plan pads them.
 inline uint64_t load_pair(const int32_t* p) {
   uint64_t q;
@@ -208,17 +208,81 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, const f
   }
 }
 
-using ConvFn = void (*)(const CsrWeights&, const int32_t*, const int64_t*, const float*, int64_t, int64_t, int64_t,
-                       float*, bool, const ConvEpilogue*);
-template <int... NV>
-constexpr std::array<ConvFn, sizeof...(NV)> conv_table(std::integer_sequence<int, NV...>) {
-  return {&conv_t<NV + 1>...};
-}
+// The sparse micro-kernels of isa/microkernels.h, and the dispatch over their tiles.
+#define DC_SPARSE_ENTRY(NV) {"f32_conv_sparse_" #NV "v__" DC_NAME, "conv_sparse", NV, &conv_t<NV>, nullptr, nullptr},
+constexpr MicroKernel kSparseKernels[] = {DC_CONV_SPARSE_TILES(DC_SPARSE_ENTRY)};
+#undef DC_SPARSE_ENTRY
+constexpr int kMaxSparseTile = int(sizeof(kSparseKernels) / sizeof(kSparseKernels[0]));
 
 void conv(const CsrWeights& w, const int32_t* off, const int64_t* seg, const float* in, int64_t p0, int nv,
           int64_t oc0, int64_t oc1, float* tmp, bool acc, const ConvEpilogue* ep) {
-  static constexpr auto table = conv_table(std::make_integer_sequence<int, 12>{});
-  table[size_t(std::min(std::max(nv, 1), 12) - 1)](w, off, seg, in, p0, oc0, oc1, tmp, acc, ep);
+  kSparseKernels[std::min(std::max(nv, 1), kMaxSparseTile) - 1].conv_sparse(w, off, seg, in, p0, oc0, oc1, tmp, acc,
+                                                                            ep);
+}
+
+
+// ---- register-tiled sparse convolution: one input load feeds every row of a group that keeps it --
+// Wilkinson et al. (PLDI 2023): a group's entries are sorted by pattern (which of its kConvRtRows
+// rows keep the entry), so each pattern runs a branch-free loop: NV input vectors loaded once, then
+// one broadcast weight and NV FMAs per row in the pattern. Per FMA that is fewer loads than the
+// per-row loop's one input vector per FMA.
+constexpr int kRtMaxNv = conv_rt_max_nv(V::W);
+
+template <int NV, unsigned P>
+inline void rt_segment(const int32_t*& off, const float*& w, int n, const float* base, VT (&acc)[kConvRtRows][NV]) {
+  constexpr int W = V::W, K = __builtin_popcount(P);
+  for (int e = 0; e < n; ++e) {
+    const float* s = base + off[e];
+    VT x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = V::load(s + v * W);
+    int k = 0;
+    for (int r = 0; r < kConvRtRows; ++r)
+      if ((P >> r) & 1) {
+        const VT wv = V::set1(w[e * K + k++]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(wv, x[v], acc[r][v]);
+      }
+  }
+  off += n;
+  w += n * K;
+}
+
+// Every pattern's loop in a fixed order (no indirect jump per pattern; an absent one runs 0 times).
+template <int NV, unsigned... I>
+inline void rt_all_patterns(const int32_t*& off, const float*& w, const int32_t* n, const float* base,
+                            VT (&acc)[kConvRtRows][NV], std::integer_sequence<unsigned, I...>) {
+  (rt_segment<NV, I + 1>(off, w, n[I], base, acc), ...);
+}
+
+template <int NV>
+void conv_rt_t(const ConvRtChunk& c, const float* in, int64_t p0, int64_t g0, int64_t g1, int64_t rows, float* tmp,
+               bool accumulate, const ConvEpilogue* ep) {
+  constexpr int W = V::W;
+  const float* base = in + p0;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int nr = int(std::min<int64_t>(kConvRtRows, rows - g * kConvRtRows));
+    float* t = tmp + (g - g0) * kConvRtRows * NV * W;
+    VT acc[kConvRtRows][NV];
+    for (int r = 0; r < kConvRtRows; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = accumulate && r < nr ? V::load(t + (r * NV + v) * W) : V::zero();
+    const int32_t* n = c.hdr + c.idx[3 * g];  // entries per pattern 1..15, in that order
+    const int32_t* off = c.off + c.idx[3 * g + 1];
+    const float* w = c.w + c.idx[3 * g + 2];
+    rt_all_patterns<NV>(off, w, n, base, acc, std::make_integer_sequence<unsigned, (1u << kConvRtRows) - 1>{});
+    for (int r = 0; r < nr; ++r) finish_row<NV>(acc[r], g * kConvRtRows + r, t + r * NV * W, ep);
+  }
+}
+
+static_assert(kConvRtRows == 2, "DC_RT_ROWS names the group size");
+#define DC_RT_ROWS "2"
+#define DC_RT_ENTRY(NV) \
+  {"f32_conv_rt" DC_RT_ROWS "x" #NV "v__" DC_NAME, "conv_rt", NV, nullptr, nullptr, NV <= kRtMaxNv ? &conv_rt_t<(NV <= kRtMaxNv ? NV : 1)> : nullptr},
+constexpr MicroKernel kRtKernels[] = {DC_CONV_RT_TILES(DC_RT_ENTRY)};
+#undef DC_RT_ENTRY
+#undef DC_RT_ROWS
+
+void conv_rt(const ConvRtChunk& c, const float* in, int64_t p0, int nv, int64_t g0, int64_t g1, int64_t rows, float* tmp,
+             bool acc, const ConvEpilogue* ep) {
+  kRtKernels[std::min(std::max(nv, 1), kRtMaxNv) - 1].conv_rt(c, in, p0, g0, g1, rows, tmp, acc, ep);
 }
 
 // ---- dense direct convolution, output channels along the vectors --------------------------------
@@ -255,22 +319,37 @@ void conv_dense_t(const float* wp, const int32_t* off, int64_t K, const float* i
   }
 }
 
-using DenseFn = void (*)(const float*, const int32_t*, int64_t, const float*, const float*, int64_t, bool, float*);
-template <int... P>
-constexpr std::array<DenseFn, sizeof...(P)> dense_table(std::integer_sequence<int, P...>) {
-  return {&conv_dense_t<P + 1>...};
-}
+// Tiles beyond this ISA's kDensePx are listed with a null function and left out of the list.
+#define DC_DENSE_ENTRY(PX) \
+  {"f32_conv_dense_" #PX "px__" DC_NAME, "conv_dense", PX, nullptr, PX <= kDensePx ? &conv_dense_t<(PX <= kDensePx ? PX : 1)> : nullptr, nullptr},
+constexpr MicroKernel kDenseKernels[] = {DC_CONV_DENSE_TILES(DC_DENSE_ENTRY)};
+#undef DC_DENSE_ENTRY
 
 void conv_dense(const float* wp, const int32_t* off, int64_t K, const float* in, int px, const float* epi, int64_t es,
                 bool relu, float* out) {
-  static constexpr auto table = dense_table(std::make_integer_sequence<int, kDensePx>{});
-  table[size_t(px - 1)](wp, off, K, in, epi, es, relu, out);
+  kDenseKernels[size_t(px - 1)].conv_dense(wp, off, K, in, epi, es, relu, out);
+}
+
+// Both lists in one, the dense one cut at kDensePx.
+struct MicroList {
+  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx + kRtMaxNv];
+  int n = 0;
+};
+MicroList make_micro_list() {
+  MicroList l{};
+  for (const auto& m : kSparseKernels) l.k[l.n++] = m;
+  for (const auto& m : kDenseKernels)
+    if (m.conv_dense) l.k[l.n++] = m;
+  for (const auto& m : kRtKernels)
+    if (m.conv_rt) l.k[l.n++] = m;
+  return l;
 }
 
 }  // namespace
 
 const Kernels* DC_ENTRY() {
-  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx};
+  static const MicroList micro = make_micro_list();
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, &conv_rt, micro.k, micro.n};
   return &table;
 }
 

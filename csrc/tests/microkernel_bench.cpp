@@ -1,0 +1,68 @@
+// Micro-benchmark of every micro-kernel of every ISA this CPU runs, one thread, on a synthetic
+// VGG-like problem: 256 output channels, each keeping a `density` share (default 0.33) of 72 taps
+// spread over a 32 KB window (24 nonzeros per row, as in one chunk of a VGG-16 layer). Prints kept
+// GMAC/s per kernel, median of rounds.
+//   microkernel_bench [density] [filter-substring]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "microkernel_check.h"
+
+using namespace deepcomp;
+using Clock = std::chrono::steady_clock;
+
+template <class F>
+double median_seconds(F&& f, int rounds, int reps) {
+  std::vector<double> t;
+  for (int r = 0; r < rounds; ++r) {
+    const auto a = Clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    t.push_back(std::chrono::duration<double>(Clock::now() - a).count() / reps);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+int main(int argc, char** argv) {
+  const double density = argc > 1 ? std::atof(argv[1]) : 0.33;
+  const std::string filter = argc > 2 ? argv[2] : "";
+  for (const char* isa : {"scalar", "avx2", "avx512"}) {
+    const Kernels* k = kernels_for(isa);
+    if (!k) continue;
+    for (int i = 0; i < k->nmicro; ++i) {
+      const MicroKernel& mk = k->micro[i];
+      if (!filter.empty() && std::string(mk.name).find(filter) == std::string::npos) continue;
+      double macs = 0, s = 0;
+      if (std::string(mk.op) == "conv_rt") {
+        const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
+        mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
+        mktest::RtLayout l = mktest::pack_rt(p);
+        macs = double(p.seg.back()) * mk.tile * k->width;
+        s = median_seconds([&] { mk.conv_rt(l.chunk(), p.in.data(), p.p0, 0, OC / kConvRtRows, OC, p.tmp.data(), true,
+                                            nullptr); }, 7, 200);
+      } else if (std::string(mk.op) == "conv_sparse") {
+        const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
+        mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
+        CsrWeights w;
+        w.values = p.values.data();
+        macs = double(p.seg.back()) * mk.tile * k->width;
+        s = median_seconds([&] { mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC,
+                                                p.tmp.data(), true, nullptr); }, 7, 200);
+      } else {
+        const int64_t K = 2304, ocb = 2 * k->width;
+        std::vector<float> wp(size_t(K * ocb), 0.5f), in(size_t(K + 64), 1.f), epi(size_t(3 * ocb), 0.f), out(size_t(mk.tile * ocb));
+        std::vector<int32_t> off(static_cast<size_t>(K));
+        for (int64_t j = 0; j < K; ++j) off[size_t(j)] = int32_t(j);
+        macs = double(K) * ocb * mk.tile;
+        s = median_seconds([&] { mk.conv_dense(wp.data(), off.data(), K, in.data(), epi.data(), ocb, false, out.data()); },
+                           7, 200);
+      }
+      std::printf("%-32s %8.2f GMAC/s\n", mk.name, macs / s * 1e-9);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,50 @@
+"""The peer benchmark's machinery on a small model: worker processes, output check, foreign-load
+measurement, per-layer profiling, the table. ONNX Runtime only, one round."""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+peers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(peers)
+
+
+def test_peers_small_model(tmp_path, capsys):
+    out, raw = tmp_path / "peers.md", tmp_path / "peers.json"
+    rc = peers.main(["--arch", "zoo:lenet-5", "--runtimes", "onnxruntime,deepcomp", "--rounds", "1", "--batch", "1,2",
+                     "--threads", "1", "--seconds", "0.05", "--min-calls", "2", "--retries", "0",
+                     "--workdir", str(tmp_path / "w"), "--out", str(out), "--json", str(raw)])
+    assert rc == 0
+    text = out.read_text()
+    assert "| 1 | lenet-5 |" in text and "| 2 | lenet-5 |" in text
+    assert "wrong output" not in text
+    data = json.loads(raw.read_text())
+    s = data["summaries"][0]
+    for rt in ("onnxruntime", "deepcomp"):
+        for b in ("1", "2"):
+            e = s[rt]["batches"][b]
+            assert e["ok"] and e["rel_err"] < 1e-3 and e["median"] > 0
+            assert 0 <= e["foreign_max"] <= os.cpu_count()  # cores
+        assert s[rt]["peak_rss_mb"] > 10 and s[rt]["load_s"] > 0
+    # Per-layer rows: both runtimes report the two convs and two linears by module name.
+    prof = data["measures"][0]["profiles"]
+    for rt in ("onnxruntime", "deepcomp"):
+        rows = {peers._group_of(n, peers.layer_groups_from(data, 0)) for n in prof[rt]["batches"]["1"]["layers"]}
+        assert {"conv1", "conv2", "fc1", "fc2"} <= rows
+    assert "| conv1 |" in text and "| other |" in text
+
+
+def test_group_of_onnx_names():
+    groups = {"features.0": "features.0", "features.1": "features.0", "features.2": "other"}
+    assert peers._group_of("/features/features.1/Relu", groups) == "features.0"
+    assert peers._group_of("features.0", groups) == "features.0"
+    assert peers._group_of("/Flatten", groups) == "other"
