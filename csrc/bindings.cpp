@@ -9,6 +9,7 @@ namespace deepcomp {
 void bind_huffman(py::module_& m);
 void bind_loader(py::module_& m);
 void bind_kernels(py::module_& m);
+void bind_int8(py::module_& m);
 }  // namespace deepcomp
 
 PYBIND11_MODULE(_native, m) {
@@ -27,4 +28,5 @@ PYBIND11_MODULE(_native, m) {
   deepcomp::bind_huffman(m);
   deepcomp::bind_loader(m);
   deepcomp::bind_kernels(m);
+  deepcomp::bind_int8(m);
 }
