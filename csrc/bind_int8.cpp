@@ -188,12 +188,13 @@ void bind_int8(py::module_& m) {
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("stride") = 1, py::arg("padding") = 0,
            py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
            py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
-           py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.6)
+           py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.5)
       .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"))
       .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })
       .def("out_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->out_layout(H, W)); })
       .def("out_size", [](const PyConv8& s, int64_t H, int64_t W) { return s.k->out_size(H, W); })
       .def_property_readonly("blocks", [](const PyConv8& s) { return s.k->blocks(); })
+      .def_property_readonly("executed_blocks", [](const PyConv8& s) { return s.k->executed_blocks(); })
       .def_property_readonly("total_blocks", [](const PyConv8& s) { return s.k->total_blocks(); })
       .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); });
 

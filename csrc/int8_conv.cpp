@@ -19,8 +19,13 @@ namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Positions per task the row blocks aim for (acc scratch 4 x this x 4 bytes stays in L1/L2).
-constexpr int64_t kTaskPositions = 1024;
+// A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
+// output channels. Inside it the positions are walked in chunks of 8 vectors, and every channel of
+// the task runs over a chunk before the next one starts: the chunk's input rows (channel groups x
+// taps x 8 vectors, 24 KB for VGG-16 conv1_2 on AVX-512) are loaded from L2 once and then feed 16
+// channels from L1, instead of streaming the whole band once per channel.
+constexpr int64_t kTaskPositions = 512;
+constexpr int64_t kGroupsPerTask = 4;
 constexpr int64_t kVecPad = 16;  // the widest path's lanes: scratch rows are read rounded up to it
 
 }  // namespace
@@ -68,7 +73,7 @@ struct Int8Conv2d::Plan {
   Act8Layout in, out;
   int64_t OH = 0, OW = 0, OHf = 0, OWf = 0;
   std::vector<int32_t> off;   // byte offset of every sparse block, same order as tap_
-  std::vector<int32_t> doff;  // byte offset of every tap, for the dense groups
+  std::vector<int32_t> doff;  // byte offset of every grouped tap, same order as dense_tap_
   int64_t rows = 0, nrb = 0;  // final output rows per task, row blocks
   int64_t crows = 0;          // conv rows per task at most
   int64_t acc_stride = 0, pool_stride = 0;
@@ -114,21 +119,34 @@ Int8Conv2d::Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, 
   for (auto& bl : blocks)
     if (bl.empty()) bl.assign(ntaps, 0);
 
+  // Each group of 4 output channels runs either per channel over its own blocks (conv_sparse) or
+  // on all 4 at once over the taps any of them keeps (conv_dense4: one input load feeds 4
+  // accumulators, about twice the MAC rate, docs/int8.md). The group goes grouped when its kept
+  // blocks reach dense_threshold of the 4 x union it would execute.
   const int64_t ngroups = ocp_ / 4;
   dense_.assign(ngroups, 0);
-  dense_at_.assign(ngroups, -1);
+  dense_at_.assign(ngroups + 1, 0);
   row_ptr_.assign(ocp_ + 1, 0);
+  kept_ = 0;
   for (int64_t q = 0; q < ngroups; ++q) {
     int64_t kept = 0;
-    for (int o = 0; o < 4; ++o)
-      for (int32_t v : blocks[4 * q + o]) kept += v != 0;
-    const double density = double(kept) / double(4 * ntaps);
-    dense_[q] = kernel == 2 || (kernel == 0 && density >= dense_threshold);
-    if (dense_[q]) {
-      dense_at_[q] = int64_t(dense_w_.size());
-      for (int64_t t = 0; t < ntaps; ++t)
-        for (int o = 0; o < 4; ++o) dense_w_.push_back(blocks[4 * q + o][t]);
+    std::vector<int32_t> taps;
+    for (int64_t t = 0; t < ntaps; ++t) {
+      bool any = false;
+      for (int o = 0; o < 4; ++o) {
+        kept += blocks[4 * q + o][t] != 0;
+        any = any || blocks[4 * q + o][t] != 0;
+      }
+      if (any || kernel == 2) taps.push_back(int32_t(t));
     }
+    kept_ += kept;
+    dense_[q] = kernel == 2 || (kernel == 0 && !taps.empty() && double(kept) >= dense_threshold * double(4 * taps.size()));
+    if (dense_[q])
+      for (int32_t t : taps) {
+        dense_tap_.push_back(t);
+        for (int o = 0; o < 4; ++o) dense_w_.push_back(blocks[4 * q + o][t]);
+      }
+    dense_at_[q + 1] = int64_t(dense_tap_.size());
     for (int o = 0; o < 4; ++o) {
       const int64_t oc = 4 * q + o;
       if (!dense_[q])
@@ -189,15 +207,16 @@ std::shared_ptr<const Int8Conv2d::Plan> Int8Conv2d::plan_for(int64_t H, int64_t 
   };
   p->off.resize(tap_.size());
   for (size_t j = 0; j < tap_.size(); ++j) p->off[j] = tap_offset(tap_[j]);
-  p->doff.resize(gi_ * g_.kh * g_.kw);
-  for (size_t t = 0; t < p->doff.size(); ++t) p->doff[t] = tap_offset(int64_t(t));
+  p->doff.resize(dense_tap_.size());
+  for (size_t j = 0; j < dense_tap_.size(); ++j) p->doff[j] = tap_offset(dense_tap_[j]);
 
-  // Final rows per task: about kTaskPositions conv positions, and at least 4 row blocks per thread
-  // when the channel groups alone cannot keep every thread busy.
+  // Final rows per task: about kTaskPositions conv positions, fewer when the channel-group blocks
+  // alone give the threads under 4 tasks each.
   const int64_t ps = out_.pool_k ? out_.pool_s : 1, pk = out_.pool_k ? out_.pool_k : 1;
   int64_t rows = std::max<int64_t>(1, kTaskPositions / (L.Wq * ps));
   const int64_t threads = ThreadPool::instance().num_threads();
-  if (ocp_ / 4 < 4 * threads) rows = std::min(rows, std::max<int64_t>(1, p->OHf / (4 * threads)));
+  const int64_t qblocks = cdiv(ocp_ / 4, kGroupsPerTask);
+  if (qblocks < 4 * threads) rows = std::min(rows, std::max<int64_t>(1, p->OHf * qblocks / (4 * threads)));
   p->rows = std::min(rows, p->OHf);
   p->nrb = cdiv(p->OHf, p->rows);
   p->crows = (p->rows - 1) * ps + pk;
@@ -212,36 +231,20 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
   const auto plan = plan_for(H, W);
   const Plan& p = *plan;
   const Int8Kernels& k = int8_kernels();
-  const int64_t in_bytes = p.in.bytes();
-  const int64_t ngroups = ocp_ / 4, ntasks = N * p.nrb * ngroups;
+  const int64_t in_bytes = p.in.bytes(), ngroups = ocp_ / 4, qblocks = cdiv(ngroups, kGroupsPerTask);
   if (out_.u8) std::memset(y, int(uint8_t(out_.zp)), size_t(N * p.out.bytes()));
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
-  const int64_t per_slot = 4 * (p.acc_stride + p.pool_stride);
+  const int64_t group_acc = 4 * p.acc_stride, per_slot = kGroupsPerTask * group_acc + 4 * p.pool_stride;
   std::vector<int32_t> scratch(size_t(T * per_slot));
-  const int64_t ps = out_.pool_s, pk = out_.pool_k;
+  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 8 * k.width;
 
-  pool.parallel_for(ntasks, T, [&](int64_t task, int slot) {
-    const int64_t q = task % ngroups, rb = (task / ngroups) % p.nrb, n = task / (ngroups * p.nrb);
-    const int64_t r0 = rb * p.rows, r1 = std::min(p.OHf, r0 + p.rows);
-    const int64_t c0 = pk ? r0 * ps : r0, c1 = pk ? (r1 - 1) * ps + pk : r1;
-    int32_t* acc = scratch.data() + slot * per_slot;
-    const uint8_t* in = x + n * in_bytes + 4 * c0 * p.in.Wq;
-    const int64_t npos = (c1 - c0) * p.in.Wq;
-    if (dense_[q]) {
-      k.conv_dense4(p.doff.data(), dense_w_.data() + dense_at_[q], int64_t(p.doff.size()), in, npos, acc,
-                    p.acc_stride);
-    } else {
-      for (int o = 0; o < 4; ++o) {
-        const int64_t oc = 4 * q + o, j = row_ptr_[oc];
-        k.conv_sparse(p.off.data() + j, w4_.data() + j, row_ptr_[oc + 1] - j, in, npos, acc + o * p.acc_stride);
-      }
-    }
-    // Max-pool the int32 sums: the requantization is monotone (m >= 0), so it commutes with max.
+  // Pool (on int32: the requantization is monotone, m >= 0, so it commutes with max) and
+  // requantize final rows [r0, r1) of group q, whose sums start at acc.
+  auto finish = [&](int64_t n, int64_t q, int64_t r0, int64_t r1, const int32_t* acc, int32_t* pooled) {
     const int32_t* src = acc;
     int64_t sstride = p.acc_stride, srow = p.in.Wq;
     if (pk) {
-      int32_t* pooled = acc + 4 * p.acc_stride;
       for (int o = 0; o < 4; ++o)
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = 0; c < p.OWf; ++c) {
@@ -260,15 +263,42 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
         uint32_t* o = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(y) + n * L.bytes()) + q * L.group +
                       (r + L.ph) * L.Wq + L.pw;
         k.requant_u8x4(row, sstride, p.OWf, rq_.data() + 4 * q, out_.zp, out_.relu, o);
-      } else {
+        continue;
+      }
+      for (int o = 0; o < 4 && 4 * q + o < g_.out_channels; ++o) {
+        float* dst = static_cast<float*>(y) + ((n * g_.out_channels + 4 * q + o) * p.OHf + r) * p.OWf;
+        k.requant_f32(row + o * sstride, p.OWf, rq_[4 * q + o], out_.relu, dst);
+      }
+    }
+  };
+
+  pool.parallel_for(N * p.nrb * qblocks, T, [&](int64_t task, int slot) {
+    const int64_t qb = task % qblocks, rb = (task / qblocks) % p.nrb, n = task / (qblocks * p.nrb);
+    const int64_t q0 = qb * kGroupsPerTask, q1 = std::min(ngroups, q0 + kGroupsPerTask);
+    const int64_t r0 = rb * p.rows, r1 = std::min(p.OHf, r0 + p.rows);
+    const int64_t c0 = pk ? r0 * ps : r0, c1 = pk ? (r1 - 1) * ps + pk : r1;
+    int32_t* acc = scratch.data() + slot * per_slot;
+    const uint8_t* in = x + n * in_bytes + 4 * c0 * p.in.Wq;
+    const int64_t npos = (c1 - c0) * p.in.Wq;
+    for (int64_t at = 0; at < npos; at += chunk) {
+      const int64_t len = std::min(chunk, npos - at);
+      for (int64_t q = q0; q < q1; ++q) {
+        int32_t* a = acc + (q - q0) * group_acc + at;
+        if (dense_[q]) {
+          const int64_t t0 = dense_at_[q];
+          k.conv_dense4(p.doff.data() + t0, dense_w_.data() + 4 * t0, dense_at_[q + 1] - t0, in + 4 * at, len, a,
+                        p.acc_stride);
+          continue;
+        }
         for (int o = 0; o < 4; ++o) {
-          const int64_t oc = 4 * q + o;
-          if (oc >= g_.out_channels) break;
-          float* dst = static_cast<float*>(y) + ((n * g_.out_channels + oc) * p.OHf + r) * p.OWf;
-          k.requant_f32(row + o * sstride, p.OWf, rq_[oc], out_.relu, dst);
+          const int64_t j = row_ptr_[4 * q + o];
+          k.conv_sparse(p.off.data() + j, w4_.data() + j, row_ptr_[4 * q + o + 1] - j, in + 4 * at, len,
+                        a + o * p.acc_stride);
         }
       }
     }
+    for (int64_t q = q0; q < q1; ++q)
+      finish(n, q, r0, r1, acc + (q - q0) * group_acc, acc + kGroupsPerTask * group_acc);
   });
 }
 

@@ -42,8 +42,9 @@ struct Conv8Output {
 class Int8Conv2d {
  public:
   // w: [OC, C, kh, kw] int8; m, b: [OC] (see Requant); zp_in: the input's zero point.
-  // kernel: 0 auto (an output-channel group runs dense when its block density reaches
-  // dense_threshold), 1 sparse everywhere, 2 dense everywhere.
+  // kernel: 0 auto (a group of 4 output channels runs grouped, on conv_dense4 over the taps any of
+  // them keeps, when its kept blocks reach dense_threshold of 4 x those taps), 1 per channel
+  // everywhere, 2 grouped over every tap everywhere (dense).
   Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
              const Conv8Output& out, int kernel, double dense_threshold);
 
@@ -54,7 +55,9 @@ class Int8Conv2d {
   // x: N images in in_layout(H, W); y: N images in out_layout (uint8) or [N, OC, OH, OW] floats.
   void forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void* y) const;
 
-  int64_t blocks() const { return int64_t(w4_.size()); }       // kept 1x4 blocks
+  int64_t blocks() const { return kept_; }  // nonzero 1x4 blocks
+  // Blocks the kernels execute (grouped taps run all 4 channels' blocks, zero or not).
+  int64_t executed_blocks() const { return int64_t(w4_.size() + dense_w_.size()); }
   int64_t total_blocks() const { return ocp_ * gi_ * g_.kh * g_.kw; }
   int64_t dense_groups() const;
   const Conv8Geometry& geometry() const { return g_; }
@@ -70,9 +73,11 @@ class Int8Conv2d {
   // Sparse blocks, per output channel: block j's tap is tap_[j] = (g * kh + ky) * kw + kx.
   std::vector<int64_t> row_ptr_;
   std::vector<int32_t> tap_, w4_;
-  std::vector<uint8_t> dense_;    // per group of 4 output channels
-  std::vector<int32_t> dense_w_;  // dense groups' [K][4] blocks, in group order
-  std::vector<int64_t> dense_at_; // start of each group's blocks in dense_w_ (-1: sparse group)
+  int64_t kept_ = 0;
+  std::vector<uint8_t> dense_;       // per group of 4 output channels: runs grouped
+  std::vector<int32_t> dense_tap_;   // grouped taps, group after group
+  std::vector<int32_t> dense_w_;     // their [tap][4] blocks
+  std::vector<int64_t> dense_at_;    // group q's taps are dense_tap_[dense_at_[q] .. dense_at_[q + 1])
   std::vector<Requant> rq_;       // [ocp_]
   mutable std::mutex mu_;
   mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const Plan>> cache_;
