@@ -50,21 +50,20 @@ void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, 
   const int64_t img = L.bytes();
   std::memset(out, int(uint8_t(zp)), size_t(N * img));
   const float lo = float(-zp), hi = float(255 - zp);
-  ThreadPool::instance().parallel_for(N * L.G, ThreadPool::instance().num_threads(), [&](int64_t t, int) {
-    const int64_t n = t / L.G, g = t % L.G;
-    for (int64_t c = 4 * g; c < std::min(L.C, 4 * g + 4); ++c) {
-      const float* xc = x + (n * L.C + c) * L.H * L.W;
-      uint8_t* og = out + n * img + 4 * g * L.group + (c - 4 * g);
-      for (int64_t y = 0; y < L.H; ++y) {
-        const int64_t py = y + L.ph;
-        for (int64_t xx = 0; xx < L.W; ++xx) {
-          const int64_t px = xx + L.pw;
-          const int64_t pix = ((py % L.sh) * L.sw + px % L.sw) * L.plane + (py / L.sh) * L.Wq + px / L.sw;
-          float v = std::nearbyint(xc[y * L.W + xx] * inv_scale);
-          v = std::min(std::max(v, lo), hi);
-          og[4 * pix] = uint8_t(int32_t(v) + zp);
-        }
-      }
+  const float magic = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds half to even, |v| <= 255
+  ThreadPool& pool = ThreadPool::instance();
+  pool.parallel_for(N * L.C * L.H, pool.num_threads(), [&](int64_t t, int) {
+    const int64_t y = t % L.H, c = (t / L.H) % L.C, n = t / (L.H * L.C);
+    const float* xr = x + ((n * L.C + c) * L.H + y) * L.W;
+    const int64_t py = y + L.ph;
+    uint8_t* row = out + n * img + 4 * ((c / 4) * L.group + (py % L.sh) * L.sw * L.plane + (py / L.sh) * L.Wq) + c % 4;
+    for (int64_t xx = 0; xx < L.W; ++xx) {
+      const int64_t px = xx + L.pw;
+      float v = xr[xx] * inv_scale;
+      v = v > lo ? v : lo;  // NaN -> lo
+      v = v < hi ? v : hi;
+      v = (v + magic) - magic;
+      row[4 * ((px % L.sw) * L.plane + px / L.sw)] = uint8_t(int32_t(v) + zp);
     }
   });
 }
@@ -235,9 +234,11 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
   if (out_.u8) std::memset(y, int(uint8_t(out_.zp)), size_t(N * p.out.bytes()));
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
-  const int64_t group_acc = 4 * p.acc_stride, per_slot = kGroupsPerTask * group_acc + 4 * p.pool_stride;
-  std::vector<int32_t> scratch(size_t(T * per_slot));
   const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 8 * k.width;
+  const int64_t group_acc = 4 * p.acc_stride;
+  // per slot: the task's sums, the pooled sums, and one row of window-row maxima
+  const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + p.in.Wq : 0);
+  std::vector<int32_t> scratch(size_t(T * per_slot));
 
   // Pool (on int32: the requantization is monotone, m >= 0, so it commutes with max) and
   // requantize final rows [r0, r1) of group q, whose sums start at acc.
@@ -245,15 +246,22 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     const int32_t* src = acc;
     int64_t sstride = p.acc_stride, srow = p.in.Wq;
     if (pk) {
+      // Max over the window's rows first (contiguous, vectorizable), then along the row.
+      int32_t* vmax = pooled + 4 * p.pool_stride;
       for (int o = 0; o < 4; ++o)
-        for (int64_t r = r0; r < r1; ++r)
+        for (int64_t r = r0; r < r1; ++r) {
+          const int32_t* a = acc + o * p.acc_stride + ((r - r0) * ps) * p.in.Wq;
+          const int64_t span = (p.OWf - 1) * ps + pk;
+          std::memcpy(vmax, a, sizeof(int32_t) * size_t(span));
+          for (int64_t i = 1; i < pk; ++i)
+            for (int64_t c = 0; c < span; ++c) vmax[c] = std::max(vmax[c], a[i * p.in.Wq + c]);
+          int32_t* dst = pooled + o * p.pool_stride + (r - r0) * p.OWf;
           for (int64_t c = 0; c < p.OWf; ++c) {
-            const int32_t* a = acc + o * p.acc_stride + ((r - r0) * ps) * p.in.Wq + c * ps;
-            int32_t v = a[0];
-            for (int64_t i = 0; i < pk; ++i)
-              for (int64_t j = 0; j < pk; ++j) v = std::max(v, a[i * p.in.Wq + j]);
-            pooled[o * p.pool_stride + (r - r0) * p.OWf + c] = v;
+            int32_t v = vmax[c * ps];
+            for (int64_t j = 1; j < pk; ++j) v = std::max(v, vmax[c * ps + j]);
+            dst[c] = v;
           }
+        }
       src = pooled, sstride = p.pool_stride, srow = p.OWf;
     }
     for (int64_t r = r0; r < r1; ++r) {
