@@ -10,6 +10,10 @@ process, same threads, medians of alternating blocks of calls (deepcomp.bench.me
     python benchmarks/int8_layers.py [--nets alexnet,vgg16] [--layers conv3,fc6] [--batch 1] [--repeat 5] [--out FILE]
 
 GMAC/s counts the MACs each kernel executes (kept weights x output positions; dense: all).
+
+--cpu measures per-core efficiency on a busy machine: one thread everywhere, each call timed by
+the calling thread's CPU time (time.thread_time), medians over alternating rounds, so time the
+thread spends preempted by other processes is not counted (their cache pollution still is).
 Layers whose input is the fp32 image (conv1, conv1_1) include quantizing and packing it.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -77,7 +82,22 @@ def fc_case(L, batch: int, rng):
     return cases
 
 
-def run(nets, batch: int, repeat: int, layers=None):
+def cpu_median_ms(fns: dict, repeat: int) -> dict:
+    """Median CPU time of the calling thread per call, in ms, alternating the functions each round."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(max(3, repeat)):
+        for k, f in fns.items():
+            t = time.thread_time()
+            f()
+            times[k].append(time.thread_time() - t)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def run(nets, batch: int, repeat: int, layers=None, cpu: bool = False):
+    if cpu:
+        nat.set_num_threads(1)
     bl.sync_threads()
     rng = np.random.default_rng(0)
     rows = []
@@ -91,7 +111,7 @@ def run(nets, batch: int, repeat: int, layers=None):
             cases = conv_case(L, batch, rng) if kind == "conv" else fc_case(L, batch, rng)
             fns = {"dense fp32": base["torch-dense"], "fp32 sparse": base["deepcomp"]}
             fns.update({k: v[0] for k, v in cases.items()})
-            ms = bl.median_ms(fns, repeat=repeat)
+            ms = cpu_median_ms(fns, repeat) if cpu else bl.median_ms(fns, repeat=repeat)
             if kind == "conv":
                 cin, cout, k, s, p, hw = geo
                 oh = (hw + 2 * p - k) // s + 1
@@ -105,9 +125,11 @@ def run(nets, batch: int, repeat: int, layers=None):
     return rows
 
 
-def markdown(rows, batch: int) -> str:
+def markdown(rows, batch: int, cpu: bool = False) -> str:
+    how = ("CPU time of the calling thread per call, medians of alternating rounds" if cpu
+           else "wall time, medians of alternating blocks")
     out = [f"batch {batch}, {nat.get_num_threads()} threads, int8 path {nat.int8_isa()}, fp32 path {nat.isa()}; "
-           "medians of alternating blocks in one process; GMAC/s of the MACs each kernel executes", "",
+           f"{how}, in one process; GMAC/s of the MACs each kernel executes", "",
            "| net | layer | kept | dense fp32 ms | fp32 sparse ms | int8 1x4 ms (GMAC/s) | int8 4x4 ms (GMAC/s) | "
            "int8 dense ms (GMAC/s) | 1x4 vs fp32 sparse | 1x4 vs dense fp32 | 4x4 vs 1x4 |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -146,10 +168,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--layers", help="comma-separated layer names (default: all)")
+    ap.add_argument("--cpu", action="store_true", help="1 thread, CPU time per call (for a busy machine)")
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args(argv)
-    rows = run(a.nets.split(","), a.batch, a.repeat, a.layers.split(",") if a.layers else None)
-    md = markdown(rows, a.batch)
+    rows = run(a.nets.split(","), a.batch, a.repeat, a.layers.split(",") if a.layers else None, a.cpu)
+    md = markdown(rows, a.batch, a.cpu)
     print(md)
     if a.out:
         tmp = a.out + ".tmp"
