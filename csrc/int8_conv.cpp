@@ -68,6 +68,25 @@ void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, 
   });
 }
 
+namespace {
+// The zero point into everything of a stride-1 image that a conv's epilogue does not write: the
+// padding rows and columns and the slack (the interior is written whole, 4 channels per lane).
+void fill_border(const Act8Layout& L, int32_t zp, uint8_t* img) {
+  const int v = int(uint8_t(zp));
+  const size_t row = size_t(4 * L.Wq);
+  for (int64_t g = 0; g < L.G; ++g) {
+    uint8_t* p = img + 4 * g * L.group;
+    std::memset(p, v, row * size_t(L.ph));
+    for (int64_t y = L.ph; y < L.ph + L.H; ++y) {
+      std::memset(p + y * row, v, size_t(4 * L.pw));
+      std::memset(p + y * row + 4 * (L.pw + L.W), v, size_t(4 * (L.Wq - L.pw - L.W)));
+    }
+    std::memset(p + (L.ph + L.H) * row, v, row * size_t(L.Hq - L.ph - L.H));
+  }
+  std::memset(img + 4 * L.G * L.group, v, size_t(4 * L.slack));
+}
+}  // namespace
+
 struct Int8Conv2d::Plan {
   Act8Layout in, out;
   int64_t OH = 0, OW = 0, OHf = 0, OWf = 0;
@@ -231,13 +250,14 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
   const Plan& p = *plan;
   const Int8Kernels& k = int8_kernels();
   const int64_t in_bytes = p.in.bytes(), ngroups = ocp_ / 4, qblocks = cdiv(ngroups, kGroupsPerTask);
-  if (out_.u8) std::memset(y, int(uint8_t(out_.zp)), size_t(N * p.out.bytes()));
+  if (out_.u8)
+    for (int64_t n = 0; n < N; ++n) fill_border(p.out, out_.zp, static_cast<uint8_t*>(y) + n * p.out.bytes());
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
   const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 8 * k.width;
   const int64_t group_acc = 4 * p.acc_stride;
   // per slot: the task's sums, the pooled sums, and one row of window-row maxima
-  const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + p.in.Wq : 0);
+  const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + 2 * p.in.Wq + pk + 4 * kVecPad : 0);
   std::vector<int32_t> scratch(size_t(T * per_slot));
 
   // Pool (on int32: the requantization is monotone, m >= 0, so it commutes with max) and
@@ -246,22 +266,11 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     const int32_t* src = acc;
     int64_t sstride = p.acc_stride, srow = p.in.Wq;
     if (pk) {
-      // Max over the window's rows first (contiguous, vectorizable), then along the row.
       int32_t* vmax = pooled + 4 * p.pool_stride;
       for (int o = 0; o < 4; ++o)
-        for (int64_t r = r0; r < r1; ++r) {
-          const int32_t* a = acc + o * p.acc_stride + ((r - r0) * ps) * p.in.Wq;
-          const int64_t span = (p.OWf - 1) * ps + pk;
-          std::memcpy(vmax, a, sizeof(int32_t) * size_t(span));
-          for (int64_t i = 1; i < pk; ++i)
-            for (int64_t c = 0; c < span; ++c) vmax[c] = std::max(vmax[c], a[i * p.in.Wq + c]);
-          int32_t* dst = pooled + o * p.pool_stride + (r - r0) * p.OWf;
-          for (int64_t c = 0; c < p.OWf; ++c) {
-            int32_t v = vmax[c * ps];
-            for (int64_t j = 1; j < pk; ++j) v = std::max(v, vmax[c * ps + j]);
-            dst[c] = v;
-          }
-        }
+        for (int64_t r = r0; r < r1; ++r)
+          k.max_pool_row(acc + o * p.acc_stride + (r - r0) * ps * p.in.Wq, p.in.Wq, pk, ps, p.OWf, vmax,
+                         pooled + o * p.pool_stride + (r - r0) * p.OWf);
       src = pooled, sstride = p.pool_stride, srow = p.OWf;
     }
     for (int64_t r = r0; r < r1; ++r) {

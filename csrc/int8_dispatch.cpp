@@ -34,6 +34,8 @@ struct TraitScalar {
   static I addi(I a, I b) { return a + b; }
   static I subi(I a, I b) { return a - b; }
   static I ori(I a, I b) { return a | b; }
+  static I maxi(I a, I b) { return a > b ? a : b; }
+  static I evens(const int32_t* p) { return *p; }
   static I shl(I a, int s) { return int32_t(uint32_t(a) << s); }
   static F cvt(I v) { return float(v); }
   static F set1f(float v) { return v; }

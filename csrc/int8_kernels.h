@@ -40,6 +40,10 @@ struct Int8Kernels {
   // position). zp: the output zero point.
   void (*requant_u8x4)(const int32_t* acc, int64_t acc_stride, int64_t n, const Requant* rq, int32_t zp,
                        bool relu, uint32_t* out);
+  // Max-pool one output row of one channel: out[c] = max over i, j < pk of acc[i*stride + c*ps + j]
+  // for c < n. vtmp: scratch of at least 2*n + pk + 3*16 ints (the window rows' maxima).
+  void (*max_pool_row)(const int32_t* acc, int64_t stride, int64_t pk, int64_t ps, int64_t n, int32_t* vtmp,
+                       int32_t* out);
   // One channel's acc row -> n floats.
   void (*requant_f32)(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out);
   // Linear, batch 1: acc = sum_j dot4(x + 4*col[j], w4[j]) over one row's nnz blocks.

@@ -47,7 +47,7 @@ def requant_params(rng, oc, scale):
        cin=st.integers(1, 13), cout=st.integers(1, 11), hw=st.tuples(st.integers(1, 12), st.integers(1, 20)),
        k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), dil=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
-       pool=st.sampled_from([None, (2, 2), (3, 2), (2, 1)]), out=st.sampled_from(["u8", "f32"]),
+       pool=st.sampled_from([None, (2, 2), (3, 2), (2, 1), (3, 3)]), out=st.sampled_from(["u8", "f32"]),
        relu=st.booleans(), zp_in=st.sampled_from([0, 3, 128]), zp_out=st.sampled_from([0, 7]),
        out_pad=st.integers(0, 1), density=st.sampled_from([0.0, 0.2, 0.6, 1.0]), threads=st.sampled_from([1, 2]),
        seed=st.integers(0, 2**31))

@@ -26,6 +26,11 @@ struct TraitVnni512 {
   static I set1i(int32_t v) { return _mm512_set1_epi32(v); }
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I subi(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I maxi(I a, I b) { return _mm512_max_epi32(a, b); }
+  static I evens(const int32_t* p) {  // p[0], p[2], ..., p[30]
+    const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_epi32(loadi(p), idx, loadi(p + 16));
+  }
   static I ori(I a, I b) { return _mm512_or_si512(a, b); }
   static I shl(I a, int s) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(s)); }
   static F cvt(I v) { return _mm512_cvtepi32_ps(v); }

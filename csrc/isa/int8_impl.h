@@ -126,6 +126,43 @@ void requant_f32(const int32_t* acc, int64_t n, const Requant& rq, bool relu, fl
   }
 }
 
+// ---- max-pool on the int32 sums (the requantization is monotone, so it commutes with max) ---------
+void max_pool_row(const int32_t* acc, int64_t stride, int64_t pk, int64_t ps, int64_t n, int32_t* vtmp, int32_t* out) {
+  const int64_t span = (n - 1) * ps + pk;
+  for (int64_t c = 0; c < span; c += W) {
+    I m = T::loadi(acc + c);
+    for (int64_t i = 1; i < pk; ++i) m = T::maxi(m, T::loadi(acc + i * stride + c));
+    T::store(vtmp + c, m);
+  }
+  for (int64_t c = 0; c < n; c += W) {
+    I m;
+    if (ps == 2) {
+      m = T::evens(vtmp + 2 * c);
+      for (int64_t j = 1; j < pk; ++j) m = T::maxi(m, T::evens(vtmp + 2 * c + j));
+    } else if (ps == 1) {
+      m = T::loadi(vtmp + c);
+      for (int64_t j = 1; j < pk; ++j) m = T::maxi(m, T::loadi(vtmp + c + j));
+    } else {
+      int32_t lanes[W];
+      for (int l = 0; l < W; ++l) {
+        lanes[l] = 0;
+        if (c + l >= n) continue;
+        const int32_t* v = vtmp + (c + l) * ps;
+        lanes[l] = v[0];
+        for (int64_t j = 1; j < pk; ++j) lanes[l] = lanes[l] > v[j] ? lanes[l] : v[j];
+      }
+      m = T::loadi(lanes);
+    }
+    if (c + W <= n) {
+      T::store(out + c, m);
+    } else {
+      int32_t tmp[W];
+      T::store(tmp, m);
+      std::memcpy(out + c, tmp, sizeof(int32_t) * size_t(n - c));
+    }
+  }
+}
+
 // ---- linear ---------------------------------------------------------------------------------------
 inline uint32_t lane(const uint8_t* p) {
   uint32_t v;
@@ -183,8 +220,9 @@ void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const ui
   }
 }
 
-const Int8Kernels kTable = {DC8_NAME,      W,           conv_sparse,    conv_dense4,   requant_u8x4,
-                            requant_f32,   linear_sparse1, linear_dense1, linear_sparseN};
+const Int8Kernels kTable = {DC8_NAME,       W,          conv_sparse,   conv_dense4,
+                            requant_u8x4,   max_pool_row, requant_f32, linear_sparse1,
+                            linear_dense1,  linear_sparseN};
 
 }  // namespace
 

@@ -26,6 +26,12 @@ struct Ymm {
   static I set1i(int32_t v) { return _mm256_set1_epi32(v); }
   static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
   static I subi(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I maxi(I a, I b) { return _mm256_max_epi32(a, b); }
+  static I evens(const int32_t* p) {  // p[0], p[2], ..., p[14]
+    const __m256 a = _mm256_castsi256_ps(loadi(p)), b = _mm256_castsi256_ps(loadi(p + 8));
+    const __m256 e = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(e), 0xD8);
+  }
   static I ori(I a, I b) { return _mm256_or_si256(a, b); }
   static I shl(I a, int s) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(s)); }
   static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
