@@ -11,6 +11,7 @@ void bind_loader(py::module_& m);
 void bind_kernels(py::module_& m);
 void bind_depthwise(py::module_& m);
 void bind_activation(py::module_& m);
+void bind_int8(py::module_& m);
 }  // namespace deepcomp
 
 PYBIND11_MODULE(_native, m) {
@@ -31,4 +32,5 @@ PYBIND11_MODULE(_native, m) {
   deepcomp::bind_kernels(m);
   deepcomp::bind_depthwise(m);
   deepcomp::bind_activation(m);
+  deepcomp::bind_int8(m);
 }

@@ -1,0 +1,213 @@
+// Python bindings of the int8 path: ISA choice, the uint8 activation layout and packing, and the
+// int8 conv / linear layers. Compute runs without the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "common.h"
+#include "int8_conv.h"
+#include "int8_kernels.h"
+#include "int8_linear.h"
+
+namespace py = pybind11;
+
+namespace deepcomp {
+
+namespace {
+
+constexpr int kIn = py::array::c_style | py::array::forcecast;
+using I8 = py::array_t<int8_t, kIn>;
+using U8 = py::array_t<uint8_t, kIn>;
+using F32 = py::array_t<float, kIn>;
+
+std::string S(int64_t v) { return std::to_string(v); }
+
+std::pair<int64_t, int64_t> pair2(const py::handle& h, const char* name) {
+  if (py::isinstance<py::int_>(h)) return {h.cast<int64_t>(), h.cast<int64_t>()};
+  auto s = h.cast<py::sequence>();
+  if (s.size() != 2) throw ShapeError(std::string(name) + " must be an int or a pair of ints");
+  return {s[0].cast<int64_t>(), s[1].cast<int64_t>()};
+}
+
+py::dict layout_dict(const Act8Layout& L) {
+  py::dict d;
+  d["C"] = L.C, d["H"] = L.H, d["W"] = L.W, d["ph"] = L.ph, d["pw"] = L.pw, d["sh"] = L.sh, d["sw"] = L.sw;
+  d["G"] = L.G, d["Hq"] = L.Hq, d["Wq"] = L.Wq, d["plane"] = L.plane, d["group"] = L.group;
+  d["slack"] = L.slack, d["bytes"] = L.bytes();
+  return d;
+}
+
+void check_per_channel(const F32& a, int64_t n, const char* what) {
+  if (a.ndim() != 1 || a.shape(0) != n) throw ShapeError(std::string(what) + " must have " + S(n) + " entries");
+}
+
+int kernel_code(const std::string& k) {
+  if (k == "auto") return 0;
+  if (k == "sparse") return 1;
+  if (k == "dense") return 2;
+  throw ShapeError("kernel must be 'auto', 'sparse' or 'dense', got '" + k + "'");
+}
+
+bool out_is_u8(const std::string& out) {
+  if (out != "u8" && out != "f32") throw ShapeError("out must be 'u8' or 'f32', got '" + out + "'");
+  return out == "u8";
+}
+
+// N images in layout L: [N, bytes] or [bytes].
+int64_t images_of(const U8& x, const Act8Layout& L, const char* what) {
+  const int64_t need = L.bytes();
+  if (x.ndim() == 1 && x.shape(0) == need) return 1;
+  if (x.ndim() == 2 && x.shape(1) == need) return x.shape(0);
+  throw ShapeError(std::string(what) + ": x must be [N, " + S(need) + "] uint8 (the layout of a " + S(L.C) + "x" +
+                   S(L.H) + "x" + S(L.W) + " input)");
+}
+
+struct PyConv8 {
+  std::unique_ptr<Int8Conv2d> k;
+
+  PyConv8(const I8& w, const F32& m, const F32& b, const py::handle& stride, const py::handle& padding,
+          const py::handle& dilation, int zp_in, bool relu, const std::string& out, int zp_out,
+          const py::handle& out_padding, const py::object& pool, const std::string& kernel, double dense_threshold) {
+    if (w.ndim() != 4) throw ShapeError("Int8Conv2d: weight must be [out, in, kh, kw] int8");
+    Conv8Geometry g{w.shape(1), w.shape(0), w.shape(2), w.shape(3), 1, 1, 0, 0, 1, 1};
+    std::tie(g.sh, g.sw) = pair2(stride, "stride");
+    std::tie(g.ph, g.pw) = pair2(padding, "padding");
+    std::tie(g.dh, g.dw) = pair2(dilation, "dilation");
+    check_per_channel(m, g.out_channels, "Int8Conv2d: m");
+    check_per_channel(b, g.out_channels, "Int8Conv2d: b");
+    Conv8Output o;
+    o.u8 = out_is_u8(out);
+    o.zp = zp_out;
+    o.relu = relu;
+    std::tie(o.oph, o.opw) = pair2(out_padding, "out_padding");
+    if (!pool.is_none()) std::tie(o.pool_k, o.pool_s) = pair2(pool, "pool");
+    k = std::make_unique<Int8Conv2d>(w.data(), g, m.data(), b.data(), zp_in, o, kernel_code(kernel), dense_threshold);
+  }
+
+  py::array forward(const U8& x, int64_t H, int64_t W) const {
+    const Act8Layout L = k->in_layout(H, W);
+    const int64_t N = images_of(x, L, "Int8Conv2d.forward");
+    const auto [oh, ow] = k->out_size(H, W);
+    py::array y;
+    if (k->output().u8)
+      y = py::array_t<uint8_t>({N, k->out_layout(H, W).bytes()});
+    else
+      y = py::array_t<float>({N, k->geometry().out_channels, oh, ow});
+    void* yp = y.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      k->forward(x.data(), N, H, W, yp);
+    }
+    return y;
+  }
+};
+
+struct PyLinear8 {
+  std::unique_ptr<Int8Linear> k;
+
+  PyLinear8(const I8& w, const F32& m, const F32& b, int zp_in, bool relu, const std::string& out, int zp_out,
+            const std::string& kernel, double dense_threshold) {
+    if (w.ndim() != 2) throw ShapeError("Int8Linear: weight must be [out, in] int8");
+    check_per_channel(m, w.shape(0), "Int8Linear: m");
+    check_per_channel(b, w.shape(0), "Int8Linear: b");
+    k = std::make_unique<Int8Linear>(w.data(), w.shape(0), w.shape(1), m.data(), b.data(), zp_in, relu,
+                                     out_is_u8(out), zp_out, kernel_code(kernel), dense_threshold);
+  }
+
+  py::array forward(const U8& x) const {
+    const bool one = x.ndim() == 1;
+    if ((x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != k->in_features())
+      throw ShapeError("Int8Linear.forward: x must be [N, " + S(k->in_features()) + "] uint8");
+    const int64_t N = one ? 1 : x.shape(0);
+    py::array y;
+    std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k->out_features()}
+                                         : std::vector<py::ssize_t>{N, k->out_features()};
+    if (k->u8_out())
+      y = py::array_t<uint8_t>(shape);
+    else
+      y = py::array_t<float>(shape);
+    void* yp = y.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      k->forward(x.data(), N, yp);
+    }
+    return y;
+  }
+};
+
+}  // namespace
+
+void bind_int8(py::module_& m) {
+  m.def("int8_isa", &int8_isa_name,
+        "The instruction set the int8 kernels use: 'avx512vnni', 'avxvnni', 'avx2' or 'scalar' "
+        "(DEEPCOMP_INT8_ISA forces one; DEEPCOMP_ISA=avx2|scalar caps it).");
+  m.def("int8_isas", [] {
+    py::list out;
+    std::string s = int8_isas_supported();
+    size_t a = 0;
+    while (a < s.size()) {
+      size_t e = s.find(',', a);
+      if (e == std::string::npos) e = s.size();
+      out.append(s.substr(a, e - a));
+      a = e + 1;
+    }
+    return out;
+  }, "The int8 paths this CPU can run, best first.");
+  m.def("_set_int8_isa", &set_int8_isa, py::arg("name"), "Debug/testing: switch the int8 kernels' path.");
+  m.def("int8_layout", [](int64_t C, int64_t H, int64_t W, const py::handle& padding, const py::handle& stride) {
+    const auto [ph, pw] = pair2(padding, "padding");
+    const auto [sh, sw] = pair2(stride, "stride");
+    return layout_dict(act8_layout(C, H, W, ph, pw, sh, sw));
+  }, py::arg("C"), py::arg("H"), py::arg("W"), py::arg("padding") = 0, py::arg("stride") = 1,
+        "The channel-blocked uint8 activation layout of one C x H x W image (see docs/int8.md).");
+  m.def("int8_pack", [](const F32& x, float inv_scale, int zp, const py::handle& padding, const py::handle& stride) {
+    if (x.ndim() != 4) throw ShapeError("int8_pack: x must be [N, C, H, W] float32");
+    if (zp < 0 || zp > 255) throw ShapeError("int8_pack: zp must be in [0, 255]");
+    const auto [ph, pw] = pair2(padding, "padding");
+    const auto [sh, sw] = pair2(stride, "stride");
+    const Act8Layout L = act8_layout(x.shape(1), x.shape(2), x.shape(3), ph, pw, sh, sw);
+    py::array_t<uint8_t> out({x.shape(0), L.bytes()});
+    uint8_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      act8_pack(x.data(), x.shape(0), L, inv_scale, zp, o);
+    }
+    return out;
+  }, py::arg("x"), py::arg("inv_scale"), py::arg("zp"), py::arg("padding") = 0, py::arg("stride") = 1,
+        "Quantize fp32 NCHW into the uint8 layout: clamp(rint(x * inv_scale) + zp, 0, 255).");
+
+  py::class_<PyConv8>(m, "Int8Conv2d",
+                      "int8 direct convolution over 1x4 blocks along input channels, requantized with bias, "
+                      "ReLU and an optional max-pool to uint8 (the next layer's layout) or fp32 NCHW.")
+      .def(py::init<const I8&, const F32&, const F32&, const py::handle&, const py::handle&, const py::handle&, int,
+                    bool, const std::string&, int, const py::handle&, const py::object&, const std::string&, double>(),
+           py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("stride") = 1, py::arg("padding") = 0,
+           py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
+           py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
+           py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.5)
+      .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"))
+      .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })
+      .def("out_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->out_layout(H, W)); })
+      .def("out_size", [](const PyConv8& s, int64_t H, int64_t W) { return s.k->out_size(H, W); })
+      .def_property_readonly("blocks", [](const PyConv8& s) { return s.k->blocks(); })
+      .def_property_readonly("executed_blocks", [](const PyConv8& s) { return s.k->executed_blocks(); })
+      .def_property_readonly("total_blocks", [](const PyConv8& s) { return s.k->total_blocks(); })
+      .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); });
+
+  py::class_<PyLinear8>(m, "Int8Linear",
+                        "int8 fully connected layer over 1x4 blocks along input features, requantized to uint8 "
+                        "or fp32.")
+      .def(py::init<const I8&, const F32&, const F32&, int, bool, const std::string&, int, const std::string&, double>(),
+           py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("zp_in") = 0, py::arg("relu") = false,
+           py::arg("out") = "f32", py::arg("zp_out") = 0, py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.6)
+      .def("forward", &PyLinear8::forward, py::arg("x"))
+      .def_property_readonly("blocks", [](const PyLinear8& s) { return s.k->blocks(); })
+      .def_property_readonly("total_blocks", [](const PyLinear8& s) { return s.k->total_blocks(); })
+      .def_property_readonly("dense", [](const PyLinear8& s) { return s.k->dense(); });
+}
+
+}  // namespace deepcomp

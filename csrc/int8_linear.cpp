@@ -1,0 +1,119 @@
+// int8 fully connected layer: batch 1 gathers the input lanes of each row's blocks (or streams a
+// dense row); batch N transposes the input to [groups][batch][4] so each block is one broadcast
+// against a vector of batch lanes.
+#include "int8_linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "common.h"
+#include "threadpool.h"
+
+namespace deepcomp {
+
+namespace {
+constexpr int64_t kRowsPerTask = 64;
+constexpr int64_t kLanePad = 16;  // the widest path's lanes
+
+// The requantization of one value, the same float32 operations as the vector kernels.
+inline float requant_value(int32_t acc, const Requant& rq, bool relu) {
+  float y = float(acc - rq.comp) * rq.m;
+  y = y + rq.b;
+  return relu && !(y > 0.f) ? 0.f : y;
+}
+}  // namespace
+
+Int8Linear::Int8Linear(const int8_t* w, int64_t out, int64_t in, const float* m, const float* b, int32_t zp_in,
+                       bool relu, bool u8_out, int32_t zp_out, int kernel, double dense_threshold)
+    : out_(out), in_(in), G_((in + 3) / 4), relu_(relu), u8_(u8_out), zp_in_(zp_in), zp_out_(zp_out) {
+  if (out < 1 || in < 1) throw ShapeError("Int8Linear: features must be >= 1");
+  if (2 * in * 255 * 128 > std::numeric_limits<int32_t>::max())
+    throw ShapeError("Int8Linear: in_features = " + std::to_string(in) + " is too large for int32 accumulation");
+  if (zp_in < 0 || zp_in > 255 || zp_out < 0 || zp_out > 255) throw ShapeError("Int8Linear: zero points must be in [0, 255]");
+  if (kernel < 0 || kernel > 2) throw ShapeError("Int8Linear: kernel must be 0 (auto), 1 (sparse) or 2 (dense)");
+  std::vector<int32_t> full(size_t(out * G_), 0);
+  rq_.resize(out);
+  int64_t kept = 0;
+  for (int64_t r = 0; r < out; ++r) {
+    if (!(m[r] >= 0.f) || !std::isfinite(m[r]) || !std::isfinite(b[r]))
+      throw ShapeError("Int8Linear: multipliers must be finite and >= 0, biases finite (row " + std::to_string(r) + ")");
+    int64_t sum = 0;
+    for (int64_t c = 0; c < in; ++c) {
+      const int8_t v = w[r * in + c];
+      sum += v;
+      full[r * G_ + c / 4] |= int32_t(uint32_t(uint8_t(v)) << (8 * (c % 4)));
+    }
+    rq_[r] = Requant{int32_t(sum * zp_in), m[r], b[r]};
+    for (int64_t g = 0; g < G_; ++g) kept += full[r * G_ + g] != 0;
+  }
+  dense_ = kernel == 2 || (kernel == 0 && double(kept) >= dense_threshold * double(out * G_));
+  row_ptr_.assign(out + 1, 0);
+  if (dense_) {
+    w4_ = std::move(full);
+    col_.resize(G_);
+    for (int64_t g = 0; g < G_; ++g) col_[g] = int32_t(g);
+    for (int64_t r = 0; r <= out; ++r) row_ptr_[r] = r * G_;
+    return;
+  }
+  for (int64_t r = 0; r < out; ++r) {
+    for (int64_t g = 0; g < G_; ++g)
+      if (full[r * G_ + g]) {
+        col_.push_back(int32_t(g));
+        w4_.push_back(full[r * G_ + g]);
+      }
+    row_ptr_[r + 1] = int64_t(w4_.size());
+  }
+}
+
+void Int8Linear::finish(const int32_t* acc, int64_t r, int64_t N, int64_t astride, void* y) const {
+  for (int64_t n = 0; n < N; ++n) {
+    const float v = requant_value(acc[n * astride], rq_[r], relu_);
+    if (u8_) {
+      const float q = std::min(std::max(v, float(-zp_out_)), float(255 - zp_out_));
+      static_cast<uint8_t*>(y)[n * out_ + r] = uint8_t(int32_t(std::nearbyint(q)) + zp_out_);
+    } else {
+      static_cast<float*>(y)[n * out_ + r] = v;
+    }
+  }
+}
+
+void Int8Linear::forward(const uint8_t* x, int64_t N, void* y) const {
+  if (N < 1) return;
+  const Int8Kernels& k = int8_kernels();
+  ThreadPool& pool = ThreadPool::instance();
+  const int T = pool.num_threads();
+  const int64_t ntasks = (out_ + kRowsPerTask - 1) / kRowsPerTask;
+  if (N == 1) {
+    // Padded copy: groups past in_ read the zero point, whose weights are 0.
+    std::vector<uint8_t> xp(size_t(4 * G_ + 4 * kLanePad), uint8_t(zp_in_));
+    std::memcpy(xp.data(), x, size_t(in_));
+    pool.parallel_for(ntasks, T, [&](int64_t t, int) {
+      for (int64_t r = t * kRowsPerTask; r < std::min(out_, (t + 1) * kRowsPerTask); ++r) {
+        const int64_t j = row_ptr_[r];
+        const int32_t acc = dense_ ? k.linear_dense1(w4_.data() + j, G_, xp.data())
+                                   : k.linear_sparse1(col_.data() + j, w4_.data() + j, row_ptr_[r + 1] - j, xp.data());
+        finish(&acc, r, 1, 1, y);
+      }
+    });
+    return;
+  }
+  const int64_t np = (N + k.width - 1) / k.width * k.width;
+  std::vector<uint8_t> xT(size_t(4 * G_ * np), uint8_t(zp_in_));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < in_; ++c) xT[size_t(4 * ((c / 4) * np + n) + c % 4)] = x[n * in_ + c];
+  std::vector<int32_t> acc(size_t(T * np));
+  pool.parallel_for(ntasks, T, [&](int64_t t, int slot) {
+    int32_t* a = acc.data() + slot * np;
+    for (int64_t r = t * kRowsPerTask; r < std::min(out_, (t + 1) * kRowsPerTask); ++r) {
+      const int64_t j = row_ptr_[r];
+      const int32_t* col = dense_ ? col_.data() : col_.data() + j;  // dense rows share one 0..G-1 list
+      k.linear_sparseN(col, w4_.data() + j, row_ptr_[r + 1] - j, xT.data(), np, a);
+      finish(a, r, N, 1, y);
+    }
+  });
+}
+
+}  // namespace deepcomp

@@ -1,0 +1,231 @@
+// The int8 micro-kernels, written once against a trait and compiled once per ISA (see
+// int8_kernels.h for what each computes). Include after defining:
+//   DC8_TRAIT  the trait (W lanes; int vector I, prepared input A, weight B, float vector F)
+//   DC8_NAME   the path's name as a string literal
+//   DC8_ENTRY  the function returning this path's table
+// Integer sums are exact on every path; the requantization does the same float32 operations in the
+// same order (the files are compiled with -ffp-contract=off), so every path gives the same bits.
+#include <cstdint>
+#include <cstring>
+
+#include "int8_kernels.h"
+
+namespace deepcomp {
+namespace {
+
+using T = DC8_TRAIT;
+using I = typename T::I;
+constexpr int W = T::W;
+
+// ---- convolution, one channel: NV vectors of W output positions per pass over the blocks ----------
+template <int NV>
+inline void sparse_chunk(const int32_t* off, const int32_t* w4, int64_t nnz, const uint8_t* in, int32_t* acc) {
+  I a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = T::zero();
+  for (int64_t j = 0; j < nnz; ++j) {
+    const typename T::B w = T::bw(w4[j]);
+    const uint8_t* p = in + off[j];
+    for (int v = 0; v < NV; ++v) a[v] = T::dp(a[v], T::prep(T::load(p + 4 * W * v)), w);
+  }
+  for (int v = 0; v < NV; ++v) T::store(acc + W * v, a[v]);
+}
+
+void conv_sparse(const int32_t* off, const int32_t* w4, int64_t nnz, const uint8_t* in, int64_t n, int32_t* acc) {
+  const int64_t nvec = (n + W - 1) / W;
+  int64_t i = 0;
+  for (; i + 8 <= nvec; i += 8) sparse_chunk<8>(off, w4, nnz, in + 4 * W * i, acc + W * i);
+  const uint8_t* p = in + 4 * W * i;
+  int32_t* o = acc + W * i;
+  switch (nvec - i) {
+    case 7: sparse_chunk<7>(off, w4, nnz, p, o); break;
+    case 6: sparse_chunk<6>(off, w4, nnz, p, o); break;
+    case 5: sparse_chunk<5>(off, w4, nnz, p, o); break;
+    case 4: sparse_chunk<4>(off, w4, nnz, p, o); break;
+    case 3: sparse_chunk<3>(off, w4, nnz, p, o); break;
+    case 2: sparse_chunk<2>(off, w4, nnz, p, o); break;
+    case 1: sparse_chunk<1>(off, w4, nnz, p, o); break;
+    default: break;
+  }
+}
+
+// ---- convolution, four channels over every block: one input load feeds four accumulators --------
+template <int NV>
+inline void dense_chunk(const int32_t* off, const int32_t* w4x4, int64_t K, const uint8_t* in, int32_t* acc,
+                        int64_t stride) {
+  I a[4][NV];
+  for (int o = 0; o < 4; ++o)
+    for (int v = 0; v < NV; ++v) a[o][v] = T::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    const uint8_t* p = in + off[k];
+    typename T::A x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = T::prep(T::load(p + 4 * W * v));
+    for (int o = 0; o < 4; ++o) {
+      const typename T::B w = T::bw(w4x4[4 * k + o]);
+      for (int v = 0; v < NV; ++v) a[o][v] = T::dp(a[o][v], x[v], w);
+    }
+  }
+  for (int o = 0; o < 4; ++o)
+    for (int v = 0; v < NV; ++v) T::store(acc + o * stride + W * v, a[o][v]);
+}
+
+void conv_dense4(const int32_t* off, const int32_t* w4x4, int64_t K, const uint8_t* in, int64_t n, int32_t* acc,
+                 int64_t stride) {
+  const int64_t nvec = (n + W - 1) / W;
+  int64_t i = 0;
+  for (; i + 4 <= nvec; i += 4) dense_chunk<4>(off, w4x4, K, in + 4 * W * i, acc + W * i, stride);
+  const uint8_t* p = in + 4 * W * i;
+  int32_t* o = acc + W * i;
+  switch (nvec - i) {
+    case 3: dense_chunk<3>(off, w4x4, K, p, o, stride); break;
+    case 2: dense_chunk<2>(off, w4x4, K, p, o, stride); break;
+    case 1: dense_chunk<1>(off, w4x4, K, p, o, stride); break;
+    default: break;
+  }
+}
+
+// ---- requantization -------------------------------------------------------------------------------
+inline typename T::F requant(I acc, const Requant& rq, bool relu) {
+  typename T::F y = T::cvt(T::subi(acc, T::set1i(rq.comp)));
+  y = T::mulf(y, T::set1f(rq.m));
+  y = T::addf(y, T::set1f(rq.b));
+  if (relu) y = T::maxf(y, T::set1f(0.f));
+  return y;
+}
+
+void requant_u8x4(const int32_t* acc, int64_t stride, int64_t n, const Requant* rq, int32_t zp, bool relu,
+                  uint32_t* out) {
+  const typename T::F lo = T::set1f(float(-zp)), hi = T::set1f(float(255 - zp));
+  const I z = T::set1i(zp);
+  for (int64_t i = 0; i < n; i += W) {
+    I packed = T::zero();
+    for (int o = 0; o < 4; ++o) {
+      typename T::F y = requant(T::loadi(acc + o * stride + i), rq[o], relu);
+      y = T::minf(T::maxf(y, lo), hi);
+      packed = T::ori(packed, T::shl(T::addi(T::rint(y), z), 8 * o));
+    }
+    if (i + W <= n) {
+      T::store(reinterpret_cast<int32_t*>(out + i), packed);
+    } else {
+      int32_t tmp[W];
+      T::store(tmp, packed);
+      std::memcpy(out + i, tmp, sizeof(int32_t) * size_t(n - i));
+    }
+  }
+}
+
+void requant_f32(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out) {
+  for (int64_t i = 0; i < n; i += W) {
+    const typename T::F y = requant(T::loadi(acc + i), rq, relu);
+    if (i + W <= n) {
+      T::storef(out + i, y);
+    } else {
+      float tmp[W];
+      T::storef(tmp, y);
+      std::memcpy(out + i, tmp, sizeof(float) * size_t(n - i));
+    }
+  }
+}
+
+// ---- max-pool on the int32 sums (the requantization is monotone, so it commutes with max) ---------
+void max_pool_row(const int32_t* acc, int64_t stride, int64_t pk, int64_t ps, int64_t n, int32_t* vtmp, int32_t* out) {
+  const int64_t span = (n - 1) * ps + pk;
+  for (int64_t c = 0; c < span; c += W) {
+    I m = T::loadi(acc + c);
+    for (int64_t i = 1; i < pk; ++i) m = T::maxi(m, T::loadi(acc + i * stride + c));
+    T::store(vtmp + c, m);
+  }
+  for (int64_t c = 0; c < n; c += W) {
+    I m;
+    if (ps == 2) {
+      m = T::evens(vtmp + 2 * c);
+      for (int64_t j = 1; j < pk; ++j) m = T::maxi(m, T::evens(vtmp + 2 * c + j));
+    } else if (ps == 1) {
+      m = T::loadi(vtmp + c);
+      for (int64_t j = 1; j < pk; ++j) m = T::maxi(m, T::loadi(vtmp + c + j));
+    } else {
+      int32_t lanes[W];
+      for (int l = 0; l < W; ++l) {
+        lanes[l] = 0;
+        if (c + l >= n) continue;
+        const int32_t* v = vtmp + (c + l) * ps;
+        lanes[l] = v[0];
+        for (int64_t j = 1; j < pk; ++j) lanes[l] = lanes[l] > v[j] ? lanes[l] : v[j];
+      }
+      m = T::loadi(lanes);
+    }
+    if (c + W <= n) {
+      T::store(out + c, m);
+    } else {
+      int32_t tmp[W];
+      T::store(tmp, m);
+      std::memcpy(out + c, tmp, sizeof(int32_t) * size_t(n - c));
+    }
+  }
+}
+
+// ---- linear ---------------------------------------------------------------------------------------
+inline uint32_t lane(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+int32_t linear_sparse1(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* x) {
+  I a0 = T::zero(), a1 = T::zero();
+  int64_t j = 0;
+  for (; j + 2 * W <= nnz; j += 2 * W) {
+    a0 = T::dp(a0, T::prep(T::gather(x, col + j)), T::lw(w4 + j));
+    a1 = T::dp(a1, T::prep(T::gather(x, col + j + W)), T::lw(w4 + j + W));
+  }
+  int32_t s = T::hsum(T::addi(a0, a1));
+  for (; j < nnz; ++j) s += dot4(lane(x + 4 * int64_t(col[j])), w4[j]);
+  return s;
+}
+
+int32_t linear_dense1(const int32_t* w4, int64_t G, const uint8_t* x) {
+  I a0 = T::zero(), a1 = T::zero();
+  int64_t g = 0;
+  for (; g + 2 * W <= G; g += 2 * W) {
+    a0 = T::dp(a0, T::prep(T::load(x + 4 * g)), T::lw(w4 + g));
+    a1 = T::dp(a1, T::prep(T::load(x + 4 * (g + W))), T::lw(w4 + g + W));
+  }
+  int32_t s = T::hsum(T::addi(a0, a1));
+  for (; g < G; ++g) s += dot4(lane(x + 4 * g), w4[g]);
+  return s;
+}
+
+template <int NV>
+inline void linear_chunk(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
+                         int32_t* acc) {
+  I a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = T::zero();
+  for (int64_t j = 0; j < nnz; ++j) {
+    const typename T::B w = T::bw(w4[j]);
+    const uint8_t* p = xT + 4 * int64_t(col[j]) * np;
+    for (int v = 0; v < NV; ++v) a[v] = T::dp(a[v], T::prep(T::load(p + 4 * W * v)), w);
+  }
+  for (int v = 0; v < NV; ++v) T::store(acc + W * v, a[v]);
+}
+
+void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
+                    int32_t* acc) {
+  const int64_t nvec = np / W;
+  int64_t i = 0;
+  for (; i + 4 <= nvec; i += 4) linear_chunk<4>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i);
+  switch (nvec - i) {
+    case 3: linear_chunk<3>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 2: linear_chunk<2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 1: linear_chunk<1>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    default: break;
+  }
+}
+
+const Int8Kernels kTable = {DC8_NAME,       W,          conv_sparse,   conv_dense4,
+                            requant_u8x4,   max_pool_row, requant_f32, linear_sparse1,
+                            linear_dense1,  linear_sparseN};
+
+}  // namespace
+
+const Int8Kernels* DC8_ENTRY() { return &kTable; }
+
+}  // namespace deepcomp

@@ -1,0 +1,179 @@
+"""Runtime steps for int8 conv2d / linear nodes (docs/int8.md). Deploy side: numpy and
+deepcomp._native only, never torch.
+
+An int8 node takes and gives a :class:`QTensor` (uint8 values with their scale and zero point, in
+the channel-blocked layout for images, plain [N, features] for vectors) or a float32 array. A conv
+whose consumer is another int8 conv writes straight into the consumer's padded layout
+(``out_padding``), so a chain of int8 convs never repacks; at a border with fp32 ops,
+:func:`dequantize` and the steps' own quantization of fp32 input convert.
+
+    step = Int8ConvStep(w, bias, stride=1, padding=1, in_q=(s_in, 0), out_q=(s_out, 0), relu=True,
+                        pool=(2, 2), out_padding=1)
+    y = step(x)              # x: float32 NCHW or a QTensor; y: QTensor (or float32 with out_q=None)
+
+Without the native int8 kernels (an older build) the steps run the numpy integer reference, which
+gives the same bits, slowly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from deepcomp.runtime import int8_reference as ref
+
+try:
+    from deepcomp import _native
+except ImportError:  # pragma: no cover - a build without the extension
+    _native = None
+
+QMAX = 127
+
+
+def native_int8() -> bool:
+    return _native is not None and hasattr(_native, "Int8Conv2d")
+
+
+class QTensor(NamedTuple):
+    """uint8 values ``x = scale * (q - zp)``. Images: data is [N, layout bytes] in the blocked layout
+    of shape (N, C, H, W) with ``padding``; vectors: data is [N, F] and padding is None."""
+
+    data: np.ndarray
+    scale: float
+    zp: int
+    shape: tuple
+    padding: tuple | None = None
+
+    def values(self) -> np.ndarray:
+        """The uint8 values, NCHW (or [N, F])."""
+        if self.padding is None:
+            return self.data
+        N, C, H, W = self.shape
+        return ref.unpack(self.data, C, H, W, self.padding)
+
+
+def dequantize(t: QTensor) -> np.ndarray:
+    return (t.values().astype(np.float32) - np.float32(t.zp)) * np.float32(t.scale)
+
+
+def weights_to_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded fp32 weights [O, ...] -> (int8 weights, per-channel scales s_o = max|w_o| / 127).
+
+    ``q = clamp(rint(w / s_o), -127, 127)`` in float32; an all-zero channel gets s_o = 0 and q = 0.
+    With k-means-shared weights every q of a channel comes from one of the layer's centroids, so
+    this is the codebook mapped to a per-channel int8 grid (docs/dcz-format.md, int8 additions).
+    """
+    w = np.asarray(w, np.float32)
+    flat = w.reshape(w.shape[0], -1)
+    s = (np.abs(flat).max(axis=1) / np.float32(QMAX)).astype(np.float32)
+    safe = np.where(s > 0, s, np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(flat / safe[:, None]), -QMAX, QMAX).astype(np.int8)
+    return q.reshape(w.shape), s
+
+
+def _requant(s_in: float, s_w: np.ndarray, bias, out_q):
+    """m and b of the epilogue (docs/int8.md): to uint8 with out_q = (scale, zp), else to fp32."""
+    b = np.zeros(len(s_w), np.float32) if bias is None else np.asarray(bias, np.float32)
+    m = np.float32(s_in) * s_w
+    if out_q is not None:
+        m = m / np.float32(out_q[0])
+        b = b / np.float32(out_q[0])
+    return m.astype(np.float32), b.astype(np.float32)
+
+
+def _pair(v) -> tuple[int, int]:
+    return ref._pair(v)
+
+
+class Int8ConvStep:
+    """One int8 conv2d (+ ReLU, + max-pool) node. ``in_q``/``out_q``: (scale, zero point) of the
+    input and output; out_q=None gives float32 NCHW."""
+
+    def __init__(self, weight, bias=None, *, stride=1, padding=0, dilation=1, in_q, out_q=None, relu=False,
+                 pool=None, out_padding=0, kernel="auto"):
+        self.q, self.s_w = weights_to_int8(weight)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.in_q, self.out_q = (float(in_q[0]), int(in_q[1])), out_q
+        self.relu, self.pool, self.out_padding = bool(relu), pool, _pair(out_padding)
+        self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q)
+        self.out = "u8" if out_q is not None else "f32"
+        self.native = None
+        if native_int8():
+            self.native = _native.Int8Conv2d(self.q, self.m, self.b, stride=self.stride, padding=self.padding,
+                                             dilation=self.dilation, zp_in=self.in_q[1], relu=self.relu, out=self.out,
+                                             zp_out=0 if out_q is None else int(out_q[1]),
+                                             out_padding=self.out_padding, pool=pool, kernel=kernel)
+
+    def _values(self, x) -> np.ndarray:
+        """The input as uint8 NCHW in this step's quantization."""
+        s, zp = self.in_q
+        if isinstance(x, QTensor):
+            if abs(x.scale - s) > 1e-6 * s or x.zp != zp:
+                raise ValueError(f"int8 conv input has scale {x.scale} / zp {x.zp}, the step expects {s} / {zp}")
+            return x.values()
+        return ref.quantize(x, np.float32(1.0) / np.float32(s), zp)
+
+    def _packed(self, x):
+        """(uint8 [N, bytes] in this conv's input layout, N, H, W)."""
+        if isinstance(x, QTensor) and x.padding == self.padding and self.stride == (1, 1):
+            if abs(x.scale - self.in_q[0]) > 1e-6 * self.in_q[0] or x.zp != self.in_q[1]:
+                raise ValueError(f"int8 conv input has scale {x.scale} / zp {x.zp}, the step expects {self.in_q}")
+            return (x.data,) + tuple(x.shape[:1]) + tuple(x.shape[2:])
+        if not isinstance(x, QTensor):
+            x = np.asarray(x, np.float32)
+            data = _native.int8_pack(x, np.float32(1.0) / np.float32(self.in_q[0]), self.in_q[1], self.padding,
+                                     self.stride)
+            return (data, x.shape[0]) + tuple(x.shape[2:])
+        q = self._values(x)
+        return (ref.pack_u8(q, self.in_q[1], self.padding, self.stride), q.shape[0]) + tuple(q.shape[2:])
+
+    def __call__(self, x):
+        O = self.q.shape[0]
+        zp_out = 0 if self.out_q is None else int(self.out_q[1])
+        if self.native is not None:
+            data, N, H, W = self._packed(x)
+            y = self.native.forward(data, H, W)
+            oh, ow = self.native.out_size(H, W)
+        else:
+            q = self._values(x)
+            y = ref.conv2d(q, self.in_q[1], self.q, self.m, self.b, stride=self.stride, padding=self.padding,
+                           dilation=self.dilation, relu=self.relu, pool=self.pool, out=self.out, zp_out=zp_out)
+            N, _, oh, ow = y.shape
+            if self.out == "u8":
+                y = ref.pack_u8(y, zp_out, self.out_padding, 1)
+        if self.out == "f32":
+            return y
+        return QTensor(y, float(self.out_q[0]), zp_out, (N, O, oh, ow), self.out_padding)
+
+
+class Int8LinearStep:
+    """One int8 linear (+ ReLU) node. Input: a QTensor (an image is flattened NCHW, as torch's
+    flatten does), or float32 [N, F]. out_q=None gives float32 [N, out]."""
+
+    def __init__(self, weight, bias=None, *, in_q, out_q=None, relu=False, kernel="auto"):
+        self.q, self.s_w = weights_to_int8(weight)
+        self.in_q, self.out_q, self.relu = (float(in_q[0]), int(in_q[1])), out_q, bool(relu)
+        self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q)
+        self.out = "u8" if out_q is not None else "f32"
+        self.native = None
+        if native_int8():
+            self.native = _native.Int8Linear(self.q, self.m, self.b, zp_in=self.in_q[1], relu=self.relu, out=self.out,
+                                             zp_out=0 if out_q is None else int(out_q[1]), kernel=kernel)
+
+    def __call__(self, x):
+        s, zp = self.in_q
+        if isinstance(x, QTensor):
+            if abs(x.scale - s) > 1e-6 * s or x.zp != zp:
+                raise ValueError(f"int8 linear input has scale {x.scale} / zp {x.zp}, the step expects {s} / {zp}")
+            q = np.ascontiguousarray(x.values().reshape(x.shape[0], -1))
+        else:
+            q = ref.quantize(np.asarray(x, np.float32), np.float32(1.0) / np.float32(s), zp)
+        if self.native is not None:
+            y = self.native.forward(q)
+        else:
+            y = ref.linear(q, zp, self.q, self.m, self.b, relu=self.relu, out=self.out,
+                           zp_out=0 if self.out_q is None else int(self.out_q[1]))
+        if self.out == "f32":
+            return y
+        return QTensor(y, float(self.out_q[0]), int(self.out_q[1]), y.shape, None)

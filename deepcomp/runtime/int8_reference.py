@@ -1,0 +1,130 @@
+"""Numpy integer reference of the int8 path (docs/int8.md): the uint8 activation layout, quantizing
+into it, and whole int8 conv / linear layers with their requantization.
+
+The native kernels (``deepcomp._native.Int8Conv2d``, ``Int8Linear``, ``int8_pack``) must equal these
+bit for bit on every ISA path: the sums are integers, and the requantization is the same float32
+operations in the same order, ``y = float32(acc - comp) * m`` then ``y + b`` (never fused), ReLU as
+``y > 0 ? y : 0``, uint8 as ``rint(clip(y, -zp, 255 - zp)) + zp`` (round half to even).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LANES = 4  # input channels per 32-bit lane (the block's length)
+SLACK_VECTOR = 16  # pixels of slack after the last plane, beyond one row (the widest path's lanes)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
+def layout(C: int, H: int, W: int, padding=0, stride=1) -> dict:
+    """The uint8 layout of one C x H x W image, as ``deepcomp._native.int8_layout`` returns it."""
+    ph, pw = _pair(padding)
+    sh, sw = _pair(stride)
+    G = -(-C // LANES)
+    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    plane = Hq * Wq
+    group = sh * sw * plane
+    slack = Wq + SLACK_VECTOR
+    return dict(C=C, H=H, W=W, ph=ph, pw=pw, sh=sh, sw=sw, G=G, Hq=Hq, Wq=Wq, plane=plane, group=group,
+                slack=slack, bytes=4 * (G * group + slack))
+
+
+def quantize(x: np.ndarray, inv_scale: float, zp: int) -> np.ndarray:
+    """fp32 -> uint8: clip(rint(x * inv_scale) + zp, 0, 255), in float32."""
+    v = np.rint(np.asarray(x, np.float32) * np.float32(inv_scale))
+    return (np.clip(v, np.float32(-zp), np.float32(255 - zp)).astype(np.int32) + zp).astype(np.uint8)
+
+
+def pack_u8(q: np.ndarray, zp: int, padding=0, stride=1) -> np.ndarray:
+    """uint8 NCHW -> [N, bytes] in the blocked, padded, stride-phase-split layout."""
+    N, C, H, W = q.shape
+    L = layout(C, H, W, padding, stride)
+    G, Hq, Wq, sh, sw = L["G"], L["Hq"], L["Wq"], L["sh"], L["sw"]
+    full = np.full((N, G * LANES, Hq * sh, Wq * sw), zp, np.uint8)
+    full[:, :C, L["ph"]:L["ph"] + H, L["pw"]:L["pw"] + W] = q
+    # [N, G, 4, Hq, sh, Wq, sw] -> [N, G, sh, sw, Hq, Wq, 4]
+    blocked = full.reshape(N, G, LANES, Hq, sh, Wq, sw).transpose(0, 1, 4, 6, 3, 5, 2)
+    out = np.full((N, L["bytes"]), zp, np.uint8)
+    out[:, :4 * G * L["group"]] = blocked.reshape(N, -1)
+    return out
+
+
+def pack(x: np.ndarray, inv_scale: float, zp: int, padding=0, stride=1) -> np.ndarray:
+    """What ``deepcomp._native.int8_pack`` computes: quantize fp32 NCHW, then lay it out."""
+    return pack_u8(quantize(x, inv_scale, zp), zp, padding, stride)
+
+
+def unpack(buf: np.ndarray, C: int, H: int, W: int, padding=0) -> np.ndarray:
+    """[N, bytes] in a stride-1 layout -> uint8 NCHW (the inverse of pack_u8 with stride 1)."""
+    L = layout(C, H, W, padding, 1)
+    buf = np.asarray(buf, np.uint8).reshape(-1, L["bytes"])
+    G, Hq, Wq = L["G"], L["Hq"], L["Wq"]
+    b = buf[:, :4 * G * L["group"]].reshape(-1, G, Hq, Wq, LANES)
+    b = b[:, :, L["ph"]:L["ph"] + H, L["pw"]:L["pw"] + W]
+    return np.ascontiguousarray(b.transpose(0, 1, 4, 2, 3).reshape(-1, G * LANES, H, W)[:, :C])
+
+
+def requantize(acc: np.ndarray, comp, m, b, relu: bool) -> np.ndarray:
+    """int sums -> float32 y, per output channel along axis 1 (comp, m, b broadcast there)."""
+    shape = (1, -1) + (1,) * (acc.ndim - 2)
+    y = (acc - np.asarray(comp, np.int64).reshape(shape)).astype(np.float32)
+    y = y * np.asarray(m, np.float32).reshape(shape)
+    y = y + np.asarray(b, np.float32).reshape(shape)
+    return np.where(y > 0, y, np.float32(0)) if relu else y
+
+
+def to_u8(y: np.ndarray, zp: int) -> np.ndarray:
+    q = np.rint(np.clip(y, np.float32(-zp), np.float32(255 - zp))).astype(np.int32) + zp
+    return q.astype(np.uint8)
+
+
+def _max_pool(y: np.ndarray, k: int, s: int) -> np.ndarray:
+    N, C, H, W = y.shape
+    oh, ow = (H - k) // s + 1, (W - k) // s + 1
+    out = np.full((N, C, oh, ow), -np.inf, np.float32)
+    for i in range(k):
+        for j in range(k):
+            np.maximum(out, y[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s], out=out)
+    return out
+
+
+def conv2d(q: np.ndarray, zp_in: int, w: np.ndarray, m, b, *, stride=1, padding=0, dilation=1, relu=False,
+           pool=None, out="u8", zp_out=0) -> np.ndarray:
+    """int8 conv of uint8 NCHW input q (zero point zp_in) with int8 weights [OC, C, kh, kw].
+
+    Returns uint8 NCHW (out="u8") or float32 NCHW ("f32"); pool=(k, s) max-pools after the ReLU.
+    """
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    N, C, H, W = q.shape
+    OC, _, kh, kw = w.shape
+    x = np.full((N, C, H + 2 * ph, W + 2 * pw), zp_in, np.int64)
+    x[:, :, ph:ph + H, pw:pw + W] = q
+    oh = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    acc = np.zeros((N, OC, oh, ow), np.int64)
+    w64 = w.astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            v = x[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            acc += np.einsum("nchw,oc->nohw", v, w64[:, :, i, j])
+    comp = zp_in * w64.reshape(OC, -1).sum(1)
+    y = requantize(acc, comp, m, b, relu)
+    if pool is not None:
+        y = _max_pool(y, *_pair(pool))
+    return to_u8(y, zp_out) if out == "u8" else y
+
+
+def linear(q: np.ndarray, zp_in: int, w: np.ndarray, m, b, *, relu=False, out="f32", zp_out=0) -> np.ndarray:
+    """int8 linear of uint8 [N, in] input with int8 weights [out, in]."""
+    w64 = w.astype(np.int64)
+    acc = np.asarray(q, np.int64) @ w64.T
+    y = requantize(acc, zp_in * w64.sum(1), m, b, relu)
+    return to_u8(y, zp_out) if out == "u8" else y

@@ -1,0 +1,147 @@
+"""The int8 kernels equal the numpy integer reference (deepcomp.runtime.int8_reference) exactly, on
+every int8 ISA path this CPU runs, over property-tested shapes: sparse and dense conv with stride,
+padding, dilation, fused max-pool, uint8 (with the next layer's padding) and fp32 outputs, and
+sparse/dense linear at batch 1 and N."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+nat = pytest.importorskip("deepcomp._native")
+if not hasattr(nat, "Int8Conv2d"):
+    pytest.skip("this build has no int8 kernels", allow_module_level=True)
+
+from deepcomp.runtime import int8_reference as ref  # noqa: E402
+
+ISAS = nat.int8_isas()
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                           HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def restore():
+    threads = nat.get_num_threads()
+    yield
+    nat._set_int8_isa(ISAS[0])
+    nat.set_num_threads(threads)
+
+
+def block_sparse(rng, shape, density):
+    """int8 weights [OC, C, ...] whose 1x4 blocks along C are kept or zeroed whole."""
+    w = rng.integers(-128, 128, shape).astype(np.int8)
+    G = -(-shape[1] // 4)
+    keep = rng.random((shape[0], G) + shape[2:]) < density
+    w *= np.repeat(keep, 4, axis=1)[:, :shape[1]].astype(np.int8)
+    return w
+
+
+def requant_params(rng, oc, scale):
+    m = (rng.random(oc) * scale).astype(np.float32)
+    m[rng.random(oc) < 0.1] = 0.0  # an all-zero channel's scale
+    return m, (rng.standard_normal(oc) * 20).astype(np.float32)
+
+
+@SETTINGS
+@given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense", "auto"]), n=st.integers(1, 2),
+       cin=st.integers(1, 13), cout=st.integers(1, 11), hw=st.tuples(st.integers(1, 12), st.integers(1, 20)),
+       k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), dil=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
+       pool=st.sampled_from([None, (2, 2), (3, 2), (2, 1), (3, 3)]), out=st.sampled_from(["u8", "f32"]),
+       relu=st.booleans(), zp_in=st.sampled_from([0, 3, 128]), zp_out=st.sampled_from([0, 7]),
+       out_pad=st.integers(0, 1), density=st.sampled_from([0.0, 0.2, 0.6, 1.0]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31))
+def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride, pad, dil, pool, out, relu, zp_in,
+                               zp_out, out_pad, density, threads, seed):
+    H, W = hw
+    oh = (H + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
+    ow = (W + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
+    pk = pool[0] if pool else 1
+    assume(oh >= pk and ow >= pk and H + 2 * pad[0] >= dil[0] * (k[0] - 1) + 1
+           and W + 2 * pad[1] >= dil[1] * (k[1] - 1) + 1)
+    nat._set_int8_isa(isa)
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    w = block_sparse(rng, (cout, cin) + k, density)
+    m, b = requant_params(rng, cout, 0.02)
+    q = rng.integers(0, 256, (n, cin, H, W)).astype(np.uint8)
+    conv = nat.Int8Conv2d(w, m, b, stride=stride, padding=pad, dilation=dil, zp_in=zp_in, relu=relu, out=out,
+                          zp_out=zp_out, out_padding=out_pad, pool=pool, kernel=kernel)
+    x = ref.pack_u8(q, zp_in, pad, stride)
+    y = conv.forward(x, H, W)
+    want = ref.conv2d(q, zp_in, w, m, b, stride=stride, padding=pad, dilation=dil, relu=relu, pool=pool, out=out,
+                      zp_out=zp_out)
+    if out == "u8":
+        OH, OW = conv.out_size(H, W)
+        lay = nat.int8_layout(cout, OH, OW, out_pad, 1)
+        assert y.shape == (n, lay["bytes"])
+        # The next layer reads the padding and the channels past cout as the zero point.
+        full = y[:, :4 * lay["G"] * lay["group"]].reshape(n, lay["G"], lay["Hq"], lay["Wq"], 4)
+        border = np.ones(full.shape, bool)
+        border[:, :, out_pad:out_pad + OH, out_pad:out_pad + OW] = False
+        assert (full[border] == zp_out).all() and (y[:, 4 * lay["G"] * lay["group"]:] == zp_out).all()
+        y = ref.unpack(y, cout, OH, OW, out_pad)
+    assert y.shape == want.shape
+    np.testing.assert_array_equal(y, want)
+
+
+@SETTINGS
+@given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense"]), n=st.integers(1, 40),
+       fin=st.integers(1, 150), fout=st.integers(1, 140), out=st.sampled_from(["u8", "f32"]), relu=st.booleans(),
+       zp_in=st.sampled_from([0, 9]), density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31))
+def test_linear_equals_reference(restore, isa, kernel, n, fin, fout, out, relu, zp_in, density, threads, seed):
+    nat._set_int8_isa(isa)
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    w = block_sparse(rng, (fout, fin), density)
+    m, b = requant_params(rng, fout, 0.01)
+    q = rng.integers(0, 256, (n, fin)).astype(np.uint8)
+    lin = nat.Int8Linear(w, m, b, zp_in=zp_in, relu=relu, out=out, kernel=kernel)
+    want = ref.linear(q, zp_in, w, m, b, relu=relu, out=out)
+    np.testing.assert_array_equal(lin.forward(q), want)
+    np.testing.assert_array_equal(lin.forward(q[0]), want[0])
+
+
+@SETTINGS
+@given(n=st.integers(1, 2), c=st.integers(1, 9), h=st.integers(1, 9), w=st.integers(1, 9),
+       pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), stride=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       inv_scale=st.sampled_from([0.5, 17.0, 300.0]), zp=st.sampled_from([0, 128, 255]), seed=st.integers(0, 2**31))
+def test_pack_equals_reference(n, c, h, w, pad, stride, inv_scale, zp, seed):
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+    x.flat[0] = 0.5 / inv_scale  # a tie: rounds half to even on both sides
+    got = nat.int8_pack(x, inv_scale, zp, padding=pad, stride=stride)
+    np.testing.assert_array_equal(got, ref.pack(x, inv_scale, zp, pad, stride))
+    assert nat.int8_layout(c, h, w, pad, stride) == ref.layout(c, h, w, pad, stride)
+
+
+def test_isa_names_and_errors(restore):
+    assert nat.int8_isa() in ISAS and ISAS[-1] == "scalar"
+    with pytest.raises(ValueError, match="unknown int8 ISA"):
+        nat._set_int8_isa("sse9")
+    w = np.zeros((2, 3, 3, 3), np.int8)
+    ok = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="m must have 2"):
+        nat.Int8Conv2d(w, np.ones(3, np.float32), ok)
+    with pytest.raises(ValueError, match=">= 0"):
+        nat.Int8Conv2d(w, -ok, ok)
+    conv = nat.Int8Conv2d(w, ok, ok, padding=1)
+    with pytest.raises(ValueError, match="uint8"):
+        conv.forward(np.zeros(5, np.uint8), 4, 4)
+    with pytest.raises(ValueError, match="smaller than the pool"):
+        nat.Int8Conv2d(w, ok, ok, pool=(3, 3)).out_size(4, 4)
+    with pytest.raises(ValueError, match="too large"):
+        nat.Int8Linear(np.zeros((1, 70000), np.int8), np.ones(1, np.float32), ok[:1])
+
+
+def test_env_override_picks_the_path():
+    import subprocess
+    import sys
+    for name in ISAS:
+        code = "import deepcomp._native as n; print(n.int8_isa())"
+        env = {"DEEPCOMP_INT8_ISA": name, "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert got.stdout.strip() == name
+    env = {"DEEPCOMP_ISA": "scalar", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "scalar"

@@ -1,0 +1,104 @@
+"""The int8 runtime steps (deepcomp.runtime.int8): int8 weights from decoded weights, native steps
+equal to the numpy integer reference bit for bit on every int8 ISA path, and a small int8 network
+within a stated tolerance of the fp32 network on the same weights."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepcomp.prune.block import block_mask
+from deepcomp.quantize_int8 import ActivationSample, qparams
+from deepcomp.runtime import int8 as rt8
+
+nat = pytest.importorskip("deepcomp._native")
+if not rt8.native_int8():
+    pytest.skip("this build has no int8 kernels", allow_module_level=True)
+
+# Two int8 convs and an int8 linear layer (8-bit weights, uint8 activations calibrated min-max on
+# the same input) stay within this fraction of the fp32 output's largest magnitude (measured: 0.5-1.5%
+# over seeds 0-4).
+TOLERANCE = 0.05
+
+
+def test_weights_to_int8_uses_the_grid_per_channel():
+    w = np.array([[0.5, -1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.5, -3.0, 0.75]], np.float32)
+    q, s = rt8.weights_to_int8(w)
+    assert q.dtype == np.int8 and s.dtype == np.float32
+    np.testing.assert_array_equal(s, np.float32([1.0 / 127, 0.0, 3.0 / 127]))
+    assert q[0, 1] == -127 and q[2, 0] == 127 and q[2, 2] == -127 and (q[1] == 0).all()
+    assert np.abs(q * s[:, None] - w).max() <= s.max() / 2 + 1e-7
+
+
+def network(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(8, 3, 3, 3, generator=g) * 0.3
+    w2 = torch.randn(12, 8, 3, 3, generator=g) * 0.15
+    w3 = torch.randn(5, 12 * 4 * 4, generator=g) * 0.05
+    w2 = w2 * block_mask(w2.abs(), 0.6)
+    w3 = w3 * block_mask(w3.abs(), 0.5)
+    b1, b2, b3 = (torch.randn(n, generator=g) * 0.1 for n in (8, 12, 5))
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    return (w1, b1, w2, b2, w3, b3), x
+
+
+def fp32_forward(p, x):
+    w1, b1, w2, b2, w3, b3 = p
+    a1 = F.max_pool2d(F.relu(F.conv2d(x, w1, b1, padding=1)), 2)
+    a2 = F.max_pool2d(F.relu(F.conv2d(a1, w2, b2, padding=1)), 2)
+    return x, a1, a2, F.linear(a2.flatten(1), w3, b3)
+
+
+def steps(p, acts):
+    w1, b1, w2, b2, w3, b3 = (t.numpy() for t in p)
+    q = []
+    for a in acts[:3]:
+        s = ActivationSample()
+        s.add(a.numpy())
+        q.append(qparams(s, "minmax"))
+    return [rt8.Int8ConvStep(w1, b1, padding=1, in_q=q[0], out_q=q[1], relu=True, pool=(2, 2), out_padding=1),
+            rt8.Int8ConvStep(w2, b2, padding=1, in_q=q[1], out_q=q[2], relu=True, pool=(2, 2)),
+            rt8.Int8LinearStep(w3, b3, in_q=q[2])]
+
+
+def run(ss, x):
+    for s in ss:
+        x = s(x)
+    return x
+
+
+@pytest.mark.parametrize("isa", nat.int8_isas())
+def test_native_steps_equal_the_reference_and_stay_near_fp32(isa):
+    p, x = network()
+    acts = fp32_forward(p, x)
+    ss = steps(p, acts)
+    nat._set_int8_isa(isa)
+    try:
+        got = run(ss, x.numpy())
+    finally:
+        nat._set_int8_isa(nat.int8_isas()[0])
+    for s in ss:
+        s.native = None
+    want = run(ss, x.numpy())
+    np.testing.assert_array_equal(got, want)
+    y = acts[-1].numpy()
+    assert np.abs(got - y).max() <= TOLERANCE * np.abs(y).max()
+
+
+def test_qtensor_round_trip_and_scale_mismatch():
+    p, x = network(1)
+    acts = fp32_forward(p, x)
+    ss = steps(p, acts)
+    a1 = ss[0](x.numpy())
+    assert isinstance(a1, rt8.QTensor) and a1.shape == (2, 8, 8, 8) and a1.padding == (1, 1)
+    deq = rt8.dequantize(a1)
+    assert np.abs(deq - acts[1].numpy()).max() <= 2 * a1.scale + 0.05 * np.abs(acts[1].numpy()).max()
+    bad = a1._replace(scale=a1.scale * 2)
+    with pytest.raises(ValueError, match="scale"):
+        ss[1](bad)
+    # a QTensor laid out for another padding is repacked, with the same result
+    other = rt8.QTensor(nat.int8_pack(np.zeros((2, 8, 8, 8), np.float32), 1.0, 0, 0, 1), a1.scale, a1.zp,
+                        a1.shape, (0, 0))
+    from deepcomp.runtime import int8_reference as ref
+    other = other._replace(data=ref.pack_u8(a1.values(), a1.zp, 0, 1))
+    np.testing.assert_array_equal(ss[1](other).values(), ss[1](a1).values())
