@@ -116,7 +116,7 @@ def cmd_compress(args) -> int:
         loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
         criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
-        seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
+        seed=args.seed, progress=not args.quiet, **hooks)
     out = args.output or default_output(loaded)
     if args.data:
         from deepcomp.train import is_main

@@ -15,10 +15,9 @@ from torch import nn
 from deepcomp.dcz import write_dcz
 from deepcomp.encode import EncodedWeight, encode_shared
 from deepcomp.errors import DeepcompError, RecipeError
-from deepcomp.prune import apply_masks, compute_masks, layer_kind, prunable_layers
+from deepcomp.prune import iterative_prune, layer_kind, prunable_layers
 from deepcomp.prune.criteria import Criterion
-from deepcomp.prune.schedule import iterative_schedule
-from deepcomp.quantize import SharedWeight, share_layer
+from deepcomp.quantize import SharedWeight, share_weights
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
 
 FinetuneFn = Callable[[nn.Module, dict, str], None]
@@ -71,6 +70,7 @@ def default_output(loaded) -> str:
 
 
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    """A tqdm bar over ``iterable`` (or a manual one when it is None); ``iterable`` itself when disabled."""
     if not enabled:
         return iterable
     try:
@@ -147,11 +147,6 @@ def _resolve_model(model, input_shape):
     return module, str(model.arch), shape, str(getattr(model, "source", ""))
 
 
-def _schedule(target_sparsity: float, steps: int) -> list[float]:
-    """Per-step sparsities: the kept fraction shrinks geometrically (Han et al.), linearly to 1.0."""
-    return iterative_schedule(target_sparsity, steps, "geometric" if target_sparsity < 1.0 else "linear")
-
-
 def compress(
     model,
     *,
@@ -167,7 +162,6 @@ def compress(
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     progress: bool = True,
-    log_path: str | None = None,
     finetune: FinetuneFn | None = None,
     train_codebooks: CodebookFn | None = None,
 ) -> CompressResult:
@@ -207,38 +201,35 @@ def compress(
     total_weights = sum(layers[n].weight.numel() for n in plan)
     overall_density = sum(plan[n].density * layers[n].weight.numel() for n in plan) / total_weights
 
-    # 1. prune (and retrain)
+    # 1. prune (and retrain): the library's schedule driver; the kept fraction shrinks geometrically
+    # (Han et al.), linearly when a layer goes to zero
     if scope == "global":
-        schedule = _schedule(1.0 - overall_density, steps)
+        target = 1.0 - overall_density
     else:
-        per_layer = {n: _schedule(1.0 - p.density, steps) for n, p in plan.items()}
-    masks = None
-    for step in range(1, steps + 1):
-        if scope == "global":
-            amount = schedule[step - 1]
-        else:
-            amount = {n: s[step - 1] for n, s in per_layer.items()}
-        crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
-        masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers)
-        apply_masks(module, masks)
-        if finetune is not None:
-            finetune(module, masks, f"prune-{step}/{steps}")
-            apply_masks(module, masks)  # a retraining hook must not revive weights; make sure
+        target = {n: 1.0 - p.density for n, p in plan.items()}
+    top = target if scope == "global" else max(target.values())
+
+    def retrain(m, masks, step):  # iterative_prune counts steps from 0
+        finetune(m, masks, f"prune-{step + 1}/{steps}")
+
+    masks = iterative_prune(module, target, steps, retrain if finetune is not None else None, scope=scope,
+                            criterion=criterion,
+                            kind="geometric" if top < 1.0 else "linear")
     if scope == "global":
         for n, m in masks.items():
             plan[n].density = float(m.float().mean())
 
-    # 2. share weights
-    shared: dict[str, SharedWeight] = {}
-    for name in _progress(list(plan), "k-means", progress):
-        w = layers[name].weight.detach().cpu().numpy()
-        shared[name] = share_layer(f"{name}.weight", w, masks[name].cpu().numpy(), plan[name].bits,
-                                   init=init, seed=seed)
+    # 2. share weights (k-means; the model then holds the shared values), train the centroids
+    bar = _progress(None, "k-means", progress, total=len(plan))
+    shared = share_weights(module, masks, {n: p.bits for n, p in plan.items()}, init=init, seed=seed,
+                           progress=(lambda name: bar.update()) if bar is not None else None)
+    if bar is not None:
+        bar.close()
     if train_codebooks is not None:
         train_codebooks(module, shared)
-    with torch.no_grad():  # the model holds exactly what the file will hold
-        for name, sw in shared.items():
-            layers[name].weight.copy_(torch.from_numpy(sw.dense()))
+        with torch.no_grad():  # the model holds exactly what the file will hold
+            for name, sw in shared.items():
+                layers[name].weight.copy_(torch.from_numpy(sw.dense()))
 
     # 3. Huffman-code
     encoded = {name: encode_shared(shared[name], plan[name].index_bits)

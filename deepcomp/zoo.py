@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -439,3 +440,51 @@ def save_model(path: str, model: nn.Module, arch: str, input_shape, extra: dict 
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write(path, buf.getvalue())
+
+
+# -------------------------------------------------------------------------------- .dcz -> torch
+
+
+def classifier_head(model: nn.Module) -> str | None:
+    """Name of the last Linear layer (the classifier head transfer learning replaces), or None."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    return name
+
+
+def dcz_to_torch(path: str, num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """The model in a .dcz file as a torch module (architecture from the file's meta "arch", weights
+    from ``deepcomp.dcz.decompress``). With ``num_classes`` different from the file's, the classifier
+    head (the last Linear) is left freshly initialised. Returns ``(model, meta)``."""
+    from deepcomp.dcz import decompress, read_dcz
+
+    meta = read_dcz(path).meta
+    arch = meta.get("arch")
+    if not arch:
+        raise ModelLoadError(f"{path}: the file does not record its architecture (meta 'arch')")
+    sd = decompress(path)
+    probe, _ = resolve_arch(arch)
+    head = classifier_head(probe)
+    file_classes = int(sd[f"{head}.weight"].shape[0]) if head and f"{head}.weight" in sd else None
+    model, _ = resolve_arch(arch, num_classes or file_classes)
+    own = model.state_dict()
+    load = {}
+    for k, v in sd.items():
+        if k not in own:
+            raise ModelLoadError(f"{path}: tensor {k!r} does not belong to a {arch} model")
+        if tuple(own[k].shape) == tuple(v.shape):
+            load[k] = torch.from_numpy(np.array(v))
+        elif not (head and k.startswith(head + ".")):
+            raise ModelLoadError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, a {arch} model wants "
+                                f"{tuple(own[k].shape)}")
+    if num_classes is not None and num_classes != file_classes:
+        load = {k: v for k, v in load.items() if not k.startswith(head + ".")}
+    missing = [k for k in own if k not in load and not (head and k.startswith(head + "."))]
+    if missing:
+        raise ModelLoadError(f"{path}: no weights for {', '.join(missing[:5])}")
+    model.load_state_dict(load, strict=False)
+    model.eval()
+    return model, meta
+
