@@ -53,7 +53,7 @@ def _load(args):
     from deepcomp.zoo import load_model
 
     return load_model(args.model, weights=args.weights, arch=args.arch,
-                      trust_pickle=args.trust_pickle, num_classes=args.num_classes)
+                      trust_pickle=args.trust_pickle, num_classes=args.num_classes, seed=getattr(args, "seed", 0))
 
 
 # --------------------------------------------------------------------------------------- compress
@@ -123,7 +123,8 @@ def cmd_compress(args) -> int:
 
         if not is_main():  # under torchrun every rank holds the same result; rank 0 writes and reports
             return 0
-    result.save(out)
+    size = result.save(out)
+    _log_written(args.log, result, size)
     from deepcomp.report import print_report, report_from_file
 
     report = report_from_file(out)
@@ -132,6 +133,21 @@ def cmd_compress(args) -> int:
     else:
         print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
     return 0
+
+
+def _log_written(path, result, size: int, accuracy: dict | None = None) -> None:
+    """Append the written file's record to --log-file (with or without --data: retraining adds its
+    per-stage records before it)."""
+    if not path:
+        return
+    from deepcomp.train import JsonlLog
+
+    kept = sum(sw.nnz for sw in result.shared.values()) / max(sum(sw.numel for sw in result.shared.values()), 1)
+    record = {"stage": "written", "sparsity": 1 - kept, "size": size,
+              "ratio": result.meta["original_bytes"] / size, **result.meta["stages"]}
+    if accuracy is not None:
+        record.update(accuracy=accuracy["top1"], loss=accuracy["loss"])
+    JsonlLog(path)(**record)
 
 
 def _criterion(args, loaded):
@@ -297,7 +313,7 @@ def cmd_train(args) -> int:
     if args.num_classes is None and not os.path.exists(args.model):  # a fresh model: one output per class
         args.num_classes = num_classes_of(train_ds)
     torch.manual_seed(args.seed)
-    loaded = _load(args)
+    loaded = _load(args)  # a fresh architecture is initialised from --seed
     train(loaded.model, train_ds, test_data=test_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
           optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed, progress=not args.quiet,
           log_path=args.log)

@@ -34,7 +34,7 @@ class LayerPlan:
     label: str = ""      # the paper's name (conv1, fc6, ...) where a preset gives one
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressResult:
     """What :func:`compress` produced. ``model`` holds the final (pruned, shared) weights."""
 
@@ -49,6 +49,19 @@ class CompressResult:
     meta: dict
     elapsed: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """One line: what was compressed, how sparse, how big (not the masks, codebooks and bitstreams)."""
+        kept = sum(sw.nnz for sw in self.shared.values())
+        total = sum(sw.numel for sw in self.shared.values()) or 1
+        st = self.meta.get("stages", {})
+        size = self.meta.get("file_bytes") or st.get("huffman_bytes", 0)
+        orig = self.meta.get("original_bytes", 0)
+        ratio = f", {orig / size:.1f}x" if size else ""
+        return (f"CompressResult({self.arch}, {len(self.plan)} layers, {100 * kept / total:.1f}% of weights kept, "
+                f"{orig} -> {size} bytes{ratio}, recipe {self.meta.get('recipe', {}).get('name', '?')!r})")
+
+    __str__ = __repr__
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
@@ -90,6 +103,9 @@ def make_plan(
     index_bits: int | None = None,
 ) -> tuple[dict[str, LayerPlan], list[str]]:
     """Per-layer density and bits from a recipe plus flag overrides. Returns (plan, notes)."""
+    for flag, value, top in (("conv-bits", conv_bits, 8), ("fc-bits", fc_bits, 8), ("index-bits", index_bits, 12)):
+        if value is not None and not 1 <= int(value) <= top:
+            raise RecipeError(f"--{flag} must be in 1..{top}, got {value}")
     notes = []
     unknown = set(recipe.layers) - set(layers)
     if unknown:
@@ -115,12 +131,9 @@ def make_plan(
             density = float(spec["density"])
         else:
             density = 1.0 - float(default_sparsity)
-        bits = spec.get("bits") or (conv_bits if kind == "conv" else fc_bits) or d[f"{kind}_bits"]
-        if kind == "conv" and conv_bits:
-            bits = conv_bits
-        if kind == "fc" and fc_bits:
-            bits = fc_bits
-        ib = index_bits or spec.get("index_bits") or d["index_bits"]
+        flag = conv_bits if kind == "conv" else fc_bits
+        bits = flag if flag is not None else spec.get("bits", d[f"{kind}_bits"])
+        ib = index_bits if index_bits is not None else spec.get("index_bits", d["index_bits"])
         if not 1 <= int(bits) <= 8:
             raise RecipeError(f"{name}: weight bits must be in 1..8, got {bits}")
         if not 1 <= int(ib) <= 12:

@@ -134,11 +134,19 @@ def _unknown(name: str, choices: list[str], what: str) -> ModelLoadError:
                           + (", ..." if len(choices) > 40 else ""))
 
 
-def resolve_arch(name: str, num_classes: int | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+def resolve_arch(name: str, num_classes: int | None = None, *, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     """A freshly initialised model for an architecture name and the shape of one input sample.
 
     ``name`` is ``zoo:lenet-300-100``, ``zoo:lenet-5``, ``torchvision:NAME`` or a bare name of either.
+    The initialisation draws from torch's generator seeded with ``seed`` (the caller's random state is
+    left as it was), so the same name and seed give the same weights.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_arch(name, num_classes)
+
+
+def _build_arch(name: str, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
     kind, bare = _split_name(name)
     if kind == "zoo":
         if bare not in _ZOO:
@@ -293,19 +301,21 @@ def load_model(
     trust_pickle: bool = False,
     num_classes: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a model from a name (``zoo:...``, ``torchvision:...``) or a file. See the module docstring.
 
     ``weights`` is a state_dict file for a named architecture; ``arch`` names the architecture of a
     plain state_dict file; ``input_shape`` overrides the shape of one sample (no batch dimension).
-    The model is returned in eval mode.
+    ``seed`` seeds the initialisation of a named architecture without weights. The model is returned
+    in eval mode.
     """
     spec = os.fspath(spec)
     looks_like_path = os.sep in spec or spec.endswith((".pt", ".pth", ".bin", ".ckpt"))
     if not os.path.exists(spec) and looks_like_path:
         raise ModelLoadError(f"model file {spec!r} does not exist")
     if not os.path.exists(spec) and (":" in spec or arch is None):
-        return _load_named(spec, weights=weights, num_classes=num_classes, input_shape=input_shape)
+        return _load_named(spec, weights=weights, num_classes=num_classes, input_shape=input_shape, seed=seed)
     if weights is not None:
         raise ModelLoadError(f"weights= goes with a model name (zoo:... or torchvision:...), not with the file {spec!r}")
     if not os.path.exists(spec):
@@ -370,7 +380,7 @@ def load_model(
     )
 
 
-def _load_named(spec, *, weights, num_classes, input_shape) -> LoadedModel:
+def _load_named(spec, *, weights, num_classes, input_shape, seed=0) -> LoadedModel:
     if weights is not None and not os.path.exists(weights):
         raise ModelLoadError(f"weights file {weights!r} does not exist")
     if ":" not in spec and _split_name(spec)[0] == "torchvision":
@@ -396,7 +406,7 @@ def _load_named(spec, *, weights, num_classes, input_shape) -> LoadedModel:
             sd = sd["state_dict"]
         if num_classes is None and isinstance(sd, Mapping):
             num_classes = _infer_num_classes(spec, sd)
-    model, shape = resolve_arch(spec, num_classes)
+    model, shape = resolve_arch(spec, num_classes, seed=seed)
     if sd is not None:
         _load_state_dict_into(model, sd, repr(weights))
     model.eval()
