@@ -75,22 +75,27 @@ def _add_compress(sub) -> None:
     p.add_argument("--conv-bits", type=int, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
     p.add_argument("--fc-bits", type=int, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
     p.add_argument("--index-bits", type=int, metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
-    p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default="magnitude",
-                   help="what pruning keeps: |w| (default, the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
-                        "relevance; the last three calibrate on --data")
+    p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default=None,
+                   help="what pruning keeps: |w| (the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
+                        "relevance; the last three calibrate on --data (default: the recipe's, magnitude)")
     p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
                    help="batches of --data used to calibrate wanda/relevance (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
                    help="k-means centroid initialisation (default: linear, the paper's)")
     p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,
                    help="per-sample input shape, if it cannot be inferred")
-    p.add_argument("--data", metavar="D", help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR)")
+    p.add_argument("--data", metavar="D",
+                   help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR): runs the recipe's "
+                        "schedule (deep-compression: 5 pruning steps of 3 epochs, 2 of centroid training) and "
+                        "reports the baseline's and the written file's test accuracy")
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
-                   help="epochs of masked retraining after each pruning step, and of centroid training (needs --data)")
+                   help="epochs of masked retraining after each pruning step (needs --data; default: the recipe's)")
     p.add_argument("--iterative", type=int, default=None, metavar="K",
-                   help="prune in K steps with retraining between them (default 1: one shot)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining")
+                   help="prune in K steps with retraining between them (default: the recipe's with --data, "
+                        "one shot without)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining (default: the recipe's)")
+    _add_schedule_flags(p)
     p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
     p.add_argument("--seed", type=int, default=0)
@@ -99,24 +104,20 @@ def _add_compress(sub) -> None:
 
 
 def cmd_compress(args) -> int:
-    from deepcomp.pipeline import compress, default_output
+    from deepcomp.pipeline import compress, default_output, evaluate_file
 
     loaded = _load(args)
-    hooks = {}
-    if args.data:
-        from deepcomp.train import make_hooks
-
-        hooks = make_hooks(args.data, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                           batch_size=args.batch_size, log_path=args.log, seed=args.seed,
-                           progress=not args.quiet)
-    elif args.finetune_epochs:
-        raise DeepcompError("--finetune-epochs needs --data: retraining needs a dataset")
-    criterion = _criterion(args, loaded)
+    if not args.data:
+        for flag in ("finetune_epochs", "codebook_epochs"):
+            if getattr(args, flag):
+                raise DeepcompError(f"--{flag.replace('_', '-')} needs --data: retraining needs a dataset")
     result = compress(
         loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
-        criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
-        seed=args.seed, progress=not args.quiet, **hooks)
+        criterion=args.criterion, iterative=args.iterative,
+        input_shape=tuple(args.input_shape) if args.input_shape else None,
+        seed=args.seed, progress=not args.quiet, data=args.data, calibration_batches=args.calibration_batches,
+        log_path=args.log, **_schedule_overrides(args))
     out = args.output or default_output(loaded)
     if args.data:
         from deepcomp.train import is_main
@@ -124,15 +125,35 @@ def cmd_compress(args) -> int:
         if not is_main():  # under torchrun every rank holds the same result; rank 0 writes and reports
             return 0
     size = result.save(out)
-    _log_written(args.log, result, size)
+    if args.data:
+        evaluate_file(result, out)
+    _log_written(args.log, result, size, result.accuracy.get("compressed"))
     from deepcomp.report import print_report, report_from_file
 
     report = report_from_file(out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, **({"accuracy": result.accuracy} if result.accuracy else {})}, indent=2))
     else:
         print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
+        if result.accuracy:
+            base, comp = result.accuracy["baseline"], result.accuracy["compressed"]
+            print(f"test top-1: baseline {100 * base['top1']:.2f}% (torch) -> compressed {100 * comp['top1']:.2f}% "
+                  f"({out} on the deepcomp runtime), {100 * (comp['top1'] - base['top1']):+.2f} points")
     return 0
+
+
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for the recipe's [schedule] fields that --finetune-epochs/--iterative/--lr/--batch-size
+    do not already cover; each overrides its field."""
+    p.add_argument("--codebook-epochs", type=int, default=None, metavar="N",
+                   help="epochs of centroid training after k-means (needs --data; default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="weight decay of retraining (default: the recipe's)")
+
+
+def _schedule_overrides(args) -> dict:
+    return {"finetune_epochs": args.finetune_epochs, "codebook_epochs": args.codebook_epochs, "lr": args.lr,
+            "batch_size": args.batch_size, "weight_decay": args.weight_decay}
 
 
 def _log_written(path, result, size: int, accuracy: dict | None = None) -> None:
@@ -148,29 +169,6 @@ def _log_written(path, result, size: int, accuracy: dict | None = None) -> None:
     if accuracy is not None:
         record.update(accuracy=accuracy["top1"], loss=accuracy["loss"])
     JsonlLog(path)(**record)
-
-
-def _criterion(args, loaded):
-    """None for magnitude, else a function model -> criterion calibrated on --data."""
-    if args.criterion == "magnitude":
-        return None
-    if not args.data:
-        raise DeepcompError(f"--criterion {args.criterion} calibrates on data: give --data too")
-    from itertools import islice
-
-    from deepcomp.data import load_dataset, make_loader
-    from deepcomp.prune import RelevanceCriterion, WandaCriterion
-
-    ds = load_dataset(args.data, "train")
-    n = max(1, args.calibration_batches)
-
-    def factory(model):
-        batches = list(islice(iter(make_loader(ds, batch_size=64, shuffle=True, seed=args.seed)), n))
-        if args.criterion == "wanda":
-            return WandaCriterion.from_batches(model, [x for x, _ in batches])
-        rule = "lrp0" if args.criterion == "relevance" else "taylor"
-        return RelevanceCriterion.from_batches(model, batches, rule=rule)
-    return factory
 
 
 # ------------------------------------------------------------------------------------------- info

@@ -49,6 +49,8 @@ class CompressResult:
     meta: dict
     elapsed: float = 0.0
     notes: list[str] = field(default_factory=list)
+    datasets: tuple | None = None    # (train, test) when compress() had data
+    accuracy: dict = field(default_factory=dict)  # "baseline" (torch), "compressed" (the file, runtime)
 
     def __repr__(self) -> str:
         """One line: what was compressed, how sparse, how big (not the masks, codebooks and bitstreams)."""
@@ -170,11 +172,19 @@ def compress(
     fc_bits: int | None = None,
     index_bits: int | None = None,
     init: str | None = None,
-    criterion: Criterion | Callable[[nn.Module], Criterion] | None = None,
+    criterion: str | Criterion | Callable[[nn.Module], Criterion] | None = None,
     iterative: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     progress: bool = True,
+    data=None,
+    finetune_epochs: int | None = None,
+    codebook_epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    weight_decay: float | None = None,
+    calibration_batches: int = 8,
+    log_path: str | None = None,
     finetune: FinetuneFn | None = None,
     train_codebooks: CodebookFn | None = None,
 ) -> CompressResult:
@@ -187,6 +197,14 @@ def compress(
     so data-driven criteria (WANDA, relevance) see the retrained model. ``iterative=K`` prunes in K steps, calling
     ``finetune(model, masks, stage)`` after each (masked retraining). ``train_codebooks(model, shared)``
     may fine-tune the centroids (assignments fixed) after k-means. Call ``.save(path)`` on the result.
+
+    With ``data`` (a dataset spec such as ``"fashion-mnist"``, or ``(train, test)`` datasets) the
+    recipe's whole schedule runs: its criterion (a name: magnitude, wanda, relevance, taylor), its
+    pruning steps with masked retraining after each, its centroid training; ``finetune_epochs``,
+    ``codebook_epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``iterative`` and a criterion name
+    override the recipe's fields, and ``log_path`` receives the per-stage JSON-lines records. The
+    result then carries ``accuracy["baseline"]`` (the model before compression, on the test split);
+    :func:`evaluate_file` adds the written file's, measured on deepcomp's runtime.
     """
     t0 = time.perf_counter()
     module, arch, shape, source = _resolve_model(model, input_shape)
@@ -208,9 +226,25 @@ def compress(
                             index_bits=index_bits)
     scope = scope or rec.defaults.get("scope", "layer")
     init = init or rec.defaults.get("init", "linear")
-    steps = int(iterative or 1)
-    if steps < 1:
-        raise RecipeError(f"--iterative takes a number of steps >= 1, got {steps}")
+    if iterative is not None and int(iterative) < 1:
+        raise RecipeError(f"--iterative takes a number of steps >= 1, got {iterative}")
+    sched = rec.schedule_with(criterion=criterion if isinstance(criterion, str) else None, iterative=iterative,
+                              finetune_epochs=finetune_epochs, codebook_epochs=codebook_epochs, lr=lr,
+                              batch_size=batch_size, weight_decay=weight_decay)
+    datasets, accuracy = None, {}
+    if data is not None:
+        datasets = _datasets(data)
+        hooks = _schedule_hooks(sched, datasets, seed=seed, progress=progress, log_path=log_path)
+        finetune = finetune or hooks["finetune"]
+        train_codebooks = train_codebooks or hooks["train_codebooks"]
+        accuracy["baseline"] = _evaluate(module, datasets[1])
+    if criterion is None or isinstance(criterion, str):
+        from deepcomp.train import criterion_from_data
+
+        criterion = criterion_from_data(sched["criterion"], datasets[0] if datasets else None,
+                                        batches=calibration_batches, seed=seed)
+    # the steps exist for retraining between them: without it the recipe's steps are not taken
+    steps = int(iterative if iterative is not None else (sched["iterative"] if finetune is not None else 1))
     total_weights = sum(layers[n].weight.numel() for n in plan)
     overall_density = sum(plan[n].density * layers[n].weight.numel() for n in plan) / total_weights
 
@@ -260,16 +294,55 @@ def compress(
         "num_params": int(original_params),
         "original_bytes": int(original_params * 4),
         "state_dict_keys": list(sd.keys()),
-        "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps,
+        "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps, "criterion": sched["criterion"],
+                   **({"schedule": sched} if data is not None else {}),
                    "retrained": finetune is not None, "trained_centroids": train_codebooks is not None,
                    "layers": {n: {"kind": p.kind, "density": round(p.density, 6), "bits": p.bits,
                                   "index_bits": p.index_bits, "label": p.label} for n, p in plan.items()}},
         "stages": stage_sizes(encoded.values(), dense_bytes),
     }
     result = CompressResult(model=module, arch=arch, input_shape=shape, graph=graph, plan=plan, masks=masks,
-                            shared=shared, encoded=encoded, meta=meta, notes=notes)
+                            shared=shared, encoded=encoded, meta=meta, notes=notes, datasets=datasets,
+                            accuracy=accuracy)
     result.elapsed = time.perf_counter() - t0
     return result
+
+
+def _datasets(data) -> tuple:
+    """(train, test) datasets from a spec or a pair."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise DeepcompError("data= takes a dataset spec or a (train, test) pair of datasets")
+        return tuple(data)
+    from deepcomp.data import load_dataset
+
+    return load_dataset(data, "train"), load_dataset(data, "test")
+
+
+def _schedule_hooks(sched: dict, datasets, *, seed: int, progress: bool, log_path: str | None) -> dict:
+    from deepcomp.train import make_hooks
+
+    return make_hooks(None, train_data=datasets[0], test_data=datasets[1], finetune_epochs=sched["finetune_epochs"],
+                      codebook_epochs=sched["codebook_epochs"], lr=sched["lr"], batch_size=sched["batch_size"],
+                      weight_decay=sched["weight_decay"], log_path=log_path, seed=seed, progress=progress)
+
+
+def _evaluate(model_or_runtime, test_data) -> dict:
+    from deepcomp.data import make_loader
+    from deepcomp.train import evaluate
+
+    return evaluate(model_or_runtime, make_loader(test_data, batch_size=512))
+
+
+def evaluate_file(result: CompressResult, path) -> dict:
+    """Accuracy of the written .dcz on deepcomp's runtime (as ``deepcomp eval`` measures it), on the
+    test split ``compress(data=...)`` used; stored as ``result.accuracy["compressed"]``."""
+    if result.datasets is None:
+        raise DeepcompError("evaluate_file needs a result of compress(data=...)")
+    from deepcomp.train import load_dcz_for_eval
+
+    result.accuracy["compressed"] = _evaluate(load_dcz_for_eval(str(path))[0], result.datasets[1])
+    return result.accuracy["compressed"]
 
 
 def stage_sizes(encoded, dense_bytes: int) -> dict[str, int]:

@@ -28,7 +28,7 @@ from deepcomp.train.distributed import (  # noqa: F401
     world_size,
 )
 from deepcomp.train.evaluate import evaluate, load_dcz_for_eval  # noqa: F401
-from deepcomp.train.hooks import TrainContext, make_hooks  # noqa: F401
+from deepcomp.train.hooks import TrainContext, criterion_from_data, make_hooks  # noqa: F401
 from deepcomp.train.loop import TrainConfig, make_optimizer, model_stats, run_epochs, train  # noqa: F401
 from deepcomp.train.masked import MaskGuard  # noqa: F401
 from deepcomp.train.transfer import finetune_dcz, shared_from_dense  # noqa: F401

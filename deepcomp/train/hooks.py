@@ -156,3 +156,29 @@ def make_hooks(data_spec: str | None = None, *, finetune_epochs: int | None = No
 
     return {"finetune": finetune, "train_codebooks": train_codebooks}
 
+
+
+def criterion_from_data(name: str, train_data, *, batches: int = 8, batch_size: int = 64, seed: int = 0):
+    """A pruning criterion by recipe name: None for ``magnitude`` (the pipeline's default), else a
+    function ``model -> Criterion`` calibrated on ``batches`` seeded batches of ``train_data`` each time
+    it is called (so every pruning step sees the retrained model): ``wanda`` (|w| x input norm),
+    ``relevance`` (LRP-0) or ``taylor`` (|w x grad|)."""
+    from itertools import islice
+
+    from deepcomp.data import make_loader
+    from deepcomp.prune import RelevanceCriterion, WandaCriterion
+
+    if name == "magnitude":
+        return None
+    if name not in ("wanda", "relevance", "taylor"):
+        raise DataError(f"unknown criterion {name!r}; use magnitude, wanda, relevance or taylor")
+    if train_data is None:
+        raise DataError(f"criterion {name} calibrates on data: give a dataset (--data)")
+    n = max(1, int(batches))
+
+    def factory(model):
+        sample = list(islice(iter(make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)), n))
+        if name == "wanda":
+            return WandaCriterion.from_batches(model, [x for x, _ in sample])
+        return RelevanceCriterion.from_batches(model, sample, rule="lrp0" if name == "relevance" else "taylor")
+    return factory
