@@ -43,6 +43,7 @@ PRESETS = {
     "vgg16": "deep-compression-vgg16.toml",
     "lenet-300-100": "deep-compression-lenet-300-100.toml",
     "lenet-5": "deep-compression-lenet-5.toml",
+    "vgg16-small": "deep-compression-vgg16-small.toml",
 }
 # architecture name -> preset file for recipe "fashion-mnist": the paper's densities with fewer bits on
 # the largest fc layer, which reaches the paper's LeNet ratios on Fashion-MNIST (see the files)
