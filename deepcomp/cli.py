@@ -407,7 +407,77 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]
+# ------------------------------------------------------------------------ sweep / sensitivity (studies)
+def _add_study_data(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--data", required=True, metavar="D", help="dataset (e.g. fashion-mnist, fashion-mnist?pad=2 for 32x32)")
+    p.add_argument("--train-limit", type=int, default=None, metavar="N", help="training samples used (default all)")
+    p.add_argument("--test-limit", type=int, default=None, metavar="N", help="test samples evaluated (default all)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the CSV, the PNG and the state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _study_data(args):
+    from deepcomp.data import load_dataset
+
+    return (load_dataset(args.data, "train", limit=args.train_limit),
+            load_dataset(args.data, "test", limit=args.test_limit))
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="accuracy, size and speed of every pruning method over a range of sparsities",
+        description="Prune a copy of MODEL with each method at each sparsity, optionally retrain it (masks fixed), "
+                    "and write DIR/sweep.csv (method, sparsity, accuracy, params, file_bytes, runtime_ms, torch_ms) "
+                    "and DIR/sweep.png. Rows are written as they finish: run the same command again to continue "
+                    "an interrupted sweep. Structured methods (l1-filter, slimming) remove that fraction of channels.")
+    _add_study_data(p)
+    p.add_argument("--methods", default="all", metavar="M1,M2|all",
+                   help="magnitude-global, magnitude-layer, l1-filter, slimming, wanda, relevance, taylor, "
+                        "column-norm, sap (default all)")
+    p.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95", metavar="S1,S2", help="default 0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="retraining epochs per point (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of retraining (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def cmd_sweep(args) -> int:
+    from deepcomp.study import parse_methods, parse_sparsities, rows_table, sweep
+
+    methods, sps = parse_methods(args.methods), parse_sparsities(args.sparsities)
+    loaded = _load(args)
+    train_ds, test_ds = _study_data(args)
+    rows = sweep(loaded, train_ds, test_ds, args.output, methods=methods, sparsities=sps,
+                 finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                 progress=not args.quiet, label=args.model)
+    print(rows_table(rows))
+    print(f"\nwrote {args.output}/sweep.csv and {args.output}/sweep.png")
+    return 0
+
+
+def _add_sensitivity(sub) -> None:
+    p = sub.add_parser(
+        "sensitivity", help="accuracy drop when each layer alone is pruned at increasing sparsity",
+        description="Prune each prunable layer of MODEL alone (magnitude) at each sparsity and report the test "
+                    "accuracy drop per layer: a table, DIR/sensitivity.csv and DIR/sensitivity.png.")
+    _add_study_data(p)
+    p.add_argument("--sparsities", default="0.3,0.5,0.7,0.8,0.9,0.95", metavar="S1,S2")
+
+
+def cmd_sensitivity(args) -> int:
+    from deepcomp.study import parse_sparsities, sensitivity, sensitivity_table
+
+    sps = parse_sparsities(args.sparsities)
+    loaded = _load(args)
+    _, test_ds = _study_data(args)
+    base, rows = sensitivity(loaded, test_ds, args.output, sparsities=sps, progress=not args.quiet)
+    print(sensitivity_table(base, rows))
+    print(f"\nwrote {args.output}/sensitivity.csv and {args.output}/sensitivity.png")
+    return 0
+
+
+COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune", "sweep", "sensitivity"]
 
 
 def build_parser() -> argparse.ArgumentParser:
