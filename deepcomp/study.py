@@ -133,7 +133,9 @@ def _write_dcz(model, masks, input_shape, path: str, seed: int) -> int:
     return result.save(path)
 
 
-def _times(model: nn.Module, path: str, input_shape) -> tuple[float, float]:
+def time_vs_torch(model: nn.Module, path: str, input_shape) -> tuple[float, float]:
+    """Median ms per batch-1 call of the .dcz on deepcomp's runtime and of ``model`` in PyTorch
+    (alternating blocks, one process: deepcomp.bench.median_ms)."""
     import numpy as np
 
     import deepcomp.runtime as rt
@@ -226,7 +228,7 @@ def sweep(loaded, train_data, test_data, out_dir, *, methods=METHODS, sparsities
         dcz = out / f"{method}-{s:g}.dcz"
         row.update(accuracy=round(_accuracy(model, test_data), 6), params=_params(model, masks),
                    file_bytes=_write_dcz(model, masks, shape, str(dcz), seed))
-        r_ms, t_ms = _times(model, str(dcz), shape)
+        r_ms, t_ms = time_vs_torch(model, str(dcz), shape)
         row.update(runtime_ms=round(r_ms, 4), torch_ms=round(t_ms, 4))
         rows.append(row)
         _write_csv(csv_path, rows, COLUMNS)  # the state: a restart skips every point written here
