@@ -11,7 +11,8 @@ conv-heavy VGG-16-style model, checked against the write-ups' claims.
 3. vgg16-small through the paper's VGG-16 recipe (Table 5 densities, conv 8 / fc 5 bits) with iterative
    pruning and retraining: the LeNet benchmark's table (baseline, compressed top-1 on the runtime,
    per-stage sizes, ratio) and batch-1 speed on deepcomp's runtime against dense PyTorch.
-4. Iterative against one-shot pruning at 90/95% with the same retraining epochs.
+4. Iterative against one-shot pruning at 90/95% with the same retraining epochs; whole filters
+   removed by relevance against by L1 norm (UCF's structured step), retrained.
 5. Transfer learning: compressed on classes 0-4, ``finetune_dcz`` to 5-9, against a dense model trained
    on 5-9 alone, for both models.
 6. A verdict on each claim of the write-ups from the numbers above.
@@ -122,6 +123,33 @@ def iterative_vs_oneshot(loaded, args, retrain_ds, test_ds):
     return rows
 
 
+def structured_relevance(loaded, args, retrain_ds, test_ds):
+    """UCF's second step: whole filters removed by summed relevance (LRP-0) against by L1 norm, then
+    retrained like the sweep's points."""
+    from itertools import islice
+
+    from deepcomp.data import make_loader
+    from deepcomp.prune import RelevanceCriterion, prune_channels
+    from deepcomp.train import evaluate, train
+
+    batches = list(islice(iter(make_loader(retrain_ds, batch_size=64, shuffle=True, seed=args.seed)), 4))
+    rows = []
+    for s in [s for s in args.sparsities if s <= 0.7] or args.sparsities[:1]:
+        res = {"sparsity": s}
+        for name in ("l1", "relevance"):
+            model = copy.deepcopy(loaded.model)
+            crit = "l1" if name == "l1" else RelevanceCriterion.from_batches(model, batches, rule="lrp0")
+            small = prune_channels(model, s, crit, example_input_shape=(1, *loaded.input_shape))
+            train(small, retrain_ds, epochs=args.finetune_epochs, lr=1e-3, batch_size=256, seed=args.seed,
+                  progress=False, stage=f"filters-{name}")
+            small.cpu()
+            res[name] = evaluate(small, make_loader(test_ds, batch_size=1000))["top1"]
+            res["params"] = sum(p.numel() for p in small.parameters())
+        rows.append(res)
+        print(f"[{loaded.arch}] filters {100 * s:g}%: l1 {res['l1']:.4f}, relevance {res['relevance']:.4f}", flush=True)
+    return rows
+
+
 def transfer(arch, args):
     from deepcomp.data import load_dataset, make_loader
     from deepcomp.pipeline import compress, evaluate_file
@@ -184,7 +212,7 @@ def _verdict(win, n, strong=0.75):
     return "confirmed" if win >= strong * n else ("refuted" if win <= (1 - strong) * n else "mixed")
 
 
-def claims(sweeps, iters, args) -> list[tuple[str, str, str]]:
+def claims(sweeps, iters, args, structured=None) -> list[tuple[str, str, str]]:
     hi = [s for s in args.sparsities if s >= 0.9] or args.sparsities[-1:]
     out = []
     w, n = _wins(sweeps, "magnitude-global", "magnitude-layer", hi)
@@ -239,13 +267,17 @@ def claims(sweeps, iters, args) -> list[tuple[str, str, str]]:
     w, n = _wins(sweeps, "relevance", "magnitude-layer", args.sparsities)
     out.append(("The relevance criterion beats magnitude (UCF)", _verdict(w, n),
                 f"relevance >= per-layer magnitude in {w} of {n} points"))
+    pts = [(r["relevance"], r["l1"]) for rs in (structured or {}).values() for r in rs]
+    w = sum(a >= b for a, b in pts)
+    out.append(("Relevance also ranks whole filters better than their L1 norm (UCF, structured step)",
+                _verdict(w, len(pts)), f"relevance >= L1 in {w} of {len(pts)} (model, fraction) pairs, retrained"))
     return out
 
 
 # --------------------------------------------------------------------------------------------- report
 
 
-def report(args, sweeps, paper, iters, transfers, verdicts, elapsed) -> str:
+def report(args, sweeps, paper, iters, transfers, verdicts, elapsed, structured=None) -> str:
     from deepcomp.study import rows_table
 
     lines = [f"## Pruning methods on Fashion-MNIST{' (quick configuration)' if args.quick else ''}", ""]
@@ -270,6 +302,12 @@ def report(args, sweeps, paper, iters, transfers, verdicts, elapsed) -> str:
     for arch, rs in iters.items():
         for r in rs:
             lines.append(f"| {arch} | {100 * r['sparsity']:g}% | {100 * r['one-shot']:.2f}% | {100 * r['iterative']:.2f}% |")
+    lines += ["", "### Structured pruning: filters ranked by relevance or by L1 norm, retrained", "",
+              "| model | channels removed | params left | L1 filter | relevance filter |", "|---|---|---|---|---|"]
+    for arch, rs in (structured or {}).items():
+        for r in rs:
+            lines.append(f"| {arch} | {100 * r['sparsity']:g}% | {r['params']} | {100 * r['l1']:.2f}% | "
+                         f"{100 * r['relevance']:.2f}% |")
     lines += ["", "### Transfer learning (classes 0-4 -> 5-9)", "",
               "| model | compressed on 0-4 | transferred to 5-9 (deepcomp finetune) | size | dense on 5-9 alone | size |",
               "|---|---|---|---|---|---|"]
@@ -328,7 +366,7 @@ def main(argv=None) -> int:
     from deepcomp.data import ArrayDataset, load_dataset
 
     t0 = time.time()
-    sweeps, paper, iters, args.baselines = {}, [], {}, {}
+    sweeps, paper, iters, structured, args.baselines = {}, [], {}, {}, {}
     for arch in [a.strip() for a in args.models.split(",") if a.strip()]:
         train_ds = load_dataset(DATA[arch], "train", limit=args.train_limit)
         test_ds = load_dataset(DATA[arch], "test", limit=args.test_limit)
@@ -338,9 +376,10 @@ def main(argv=None) -> int:
         sweeps[arch] = run_sweeps(arch, loaded, args, train_ds, test_ds, retrain_ds)
         paper.append(paper_recipe(loaded, args, train_ds, test_ds))
         iters[arch] = iterative_vs_oneshot(loaded, args, retrain_ds, test_ds)
+        structured[arch] = structured_relevance(loaded, args, retrain_ds, test_ds)
     transfers = [] if args.no_transfer else [transfer(a, args) for a in sweeps]
-    verdicts = claims(sweeps, iters, args)
-    md = report(args, sweeps, paper, iters, transfers, verdicts, time.time() - t0)
+    verdicts = claims(sweeps, iters, args, structured)
+    md = report(args, sweeps, paper, iters, transfers, verdicts, time.time() - t0, structured)
     print("\n" + md)
     with open(os.path.join(args.results, f"methods_fashion{args.suffix}.md"), "w") as f:
         f.write(md)
