@@ -66,7 +66,7 @@ def run_model(arch: str, args, train_ds, test_ds, workdir: str, tag: str = "", r
         model.load_state_dict(trained)  # every recipe starts from the same baseline
         t0 = time.time()
         result = compress(LoadedModel(model, arch, shape, f"benchmark:{name}"), recipe=recipe,
-                          iterative=args.iterative, seed=args.seed, progress=False, log_path=log, **hooks)
+                          iterative=args.iterative, seed=args.seed, progress=False, **hooks)
         path = os.path.join(workdir, f"{name}-{spec}.dcz")
         size = result.save(path)
         t_comp = time.time() - t0

@@ -54,7 +54,8 @@ def _load(args):
 
     shape = getattr(args, "input_shape", None)
     return load_model(args.model, weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
-                      num_classes=args.num_classes, input_shape=tuple(shape) if shape else None)
+                      num_classes=args.num_classes, input_shape=tuple(shape) if shape else None,
+                      seed=getattr(args, "seed", 0))
 
 
 # --------------------------------------------------------------------------------------- compress
@@ -76,22 +77,27 @@ def _add_compress(sub) -> None:
     p.add_argument("--conv-bits", type=int, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
     p.add_argument("--fc-bits", type=int, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
     p.add_argument("--index-bits", type=int, metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
-    p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default="magnitude",
-                   help="what pruning keeps: |w| (default, the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
-                        "relevance; the last three calibrate on --data")
+    p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default=None,
+                   help="what pruning keeps: |w| (the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
+                        "relevance; the last three calibrate on --data (default: the recipe's, magnitude)")
     p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
                    help="batches of --data used to calibrate wanda/relevance (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
                    help="k-means centroid initialisation (default: linear, the paper's)")
     p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,
                    help="per-sample input shape, if it cannot be inferred")
-    p.add_argument("--data", metavar="D", help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR)")
+    p.add_argument("--data", metavar="D",
+                   help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR): runs the recipe's "
+                        "schedule (deep-compression: 5 pruning steps of 3 epochs, 2 of centroid training) and "
+                        "reports the baseline's and the written file's test accuracy")
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
-                   help="epochs of masked retraining after each pruning step, and of centroid training (needs --data)")
+                   help="epochs of masked retraining after each pruning step (needs --data; default: the recipe's)")
     p.add_argument("--iterative", type=int, default=None, metavar="K",
-                   help="prune in K steps with retraining between them (default 1: one shot)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining")
+                   help="prune in K steps with retraining between them (default: the recipe's with --data, "
+                        "one shot without)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining (default: the recipe's)")
+    _add_schedule_flags(p)
     p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
     p.add_argument("--seed", type=int, default=0)
@@ -100,65 +106,75 @@ def _add_compress(sub) -> None:
 
 
 def cmd_compress(args) -> int:
-    from deepcomp.pipeline import compress, default_output
+    from deepcomp.pipeline import compress, default_output, evaluate_file
 
     loaded = _load(args)
-    hooks = {}
     if args.data:
         from deepcomp.pipeline import require_trainable
-        from deepcomp.train import make_hooks
 
         require_trainable(loaded.model)
-
-        hooks = make_hooks(args.data, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                           batch_size=args.batch_size, log_path=args.log, seed=args.seed,
-                           progress=not args.quiet)
-    elif args.finetune_epochs:
-        raise DeepcompError("--finetune-epochs needs --data: retraining needs a dataset")
-    criterion = _criterion(args, loaded)
+    else:
+        for flag in ("finetune_epochs", "codebook_epochs"):
+            if getattr(args, flag):
+                raise DeepcompError(f"--{flag.replace('_', '-')} needs --data: retraining needs a dataset")
     result = compress(
         loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
-        criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
-        seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
+        criterion=args.criterion, iterative=args.iterative,
+        input_shape=tuple(args.input_shape) if args.input_shape else None,
+        seed=args.seed, progress=not args.quiet, data=args.data, calibration_batches=args.calibration_batches,
+        log_path=args.log, **_schedule_overrides(args))
     out = args.output or default_output(loaded)
     if args.data:
         from deepcomp.train import is_main
 
         if not is_main():  # under torchrun every rank holds the same result; rank 0 writes and reports
             return 0
-    result.save(out)
+    size = result.save(out)
+    if args.data:
+        evaluate_file(result, out)
+    _log_written(args.log, result, size, result.accuracy.get("compressed"))
     from deepcomp.report import print_report, report_from_file
 
     report = report_from_file(out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, **({"accuracy": result.accuracy} if result.accuracy else {})}, indent=2))
     else:
         print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
+        if result.accuracy:
+            base, comp = result.accuracy["baseline"], result.accuracy["compressed"]
+            print(f"test top-1: baseline {100 * base['top1']:.2f}% (torch) -> compressed {100 * comp['top1']:.2f}% "
+                  f"({out} on the deepcomp runtime), {100 * (comp['top1'] - base['top1']):+.2f} points")
     return 0
 
 
-def _criterion(args, loaded):
-    """None for magnitude, else a function model -> criterion calibrated on --data."""
-    if args.criterion == "magnitude":
-        return None
-    if not args.data:
-        raise DeepcompError(f"--criterion {args.criterion} calibrates on data: give --data too")
-    from itertools import islice
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for the recipe's [schedule] fields that --finetune-epochs/--iterative/--lr/--batch-size
+    do not already cover; each overrides its field."""
+    p.add_argument("--codebook-epochs", type=int, default=None, metavar="N",
+                   help="epochs of centroid training after k-means (needs --data; default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="weight decay of retraining (default: the recipe's)")
 
-    from deepcomp.data import load_dataset, make_loader
-    from deepcomp.prune import RelevanceCriterion, WandaCriterion
 
-    ds = load_dataset(args.data, "train")
-    n = max(1, args.calibration_batches)
+def _schedule_overrides(args) -> dict:
+    return {"finetune_epochs": args.finetune_epochs, "codebook_epochs": args.codebook_epochs, "lr": args.lr,
+            "batch_size": args.batch_size, "weight_decay": args.weight_decay}
 
-    def factory(model):
-        batches = list(islice(iter(make_loader(ds, batch_size=64, shuffle=True, seed=args.seed)), n))
-        if args.criterion == "wanda":
-            return WandaCriterion.from_batches(model, [x for x, _ in batches])
-        rule = "lrp0" if args.criterion == "relevance" else "taylor"
-        return RelevanceCriterion.from_batches(model, batches, rule=rule)
-    return factory
+
+def _log_written(path, result, size: int, accuracy: dict | None = None) -> None:
+    """Append the written file's record to --log-file (with or without --data: retraining adds its
+    per-stage records before it)."""
+    if not path:
+        return
+    from deepcomp.train import JsonlLog
+
+    kept = sum(sw.nnz for sw in result.shared.values()) / max(sum(sw.numel for sw in result.shared.values()), 1)
+    record = {"stage": "written", "sparsity": 1 - kept, "size": size,
+              "ratio": result.meta["original_bytes"] / size, **result.meta["stages"]}
+    if accuracy is not None:
+        record.update(accuracy=accuracy["top1"], loss=accuracy["loss"])
+    JsonlLog(path)(**record)
 
 
 # ------------------------------------------------------------------------------------------- info
@@ -301,7 +317,7 @@ def cmd_train(args) -> int:
     if args.num_classes is None and not os.path.exists(args.model):  # a fresh model: one output per class
         args.num_classes = num_classes_of(train_ds)
     torch.manual_seed(args.seed)
-    loaded = _load(args)
+    loaded = _load(args)  # a fresh architecture is initialised from --seed
     train(loaded.model, train_ds, test_data=test_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
           optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed, progress=not args.quiet,
           log_path=args.log)
@@ -397,7 +413,77 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]
+# ------------------------------------------------------------------------ sweep / sensitivity (studies)
+def _add_study_data(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--data", required=True, metavar="D", help="dataset (e.g. fashion-mnist, fashion-mnist?pad=2 for 32x32)")
+    p.add_argument("--train-limit", type=int, default=None, metavar="N", help="training samples used (default all)")
+    p.add_argument("--test-limit", type=int, default=None, metavar="N", help="test samples evaluated (default all)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the CSV, the PNG and the state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _study_data(args):
+    from deepcomp.data import load_dataset
+
+    return (load_dataset(args.data, "train", limit=args.train_limit),
+            load_dataset(args.data, "test", limit=args.test_limit))
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="accuracy, size and speed of every pruning method over a range of sparsities",
+        description="Prune a copy of MODEL with each method at each sparsity, optionally retrain it (masks fixed), "
+                    "and write DIR/sweep.csv (method, sparsity, accuracy, params, file_bytes, runtime_ms, torch_ms) "
+                    "and DIR/sweep.png. Rows are written as they finish: run the same command again to continue "
+                    "an interrupted sweep. Structured methods (l1-filter, slimming) remove that fraction of channels.")
+    _add_study_data(p)
+    p.add_argument("--methods", default="all", metavar="M1,M2|all",
+                   help="magnitude-global, magnitude-layer, l1-filter, slimming, wanda, relevance, taylor, "
+                        "column-norm, sap (default all)")
+    p.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95", metavar="S1,S2", help="default 0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="retraining epochs per point (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of retraining (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def cmd_sweep(args) -> int:
+    from deepcomp.study import parse_methods, parse_sparsities, rows_table, sweep
+
+    methods, sps = parse_methods(args.methods), parse_sparsities(args.sparsities)
+    loaded = _load(args)
+    train_ds, test_ds = _study_data(args)
+    rows = sweep(loaded, train_ds, test_ds, args.output, methods=methods, sparsities=sps,
+                 finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                 progress=not args.quiet, label=args.model)
+    print(rows_table(rows))
+    print(f"\nwrote {args.output}/sweep.csv and {args.output}/sweep.png")
+    return 0
+
+
+def _add_sensitivity(sub) -> None:
+    p = sub.add_parser(
+        "sensitivity", help="accuracy drop when each layer alone is pruned at increasing sparsity",
+        description="Prune each prunable layer of MODEL alone (magnitude) at each sparsity and report the test "
+                    "accuracy drop per layer: a table, DIR/sensitivity.csv and DIR/sensitivity.png.")
+    _add_study_data(p)
+    p.add_argument("--sparsities", default="0.3,0.5,0.7,0.8,0.9,0.95", metavar="S1,S2")
+
+
+def cmd_sensitivity(args) -> int:
+    from deepcomp.study import parse_sparsities, sensitivity, sensitivity_table
+
+    sps = parse_sparsities(args.sparsities)
+    loaded = _load(args)
+    _, test_ds = _study_data(args)
+    base, rows = sensitivity(loaded, test_ds, args.output, sparsities=sps, progress=not args.quiet)
+    print(sensitivity_table(base, rows))
+    print(f"\nwrote {args.output}/sensitivity.csv and {args.output}/sensitivity.png")
+    return 0
+
+
+COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune", "sweep", "sensitivity"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 Dataset specs (the CLI's ``--data``)::
 
     fashion-mnist[:DIR]     IDX files; DIR defaults to /usr/share/datasets/fashion-mnist
+                            (fashion-mnist?pad=2: zero-padded to 32x32, for zoo:vgg16-small)
                             (Debian: apt-get install dataset-fashion-mnist)
     mnist:DIR               IDX files in DIR (train-images-idx3-ubyte[.gz], ...)
     imagefolder:DIR         torchvision ImageFolder; DIR/train and DIR/test (or DIR/val) when present,
@@ -223,13 +224,14 @@ class DataSpec:
     path: str | None
     classes: list[int] | None = None
     limit: int | None = None
+    pad: int = 0          # zero pixels added on every side (fashion-mnist?pad=2: 28x28 -> 32x32)
 
 
 KINDS = ("fashion-mnist", "mnist", "imagefolder", "npz")
 
 
 def parse_spec(spec: str) -> DataSpec:
-    """Parse ``KIND[:PATH][?classes=..&limit=..]``."""
+    """Parse ``KIND[:PATH][?classes=..&limit=..&pad=..]``."""
     if not isinstance(spec, str) or not spec:
         raise DataError("empty dataset spec; use fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR or npz:FILE")
     text, _, query = spec.partition("?")
@@ -243,13 +245,15 @@ def parse_spec(spec: str) -> DataSpec:
         key, _, value = item.partition("=")
         if key == "classes":
             out.classes = parse_classes(value)
-        elif key == "limit":
+        elif key in ("limit", "pad"):
             try:
-                out.limit = int(value)
+                setattr(out, key, int(value))
             except ValueError:
-                raise DataError(f"limit must be an integer, got {value!r}") from None
+                raise DataError(f"{key} must be an integer, got {value!r}") from None
+            if out.pad < 0:
+                raise DataError(f"pad must be >= 0, got {value!r}")
         else:
-            raise DataError(f"unknown dataset option {key!r} in {spec!r} (known: classes, limit)")
+            raise DataError(f"unknown dataset option {key!r} in {spec!r} (known: classes, limit, pad)")
     if out.path is None and kind != "fashion-mnist":
         raise DataError(f"{kind} needs a path: {kind}:DIR" + (" (a .npz file)" if kind == "npz" else ""))
     return out
@@ -361,6 +365,11 @@ def load_dataset(spec: str, split: str = "train", *, classes: Sequence[int] | No
         ds = select_classes(ds, classes)
     if limit is not None:
         ds = ArrayDataset(ds.x[:limit], ds.y[:limit], classes=ds.classes, name=ds.name)
+    if s.pad:  # padded after normalisation, with the normalised value of a black pixel
+        fill = float(ds.x.min()) if ds.x.size else 0.0
+        p = s.pad
+        x = np.pad(ds.x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
+        ds = ArrayDataset(x, ds.y, classes=ds.classes, name=f"{ds.name}?pad={p}")
     return ds
 
 

@@ -15,10 +15,9 @@ from torch import nn
 from deepcomp.dcz import write_dcz
 from deepcomp.encode import EncodedWeight, encode_shared
 from deepcomp.errors import DeepcompError, RecipeError
-from deepcomp.prune import apply_masks, compute_masks, layer_kind, prunable_layers
+from deepcomp.prune import iterative_prune, layer_kind, prunable_layers
 from deepcomp.prune.criteria import Criterion
-from deepcomp.prune.schedule import iterative_schedule
-from deepcomp.quantize import SharedWeight, share_layer
+from deepcomp.quantize import SharedWeight, share_weights
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
 
 FinetuneFn = Callable[[nn.Module, dict, str], None]
@@ -35,7 +34,7 @@ class LayerPlan:
     label: str = ""      # the paper's name (conv1, fc6, ...) where a preset gives one
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressResult:
     """What :func:`compress` produced. ``model`` holds the final (pruned, shared) weights."""
 
@@ -50,6 +49,21 @@ class CompressResult:
     meta: dict
     elapsed: float = 0.0
     notes: list[str] = field(default_factory=list)
+    datasets: tuple | None = None    # (train, test) when compress() had data
+    accuracy: dict = field(default_factory=dict)  # "baseline" (torch), "compressed" (the file, runtime)
+
+    def __repr__(self) -> str:
+        """One line: what was compressed, how sparse, how big (not the masks, codebooks and bitstreams)."""
+        kept = sum(sw.nnz for sw in self.shared.values())
+        total = sum(sw.numel for sw in self.shared.values()) or 1
+        st = self.meta.get("stages", {})
+        size = self.meta.get("file_bytes") or st.get("huffman_bytes", 0)
+        orig = self.meta.get("original_bytes", 0)
+        ratio = f", {orig / size:.1f}x" if size else ""
+        return (f"CompressResult({self.arch}, {len(self.plan)} layers, {100 * kept / total:.1f}% of weights kept, "
+                f"{orig} -> {size} bytes{ratio}, recipe {self.meta.get('recipe', {}).get('name', '?')!r})")
+
+    __str__ = __repr__
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
@@ -71,6 +85,7 @@ def default_output(loaded) -> str:
 
 
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    """A tqdm bar over ``iterable`` (or a manual one when it is None); ``iterable`` itself when disabled."""
     if not enabled:
         return iterable
     try:
@@ -95,6 +110,9 @@ def make_plan(
     index_bits: int | None = None,
 ) -> tuple[dict[str, LayerPlan], list[str]]:
     """Per-layer density and bits from a recipe plus flag overrides. Returns (plan, notes)."""
+    for flag, value, top in (("conv-bits", conv_bits, 8), ("fc-bits", fc_bits, 8), ("index-bits", index_bits, 12)):
+        if value is not None and not 1 <= int(value) <= top:
+            raise RecipeError(f"--{flag} must be in 1..{top}, got {value}")
     notes = []
     unknown = set(recipe.layers) - set(layers)
     if unknown:
@@ -123,12 +141,9 @@ def make_plan(
             density = float(spec["density"])
         else:
             density = 1.0 - float(default_sparsity)
-        bits = spec.get("bits") or (conv_bits if kind == "conv" else fc_bits) or d[f"{kind}_bits"]
-        if kind == "conv" and conv_bits:
-            bits = conv_bits
-        if kind == "fc" and fc_bits:
-            bits = fc_bits
-        ib = index_bits or spec.get("index_bits") or d["index_bits"]
+        flag = conv_bits if kind == "conv" else fc_bits
+        bits = flag if flag is not None else spec.get("bits", d[f"{kind}_bits"])
+        ib = index_bits if index_bits is not None else spec.get("index_bits", d["index_bits"])
         if not 1 <= int(bits) <= 8:
             raise RecipeError(f"{name}: weight bits must be in 1..8, got {bits}")
         if not 1 <= int(ib) <= 12:
@@ -162,11 +177,6 @@ def require_trainable(module) -> None:
         raise DeepcompError(why)
 
 
-def _schedule(target_sparsity: float, steps: int) -> list[float]:
-    """Per-step sparsities: the kept fraction shrinks geometrically (Han et al.), linearly to 1.0."""
-    return iterative_schedule(target_sparsity, steps, "geometric" if target_sparsity < 1.0 else "linear")
-
-
 def compress(
     model,
     *,
@@ -177,11 +187,18 @@ def compress(
     fc_bits: int | None = None,
     index_bits: int | None = None,
     init: str | None = None,
-    criterion: Criterion | Callable[[nn.Module], Criterion] | None = None,
+    criterion: str | Criterion | Callable[[nn.Module], Criterion] | None = None,
     iterative: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     progress: bool = True,
+    data=None,
+    finetune_epochs: int | None = None,
+    codebook_epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    weight_decay: float | None = None,
+    calibration_batches: int = 8,
     log_path: str | None = None,
     finetune: FinetuneFn | None = None,
     train_codebooks: CodebookFn | None = None,
@@ -195,10 +212,18 @@ def compress(
     so data-driven criteria (WANDA, relevance) see the retrained model. ``iterative=K`` prunes in K steps, calling
     ``finetune(model, masks, stage)`` after each (masked retraining). ``train_codebooks(model, shared)``
     may fine-tune the centroids (assignments fixed) after k-means. Call ``.save(path)`` on the result.
+
+    With ``data`` (a dataset spec such as ``"fashion-mnist"``, or ``(train, test)`` datasets) the
+    recipe's whole schedule runs: its criterion (a name: magnitude, wanda, relevance, taylor), its
+    pruning steps with masked retraining after each, its centroid training; ``finetune_epochs``,
+    ``codebook_epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``iterative`` and a criterion name
+    override the recipe's fields, and ``log_path`` receives the per-stage JSON-lines records. The
+    result then carries ``accuracy["baseline"]`` (the model before compression, on the test split);
+    :func:`evaluate_file` adds the written file's, measured on deepcomp's runtime.
     """
     t0 = time.perf_counter()
     module, arch, shape, source = _resolve_model(model, input_shape)
-    if finetune is not None or train_codebooks is not None:
+    if data is not None or finetune is not None or train_codebooks is not None:
         require_trainable(module)
     module.eval()
     with torch.no_grad():
@@ -218,44 +243,57 @@ def compress(
                             index_bits=index_bits)
     scope = scope or rec.defaults.get("scope", "layer")
     init = init or rec.defaults.get("init", "linear")
-    steps = int(iterative or 1)
-    if steps < 1:
-        raise RecipeError(f"--iterative takes a number of steps >= 1, got {steps}")
+    if iterative is not None and int(iterative) < 1:
+        raise RecipeError(f"--iterative takes a number of steps >= 1, got {iterative}")
+    sched = rec.schedule_with(criterion=criterion if isinstance(criterion, str) else None, iterative=iterative,
+                              finetune_epochs=finetune_epochs, codebook_epochs=codebook_epochs, lr=lr,
+                              batch_size=batch_size, weight_decay=weight_decay)
+    datasets, accuracy = None, {}
+    if data is not None:
+        datasets = _datasets(data)
+        hooks = _schedule_hooks(sched, datasets, seed=seed, progress=progress, log_path=log_path)
+        finetune = finetune or hooks["finetune"]
+        train_codebooks = train_codebooks or hooks["train_codebooks"]
+        accuracy["baseline"] = _evaluate(module, datasets[1])
+    if criterion is None or isinstance(criterion, str):
+        from deepcomp.train import criterion_from_data
+
+        criterion = criterion_from_data(sched["criterion"], datasets[0] if datasets else None,
+                                        batches=calibration_batches, seed=seed)
+    # the steps exist for retraining between them: without it the recipe's steps are not taken
+    steps = int(iterative if iterative is not None else (sched["iterative"] if finetune is not None else 1))
     total_weights = sum(layers[n].weight.numel() for n in plan)
     overall_density = sum(plan[n].density * layers[n].weight.numel() for n in plan) / total_weights
 
-    # 1. prune (and retrain)
+    # 1. prune (and retrain): the library's schedule driver; the kept fraction shrinks geometrically
+    # (Han et al.), linearly when a layer goes to zero
     if scope == "global":
-        schedule = _schedule(1.0 - overall_density, steps)
+        target = 1.0 - overall_density
     else:
-        per_layer = {n: _schedule(1.0 - p.density, steps) for n, p in plan.items()}
-    masks = None
-    for step in range(1, steps + 1):
-        if scope == "global":
-            amount = schedule[step - 1]
-        else:
-            amount = {n: s[step - 1] for n, s in per_layer.items()}
-        crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
-        masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers)
-        apply_masks(module, masks)
-        if finetune is not None:
-            finetune(module, masks, f"prune-{step}/{steps}")
-            apply_masks(module, masks)  # a retraining hook must not revive weights; make sure
+        target = {n: 1.0 - p.density for n, p in plan.items()}
+    top = target if scope == "global" else max(target.values())
+
+    def retrain(m, masks, step):  # iterative_prune counts steps from 0
+        finetune(m, masks, f"prune-{step + 1}/{steps}")
+
+    masks = iterative_prune(module, target, steps, retrain if finetune is not None else None, scope=scope,
+                            criterion=criterion,
+                            kind="geometric" if top < 1.0 else "linear")
     if scope == "global":
         for n, m in masks.items():
             plan[n].density = float(m.float().mean())
 
-    # 2. share weights
-    shared: dict[str, SharedWeight] = {}
-    for name in _progress(list(plan), "k-means", progress):
-        w = layers[name].weight.detach().cpu().numpy()
-        shared[name] = share_layer(f"{name}.weight", w, masks[name].cpu().numpy(), plan[name].bits,
-                                   init=init, seed=seed)
+    # 2. share weights (k-means; the model then holds the shared values), train the centroids
+    bar = _progress(None, "k-means", progress, total=len(plan))
+    shared = share_weights(module, masks, {n: p.bits for n, p in plan.items()}, init=init, seed=seed,
+                           progress=(lambda name: bar.update()) if bar is not None else None)
+    if bar is not None:
+        bar.close()
     if train_codebooks is not None:
         train_codebooks(module, shared)
-    with torch.no_grad():  # the model holds exactly what the file will hold
-        for name, sw in shared.items():
-            layers[name].weight.copy_(torch.from_numpy(sw.dense()))
+        with torch.no_grad():  # the model holds exactly what the file will hold
+            for name, sw in shared.items():
+                layers[name].weight.copy_(torch.from_numpy(sw.dense()))
 
     # 3. Huffman-code
     encoded = {name: encode_shared(shared[name], plan[name].index_bits)
@@ -273,16 +311,55 @@ def compress(
         "num_params": int(original_params),
         "original_bytes": int(original_params * 4),
         "state_dict_keys": list(sd.keys()),
-        "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps,
+        "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps, "criterion": sched["criterion"],
+                   **({"schedule": sched} if data is not None else {}),
                    "retrained": finetune is not None, "trained_centroids": train_codebooks is not None,
                    "layers": {n: {"kind": p.kind, "density": round(p.density, 6), "bits": p.bits,
                                   "index_bits": p.index_bits, "label": p.label} for n, p in plan.items()}},
         "stages": stage_sizes(encoded.values(), dense_bytes),
     }
     result = CompressResult(model=module, arch=arch, input_shape=shape, graph=graph, plan=plan, masks=masks,
-                            shared=shared, encoded=encoded, meta=meta, notes=notes)
+                            shared=shared, encoded=encoded, meta=meta, notes=notes, datasets=datasets,
+                            accuracy=accuracy)
     result.elapsed = time.perf_counter() - t0
     return result
+
+
+def _datasets(data) -> tuple:
+    """(train, test) datasets from a spec or a pair."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise DeepcompError("data= takes a dataset spec or a (train, test) pair of datasets")
+        return tuple(data)
+    from deepcomp.data import load_dataset
+
+    return load_dataset(data, "train"), load_dataset(data, "test")
+
+
+def _schedule_hooks(sched: dict, datasets, *, seed: int, progress: bool, log_path: str | None) -> dict:
+    from deepcomp.train import make_hooks
+
+    return make_hooks(None, train_data=datasets[0], test_data=datasets[1], finetune_epochs=sched["finetune_epochs"],
+                      codebook_epochs=sched["codebook_epochs"], lr=sched["lr"], batch_size=sched["batch_size"],
+                      weight_decay=sched["weight_decay"], log_path=log_path, seed=seed, progress=progress)
+
+
+def _evaluate(model_or_runtime, test_data) -> dict:
+    from deepcomp.data import make_loader
+    from deepcomp.train import evaluate
+
+    return evaluate(model_or_runtime, make_loader(test_data, batch_size=512))
+
+
+def evaluate_file(result: CompressResult, path) -> dict:
+    """Accuracy of the written .dcz on deepcomp's runtime (as ``deepcomp eval`` measures it), on the
+    test split ``compress(data=...)`` used; stored as ``result.accuracy["compressed"]``."""
+    if result.datasets is None:
+        raise DeepcompError("evaluate_file needs a result of compress(data=...)")
+    from deepcomp.train import load_dcz_for_eval
+
+    result.accuracy["compressed"] = _evaluate(load_dcz_for_eval(str(path))[0], result.datasets[1])
+    return result.accuracy["compressed"]
 
 
 def stage_sizes(encoded, dense_bytes: int) -> dict[str, int]:

@@ -3,6 +3,12 @@
 The k-means works on the sorted values: with sorted data every cluster is a contiguous run, so each
 Lloyd step is a binary search for the k-1 boundaries plus prefix sums, O(k log n) after one sort.
 Millions of weights take milliseconds per iteration.
+
+Trained quantization (Deep Compression, Eq. 3) lives here too: :class:`CodebookTraining` makes each
+shared layer's weight a function of a small trainable codebook, ``W[positions] = codebook[clusters]``
+(zero elsewhere). Backward gives each centroid the sum of the gradients of the weights assigned to it
+(one ``index_add_`` over the kept positions), so assignments and masks cannot change and every
+optimizer, trainer or DDP wrapper sees ordinary parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+import torch
+from torch import nn
 
 from deepcomp.errors import RecipeError
 
@@ -162,8 +170,6 @@ def share_weights(
 
     ``masks`` and ``bits`` are keyed by layer (module) name; the result by layer name too.
     """
-    import torch
-
     modules = dict(model.named_modules())
     out: dict[str, SharedWeight] = {}
     for name, mask in masks.items():
@@ -177,3 +183,86 @@ def share_weights(
         if progress is not None:
             progress(name)
     return out
+
+
+# ------------------------------------------------------------------ trained quantization (Eq. 3)
+
+
+class _GatherShared(torch.autograd.Function):
+    """dense.flat[positions] = codebook[clusters]; backward: Eq. 3, a scatter-add over the clusters."""
+
+    @staticmethod
+    def forward(ctx, codebook, positions, clusters, numel):
+        ctx.save_for_backward(positions, clusters)
+        ctx.k = codebook.numel()
+        out = codebook.new_zeros(numel)
+        out[positions] = codebook[clusters]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        positions, clusters = ctx.saved_tensors
+        g = grad.new_zeros(ctx.k).index_add_(0, clusters, grad[positions])
+        return g, None, None, None
+
+
+class SharedParametrization(nn.Module):
+    """torch.nn.utils.parametrize: the layer's ``weight`` computed from its codebook (the original)."""
+
+    def __init__(self, positions: np.ndarray, clusters: np.ndarray, shape, codebook: torch.Tensor):
+        super().__init__()
+        self.register_buffer("positions", torch.as_tensor(np.asarray(positions, np.int64)), persistent=False)
+        self.register_buffer("clusters", torch.as_tensor(np.asarray(clusters).astype(np.int64)), persistent=False)
+        self.shape = tuple(shape)
+        self.numel = int(np.prod(self.shape, dtype=np.int64))
+        self._init = codebook
+
+    def forward(self, codebook):
+        return _GatherShared.apply(codebook, self.positions, self.clusters, self.numel).view(self.shape)
+
+    def right_inverse(self, weight):
+        # registering: the stored original is the codebook, not the dense weight
+        return self._init.to(device=weight.device, dtype=weight.dtype)
+
+
+class CodebookTraining:
+    """Parametrise every shared layer of ``model`` by its codebook (assignments and masks fixed).
+
+    ``params()`` are the codebooks (trainable ``nn.Parameter``s, also reachable through
+    ``model.parameters()``); ``finish()`` copies them into ``shared[layer].codebook`` (float32, in place),
+    removes the parametrisations and leaves the dense shared weights in the model.
+    """
+
+    def __init__(self, model: nn.Module, shared: Mapping[str, object]):
+        from torch.nn.utils import parametrize
+
+        self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.shared = shared
+        modules = dict(self.model.named_modules())
+        self.layers: dict[str, nn.Module] = {}
+        for name, sw in shared.items():
+            if sw.nnz == 0 or sw.codebook.size == 0:
+                continue
+            m = modules[name]
+            w = m.weight
+            cb = torch.from_numpy(np.asarray(sw.codebook, np.float32).copy()).to(w.device, w.dtype)
+            p = SharedParametrization(sw.positions, sw.clusters, sw.shape, cb).to(w.device)
+            parametrize.register_parametrization(m, "weight", p, unsafe=True)
+            self.layers[name] = m
+
+    def params(self) -> list[nn.Parameter]:
+        return [m.parametrizations.weight.original for m in self.layers.values()]
+
+    def codebooks(self) -> dict[str, torch.Tensor]:
+        return {n: m.parametrizations.weight.original for n, m in self.layers.items()}
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        from torch.nn.utils import parametrize
+
+        for name, m in self.layers.items():
+            cb = m.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
+            self.shared[name].codebook[...] = cb
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        self.layers = {}
+

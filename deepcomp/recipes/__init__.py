@@ -14,6 +14,18 @@ A recipe file::
     [layers."features.0"]       # module name, as in model.named_modules()
     density = 0.84              # fraction kept
     bits = 8                    # optional per-layer weight bits
+    [schedule]                  # how to get there when there is data to retrain on (--data)
+    criterion = "magnitude"     # or wanda, relevance, taylor (calibrated on the training split)
+    iterative = 5               # pruning steps, masked retraining after each
+    finetune_epochs = 3         # retraining epochs per step
+    lr = 1e-3                   # learning rate of retraining (Adam, cosine decay per stage)
+    codebook_epochs = 2         # centroid-training epochs after k-means (Eq. 3)
+    batch_size = 256
+    weight_decay = 5e-4
+
+Without data nothing retrains: the weights are pruned in one step (unless ``iterative`` is given as
+an argument) with the recipe's criterion, which must then be ``magnitude``. Every field of a recipe
+can be overridden by the matching argument of :func:`deepcomp.pipeline.compress` (or CLI flag).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ PRESETS = {
     "vgg16": "deep-compression-vgg16.toml",
     "lenet-300-100": "deep-compression-lenet-300-100.toml",
     "lenet-5": "deep-compression-lenet-5.toml",
+    "vgg16-small": "deep-compression-vgg16-small.toml",
 }
 # architecture name -> preset file for recipe "fashion-mnist": the paper's densities with fewer bits on
 # the largest fc layer, which reaches the paper's LeNet ratios on Fashion-MNIST (see the files)
@@ -42,6 +55,13 @@ FAMILIES = {"deep-compression": PRESETS, "fashion-mnist": FASHION_PRESETS}
 DEFAULT_SPARSITY = 0.8
 DEFAULTS = {"conv_bits": 8, "fc_bits": 5, "index_bits": 5, "scope": "layer", "init": "linear"}
 _DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity"}
+CRITERIA = ("magnitude", "wanda", "relevance", "taylor")
+# what benchmarks/lenet_fashion.py established for the paper's LeNet tables on Fashion-MNIST: 5 pruning
+# steps of 3 retraining epochs, 2 of centroid training (0.1-0.3 points below the dense baseline)
+SCHEDULE = {"criterion": "magnitude", "iterative": 5, "finetune_epochs": 3, "lr": 1e-3, "codebook_epochs": 2,
+            "batch_size": 256, "weight_decay": 5e-4}
+_SCHEDULE_TYPES = {"criterion": str, "iterative": int, "finetune_epochs": int, "lr": float, "codebook_epochs": int,
+                   "batch_size": int, "weight_decay": float}
 _LAYER_KEYS = {"density", "bits", "index_bits", "label"}
 
 
@@ -52,10 +72,39 @@ class Recipe:
     defaults: dict = field(default_factory=dict)
     layers: dict[str, dict] = field(default_factory=dict)
     arch: str = "*"
+    schedule: dict = field(default_factory=lambda: dict(SCHEDULE))
 
     def to_json(self) -> dict:
-        return {"name": self.name, "source": self.source, "arch": self.arch,
-                "defaults": dict(self.defaults), "layers": {k: dict(v) for k, v in self.layers.items()}}
+        return {"name": self.name, "source": self.source, "arch": self.arch, "defaults": dict(self.defaults),
+                "schedule": dict(self.schedule), "layers": {k: dict(v) for k, v in self.layers.items()}}
+
+    def schedule_with(self, **overrides) -> dict:
+        """The recipe's schedule with every override that is not None in its place (checked)."""
+        unknown = set(overrides) - set(SCHEDULE)
+        if unknown:
+            raise RecipeError(f"unknown schedule field(s) {', '.join(sorted(unknown))}")
+        out = {**self.schedule, **{k: v for k, v in overrides.items() if v is not None}}
+        _check_schedule(out, f"recipe {self.name} with the given flags")
+        return out
+
+
+def _check_schedule(sched: dict, source: str) -> None:
+    for key, kind in _SCHEDULE_TYPES.items():
+        v = sched[key]
+        ok = isinstance(v, str) if kind is str else (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and (kind is float or float(v).is_integer()))
+        if not ok:
+            raise RecipeError(f"{source}: schedule {key} must be a{'n integer' if kind is int else ' ' + kind.__name__}, got {v!r}")
+    if sched["criterion"] not in CRITERIA:
+        raise RecipeError(f"{source}: criterion must be one of {', '.join(CRITERIA)}, got {sched['criterion']!r}")
+    for key in ("iterative", "batch_size"):
+        if sched[key] < 1:
+            raise RecipeError(f"{source}: {key} must be >= 1, got {sched[key]}")
+    for key in ("finetune_epochs", "codebook_epochs", "weight_decay"):
+        if sched[key] < 0:
+            raise RecipeError(f"{source}: {key} must be >= 0, got {sched[key]}")
+    if not sched["lr"] > 0:
+        raise RecipeError(f"{source}: lr must be > 0, got {sched['lr']}")
 
 
 def normalize_arch(arch: str | None) -> str:
@@ -99,8 +148,17 @@ def _validate(data: dict, source: str) -> Recipe:
         raise RecipeError(f"recipe {source}: scope must be 'layer' or 'global'")
     if "sparsity" in defaults and not (isinstance(defaults["sparsity"], (int, float)) and 0 <= defaults["sparsity"] <= 1):
         raise RecipeError(f"recipe {source}: sparsity must be in [0, 1]")
+    raw_schedule = data.get("schedule", {})
+    if not isinstance(raw_schedule, dict):
+        raise RecipeError(f"recipe {source}: [schedule] must be a table")
+    unknown = set(raw_schedule) - set(SCHEDULE)
+    if unknown:
+        raise RecipeError(f"recipe {source}: unknown key(s) in [schedule]: {', '.join(sorted(unknown))} "
+                          f"(allowed: {', '.join(SCHEDULE)})")
+    schedule = {**SCHEDULE, **raw_schedule}
+    _check_schedule(schedule, f"recipe {source}")
     return Recipe(name=str(data.get("name", Path(source).stem)), source=source, defaults=defaults,
-                  layers={k: dict(v) for k, v in layers.items()}, arch=str(data.get("arch", "*")))
+                  layers={k: dict(v) for k, v in layers.items()}, arch=str(data.get("arch", "*")), schedule=schedule)
 
 
 def _read_builtin(filename: str) -> Recipe:
