@@ -7,9 +7,15 @@ pair: ``_add_NAME(subparsers)`` builds its parser, ``cmd_NAME(args)`` runs it.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import time
+
+_T0 = time.perf_counter()  # the command's start, for the wall time compress reports
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+from typing import Callable  # noqa: E402
 
 from deepcomp.errors import DeepcompError
 
@@ -18,6 +24,60 @@ models (MODEL): torchvision:NAME (random init unless --weights FILE), zoo:lenet-
 a file written by `deepcomp train`, a TorchScript file, a state_dict with --arch NAME, or a pickled
 module with --trust-pickle.  See `deepcomp CMD --help`.
 """
+
+
+# ------------------------------------------------------------------ argument validation (one place)
+# argparse type functions: a bad value fails while parsing, before any work, in one line (see _Parser).
+MAX_THREADS = 1024  # the native thread pool's limit
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line naming the flag and what it takes (not the
+    whole usage), with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """A type function for an integer in [lo, hi] (no upper bound when hi is None)."""
+    want = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {v}")
+        return v
+    parse.__name__ = want
+    return parse
+
+
+def float_in(lo: float, hi: float | None = None, *, open_lo: bool = False) -> Callable[[str], float]:
+    """A type function for a finite number in [lo, hi] ((lo, hi] with open_lo)."""
+    want = (f"a number {'>' if open_lo else '>='} {lo:g}" if hi is None
+            else f"a number in {'(' if open_lo else '['}{lo:g}, {hi:g}]")
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or (open_lo and v == lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
+        return v
+    parse.__name__ = want
+    return parse
+
+
+positive_int = int_in(1)
+count_int = int_in(0)
+_fraction = float_in(0.0, 1.0)
+_rate = float_in(0.0, open_lo=True)
+_bits = int_in(1, 8)
+_threads = int_in(1, MAX_THREADS)
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -30,21 +90,22 @@ def _parse_int_list(text: str) -> list[int]:
     return values
 
 
-def _fraction(text: str) -> float:
+def output_file(text: str) -> str:
+    """An output path that can be written: not a directory, in an existing writable directory."""
+    from deepcomp.fileio import check_output
+
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
-    return v
+        check_output(text)
+    except DeepcompError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="model to load (see `deepcomp --help`)")
     p.add_argument("--weights", metavar="FILE", help="state_dict file for a torchvision:/zoo: model")
     p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file (zoo or torchvision name)")
-    p.add_argument("--num-classes", type=int, metavar="K", help="classes of the architecture's head")
+    p.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of the architecture's head")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a whole pickled module (runs code from the file: only for files you trust)")
 
@@ -63,7 +124,7 @@ def _add_compress(sub) -> None:
         description="Prune, share weights by k-means and Huffman-code MODEL into a .dcz file, then print "
                     "a per-layer table. Flags override the recipe.")
     _add_model_args(p)
-    p.add_argument("-o", "--output", metavar="OUT.dcz", help="output file (default: <model name>.dcz)")
+    p.add_argument("-o", "--output", type=output_file, metavar="OUT.dcz", help="output file (default: <model name>.dcz)")
     p.add_argument("--recipe", default="deep-compression", metavar="NAME|FILE",
                    help="recipe name or a TOML file (default: deep-compression). 'deep-compression' picks the paper's "
                         "per-layer table for alexnet, vgg16, lenet-300-100 and lenet-5 (others: conv 8 / fc 5 bits, "
@@ -72,36 +133,38 @@ def _add_compress(sub) -> None:
                    help="fraction of weights to remove, in [0, 1] (overrides the recipe's densities)")
     p.add_argument("--global", dest="scope", action="store_const", const="global",
                    help="one magnitude threshold across all layers instead of one sparsity per layer")
-    p.add_argument("--conv-bits", type=int, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
-    p.add_argument("--fc-bits", type=int, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
-    p.add_argument("--index-bits", type=int, metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
+    p.add_argument("--conv-bits", type=_bits, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
+    p.add_argument("--fc-bits", type=_bits, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
+    p.add_argument("--index-bits", type=int_in(1, 12), metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
     p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default="magnitude",
                    help="what pruning keeps: |w| (default, the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
                         "relevance; the last three calibrate on --data")
-    p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
+    p.add_argument("--calibration-batches", type=positive_int, default=8, metavar="N",
                    help="batches of --data used to calibrate wanda/relevance (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
                    help="k-means centroid initialisation (default: linear, the paper's)")
     p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,
                    help="per-sample input shape, if it cannot be inferred")
     p.add_argument("--data", metavar="D", help="dataset for retraining (fashion-mnist[:DIR], mnist:DIR, imagefolder:DIR)")
-    p.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
+    p.add_argument("--finetune-epochs", type=count_int, default=None, metavar="N",
                    help="epochs of masked retraining after each pruning step, and of centroid training (needs --data)")
-    p.add_argument("--iterative", type=int, default=None, metavar="K",
+    p.add_argument("--iterative", type=positive_int, default=None, metavar="K",
                    help="prune in K steps with retraining between them (default 1: one shot)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for retraining")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size for retraining")
+    p.add_argument("--lr", type=_rate, default=None, help="learning rate for retraining")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="batch size for retraining")
     p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count_int, default=0)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_compress(args) -> int:
+    from deepcomp.fileio import check_output
     from deepcomp.pipeline import compress, default_output
 
     loaded = _load(args)
+    out = args.output or str(check_output(default_output(loaded)))  # a bad default fails before the work
     hooks = {}
     if args.data:
         from deepcomp.train import make_hooks
@@ -117,7 +180,6 @@ def cmd_compress(args) -> int:
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
         criterion=criterion, iterative=args.iterative, input_shape=tuple(args.input_shape) if args.input_shape else None,
         seed=args.seed, progress=not args.quiet, log_path=args.log, **hooks)
-    out = args.output or default_output(loaded)
     if args.data:
         from deepcomp.train import is_main
 
@@ -129,8 +191,8 @@ def cmd_compress(args) -> int:
     report = report_from_file(out)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print_report(report, elapsed=result.elapsed, path=out, notes=result.notes)
+    else:  # the time is the command's wall time: imports, loading, compressing and writing included
+        print_report(report, elapsed=time.perf_counter() - _T0, path=out, notes=result.notes)
     return 0
 
 
@@ -183,7 +245,7 @@ def _add_decompress(sub) -> None:
                        description="Decode FILE.dcz into a torch state_dict with the original parameter names, "
                                    "loadable into the original architecture with strict=True.")
     p.add_argument("file", metavar="FILE.dcz")
-    p.add_argument("-o", "--output", required=True, metavar="dense.pt")
+    p.add_argument("-o", "--output", type=output_file, required=True, metavar="dense.pt")
 
 
 def cmd_decompress(args) -> int:
@@ -191,6 +253,28 @@ def cmd_decompress(args) -> int:
 
     n = save_state_dict(args.file, args.output)
     print(f"wrote {n} tensors to {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a .dcz as a dense ONNX model (pruned, shared weights) for other runtimes",
+                       description="Write FILE.dcz as an ONNX model (opset 17) that ONNX Runtime and OpenVINO load: "
+                                   "the decompressed weights (pruned weights are zeros, shared weights their "
+                                   "centroid), the same outputs as `deepcomp run`. Needs the onnx package "
+                                   '(pip install "deepcomp[onnx]"); torch is not imported.')
+    p.add_argument("file", metavar="FILE.dcz")
+    p.add_argument("-o", "--output", type=output_file, required=True, metavar="model.onnx")
+    p.add_argument("--sparse-initializers", action="store_true",
+                   help="store each weight that is smaller that way as an ONNX sparse initializer (positions + "
+                        "values): a smaller file, which ONNX Runtime densifies at load (OpenVINO may not read it)")
+
+
+def cmd_export(args) -> int:
+    from deepcomp.export_onnx import export_onnx
+
+    size = export_onnx(args.file, args.output, sparse_initializers=args.sparse_initializers)
+    print(f"wrote {args.output} ({size} bytes, ONNX opset 17)")
     return 0
 
 
@@ -202,30 +286,52 @@ def _add_run(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="x.npy", help="input batch, float32 [N, *input_shape]")
     src.add_argument("--input-random", action="store_true", help="a random input batch (smoke test)")
-    p.add_argument("--batch", type=int, default=1, help="batch size with --input-random")
-    p.add_argument("-o", "--output", metavar="y.npy", help="write the output here (default: print a summary)")
-    p.add_argument("--threads", type=int, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size with --input-random")
+    p.add_argument("-o", "--output", type=output_file, metavar="y.npy", help="write the output here (default: print a summary)")
+    p.add_argument("--threads", type=_threads, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
+
+
+def _read_input(path: str):
+    """The --input array: a .npy file (numpy.save), read without pickle."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise DeepcompError(f"input file {path!r} does not exist") from None
+    except OSError as e:
+        raise DeepcompError(f"cannot read input {path!r}: {e.strerror}") from None
+    if not head.startswith(b"\x93NUMPY"):
+        what = "a .dcz model" if head.startswith(b"\x89DCZ") else "not a .npy file"
+        raise DeepcompError(f"--input {path!r} is {what}; give a float32 array saved with numpy.save (x.npy)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DeepcompError(f"cannot read input {path!r}: {str(e).splitlines()[0]}; give a numeric array saved "
+                            "with numpy.save") from None
 
 
 def cmd_run(args) -> int:
+    import io
+
     import numpy as np
 
     import deepcomp.runtime as rt
+    from deepcomp.fileio import atomic_write
 
     if args.threads:
         rt.set_num_threads(args.threads)
     model = rt.load(args.file)
     if args.input:
-        try:
-            x = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DeepcompError(f"cannot read input {args.input!r}: {e}") from None
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = _read_input(args.input)
     else:
         x = np.random.default_rng(0).standard_normal((args.batch, *model.input_shape), dtype=np.float32)
     y = model(x)
     if args.output:
-        np.save(args.output, y)
+        buf = io.BytesIO()
+        np.save(buf, y)
+        atomic_write(args.output, buf.getvalue())
         print(f"wrote output {tuple(y.shape)} to {args.output}")
     else:
         top = y.reshape(y.shape[0], -1).argmax(axis=1)
@@ -240,8 +346,8 @@ def _add_bench(sub) -> None:
                                    "CSR for linear layers; speedups beside the times.")
     p.add_argument("file", metavar="FILE.dcz")
     p.add_argument("--batch", type=_parse_int_list, default=[1], metavar="1,8,64", help="batch sizes (default 1)")
-    p.add_argument("--threads", type=int, help="threads for both torch and deepcomp (default: all cores)")
-    p.add_argument("--repeat", type=int, default=10, metavar="R", help="timed runs per measurement (median; default 10)")
+    p.add_argument("--threads", type=_threads, help="threads for both torch and deepcomp (default: all cores)")
+    p.add_argument("--repeat", type=positive_int, default=10, metavar="R", help="timed runs per measurement (median; default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -270,14 +376,14 @@ def _add_train(sub) -> None:
     from deepcomp.data import add_data_args
 
     add_data_args(p)
-    p.add_argument("--epochs", type=int, required=True, metavar="N", help="training epochs")
-    p.add_argument("-o", "--output", required=True, metavar="model.pt", help="file to write")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
+    p.add_argument("--epochs", type=positive_int, required=True, metavar="N", help="training epochs")
+    p.add_argument("-o", "--output", type=output_file, required=True, metavar="model.pt", help="file to write")
+    p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
-    p.add_argument("--weight-decay", type=float, default=0.0, metavar="WD")
+    p.add_argument("--weight-decay", type=float_in(0.0), default=0.0, metavar="WD")
     p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
                    help="append one JSON record per epoch (accuracy, loss, ...); under torchrun spell it --log-file")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
+    p.add_argument("--seed", type=count_int, default=0, help="seed of the initialisation and the data order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -367,15 +473,15 @@ def _add_finetune(sub) -> None:
     from deepcomp.data import add_data_args
 
     add_data_args(p)
-    p.add_argument("--num-classes", type=int, metavar="K", help="classes of the new task (default: from the data)")
-    p.add_argument("-o", "--output", required=True, metavar="new.dcz")
-    p.add_argument("--epochs", type=int, default=3, metavar="N",
+    p.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of the new task (default: from the data)")
+    p.add_argument("-o", "--output", type=output_file, required=True, metavar="new.dcz")
+    p.add_argument("--epochs", type=positive_int, default=3, metavar="N",
                    help="epochs of each stage: new head, masked retraining of the pruned head, centroids (default 3)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only (backbone centroids fixed)")
     p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records (under torchrun spell it --log-file)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count_int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -393,13 +499,13 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-COMMANDS = ["compress", "info", "decompress", "run", "bench", "train", "eval", "finetune"]
+COMMANDS = ["compress", "info", "decompress", "export", "run", "bench", "train", "eval", "finetune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from deepcomp import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepcomp",
         description="Deep Compression for PyTorch models: prune, share weights, Huffman-code into a .dcz "
                     "file, and run it on a native sparse CPU runtime.",
@@ -431,14 +537,21 @@ def main(argv: list[str] | None = None) -> int:
     except DeepcompError as e:
         if args.traceback:
             raise
-        print(f"deepcomp {args.command}: error: {e}", file=sys.stderr)
+        print(f"deepcomp {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"deepcomp {args.command}: interrupted", file=sys.stderr)
+        print(f"deepcomp {args.command}: interrupted; nothing was written, run the command again", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `deepcomp info x.dcz --json | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # the environment (a full disk while logging, a vanished directory), not a bug
+        if args.traceback or e.errno is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"deepcomp {args.command}: error: {e.strerror}{where}; fix that and run again (--traceback for "
+              "details)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
