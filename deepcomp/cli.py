@@ -17,12 +17,13 @@ import math  # noqa: E402
 import sys  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from deepcomp.errors import DeepcompError
+from deepcomp.errors import DczError, DeepcompError  # noqa: E402
 
 EPILOG = """\
 models (MODEL): torchvision:NAME (random init unless --weights FILE), zoo:lenet-300-100, zoo:lenet-5,
-a file written by `deepcomp train`, a TorchScript file, a state_dict with --arch NAME, or a pickled
-module with --trust-pickle.  See `deepcomp CMD --help`.
+a file written by `deepcomp train`, a TorchScript file, a state_dict with --arch NAME (or --arch
+module:Class / path/to/file.py:Class for your own network), or a pickled module with --trust-pickle.
+See `deepcomp CMD --help`.
 """
 
 
@@ -104,7 +105,9 @@ def output_file(text: str) -> str:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="model to load (see `deepcomp --help`)")
     p.add_argument("--weights", metavar="FILE", help="state_dict file for a torchvision:/zoo: model")
-    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file (zoo or torchvision name)")
+    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file: a zoo or torchvision name, or "
+                                                  "your own class as module:Class or path/to/file.py:Class (the "
+                                                  "working directory is importable; the class builds with no arguments)")
     p.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of the architecture's head")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a whole pickled module (runs code from the file: only for files you trust)")
@@ -429,7 +432,8 @@ def _add_eval(sub) -> None:
                     "accuracy is that of the file that ships; any other FILE is loaded as a model "
                     "(see `deepcomp --help`).")
     p.add_argument("file", metavar="FILE", help="a .dcz file or a model (.pt from `deepcomp train`, TorchScript, ...)")
-    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file")
+    p.add_argument("--arch", metavar="NAME", help="architecture of a plain state_dict file (a name, module:Class or "
+                                                  "file.py:Class)")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code)")
     from deepcomp.data import add_data_args
 
@@ -537,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeepcompError as e:
         if args.traceback:
             raise
-        print(f"deepcomp {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        msg = " ".join(str(e).split())
+        if isinstance(e, DczError) and "deepcomp" not in msg:  # a bad file: say where a good one comes from
+            msg += "; give a .dcz file written by `deepcomp compress`"
+        print(f"deepcomp {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deepcomp {args.command}: interrupted; nothing was written, run the command again", file=sys.stderr)

@@ -137,3 +137,46 @@ def test_data_criteria(tmp_path, capsys):
         assert [round(l["density"], 2) for l in report["layers"]] == [0.08, 0.09, 0.26]
     assert main(["compress", "zoo:lenet-5", "--criterion", "wanda"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+class UserNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+"""
+
+
+def test_arch_from_the_users_code(tmp_path):
+    """--arch module:Class (working directory importable) and --arch path/file.py:Class build a state_dict's
+    architecture from the user's code; the .dcz runs like the user's model with the same weights."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "usernet.py").write_text(USER_NET)
+    (tmp_path / "usernet2.py").write_text(USER_NET)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("usernet_for_test", tmp_path / "usernet2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.UserNet(num_classes=5).eval()
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    for arch, out in (("usernet2:UserNet", "a.dcz"), ("sub/usernet.py:UserNet", "b.dcz")):
+        code, _, err = run("compress", "sd.pt", "--arch", arch, "--sparsity", "0", "--fc-bits", "8", "-q",
+                           "-o", out, cwd=tmp_path)
+        assert code == 0, err
+        import deepcomp.runtime as rt
+
+        x = np.random.default_rng(0).standard_normal((4, 20), dtype=np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(rt.load(tmp_path / out)(x), want, atol=0.05)  # 8-bit shared weights
+    code, _, err = run("compress", "sd.pt", "--arch", "usernet3:UserNet", "-q", cwd=tmp_path)
+    assert code == 2 and "PYTHONPATH" in err and len(err.strip().splitlines()) == 1
