@@ -7,17 +7,14 @@ pair: ``_add_NAME(subparsers)`` builds its parser, ``cmd_NAME(args)`` runs it.
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import sys
 import time
+from typing import Callable
 
-_T0 = time.perf_counter()  # the command's start, for the wall time compress reports
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from deepcomp.errors import DczError, DeepcompError  # noqa: E402
+from deepcomp.errors import DczError, DeepcompError
 
 EPILOG = """\
 models (MODEL): torchvision:NAME (random init unless --weights FILE), zoo:lenet-300-100, zoo:lenet-5,
@@ -116,6 +113,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from deepcomp.zoo import load_model
 
+    if not getattr(args, "quiet", False):  # building a large model takes seconds before any bar shows
+        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     return load_model(args.model, weights=args.weights, arch=args.arch,
                       trust_pickle=args.trust_pickle, num_classes=args.num_classes)
 
@@ -195,7 +194,7 @@ def cmd_compress(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:  # the time is the command's wall time: imports, loading, compressing and writing included
-        print_report(report, elapsed=time.perf_counter() - _T0, path=out, notes=result.notes)
+        print_report(report, elapsed=time.perf_counter() - args.started, path=out, notes=result.notes)
     return 0
 
 
@@ -355,7 +354,8 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from deepcomp.bench import bench_file, print_bench
+    from deepcomp.bench import bench_file
+    from deepcomp.report import print_bench
 
     results = bench_file(args.file, batches=args.batch, threads=args.threads, repeat=args.repeat)
     if args.json:
@@ -524,8 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started  # the command's wall time counts from here (compress reports it)
     if not args.command:
         parser.print_help()
         return 2

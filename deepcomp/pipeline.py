@@ -80,6 +80,12 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="layer")
 
 
+def _status(message: str, enabled: bool) -> None:
+    """Say what a long stage without a bar of its own is doing (on stderr, beside the bars)."""
+    if enabled:
+        print(message, file=sys.stderr, flush=True)
+
+
 def make_plan(
     layers: Mapping[str, nn.Module],
     recipe: Recipe,
@@ -191,6 +197,7 @@ def compress(
 
     from deepcomp.graph import capture
 
+    _status(f"capturing the graph of {arch} ...", progress)
     graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, arch)
@@ -219,7 +226,9 @@ def compress(
         else:
             amount = {n: s[step - 1] for n, s in per_layer.items()}
         crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
-        masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers)
+        desc = "prune" if steps == 1 else f"prune {step}/{steps}"
+        masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers,
+                              progress=lambda items: _progress(items, desc, progress, total=len(layers)))
         apply_masks(module, masks)
         if finetune is not None:
             finetune(module, masks, f"prune-{step}/{steps}")

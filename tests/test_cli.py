@@ -180,3 +180,19 @@ def test_arch_from_the_users_code(tmp_path):
         np.testing.assert_allclose(rt.load(tmp_path / out)(x), want, atol=0.05)  # 8-bit shared weights
     code, _, err = run("compress", "sd.pt", "--arch", "usernet3:UserNet", "-q", cwd=tmp_path)
     assert code == 2 and "PYTHONPATH" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compress_says_what_it_does_before_the_bars_and_reports_wall_time(tmp_path):
+    """Without -q: a line before each long stage without a bar (loading, capturing), a bar for pruning
+    like those of k-means and Huffman, and the summary's time covers the whole command."""
+    import time
+
+    t0 = time.perf_counter()
+    code, out, err = run("compress", "zoo:lenet-300-100", "-o", str(tmp_path / "m.dcz"), "--iterative", "2")
+    wall = time.perf_counter() - t0
+    assert code == 0, err
+    order = [err.find(s) for s in ("loading zoo:lenet-300-100", "capturing the graph", "prune 1/2", "prune 2/2",
+                                   "k-means", "huffman")]
+    assert -1 not in order and order == sorted(order), err
+    reported = float(out.split("time:")[1].split()[0])
+    assert 0.7 * wall <= reported <= wall  # the command's time (torch's import included), not the compression's
