@@ -1,8 +1,11 @@
 """The `deepcomp` command. Thin: it parses arguments and calls the API.
 
-Every DeepcompError (a user's mistake: bad file, unsupported op, bad recipe, missing data) is printed
-in one line and the command exits with status 2; no traceback. Each subcommand lives in a function
-pair: ``_add_NAME(subparsers)`` builds its parser, ``cmd_NAME(args)`` runs it.
+Every user mistake ends in one line on stderr and exit status 2, never a traceback: a bad argument
+value fails while parsing (the type functions below check every numeric flag's range and that every
+output can be written, before any work), and a DeepcompError raised later (bad file, unsupported op,
+bad recipe, missing data, a full disk) is printed by :func:`main`. Outputs are written with
+deepcomp.fileio.atomic_write, so nothing partial is left. Each subcommand lives in a function pair:
+``_add_NAME(subparsers)`` builds its parser, ``cmd_NAME(args)`` runs it.
 """
 
 from __future__ import annotations
@@ -111,10 +114,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
+    from deepcomp.pipeline import status
     from deepcomp.zoo import load_model
 
-    if not getattr(args, "quiet", False):  # building a large model takes seconds before any bar shows
-        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    status(f"loading {args.model} ...", not getattr(args, "quiet", False))  # VGG-16 takes seconds to build
     return load_model(args.model, weights=args.weights, arch=args.arch,
                       trust_pickle=args.trust_pickle, num_classes=args.num_classes)
 
@@ -269,7 +272,8 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", type=output_file, required=True, metavar="model.onnx")
     p.add_argument("--sparse-initializers", action="store_true",
                    help="store each weight that is smaller that way as an ONNX sparse initializer (positions + "
-                        "values): a smaller file, which ONNX Runtime densifies at load (OpenVINO may not read it)")
+                        "values): a smaller file, which ONNX Runtime densifies at load (OpenVINO 2026.4 does not read sparse "
+                        "initializers: export without this flag for it)")
 
 
 def cmd_export(args) -> int:

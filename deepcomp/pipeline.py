@@ -80,9 +80,10 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="layer")
 
 
-def _status(message: str, enabled: bool) -> None:
-    """Say what a long stage without a bar of its own is doing (on stderr, beside the bars)."""
-    if enabled:
+def status(message: str, enabled: bool = True) -> None:
+    """Say what a long stage without a bar of its own is doing, on stderr when it is a terminal (so
+    that a mistake found meanwhile still ends in one line where stderr is read by a program)."""
+    if enabled and sys.stderr.isatty():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -197,7 +198,7 @@ def compress(
 
     from deepcomp.graph import capture
 
-    _status(f"capturing the graph of {arch} ...", progress)
+    status(f"capturing the graph of {arch} ...", progress)
     graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, arch)

@@ -1,9 +1,15 @@
 """The deepcomp command as a user runs it: outputs, --json shapes, and one-line errors."""
 
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -183,16 +189,42 @@ def test_arch_from_the_users_code(tmp_path):
 
 
 def test_compress_says_what_it_does_before_the_bars_and_reports_wall_time(tmp_path):
-    """Without -q: a line before each long stage without a bar (loading, capturing), a bar for pruning
-    like those of k-means and Huffman, and the summary's time covers the whole command."""
-    import time
-
+    """Without -q, on a terminal: a line before each long stage without a bar (loading, capturing), a
+    bar for each pruning step like those of k-means and Huffman; the summary's time is the command's."""
+    master, slave = pty.openpty()  # stderr is a terminal, as for a user: 24 x 120 (tqdm draws nothing at width 0)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     t0 = time.perf_counter()
-    code, out, err = run("compress", "zoo:lenet-300-100", "-o", str(tmp_path / "m.dcz"), "--iterative", "2")
+    p = subprocess.Popen([sys.executable, "-m", "deepcomp.cli", "compress", "zoo:lenet-300-100", "-o",
+                          str(tmp_path / "m.dcz"), "--iterative", "2"], stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+
+    def drain():  # read the terminal while the child runs, so that it never blocks on a full one
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = p.communicate(timeout=600)
+    code = p.returncode
+    reader.join(timeout=60)
+    os.close(master)
     wall = time.perf_counter() - t0
+    err = b"".join(chunks).decode(errors="replace")
     assert code == 0, err
     order = [err.find(s) for s in ("loading zoo:lenet-300-100", "capturing the graph", "prune 1/2", "prune 2/2",
                                    "k-means", "huffman")]
     assert -1 not in order and order == sorted(order), err
     reported = float(out.split("time:")[1].split()[0])
     assert 0.7 * wall <= reported <= wall  # the command's time (torch's import included), not the compression's
+
+
+def test_status_lines_stay_off_a_captured_stderr(tmp_path):
+    code, _, err = run("compress", "zoo:lenet-5", "--recipe", "missing.toml", cwd=tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "loading" not in err

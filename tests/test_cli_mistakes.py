@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import deepcomp
 
@@ -180,14 +179,9 @@ def _mount_tmpfs(path, options):
                           capture_output=True).returncode == 0
 
 
-class Tiny(nn.Module):  # the same as TINY, for the fixture's .dcz
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+_TINY_NAMESPACE: dict = {}
+exec(TINY, _TINY_NAMESPACE)  # the fixture's .dcz is compressed from the very class of the user's file
+Tiny = _TINY_NAMESPACE["Tiny"]
 
 
 @pytest.fixture(scope="module")
