@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Callable
@@ -91,6 +92,13 @@ def _parse_int_list(text: str) -> list[int]:
     return values
 
 
+def log_file(text: str) -> str:
+    """A log to append to: not a directory (a missing directory is created when the log is opened)."""
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name such as {text.rstrip('/')}/log.jsonl")
+    return text
+
+
 def output_file(text: str) -> str:
     """An output path that can be written: not a directory, in an existing writable directory."""
     from deepcomp.fileio import check_output
@@ -157,7 +165,7 @@ def _add_compress(sub) -> None:
                    help="prune in K steps with retraining between them (default 1: one shot)")
     p.add_argument("--lr", type=_rate, default=None, help="learning rate for retraining")
     p.add_argument("--batch-size", type=positive_int, default=None, help="batch size for retraining")
-    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+    p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
     p.add_argument("--seed", type=count_int, default=0)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
@@ -388,7 +396,7 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
     p.add_argument("--weight-decay", type=float_in(0.0), default=0.0, metavar="WD")
-    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+    p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append one JSON record per epoch (accuracy, loss, ...); under torchrun spell it --log-file")
     p.add_argument("--seed", type=count_int, default=0, help="seed of the initialisation and the data order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -487,7 +495,7 @@ def _add_finetune(sub) -> None:
                    help="epochs of each stage: new head, masked retraining of the pruned head, centroids (default 3)")
     p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only (backbone centroids fixed)")
-    p.add_argument("--log-file", "--log", dest="log", metavar="FILE.jsonl",
+    p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records (under torchrun spell it --log-file)")
     p.add_argument("--seed", type=count_int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

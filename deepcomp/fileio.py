@@ -34,6 +34,8 @@ def _write_error(path: Path, e: OSError) -> DeepcompError:
 def check_output(path: str | os.PathLike) -> Path:
     """Fail now, before any work, if ``path`` cannot become an output file: it is a directory, its
     directory is missing, or that directory is not writable. Returns the path."""
+    if str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
+        raise DeepcompError(f"output {str(path)!r} names a directory; give a file name (-o DIR/NAME)")
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
