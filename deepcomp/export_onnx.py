@@ -36,21 +36,24 @@ def _onnx():
 
 
 class _Builder:
-    """The ONNX graph under construction: nodes, initializers, and shape inference on demand."""
+    """The ONNX model under construction, and shape inference on demand. Nodes and initializers go
+    straight into one ModelProto, and each decoded tensor is released once it is stored there, so that
+    a large model (VGG-16: 528 MB of weights) is not held in several copies at once."""
 
     def __init__(self, tensors: dict[str, np.ndarray], input_name: str, input_shape, sparse: bool):
-        self.onnx = _onnx()
+        self.onnx = onnx = _onnx()
         self.tensors, self.sparse = tensors, sparse
-        self.nodes, self.initializers, self.sparse_initializers = [], [], []
-        self._dims: dict[str, list[int]] = {}  # initializer name -> shape (dense or sparse)
+        self.model = onnx.ModelProto()
+        self.graph = self.model.graph
+        self.dims: dict[str, list[int]] = {}  # initializer name -> shape (dense or sparse)
         self._fresh = 0
-        self.input = self.onnx.helper.make_tensor_value_info(
-            input_name, self.onnx.TensorProto.FLOAT, ["N", *input_shape])
+        self.input = onnx.helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, ["N", *input_shape])
+        self.graph.input.append(self.input)
 
     def tensor(self, name: str) -> str:
         """The ONNX name of the file's tensor ``name``, added as an initializer on first use."""
-        if name not in self._dims:
-            self._initializer(name, np.ascontiguousarray(self.tensors[name], dtype=np.float32))
+        if name not in self.dims:
+            self._initializer(name, np.ascontiguousarray(self.tensors.pop(name), dtype=np.float32))
         return name
 
     def constant(self, hint: str, value: np.ndarray) -> str:
@@ -61,28 +64,30 @@ class _Builder:
         return name
 
     def _initializer(self, name: str, a: np.ndarray) -> None:
-        helper = self.onnx.helper
-        self._dims[name] = list(a.shape)
+        onnx = self.onnx
+        self.dims[name] = list(a.shape)
         nnz = int(np.count_nonzero(a))
         if self.sparse and a.ndim >= 2 and nnz * 12 < a.size * 4:  # int64 position + float32 value per nonzero
             flat = a.reshape(-1)
             pos = np.flatnonzero(flat).astype(np.int64)
-            values = helper.make_tensor(name, self.onnx.TensorProto.FLOAT, [nnz], flat[pos].tobytes(), raw=True)
-            indices = helper.make_tensor(f"{name}#indices", self.onnx.TensorProto.INT64, [nnz], pos.tobytes(), raw=True)
-            self.sparse_initializers.append(helper.make_sparse_tensor(values, indices, list(a.shape)))
+            st = self.graph.sparse_initializer.add()
+            st.dims.extend(a.shape)
+            st.values.CopyFrom(onnx.numpy_helper.from_array(flat[pos], name))
+            st.indices.CopyFrom(onnx.numpy_helper.from_array(pos, f"{name}#indices"))
         else:
-            self.initializers.append(self.onnx.numpy_helper.from_array(a, name))
+            self.graph.initializer.add().CopyFrom(onnx.numpy_helper.from_array(a, name))
 
     def add(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        self.graph.node.append(self.onnx.helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 
     def shape(self, value: str) -> tuple[int, ...]:
-        """The static per-sample shape of ``value`` (everything after N), by ONNX shape inference."""
+        """The static per-sample shape of ``value`` (everything after N), by ONNX shape inference on the
+        nodes so far (initializers given by their shapes only)."""
         onnx = self.onnx
         probe = onnx.helper.make_tensor_value_info(value, onnx.TensorProto.FLOAT, None)
-        inits = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, d) for n, d in self._dims.items()]
-        g = onnx.helper.make_graph(self.nodes, "probe", [self.input, *inits], [probe])
+        inits = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, d) for n, d in self.dims.items()]
+        g = onnx.helper.make_graph(list(self.graph.node), "probe", [self.input, *inits], [probe])
         inferred = onnx.shape_inference.infer_shapes(
             onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", OPSET)]))
         for vi in [*inferred.graph.value_info, *inferred.graph.output]:
@@ -102,12 +107,12 @@ def _batchnorm(b: _Builder, x: str, bn: dict, channels: int, out: str) -> str:
 
 def _conv2d(b: _Builder, node: dict, xs: list[str]) -> str:
     a, out = node["attrs"], node["name"]
-    w = b.tensors[a["weight"]]
     inputs = [xs[0], b.tensor(a["weight"])] + ([b.tensor(a["bias"])] if a.get("bias") else [])
+    oc, _, kh, kw = b.dims[a["weight"]]
     ph, pw = a["padding"]
-    conv = b.add("Conv", inputs, out if a.get("bn") is None else f"{out}#conv", kernel_shape=list(w.shape[2:]),
+    conv = b.add("Conv", inputs, out if a.get("bn") is None else f"{out}#conv", kernel_shape=[kh, kw],
                  strides=list(a["stride"]), pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=int(a["groups"]))
-    return conv if a.get("bn") is None else _batchnorm(b, conv, a["bn"], w.shape[0], out)
+    return conv if a.get("bn") is None else _batchnorm(b, conv, a["bn"], oc, out)
 
 
 def _linear(b: _Builder, node: dict, xs: list[str]) -> str:
@@ -191,8 +196,8 @@ ONNX_OPS: dict[str, Callable[[_Builder, dict, list[str]], str]] = {
 
 
 # ------------------------------------------------------------------------------------------ API
-def to_onnx(path: str | os.PathLike, *, sparse_initializers: bool = False):
-    """The .dcz file at ``path`` as an ``onnx.ModelProto`` (dense weights, or sparse initializers)."""
+def _build(path: str | os.PathLike, sparse_initializers: bool):
+    """The ModelProto of the .dcz file at ``path``, not yet checked."""
     onnx = _onnx()
     contents = read_dcz(path)
     graph = contents.graph
@@ -205,24 +210,31 @@ def to_onnx(path: str | os.PathLike, *, sparse_initializers: bool = False):
             raise UnsupportedOpError(f"node {node.get('name')!r} has the op {op!r}, which the ONNX export does not "
                                      "know; upgrade deepcomp")
         names[node["name"]] = ONNX_OPS[op](b, node, [names[s] for s in node["inputs"]])
-    result = names[graph["output"]]
-    out_name = "output"
-    b.add("Identity", [result], out_name)
-    out = onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)
-    g = onnx.helper.make_graph(b.nodes, str(contents.meta.get("model") or "deepcomp"), [b.input], [out],
-                               initializer=b.initializers, sparse_initializer=b.sparse_initializers)
-    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-                                   producer_name="deepcomp")
-    model.ir_version = min(model.ir_version, 8)  # what OPSET needs; older readers accept it
-    model = onnx.shape_inference.infer_shapes(model)
-    onnx.checker.check_model(model)
+    b.add("Identity", [names[graph["output"]]], "output")
+    shape = ["N", *b.shape("output")]
+    b.graph.output.append(onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, shape))
+    b.graph.name = str(contents.meta.get("model") or "deepcomp")
+    model = b.model
+    model.ir_version = 8  # what OPSET needs; older readers accept it
+    model.opset_import.append(onnx.helper.make_opsetid("", OPSET))
+    model.producer_name = "deepcomp"
+    return model
+
+
+def to_onnx(path: str | os.PathLike, *, sparse_initializers: bool = False):
+    """The .dcz file at ``path`` as a checked ``onnx.ModelProto`` (dense weights, or sparse initializers)."""
+    model = _build(path, sparse_initializers)
+    _onnx().checker.check_model(model)
     return model
 
 
 def export_onnx(path: str | os.PathLike, output: str | os.PathLike, *, sparse_initializers: bool = False) -> int:
     """Write the .dcz file at ``path`` as an ONNX model to ``output`` (atomically). Returns its size."""
-    data = to_onnx(path, sparse_initializers=sparse_initializers).SerializeToString()
+    model = _build(path, sparse_initializers)
+    data = model.SerializeToString()
+    del model  # the serialized bytes are all that is needed from here on
     if len(data) >= 2**31:
         raise DeepcompError("the ONNX model would exceed protobuf's 2 GB limit; export with --sparse-initializers")
+    _onnx().checker.check_model(data)
     atomic_write(output, data)
     return len(data)
