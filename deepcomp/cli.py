@@ -76,10 +76,10 @@ def float_in(lo: float, hi: float | None = None, *, open_lo: bool = False) -> Ca
 
 positive_int = int_in(1)
 count_int = int_in(0)
-_fraction = float_in(0.0, 1.0)
-_rate = float_in(0.0, open_lo=True)
-_bits = int_in(1, 8)
-_threads = int_in(1, MAX_THREADS)
+fraction = float_in(0.0, 1.0)
+positive_float = float_in(0.0, open_lo=True)
+weight_bits = int_in(1, 8)
+thread_count = int_in(1, MAX_THREADS)
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -142,12 +142,12 @@ def _add_compress(sub) -> None:
                    help="recipe name or a TOML file (default: deep-compression). 'deep-compression' picks the paper's "
                         "per-layer table for alexnet, vgg16, lenet-300-100 and lenet-5 (others: conv 8 / fc 5 bits, "
                         "sparsity 0.8); 'fashion-mnist' is the LeNet preset tuned for Fashion-MNIST (ip1 at 3 bits)")
-    p.add_argument("--sparsity", type=_fraction, metavar="S",
+    p.add_argument("--sparsity", type=fraction, metavar="S",
                    help="fraction of weights to remove, in [0, 1] (overrides the recipe's densities)")
     p.add_argument("--global", dest="scope", action="store_const", const="global",
                    help="one magnitude threshold across all layers instead of one sparsity per layer")
-    p.add_argument("--conv-bits", type=_bits, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
-    p.add_argument("--fc-bits", type=_bits, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
+    p.add_argument("--conv-bits", type=weight_bits, metavar="B", help="weight bits of conv layers (1..8; paper: 8)")
+    p.add_argument("--fc-bits", type=weight_bits, metavar="B", help="weight bits of fc layers (1..8; paper: 5)")
     p.add_argument("--index-bits", type=int_in(1, 12), metavar="B", help="bits of the relative index (1..12; paper: 4 or 5)")
     p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default="magnitude",
                    help="what pruning keeps: |w| (default, the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
@@ -163,7 +163,7 @@ def _add_compress(sub) -> None:
                    help="epochs of masked retraining after each pruning step, and of centroid training (needs --data)")
     p.add_argument("--iterative", type=positive_int, default=None, metavar="K",
                    help="prune in K steps with retraining between them (default 1: one shot)")
-    p.add_argument("--lr", type=_rate, default=None, help="learning rate for retraining")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate for retraining")
     p.add_argument("--batch-size", type=positive_int, default=None, help="batch size for retraining")
     p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records here (--log-file under torchrun)")
@@ -302,7 +302,7 @@ def _add_run(sub) -> None:
     src.add_argument("--input-random", action="store_true", help="a random input batch (smoke test)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size with --input-random")
     p.add_argument("-o", "--output", type=output_file, metavar="y.npy", help="write the output here (default: print a summary)")
-    p.add_argument("--threads", type=_threads, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
+    p.add_argument("--threads", type=thread_count, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
 
 
 def _read_input(path: str):
@@ -360,7 +360,7 @@ def _add_bench(sub) -> None:
                                    "CSR for linear layers; speedups beside the times.")
     p.add_argument("file", metavar="FILE.dcz")
     p.add_argument("--batch", type=_parse_int_list, default=[1], metavar="1,8,64", help="batch sizes (default 1)")
-    p.add_argument("--threads", type=_threads, help="threads for both torch and deepcomp (default: all cores)")
+    p.add_argument("--threads", type=thread_count, help="threads for both torch and deepcomp (default: all cores)")
     p.add_argument("--repeat", type=positive_int, default=10, metavar="R", help="timed runs per measurement (median; default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -393,7 +393,7 @@ def _add_train(sub) -> None:
     add_data_args(p)
     p.add_argument("--epochs", type=positive_int, required=True, metavar="N", help="training epochs")
     p.add_argument("-o", "--output", type=output_file, required=True, metavar="model.pt", help="file to write")
-    p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
     p.add_argument("--weight-decay", type=float_in(0.0), default=0.0, metavar="WD")
     p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
@@ -493,7 +493,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("-o", "--output", type=output_file, required=True, metavar="new.dcz")
     p.add_argument("--epochs", type=positive_int, default=3, metavar="N",
                    help="epochs of each stage: new head, masked retraining of the pruned head, centroids (default 3)")
-    p.add_argument("--lr", type=_rate, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only (backbone centroids fixed)")
     p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append per-stage accuracy/loss/sparsity/size records (under torchrun spell it --log-file)")

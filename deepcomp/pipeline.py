@@ -228,6 +228,8 @@ def compress(
             amount = {n: s[step - 1] for n, s in per_layer.items()}
         crit = criterion if criterion is None or isinstance(criterion, Criterion) else criterion(module)
         desc = "prune" if steps == 1 else f"prune {step}/{steps}"
+        if scope == "global":  # one selection over all weights: no per-layer loop to draw a bar for
+            status(f"{desc}: one magnitude threshold over all layers ...", progress)
         masks = compute_masks(module, amount, scope=scope, criterion=crit, masks=masks, layers=layers,
                               progress=lambda items: _progress(items, desc, progress, total=len(layers)))
         apply_masks(module, masks)
