@@ -1,5 +1,8 @@
-"""Build the native extension deepcomp._native with CMake and Ninja (the pybind11 cmake_example way)."""
+"""Build the native extension deepcomp._native with CMake (the pybind11 cmake_example way): Ninja when it
+is there, CMake's default generator otherwise; CMAKE_ARGS adds CMake arguments."""
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,17 @@ class CMakeExtension(Extension):
         self.sourcedir = os.fspath(Path(sourcedir).resolve())
 
 
+def _ninja_available() -> bool:
+    """Ninja from PATH or from the `ninja` Python package (the build requirement)."""
+    if shutil.which("ninja"):
+        return True
+    try:
+        import ninja  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
         import pybind11
@@ -27,8 +41,22 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={cfg}",
-            "-G", "Ninja",
         ]
+        # Extra arguments from the environment (e.g. CMAKE_ARGS="-DCMAKE_CXX_COMPILER=clang++"), as
+        # conda-build and the pybind11 example pass them.
+        user_args = shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        cmake_args += user_args
+        # Ninja unless the user chose a generator (CMAKE_GENERATOR or -G in CMAKE_ARGS); without Ninja,
+        # CMake's default generator (Unix Makefiles here).
+        chose = os.environ.get("CMAKE_GENERATOR") or any(a.startswith("-G") for a in user_args)
+        if not chose and _ninja_available():
+            cmake_args.append("-GNinja")
+            try:
+                import ninja
+
+                cmake_args.append(f"-DCMAKE_MAKE_PROGRAM:FILEPATH={Path(ninja.BIN_DIR) / 'ninja'}")
+            except ImportError:
+                pass
         sanitize = os.environ.get("DEEPCOMP_SANITIZE")
         if sanitize:
             cmake_args.append(f"-DDEEPCOMP_SANITIZE={sanitize}")

@@ -299,30 +299,3 @@ def _isa() -> str:
     except (ImportError, AttributeError):  # pragma: no cover
         return "?"
 
-
-def format_bench(r: dict) -> str:
-    lines = [f"batch {r['batch']}, {r['threads']} thread(s), kernels: {r['isa']}; median ms",
-             "",
-             f"{'layer':<16} {'kind':<4} {'kernel':<6} {'kept %':>6} {'dense torch':>11} {'deepcomp':>9} "
-             f"{'speedup':>8} {'torch.sparse':>12} {'vs sparse':>9}"]
-    for l in r["layers"]:
-        ts = l["torch_sparse_ms"]
-        ts_text = "-" if ts is None else f"{ts:.3f}"
-        vs_text = "-" if ts is None else f"{ts / l['sparse_ms']:.2f}x"
-        lines.append(f"{l['name']:<16} {l['kind']:<4} {l.get('kernel', ''):<6} {100 * l['density']:>6.1f} "
-                     f"{l['dense_ms']:>11.3f} {l['sparse_ms']:>9.3f} {l['speedup']:>7.2f}x {ts_text:>12} {vs_text:>9}")
-    if r["layers"]:
-        conv = [l for l in r["layers"] if l["kind"] == "conv"]
-        if conv:
-            d, s = sum(l["dense_ms"] for l in conv), sum(l["sparse_ms"] for l in conv)
-            lines.append(f"{'all conv':<16} {'':<4} {'':<6} {'':>6} {d:>11.3f} {s:>9.3f} {d / s:>7.2f}x")
-    e = r["end_to_end"]
-    lines.append(f"{'end to end':<16} {'':<4} {'':<6} {'':>6} {e['dense_ms']:>11.3f} {e['sparse_ms']:>9.3f} "
-                 f"{e['speedup']:>7.2f}x")
-    lines += [f"UNRELIABLE: {w}" for w in r.get("unreliable", [])]
-    return "\n".join(lines)
-
-
-def print_bench(r: dict) -> None:
-    print(format_bench(r))
-    print()

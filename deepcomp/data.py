@@ -410,6 +410,8 @@ def add_data_args(p, *, split: bool = False) -> None:
                    help="dataset: fashion-mnist[:DIR] (default DIR /usr/share/datasets/fashion-mnist), mnist:DIR, "
                         "imagefolder:DIR, npz:FILE; append ?classes=0-4&limit=N for a subset "
                         "(classes are remapped to 0..K-1)")
-    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="batch size (default 128)")
+    from deepcomp.cli import positive_int
+
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="batch size (default 128)")
     if split:
         p.add_argument("--split", choices=["train", "test"], default="test", help="split to evaluate (default: test)")

@@ -8,9 +8,7 @@ same files.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 
 from deepcomp.encode import EncodedWeight
 from deepcomp.errors import DczError, DeepcompError
+from deepcomp.fileio import atomic_write  # noqa: F401 (the one atomic-write helper; imported from here too)
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
@@ -102,34 +101,6 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
     for (_, _, payload), off in zip(sections, offsets):
         out[off:off + len(payload)] = payload
     return bytes(out)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DeepcompError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_dcz(path, *, meta: Mapping, graph: Mapping, dense: Mapping[str, np.ndarray],

@@ -100,6 +100,13 @@ def _depthwise(module) -> bool:
     return groups > 1 and groups == getattr(module, "in_channels", 0)
 
 
+def status(message: str, enabled: bool = True) -> None:
+    """Say what a long stage without a bar of its own is doing, on stderr when it is a terminal (so
+    that a mistake found meanwhile still ends in one line where stderr is read by a program)."""
+    if enabled and sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
 def make_plan(
     layers: Mapping[str, nn.Module],
     recipe: Recipe,
@@ -233,6 +240,7 @@ def compress(
 
     from deepcomp.capture import capture
 
+    status(f"capturing the graph of {arch} ...", progress)
     graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, arch)
@@ -276,9 +284,14 @@ def compress(
     def retrain(m, masks, step):  # iterative_prune counts steps from 0
         finetune(m, masks, f"prune-{step + 1}/{steps}")
 
+    def bar(step):
+        desc = "prune" if steps == 1 else f"prune {step + 1}/{steps}"
+        if scope == "global":  # one selection over all weights: no per-layer loop to draw a bar for
+            status(f"{desc}: one magnitude threshold over all layers ...", progress)
+        return lambda items: _progress(items, desc, progress, total=len(layers))
+
     masks = iterative_prune(module, target, steps, retrain if finetune is not None else None, scope=scope,
-                            criterion=criterion,
-                            kind="geometric" if top < 1.0 else "linear")
+                            criterion=criterion, kind="geometric" if top < 1.0 else "linear", progress=bar)
     if scope == "global":
         for n, m in masks.items():
             plan[n].density = float(m.float().mean())

@@ -89,8 +89,28 @@ def report_from_file(path) -> dict:
     return {"model": c.meta.get("model", ""), "arch": c.meta.get("arch", ""), "layers": layers, "total": total}
 
 
+def format_table(head: list[str], rows: list[list], *, left: int = 1, rule_before_last: bool = False) -> str:
+    """Columns as wide as their widest cell (so long layer names keep the others aligned): the first
+    ``left`` (text) left-aligned, the rest right-aligned; a rule under the header (and above the last row)."""
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w)  # noqa: E731
+                               for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    body = [line(r) for r in rows]
+    if rule_before_last and body:
+        body.insert(len(body) - 1, rule)
+    return "\n".join([line(head), rule, *body])
+
+
+# The paper's stage names, spelled out under the table (Han et al., Tables 4 and 5).
+REPORT_LEGEND = """\
+P+Q / H: bits per kept weight after pruning and quantization (P+Q: fixed-width codes, 2^bits shared
+values and a fixed-width relative index) and after Huffman coding (H: the mean code length in the file).
+bytes: the layer's coded size in the file; of orig.: that size over the layer's fp32 weights."""
+
+
 def format_report(report: dict) -> str:
-    head = ["layer", "weights", "kept %", "w bits (P+Q / H)", "idx bits (P+Q / H)", "bytes", "of orig."]
+    head = ["layer", "weights", "kept %", "weight bits P+Q / H", "index bits P+Q / H", "bytes", "of orig."]
     rows = []
     for l in report["layers"]:
         name = f"{l['name']} ({l['label']})" if l.get("label") else l["name"]
@@ -103,12 +123,33 @@ def format_report(report: dict) -> str:
                  f"{t['weight_bits']:.1f} / {t['weight_bits_huffman']:.1f}",
                  f"{t['index_bits']:.1f} / {t['index_bits_huffman']:.1f}",
                  _kb(t["file_bytes"]), f"{100 / t['ratio']:.2f}%"])
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-    out = [line(head), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in rows[:-1]]
-    out += ["  ".join("-" * w for w in widths), line(rows[-1])]
-    return "\n".join(out)
+    return format_table(head, rows, rule_before_last=True) + "\n\n" + REPORT_LEGEND
+
+
+def format_bench(r: dict) -> str:
+    """`deepcomp bench`'s table for one batch size (a result of deepcomp.bench.bench_file)."""
+    head = ["layer", "kind", "kernel", "kept %", "dense torch", "deepcomp", "speedup", "torch.sparse", "vs sparse"]
+    rows = []
+    for l in r["layers"]:
+        ts = l["torch_sparse_ms"]
+        rows.append([l["name"], l["kind"], l.get("kernel", ""), f"{100 * l['density']:.1f}", f"{l['dense_ms']:.3f}",
+                     f"{l['sparse_ms']:.3f}", f"{l['speedup']:.2f}x", "-" if ts is None else f"{ts:.3f}",
+                     "-" if ts is None else f"{ts / l['sparse_ms']:.2f}x"])
+    conv = [l for l in r["layers"] if l["kind"] == "conv"]
+    if conv:
+        d, s = sum(l["dense_ms"] for l in conv), sum(l["sparse_ms"] for l in conv)
+        rows.append(["all conv", "", "", "", f"{d:.3f}", f"{s:.3f}", f"{d / s:.2f}x", "", ""])
+    e = r["end_to_end"]
+    rows.append(["end to end", "", "", "", f"{e['dense_ms']:.3f}", f"{e['sparse_ms']:.3f}", f"{e['speedup']:.2f}x",
+                 "", ""])
+    title = f"batch {r['batch']}, {r['threads']} thread(s), kernels: {r['isa']}; median ms"
+    warnings = "".join(f"\nUNRELIABLE: {w}" for w in r.get("unreliable", []))
+    return title + "\n\n" + format_table(head, rows, left=3) + warnings
+
+
+def print_bench(r: dict) -> None:
+    print(format_bench(r))
+    print()
 
 
 def print_report(report: dict, *, elapsed: float | None = None, path: str | None = None, notes=()) -> None:

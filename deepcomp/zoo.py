@@ -146,6 +146,8 @@ def _split_name(name: str) -> tuple[str, str]:
         if kind == "zoo":
             key = bare.lower()
             return "zoo", _ZOO_ALIASES.get(key, key)
+        if _looks_like_code(name):
+            return "user", name
         raise ModelLoadError(
             f"unknown model namespace {kind!r} in {name!r}: use zoo:NAME (lenet-300-100, lenet-5) or "
             "torchvision:NAME (e.g. torchvision:resnet18)"
@@ -155,6 +157,70 @@ def _split_name(name: str) -> tuple[str, str]:
     if key in _ZOO:
         return "zoo", key
     return "torchvision", name
+
+
+# --------------------------------------------------------------------------------------------------
+# The user's own architecture: module:Class or path/to/file.py:Class
+
+
+def _looks_like_code(spec: str) -> bool:
+    where, _, cls = spec.rpartition(":")
+    return cls.isidentifier() and (where.endswith(".py") or all(p.isidentifier() for p in where.split(".")))
+
+
+_IMPORTABLE = ("run deepcomp from the directory that holds the module (the working directory is importable) "
+               "or add that directory to PYTHONPATH")
+
+
+def _import_user_module(where: str):
+    """The module of a user spec, with the working directory importable."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        if not where.endswith(".py"):
+            return importlib.import_module(where)
+        if not os.path.isfile(where):
+            raise ModelLoadError(f"--arch: the file {where!r} does not exist")
+        name = os.path.splitext(os.path.basename(where))[0]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))  # so it can import its siblings
+        spec = importlib.util.spec_from_file_location(name, where)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # pickles and dataclasses look their module up here
+        spec.loader.exec_module(module)
+        return module
+    except ImportError as e:
+        what = (f"unknown model namespace {where!r}, and no module of that name to import"
+                if isinstance(e, ModuleNotFoundError) and e.name == where.split(".")[0] else f"cannot import {where!r}: {e}")
+        raise ModelLoadError(f"{what}. A model name is zoo:NAME or torchvision:NAME; your own class is module:Class "
+                             f"or path/file.py:Class, and to import it {_IMPORTABLE}") from None
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed while importing
+        raise ModelLoadError(f"importing {where!r} failed: {type(e).__name__}: {e}") from None
+
+
+def _build_user_arch(spec: str, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
+    """An instance of the user's class ``module:Class`` / ``file.py:Class`` and its guessed input shape."""
+    import inspect
+
+    where, _, cls_name = spec.rpartition(":")
+    cls = getattr(_import_user_module(where), cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelLoadError(f"{where!r} has no nn.Module subclass named {cls_name!r}")
+    try:
+        takes_classes = "num_classes" in inspect.signature(cls).parameters
+        model = cls(num_classes=num_classes) if num_classes is not None and takes_classes else cls()
+    except Exception as e:  # noqa: BLE001 - the user's constructor
+        raise ModelLoadError(f"cannot build {cls_name}(): {type(e).__name__}: {e}; --arch needs a class that "
+                             "builds with no arguments (or with num_classes=)") from None
+    shape = _guess_input_shape(model)
+    if shape is None:
+        raise ModelLoadError(f"cannot tell the input shape of {cls_name}; pass --input-shape")
+    return model, shape
 
 
 def _unknown(name: str, choices: list[str], what: str) -> ModelLoadError:
@@ -167,7 +233,8 @@ def _unknown(name: str, choices: list[str], what: str) -> ModelLoadError:
 def resolve_arch(name: str, num_classes: int | None = None, *, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     """A freshly initialised model for an architecture name and the shape of one input sample.
 
-    ``name`` is ``zoo:lenet-300-100``, ``zoo:lenet-5``, ``torchvision:NAME`` or a bare name of either.
+    ``name`` is ``zoo:lenet-300-100``, ``zoo:lenet-5``, ``torchvision:NAME`` or a bare name of either, or
+    the user's own class as ``module:Class`` or ``path/to/file.py:Class`` (working directory importable).
     The initialisation draws from torch's generator seeded with ``seed`` (the caller's random state is
     left as it was), so the same name and seed give the same weights.
     """
@@ -178,6 +245,8 @@ def resolve_arch(name: str, num_classes: int | None = None, *, seed: int = 0) ->
 
 def _build_arch(name: str, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
     kind, bare = _split_name(name)
+    if kind == "user":
+        return _build_user_arch(bare, num_classes)
     if kind == "zoo":
         if bare not in _ZOO:
             raise _unknown(bare, sorted(_ZOO), "zoo model")
@@ -380,8 +449,17 @@ def load_model(
                 "runs arbitrary code. Pass --trust-pickle (trust_pickle=True) if you trust the file, or save "
                 "the model as TorchScript (torch.jit.save) or as a state_dict and pass --arch"
             ) from None
+        import sys
+
+        if os.getcwd() not in sys.path and "" not in sys.path:  # the pickle's classes may live in the cwd
+            sys.path.insert(0, os.getcwd())
         try:
             obj = torch.load(spec, map_location="cpu", weights_only=False)
+        except (ImportError, AttributeError) as e:  # the pickled class is not importable here
+            raise ModelLoadError(
+                f"cannot unpickle {spec!r}: {str(e).splitlines()[0]}. The file names a class by its module: "
+                f"{_IMPORTABLE}; a class defined in a script's __main__ cannot be found, so move it into a "
+                "module, or save a state_dict and pass --arch module:Class") from None
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"cannot unpickle {spec!r}: {str(e).splitlines()[0] if str(e) else e!r}") from None
         if isinstance(obj, nn.Module):

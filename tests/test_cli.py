@@ -1,9 +1,15 @@
 """The deepcomp command as a user runs it: outputs, --json shapes, and one-line errors."""
 
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -137,3 +143,88 @@ def test_data_criteria(tmp_path, capsys):
         assert [round(l["density"], 2) for l in report["layers"]] == [0.08, 0.09, 0.26]
     assert main(["compress", "zoo:lenet-5", "--criterion", "wanda"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+class UserNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+"""
+
+
+def test_arch_from_the_users_code(tmp_path):
+    """--arch module:Class (working directory importable) and --arch path/file.py:Class build a state_dict's
+    architecture from the user's code; the .dcz runs like the user's model with the same weights."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "usernet.py").write_text(USER_NET)
+    (tmp_path / "usernet2.py").write_text(USER_NET)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("usernet_for_test", tmp_path / "usernet2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.UserNet(num_classes=5).eval()
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    for arch, out in (("usernet2:UserNet", "a.dcz"), ("sub/usernet.py:UserNet", "b.dcz")):
+        code, _, err = run("compress", "sd.pt", "--arch", arch, "--sparsity", "0", "--fc-bits", "8", "-q",
+                           "-o", out, cwd=tmp_path)
+        assert code == 0, err
+        import deepcomp.runtime as rt
+
+        x = np.random.default_rng(0).standard_normal((4, 20), dtype=np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(rt.load(tmp_path / out)(x), want, atol=0.05)  # 8-bit shared weights
+    code, _, err = run("compress", "sd.pt", "--arch", "usernet3:UserNet", "-q", cwd=tmp_path)
+    assert code == 2 and "PYTHONPATH" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compress_says_what_it_does_before_the_bars_and_reports_wall_time(tmp_path):
+    """Without -q, on a terminal: a line before each long stage without a bar (loading, capturing), a
+    bar for each pruning step like those of k-means and Huffman; the summary's time is the command's."""
+    master, slave = pty.openpty()  # stderr is a terminal, as for a user: 24 x 120 (tqdm draws nothing at width 0)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "deepcomp.cli", "compress", "zoo:lenet-300-100", "-o",
+                          str(tmp_path / "m.dcz"), "--iterative", "2"], stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+
+    def drain():  # read the terminal while the child runs, so that it never blocks on a full one
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = p.communicate(timeout=600)
+    code = p.returncode
+    reader.join(timeout=60)
+    os.close(master)
+    wall = time.perf_counter() - t0
+    err = b"".join(chunks).decode(errors="replace")
+    assert code == 0, err
+    order = [err.find(s) for s in ("loading zoo:lenet-300-100", "capturing the graph", "prune 1/2", "prune 2/2",
+                                   "k-means", "huffman")]
+    assert -1 not in order and order == sorted(order), err
+    reported = float(out.split("time:")[1].split()[0])
+    assert 0.7 * wall <= reported <= wall  # the command's time (torch's import included), not the compression's
+
+
+def test_status_lines_stay_off_a_captured_stderr(tmp_path):
+    code, _, err = run("compress", "zoo:lenet-5", "--recipe", "missing.toml", cwd=tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "loading" not in err

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -83,6 +83,7 @@ def iterative_prune(
     criterion: Criterion | Callable[[nn.Module], Criterion] | None = None,
     kind: str = "linear",
     masks: Mapping[str, torch.Tensor] | None = None,
+    progress: Callable[[int], Callable[[Iterable], Iterable]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Prune in ``steps`` rounds towards ``target`` sparsity, calling ``retrain_fn(model, masks, step)``
     after each round (step counts from 0). Returns the final masks.
@@ -92,7 +93,8 @@ def iterative_prune(
     before each round, so data-driven criteria (WANDA, relevance) are recalibrated on the retrained
     model. A weight pruned in one round is never revived: the new masks are intersected with the old
     ones, and the masks are re-applied after ``retrain_fn`` returns (so a retraining loop that forgets
-    to hold pruned weights at zero cannot bring them back).
+    to hold pruned weights at zero cannot bring them back). ``progress(step)``, when given, returns the
+    wrapper (a progress bar) that round's per-layer loop runs through.
     """
     if isinstance(target, Mapping):
         if scope != "layer":
@@ -106,7 +108,8 @@ def iterative_prune(
         apply_masks(model, current)
     for step, amount in enumerate(amounts):
         crit = _resolve_criterion(criterion, model)
-        new = compute_masks(model, amount, scope=scope, criterion=crit, masks=current)
+        new = compute_masks(model, amount, scope=scope, criterion=crit, masks=current,
+                            progress=progress(step) if progress is not None else None)
         if current is not None:
             new = {k: (v & current[k]) if k in current else v for k, v in new.items()}
         current = new

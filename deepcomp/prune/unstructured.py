@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -74,14 +74,16 @@ def compute_masks(
     criterion: Criterion | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     layers: Mapping[str, nn.Module] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks (True = keep) that remove ``amount`` of the weights (the sparsity, as in torch's prune).
 
     ``amount`` is one fraction for every layer or a map ``{layer name: fraction}``; with
     ``scope="global"`` one threshold is chosen across all layers so that ``amount`` of all weights go.
     Already-pruned positions (``masks``) stay pruned: their score is treated as -inf, so an iterative
-    schedule only ever removes more.
+    schedule only ever removes more. ``progress`` wraps the per-layer loop (e.g. in a tqdm bar).
     """
+    progress = progress or (lambda items: items)
     criterion = criterion or Magnitude()
     layers = dict(layers) if layers is not None else prunable_layers(model)
     if scope not in ("layer", "global"):
@@ -112,7 +114,7 @@ def compute_masks(
             out[name] = keep[start:start + s.numel()].view_as(s)
             start += s.numel()
         return out
-    for name, s in scores.items():
+    for name, s in progress(scores.items()):
         if isinstance(amount, Mapping):
             if name not in amount:
                 continue
