@@ -11,7 +11,9 @@ from deepcomp.cli import main
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_zero_or_negative_bits_are_rejected(tmp_path, capsys, flag, value):
     out = tmp_path / "m.dcz"
-    assert main(["compress", "zoo:lenet-300-100", flag, value, "-q", "-o", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse's one-line error
+        main(["compress", "zoo:lenet-300-100", flag, value, "-q", "-o", str(out)])
+    assert exit_.value.code == 2
     assert flag in capsys.readouterr().err
     assert not out.exists()
 

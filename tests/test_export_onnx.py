@@ -115,6 +115,6 @@ def test_openvino_loads_the_dense_export(dcz, tmp_path):
 
 
 def test_every_runtime_op_has_an_onnx_mapping():
-    from deepcomp.runtime.executor import _OPS
+    from deepcomp.runtime.ops import OPS
 
-    assert set(ONNX_OPS) == set(_OPS)
+    assert set(ONNX_OPS) == set(OPS)

@@ -127,7 +127,8 @@ def group_scores(crit: ChannelCriterion, group: ChannelGroup, modules: Mapping[s
     """One score per channel of the group: the mean over its producers that the criterion can score."""
     scores, why = [], None
     for slot in group.producers:
-        bn = modules.get(group.direct_bns.get(slot.layer, ""))
+        bn_name = group.direct_bns.get(slot.layer)  # never "": that key is the root module
+        bn = modules[bn_name] if bn_name else None
         try:
             s = crit.score(slot.layer, modules[slot.layer], bn).detach().float().cpu().reshape(-1)
         except NoScore as e:
