@@ -63,6 +63,20 @@ class _Builder:
         self._initializer(name, np.ascontiguousarray(value, dtype=np.float32))
         return name
 
+    def int64(self, hint: str, values) -> str:
+        """A Constant node holding int64 ``values`` (shapes, axes), typed where shape inference sees it."""
+        self._fresh += 1
+        name = f"{hint}#i64_{self._fresh}"
+        value = self.onnx.numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+        return self.add("Constant", [], name, value=value)
+
+    def reshaped(self, name: str, shape) -> str:
+        """The file's tensor ``name`` as an initializer of ``shape`` (a broadcastable view of a vector)."""
+        key = f"{name}#{'x'.join(map(str, shape))}"
+        if key not in self.dims:
+            self._initializer(key, np.ascontiguousarray(self.tensors[name], dtype=np.float32).reshape(shape))
+        return key
+
     def _initializer(self, name: str, a: np.ndarray) -> None:
         onnx = self.onnx
         self.dims[name] = list(a.shape)
@@ -116,9 +130,16 @@ def _conv2d(b: _Builder, node: dict, xs: list[str]) -> str:
 
 
 def _linear(b: _Builder, node: dict, xs: list[str]) -> str:
-    a = node["attrs"]
-    inputs = [xs[0], b.tensor(a["weight"])] + ([b.tensor(a["bias"])] if a.get("bias") else [])
-    return b.add("Gemm", inputs, node["name"], transB=1)
+    a, out = node["attrs"], node["name"]
+    if len(b.shape(xs[0])) == 1:  # [N, in]: one Gemm
+        inputs = [xs[0], b.tensor(a["weight"])] + ([b.tensor(a["bias"])] if a.get("bias") else [])
+        return b.add("Gemm", inputs, out, transB=1)
+    # [N, ..., in] (tokens): MatMul with the transposed weight broadcasts over the leading dimensions
+    w = np.asarray(b.tensors[a["weight"]], dtype=np.float32)
+    wt = b.constant(out, w.T)
+    if not a.get("bias"):
+        return b.add("MatMul", [xs[0], wt], out)
+    return b.add("Add", [b.add("MatMul", [xs[0], wt], f"{out}#mm"), b.tensor(a["bias"])], out)
 
 
 def _batchnorm2d(b: _Builder, node: dict, xs: list[str]) -> str:
@@ -177,6 +198,79 @@ def _adaptive_avgpool2d(b: _Builder, node: dict, xs: list[str]) -> str:
     return b.add("MatMul", [b.constant(out, pooling(h, oh)), cols], out)
 
 
+def _binary(op_type: str) -> Callable:
+    """Two inputs broadcast; or one input and the node's number (``reverse``: number first)."""
+    def export(b: _Builder, node: dict, xs: list[str]) -> str:
+        a = node["attrs"]
+        if a.get("scalar") is None:
+            return b.add(op_type, xs, node["name"])
+        c = b.constant(node["name"], np.asarray(a["scalar"]))
+        return b.add(op_type, [c, xs[0]] if a.get("reverse") else [xs[0], c], node["name"])
+    return export
+
+
+def _constant(b: _Builder, node: dict, xs: list[str]) -> str:
+    """The stored tensor as [1, *shape], expanded to the batch of the input."""
+    a, out = node["attrs"], node["name"]
+    batch = b.add("Shape", [xs[0]], f"{out}#batch", start=0, end=1)
+    full = b.add("Concat", [batch, b.int64(out, a["shape"])], f"{out}#shape", axis=0)
+    return b.add("Expand", [b.reshaped(a["tensor"], [1, *a["shape"]]), full], out)
+
+
+def _clamp(b: _Builder, node: dict, xs: list[str]) -> str:
+    a, out = node["attrs"], node["name"]
+    bound = [b.constant(out, np.asarray(a[k])) if a.get(k) is not None else "" for k in ("min", "max")]
+    return b.add("Clip", [xs[0], *bound], out)
+
+
+def _silu(b: _Builder, node: dict, xs: list[str]) -> str:
+    return b.add("Mul", [xs[0], b.add("Sigmoid", xs, f"{node['name']}#sigmoid")], node["name"])
+
+
+def _gelu(b: _Builder, node: dict, xs: list[str]) -> str:
+    """0.5 x (1 + erf(x / sqrt 2)), or the tanh form (opset 17 has no Gelu)."""
+    x, out = xs[0], node["name"]
+    if node["attrs"].get("approximate") == "tanh":
+        cube = b.add("Mul", [b.add("Mul", [x, x], f"{out}#x2"), x], f"{out}#x3")
+        inner = b.add("Add", [x, b.add("Mul", [cube, b.constant(out, np.asarray(0.044715))], f"{out}#c3")], f"{out}#in")
+        t = b.add("Tanh", [b.add("Mul", [inner, b.constant(out, np.asarray(np.sqrt(2 / np.pi)))], f"{out}#s")],
+                  f"{out}#t")
+    else:
+        t = b.add("Erf", [b.add("Mul", [x, b.constant(out, np.asarray(1 / np.sqrt(2)))], f"{out}#s")], f"{out}#t")
+    half_x = b.add("Mul", [x, b.constant(out, np.asarray(0.5))], f"{out}#h")
+    return b.add("Mul", [half_x, b.add("Add", [t, b.constant(out, np.asarray(1.0))], f"{out}#1p")], out)
+
+
+def _reshape(b: _Builder, node: dict, xs: list[str]) -> str:
+    return b.add("Reshape", [xs[0], b.int64(node["name"], [0, *node["attrs"]["shape"]])], node["name"])
+
+
+def _slice(b: _Builder, node: dict, xs: list[str]) -> str:
+    a, out = node["attrs"], node["name"]
+    stop = min(int(a["stop"]), 2 ** 62)
+    inputs = [xs[0], b.int64(out, [a["start"]]), b.int64(out, [stop]), b.int64(out, [a["dim"]]),
+              b.int64(out, [a.get("step", 1)])]
+    return b.add("Slice", inputs, out)
+
+
+def _layernorm(b: _Builder, node: dict, xs: list[str]) -> str:
+    """Normalised over one dimension d, written out (LayerNormalization spans d..end, the op one dim)."""
+    a, x, out = node["attrs"], xs[0], node["name"]
+    shape = b.shape(x)
+    d = int(a["dim"])
+    mean = lambda v, tag: b.add("ReduceMean", [v], f"{out}#{tag}", axes=[d], keepdims=1)  # noqa: E731
+    xc = b.add("Sub", [x, mean(x, "mu")], f"{out}#xc")
+    var = mean(b.add("Mul", [xc, xc], f"{out}#sq"), "var")
+    std = b.add("Sqrt", [b.add("Add", [var, b.constant(out, np.asarray(a["eps"]))], f"{out}#ve")], f"{out}#std")
+    y = b.add("Div", [xc, std], f"{out}#n" if a.get("weight") or a.get("bias") else out)
+    vshape = [shape[d - 1]] + [1] * (len(shape) - d)  # broadcasts against [N, *shape] at dimension d
+    if a.get("weight"):
+        y = b.add("Mul", [y, b.reshaped(a["weight"], vshape)], out if not a.get("bias") else f"{out}#w")
+    if a.get("bias"):
+        y = b.add("Add", [y, b.reshaped(a["bias"], vshape)], out)
+    return y
+
+
 def _simple(op_type: str, **attrs) -> Callable:
     return lambda b, node, xs: b.add(op_type, xs, node["name"], **attrs)
 
@@ -190,8 +284,27 @@ ONNX_OPS: dict[str, Callable[[_Builder, dict, list[str]], str]] = {
     "avgpool2d": _avgpool2d,
     "adaptive_avgpool2d": _adaptive_avgpool2d,
     "flatten": _simple("Flatten", axis=1),
-    "add": _simple("Add"),
+    "add": _binary("Add"),
     "concat": lambda b, node, xs: b.add("Concat", xs, node["name"], axis=int(node["attrs"]["dim"])),
+    "constant": _constant,
+    "clamp": _clamp,
+    "sigmoid": _simple("Sigmoid"),
+    "silu": _silu,
+    "tanh": _simple("Tanh"),
+    "hardswish": _simple("HardSwish"),
+    "hardsigmoid": _simple("HardSigmoid", alpha=1 / 6, beta=0.5),
+    "gelu": _gelu,
+    "mul": _binary("Mul"),
+    "sub": _binary("Sub"),
+    "div": _binary("Div"),
+    "mean": lambda b, node, xs: b.add("ReduceMean", xs, node["name"], axes=list(node["attrs"]["dims"]),
+                                      keepdims=int(bool(node["attrs"].get("keepdim")))),
+    "permute": lambda b, node, xs: b.add("Transpose", xs, node["name"], perm=list(node["attrs"]["dims"])),
+    "reshape": _reshape,
+    "slice": _slice,
+    "layernorm": _layernorm,
+    "matmul": _simple("MatMul"),
+    "softmax": lambda b, node, xs: b.add("Softmax", xs, node["name"], axis=int(node["attrs"]["dim"])),
 }
 
 

@@ -118,3 +118,50 @@ def test_every_runtime_op_has_an_onnx_mapping():
     from deepcomp.runtime.ops import OPS
 
     assert set(ONNX_OPS) == set(OPS)
+
+
+class ModernOps(nn.Module):
+    """The ops torchvision's newer models add: SiLU / Hardswish / Hardsigmoid / GELU / ReLU6 / tanh,
+    squeeze-excitation (mean, sigmoid, mul), arithmetic with numbers, chunk, permute + LayerNorm
+    (ConvNeXt), tokens with a class token and position embedding, rank-3 linear, attention
+    (matmul, softmax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.se = nn.Conv2d(16, 16, 1)
+        self.ln = nn.LayerNorm(16)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 65, 16))
+        self.qkv = nn.Linear(16, 48)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = nn.functional.silu(self.conv(x))
+        x = x * torch.sigmoid(self.se(x.mean((2, 3), keepdim=True)))
+        x = nn.functional.hardswish(x) + nn.functional.hardsigmoid(x) - nn.functional.relu6(x) / 2.0
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([torch.tanh(a), 1.0 - b], dim=1)
+        x = self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        t = x.flatten(2).transpose(1, 2)  # [N, 64, 16] tokens
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        q, k, v = self.qkv(t).chunk(3, dim=2)
+        att = torch.softmax(q @ k.transpose(1, 2) * 0.25, dim=-1)
+        t = nn.functional.gelu(att @ v) + nn.functional.gelu(t, approximate="tanh")
+        return self.head(t[:, 0])
+
+
+def test_newer_ops_export_and_match(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "modern.dcz"
+    deepcomp.compress(ModernOps().eval(), input_shape=(3, 16, 16), sparsity=0.5, progress=False).save(path)
+    from deepcomp.dcz import read_dcz
+
+    ops = {n["op"] for n in read_dcz(path).graph["nodes"]}
+    assert {"silu", "gelu", "layernorm", "softmax", "matmul", "constant", "slice", "permute", "mean"} <= ops
+    out = tmp_path / "modern.onnx"
+    export_onnx(path, out)
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16), dtype=np.float32)
+    want = rt.load(path)(x)
+    assert float(np.std(want)) > 1e-3  # outputs that vary with the input, or the comparison shows nothing
+    np.testing.assert_allclose(_ort_run(out, x), want, rtol=1e-4, atol=1e-4)
