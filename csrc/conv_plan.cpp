@@ -38,6 +38,9 @@ std::atomic<bool> g_register_tiling{DC_CONV_RT};
 // Sparser layers share too few input loads between the rows of a group to pay for the pattern
 // loops (VGG-16 conv1_2, 22% kept, 0.95-0.97x; conv3_2, 24%, 1.03x: docs/kernels.md).
 constexpr double kRtMinDensity = 0.24;
+// Rows this short (VGG-16 conv1_1: 3 channels x 9 taps) leave each pair of rows a handful of shared
+// positions per chunk, and the pattern loops cost more than they share (0.56x at batch 8).
+constexpr int64_t kRtMinTaps = 64;
 
 // An odd number of cache lines: a chunk's window, which reads the same rows of several channels,
 // planes and regions, then spreads over the L1 sets (at power-of-two strides they collide).
@@ -249,7 +252,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
 
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
   // nonzero plus about two scalar operations (offset, weight broadcast).
-  const bool rt = key.rt && double(nnz) >= kRtMinDensity * double(g.out_channels * p->K);
+  const bool rt = key.rt && p->K >= kRtMinTaps && double(nnz) >= kRtMinDensity * double(g.out_channels * p->K);
   const int max_nv = rt ? std::min(kMaxNv, conv_rt_max_nv(width)) : kMaxNv;
   const int64_t nvec = (p->P + width - 1) / width;
   int best = 1;
