@@ -39,7 +39,7 @@ std::atomic<bool> g_register_tiling{DC_CONV_RT};
 // loops (VGG-16 conv1_2, 22% kept, 0.95-0.97x; conv3_2, 24%, 1.03x: docs/kernels.md).
 constexpr double kRtMinDensity = 0.24;
 // Rows this short (VGG-16 conv1_1: 3 channels x 9 taps) leave each pair of rows a handful of shared
-// positions per chunk, and the pattern loops cost more than they share (0.56x at batch 8).
+// positions per chunk, and the pattern loops cost more than they share (docs/kernels.md).
 constexpr int64_t kRtMinTaps = 64;
 
 // An odd number of cache lines: a chunk's window, which reads the same rows of several channels,
