@@ -1,0 +1,199 @@
+"""Pools and the ops that move data: flatten, concat, constants, mean, permute, reshape, slice,
+matmul, softmax."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from deepcomp.runtime import reference
+from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, dims_list, flag, integer, kernel, need_rank, pair,
+                                     shape_list, tensor_name)
+
+
+# --------------------------------------------------------------------------------------------------
+# pools
+
+def _pool_shape(a, ins, ts, dilation=True):
+    x = ins[0]
+    need_rank(x, 3)
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel_size"], a["stride"], a["padding"]
+    dh, dw = a["dilation"] if dilation else (1, 1)
+    if ph > kh // 2 or pw > kw // 2:
+        raise Bad("has a padding of more than half the kernel")
+    ceil = a["ceil_mode"]
+    return (x[0], reference.pool_out(x[1], kh, sh, ph, dh, ceil), reference.pool_out(x[2], kw, sw, pw, dw, ceil))
+
+
+POOL_ATTRS = {"kernel_size": (pair(1), REQUIRED), "stride": (pair(1), REQUIRED), "padding": (pair(0), REQUIRED),
+              "ceil_mode": (flag, False)}
+
+
+def _maxpool_ref(a, cx, x, impl=reference.max_pool2d):
+    return impl(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+
+
+def _avgpool_ref(a, cx, x, impl=reference.avg_pool2d):
+    return impl(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
+
+
+def _adaptive_shape(a, ins, ts):
+    need_rank(ins[0], 3)
+    return (ins[0][0], *a["output_size"])
+
+
+def _adaptive_ref(a, cx, x, impl=reference.adaptive_avg_pool2d):
+    return impl(x, a["output_size"])
+
+
+def _native_pool(ref, binding):
+    def build(a, cx):
+        impl = kernel(binding)
+        return lambda x: ref(a, cx, x, impl)
+    return build
+
+
+def _flatten_shape(a, ins, ts):
+    if a["start_dim"] != 1:
+        raise Bad(f"flattens from start_dim={a['start_dim']}; only 1 is supported")
+    return (int(math.prod(ins[0])),)
+
+
+def _flatten_ref(a, cx, x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _concat_shape(a, ins, ts):
+    x, dim = ins[0], a["dim"]
+    if dim > len(x) or any(len(s) != len(x) for s in ins):
+        raise Bad(f"dim {dim} out of range")
+    d = dim - 1
+    for s in ins[1:]:
+        if s[:d] + s[d + 1:] != x[:d] + x[d + 1:]:
+            raise Bad(f"joins mismatched shapes {[list(t) for t in ins]}")
+    return x[:d] + (sum(s[d] for s in ins),) + x[d + 1:]
+
+
+def _concat_ref(a, cx, *xs):
+    return np.concatenate(xs, axis=a["dim"])
+
+
+def _constant_shape(a, ins, ts):
+    if math.prod(ts(a["tensor"])) != math.prod(a["shape"]):
+        raise Bad(f"shape {a['shape']} does not hold the {math.prod(ts(a['tensor']))} values of {a['tensor']!r}")
+    return tuple(a["shape"])
+
+
+def _constant_ref(a, cx, x):
+    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
+    return np.broadcast_to(c, (x.shape[0], *a["shape"]))
+
+
+def _constant_build(a, cx):
+    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
+    return lambda x: np.broadcast_to(c, (x.shape[0], *a["shape"]))
+
+
+def _mean_shape(a, ins, ts):
+    x = ins[0]
+    if 0 in a["dims"] or max(a["dims"]) > len(x):
+        raise Bad(f"averages over dims {list(a['dims'])} of a rank-{len(x) + 1} tensor (never the batch)")
+    if a["keepdim"]:
+        return tuple(1 if d + 1 in a["dims"] else s for d, s in enumerate(x))
+    return tuple(s for d, s in enumerate(x) if d + 1 not in a["dims"])
+
+
+def _mean_ref(a, cx, x):
+    return np.mean(x, axis=a["dims"], keepdims=a["keepdim"], dtype=np.float32)
+
+
+def _permute_shape(a, ins, ts):
+    x, dims = ins[0], a["dims"]
+    if sorted(dims) != list(range(len(x) + 1)) or dims[0] != 0:
+        raise Bad(f"dims {list(dims)} are not a permutation of a rank-{len(x) + 1} tensor keeping the batch first")
+    return tuple(x[d - 1] for d in dims[1:])
+
+
+def _permute_ref(a, cx, x):
+    return np.ascontiguousarray(np.transpose(x, a["dims"]))
+
+
+def _reshape_shape(a, ins, ts):
+    if math.prod(a["shape"]) != math.prod(ins[0]):
+        raise Bad(f"reshapes {list(ins[0])} to {list(a['shape'])}")
+    return a["shape"]
+
+
+def _reshape_ref(a, cx, x):
+    return x.reshape(x.shape[0], *a["shape"])
+
+
+def _slice_shape(a, ins, ts):
+    x, d = ins[0], a["dim"]
+    if not 1 <= d <= len(x):
+        raise Bad(f"slices dim {d} of a rank-{len(x) + 1} tensor (never the batch)")
+    n = len(range(a["start"], min(a["stop"], x[d - 1]), a["step"]))
+    return x[:d - 1] + (n,) + x[d:]
+
+
+def _slice_ref(a, cx, x):
+    index = (slice(None),) * a["dim"] + (slice(a["start"], a["stop"], a["step"]),)
+    return np.ascontiguousarray(x[index])
+
+
+def _matmul_shape(a, ins, ts):
+    x, y = ins
+    if len(x) != len(y) or len(x) < 2 or x[-1] != y[-2]:
+        raise Bad(f"multiplies shapes {list(x)} and {list(y)}")
+    return _broadcast([x[:-2], y[:-2]]) + (x[-2], y[-1])
+
+
+def _matmul_ref(a, cx, x, y):
+    return np.matmul(x, y)
+
+
+def _softmax_shape(a, ins, ts):
+    if not 1 <= a["dim"] <= len(ins[0]):
+        raise Bad(f"dim {a['dim']} out of range (never the batch)")
+    return ins[0]
+
+
+def _softmax_ref(a, cx, x):
+    y = x - x.max(axis=a["dim"], keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=a["dim"], keepdims=True)
+    return y
+
+
+TABLE = [
+    Op("maxpool2d", (1, 1), {**POOL_ATTRS, "dilation": (pair(1), (1, 1))}, _pool_shape, _maxpool_ref,
+       "`kernel_size`, `stride`, `padding`, `dilation` (pairs), `ceil_mode`",
+       build=_native_pool(_maxpool_ref, "max_pool2d"), native="max_pool2d"),
+    Op("avgpool2d", (1, 1), {**POOL_ATTRS, "count_include_pad": (flag, True)},
+       lambda a, ins, ts: _pool_shape(a, ins, ts, dilation=False), _avgpool_ref,
+       "`kernel_size`, `stride`, `padding` (pairs), `ceil_mode`, `count_include_pad`",
+       build=_native_pool(_avgpool_ref, "avg_pool2d"), native="avg_pool2d"),
+    Op("adaptive_avgpool2d", (1, 1), {"output_size": (pair(1), REQUIRED)}, _adaptive_shape, _adaptive_ref,
+       "`output_size` (pair)", build=_native_pool(_adaptive_ref, "adaptive_avg_pool2d"),
+       native="adaptive_avg_pool2d"),
+    Op("flatten", (1, 1), {"start_dim": (integer(0), 1)}, _flatten_shape, _flatten_ref,
+       "`start_dim` (1); flattens dimensions start_dim..end", buffer="view"),
+    Op("concat", (2, None), {"dim": (integer(1), REQUIRED)}, _concat_shape, _concat_ref,
+       "`dim`"),
+    Op("constant", (1, 1), {"tensor": (tensor_name, REQUIRED), "shape": (shape_list, REQUIRED)}, _constant_shape,
+       _constant_ref, "`tensor` (a stored tensor), `shape` (without the batch): the tensor reshaped to [1, *shape] "
+       "and repeated over the batch of the input, which gives only the batch size",
+       build=_constant_build, buffer="shared", since=2),
+    Op("mean", (1, 1), {"dims": (dims_list, REQUIRED), "keepdim": (flag, False)}, _mean_shape, _mean_ref,
+       "`dims` (never 0, the batch), `keepdim`", since=2),
+    Op("permute", (1, 1), {"dims": (dims_list, REQUIRED)}, _permute_shape, _permute_ref,
+       "`dims`: a permutation with dims[0] = 0 (transpose is a permute)", since=2),
+    Op("reshape", (1, 1), {"shape": (shape_list, REQUIRED)}, _reshape_shape, _reshape_ref,
+       "`shape` without the batch dimension (view, reshape)", buffer="view", since=2),
+    Op("slice", (1, 1), {"dim": (integer(1), REQUIRED), "start": (integer(0), REQUIRED),
+                         "stop": (integer(1), REQUIRED), "step": (integer(1), 1)},
+       _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)", since=2),
+    Op("matmul", (2, 2), {}, _matmul_shape, _matmul_ref,
+       "none; inputs of equal rank, leading dimensions broadcast", since=2),
+    Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)", since=2),
+]
