@@ -1,7 +1,6 @@
 """The peer benchmark's machinery on a small model: worker processes, output check, foreign-load
 measurement, per-layer profiling, the table. ONNX Runtime only, one round."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -13,14 +12,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
-peers = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(peers)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a directory of the repository, not an installed package
+from benchmarks.peers import driver, profiling  # noqa: E402
 
 
 def test_peers_small_model(tmp_path, capsys):
     out, raw = tmp_path / "peers.md", tmp_path / "peers.json"
-    rc = peers.main(["--arch", "zoo:lenet-5", "--runtimes", "onnxruntime,deepcomp", "--rounds", "1", "--batch", "1,2",
+    rc = driver.main(["--arch", "zoo:lenet-5", "--runtimes", "onnxruntime,deepcomp", "--rounds", "1", "--batch", "1,2",
                      "--threads", "1", "--seconds", "0.05", "--min-calls", "2", "--retries", "0",
                      "--workdir", str(tmp_path / "w"), "--out", str(out), "--json", str(raw)])
     assert rc == 0
@@ -38,13 +37,13 @@ def test_peers_small_model(tmp_path, capsys):
     # Per-layer rows: both runtimes report the two convs and two linears by module name.
     prof = data["measures"][0]["profiles"]
     for rt in ("onnxruntime", "deepcomp"):
-        rows = {peers._group_of(n, peers.layer_groups_from(data, 0)) for n in prof[rt]["batches"]["1"]["layers"]}
+        rows = {profiling.group_of(n, profiling.layer_groups_from(data, 0)) for n in prof[rt]["batches"]["1"]["layers"]}
         assert {"conv1", "conv2", "fc1", "fc2"} <= rows
     assert "| conv1 |" in text and "| other |" in text
 
 
 def test_group_of_onnx_names():
     groups = {"features.0": "features.0", "features.1": "features.0", "features.2": "other"}
-    assert peers._group_of("/features/features.1/Relu", groups) == "features.0"
-    assert peers._group_of("features.0", groups) == "features.0"
-    assert peers._group_of("/Flatten", groups) == "other"
+    assert profiling.group_of("/features/features.1/Relu", groups) == "features.0"
+    assert profiling.group_of("features.0", groups) == "features.0"
+    assert profiling.group_of("/Flatten", groups) == "other"
