@@ -42,6 +42,29 @@ def test_peers_small_model(tmp_path, capsys):
     assert "| conv1 |" in text and "| other |" in text
 
 
+def test_peers_int8_small_model(tmp_path):
+    """ONNX Runtime's QDQ quantization on deepcomp's calibration inputs, cached; deepcomp int8 runs
+    or is skipped with a note (the sparse-int8 recipe may be missing)."""
+    out, raw, work = tmp_path / "peers.md", tmp_path / "peers.json", tmp_path / "w"
+    argv = ["--arch", "zoo:lenet-5", "--runtimes", "onnxruntime-int8,deepcomp-int8", "--rounds", "1", "--batch", "2",
+            "--threads", "1", "--seconds", "0.05", "--min-calls", "2", "--retries", "0", "--no-layers",
+            "--workdir", str(work), "--out", str(out), "--json", str(raw)]
+    assert driver.main(argv) == 0
+    qdq = work / "lenet-5" / "model-b2-qdq.onnx"
+    assert qdq.exists()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    e = json.loads(raw.read_text())["summaries"][0]["onnxruntime-int8"]["batches"]["2"]
+    assert 0 < e["rel_err"] < 1 and e["median"] > 0  # int8: close to torch, not equal
+    text = out.read_text()
+    assert "fastest int8 peer" in text and "ONNX Runtime int8 lenet-5 b2" in text
+    assert ("deepcomp int8 lenet-5 skipped" in text) or ("deepcomp int8 lenet-5 b2" in text)
+    mtime = qdq.stat().st_mtime_ns
+    assert driver.main(argv) == 0 and qdq.stat().st_mtime_ns == mtime  # the quantized model is reused
+
+
 def test_group_of_onnx_names():
     groups = {"features.0": "features.0", "features.1": "features.0", "features.2": "other"}
     assert profiling.group_of("/features/features.1/Relu", groups) == "features.0"

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import benchmarks.peers as package
-from benchmarks.peers.runtimes import LABELS, RUNTIMES, available, tolerance
+from benchmarks.peers.runtimes import LABELS, RUNTIMES, available, python_for, tolerance
 from benchmarks.peers.table import markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_worker(rt: str, spec: dict, args, profile: bool = False) -> dict:
-    python = args.deepsparse_python if rt == "deepsparse" else sys.executable
+    python = python_for(rt, args) or sys.executable
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                DEEPCOMP_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     cmd = [python, "-m", "benchmarks.peers", "--worker", rt, "--spec", str(Path(spec["workdir"]) / "spec.json"),
@@ -41,8 +41,9 @@ def disturbed(res: dict, limit: float) -> bool:
 
 
 def measure(spec: dict, runtimes: list[str], args, progress) -> dict:
+    errors = {rt: why for rt, why in spec.get("skipped", {}).items() if rt in runtimes}
+    runtimes = [rt for rt in runtimes if rt not in errors]
     runs = {rt: [] for rt in runtimes}
-    errors = {}
     for r in range(args.rounds):
         order = runtimes if r % 2 == 0 else runtimes[::-1]
         for rt in order:
@@ -71,7 +72,7 @@ def measure(spec: dict, runtimes: list[str], args, progress) -> dict:
     if args.layers:
         for rt in runtimes:
             # DeepSparse reports no per-layer times; OpenVINO's bf16 counters name other nodes
-            if rt not in errors and rt not in ("deepsparse", "openvino-default"):
+            if rt not in errors and rt not in ("deepsparse", "deepsparse-int8", "openvino-default"):
                 res = run_worker(rt, spec, args, profile=True)
                 if "error" not in res:
                     profiles[rt] = res
@@ -88,9 +89,10 @@ def summarize(spec: dict, m: dict, args) -> dict:
         for b in spec["batches"]:
             es = [r["batches"][str(b)] for r in runs]
             ms = [e["ms"] for e in es]
-            err = max(e["rel_err"] for e in es)
+            errs = [e["rel_err"] for e in es if e["rel_err"] is not None]  # None: no reference to check against
+            err = max(errs) if errs else None
             s["batches"][b] = {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "rel_err": err,
-                               "ok": err <= tolerance(rt),
+                               "ok": err is None or err <= tolerance(rt),
                                "disturbed": sum(e["foreign_cores"] > args.max_foreign for e in es),
                                "foreign_max": max(e["foreign_cores"] for e in es), "rounds": len(es)}
         out[rt] = s
@@ -136,6 +138,10 @@ def main(argv=None) -> int:
     args.batches = [int(b) for b in args.batch.split(",")]
     args.started = time.monotonic()
     notes, runtimes = [], []
+    unknown = [rt for rt in args.runtimes.split(",") if rt not in LABELS]
+    if unknown:
+        print(f"peers: unknown runtime {', '.join(unknown)}: choose from {','.join(RUNTIMES)}", file=sys.stderr)
+        return 2
     for rt in args.runtimes.split(","):
         why = available(rt, args)
         if why:
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
             model_spec = arch if ":" in arch else f"torchvision:{arch}"
             name = arch.split(":")[-1]
             progress(f"preparing {name} (compress, decompress, ONNX export)")
-            spec = prepare(model_spec, name, args.batches, workdir)
+            spec = prepare(model_spec, name, args.batches, workdir, runtimes=runtimes, progress=progress, repo=REPO)
+            notes += spec["notes"]
             m = measure(spec, runtimes, args, progress)
             specs.append(spec)
             measures.append(m)

@@ -1,6 +1,6 @@
 """The model files every runtime reads, made once per model in the work directory (reused when
 present): the compressed .dcz, the decompressed dense state dict, one ONNX export per batch size,
-fixed inputs and torch's outputs on them."""
+fixed inputs and torch's outputs on them; for the int8 runtimes, the files of int8.py."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ import json
 import warnings
 from pathlib import Path
 
+from benchmarks.peers import int8
 from benchmarks.peers.profiling import layer_groups
+from benchmarks.peers.runtimes import INT8_PEERS
 
 
-def prepare(model_spec: str, name: str, batches: list[int], workdir: Path, seed: int = 0) -> dict:
-    """Compress, decompress into the torch model, export ONNX per batch, fix inputs and references."""
+def prepare(model_spec: str, name: str, batches: list[int], workdir: Path, seed: int = 0,
+            runtimes=(), progress=lambda msg: None, repo: Path | None = None) -> dict:
+    """Compress, decompress into the torch model, export ONNX per batch, fix inputs and references;
+    the int8 models when runtimes name int8 runtimes. spec["skipped"]: {runtime: why it cannot run
+    on this model}."""
     import numpy as np
     import torch
 
@@ -35,8 +40,8 @@ def prepare(model_spec: str, name: str, batches: list[int], workdir: Path, seed:
         (d / ".dense.pt.tmp").rename(dense)
     rng = np.random.default_rng(seed)
     spec = {"name": name, "model": model_spec, "dcz": str(dcz), "dense": str(dense), "workdir": str(d),
-            "batches": batches,
-            "onnx": {}, "inputs": {}, "refs": {}, "groups": layer_groups(model)}
+            "batches": batches, "onnx": {}, "inputs": {}, "refs": {}, "groups": layer_groups(model),
+            "skipped": {}, "notes": []}
     for b in batches:
         x = rng.standard_normal((b, *loaded.input_shape), dtype=np.float32)
         np.save(d / f"x{b}.npy", x)
@@ -52,5 +57,14 @@ def prepare(model_spec: str, name: str, batches: list[int], workdir: Path, seed:
             tmp.rename(onnx_path)
         spec["onnx"][str(b)], spec["inputs"][str(b)], spec["refs"][str(b)] = (
             str(onnx_path), str(d / f"x{b}.npy"), str(d / f"ref{b}.npy"))
+    if any(rt in INT8_PEERS for rt in runtimes):
+        try:
+            int8.prepare_qdq(spec, loaded.input_shape, progress)
+        except Exception as e:  # the quantizer refusing a model is a result to report, not a crash
+            spec["skipped"].update({rt: f"ONNX Runtime's static quantization failed: {e}" for rt in INT8_PEERS})
+    if "deepcomp-int8" in runtimes:
+        why = int8.prepare_deepcomp_int8(spec, model_spec, progress, repo or Path.cwd())
+        if why:
+            spec["skipped"]["deepcomp-int8"] = why
     (d / "spec.json").write_text(json.dumps(spec))
     return spec

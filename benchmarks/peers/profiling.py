@@ -70,11 +70,11 @@ def deepcomp_layers(model, x, seconds: float) -> dict[str, float]:
     return times
 
 
-def profiled_layers(rt: str, fn, x, calls: int) -> dict[str, float]:
+def profiled_layers(fn, x, calls: int) -> dict[str, float]:
     """Per-node ms from ONNX Runtime's profiler or OpenVINO's performance counters."""
     for _ in range(2):
         fn(x)
-    if rt == "onnxruntime":
+    if hasattr(fn, "session"):  # ONNX Runtime
         for _ in range(calls):
             fn(x)
         with open(fn.session.end_profiling()) as f:

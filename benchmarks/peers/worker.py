@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 
 from benchmarks.peers import profiling
+from benchmarks.peers.runtimes import base
 from benchmarks.peers.timing import peak_rss_mb, time_calls
 from deepcomp.cpuload import ForeignLoad
 
 
+BATCH_FREE = ("torch", "deepcomp", "deepcomp-int8")  # one loaded model runs every batch size
+
+
 def load_runtime(rt: str, spec: dict, batch: int, threads: int, profile: bool):
-    """Returns a callable x -> y (numpy) for the model at this batch size."""
-    if rt in ("torch", "deepcomp"):
+    """Returns a callable x -> y (numpy) for the model at this batch size: the fp32 ONNX export, or
+    its QDQ quantization for the -int8 runtimes."""
+    if rt in BATCH_FREE:
         raise AssertionError("batch-independent runtimes are loaded once")
-    onnx_path = spec["onnx"][str(batch)]
-    if rt == "onnxruntime":
+    onnx_path = spec["qdq" if rt.endswith("-int8") else "onnx"][str(batch)]
+    if base(rt) == "onnxruntime":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -31,18 +36,18 @@ def load_runtime(rt: str, spec: dict, batch: int, threads: int, profile: bool):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if profile:
             so.enable_profiling = True
-            so.profile_file_prefix = os.path.join(spec["workdir"], f"ort-{spec['name']}-{batch}")
+            so.profile_file_prefix = os.path.join(spec["workdir"], f"{rt}-{spec['name']}-{batch}")
         sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         fn = lambda x: sess.run(None, {name: x})[0]
         fn.session = sess
         return fn
-    if rt in ("openvino", "openvino-default"):
+    if base(rt) in ("openvino", "openvino-default"):
         import openvino as ov
 
         core = ov.Core()
         cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if rt == "openvino":
+        if rt == "openvino":  # openvino-int8 runs the QDQ model at the default precision, its fastest
             cfg["INFERENCE_PRECISION_HINT"] = "f32"
         if profile:
             cfg["PERF_COUNT"] = True
@@ -51,7 +56,7 @@ def load_runtime(rt: str, spec: dict, batch: int, threads: int, profile: bool):
         fn = lambda x: req.infer({0: x})[0].copy()
         fn.request = req
         return fn
-    if rt == "deepsparse":
+    if base(rt) == "deepsparse":
         from deepsparse import Engine
 
         eng = Engine(onnx_path, batch_size=batch, num_cores=threads)
@@ -78,6 +83,13 @@ def torch_model(spec: dict, threads: int):
     return fn
 
 
+def relative_error(y, ref) -> float:
+    """max |y - ref| relative to max |ref|."""
+    import numpy as np
+
+    return float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+
+
 def worker(args) -> int:
     t0 = time.perf_counter()
     spec = json.loads(Path(args.spec).read_text())
@@ -88,13 +100,13 @@ def worker(args) -> int:
     fns = {}
     if rt == "torch":
         one = torch_model(spec, threads)
-    elif rt == "deepcomp":
+    elif rt in ("deepcomp", "deepcomp-int8"):
         import deepcomp.runtime as drt
 
         drt.set_num_threads(threads)
-        one = drt.load(spec["dcz"])
+        one = drt.load(spec["int8_dcz" if rt == "deepcomp-int8" else "dcz"])
     first = batches[0]
-    if rt in ("torch", "deepcomp"):
+    if rt in BATCH_FREE:
         fns = {b: one for b in batches}
     else:
         fns[first] = load_runtime(rt, spec, first, threads, args.profile)
@@ -105,22 +117,22 @@ def worker(args) -> int:
         if b not in fns:
             fns[b] = load_runtime(rt, spec, b, threads, args.profile)
         y = fns[b](inputs[b])
-        ref = np.load(spec["refs"][str(b)])
-        err = float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
-        entry = {"rel_err": err}
+        # deepcomp-int8 has weights of its own (block-pruned): its reference is torch on those
+        refs = spec.get("int8_refs", {}) if rt == "deepcomp-int8" else spec["refs"]
+        entry = {"rel_err": relative_error(y, np.load(refs[str(b)])) if str(b) in refs else None}
         if args.profile:
             if rt == "torch":
                 entry["layers"] = profiling.torch_layers(one.model, inputs[b], args.seconds / 10)
-            elif rt == "deepcomp":
+            elif rt in ("deepcomp", "deepcomp-int8"):
                 entry["layers"] = profiling.deepcomp_layers(one, inputs[b], args.seconds / 10)
-            elif rt in ("onnxruntime", "openvino", "openvino-default"):
-                entry["layers"] = profiling.profiled_layers(rt, fns[b], inputs[b], 5)
+            elif base(rt) in ("onnxruntime", "openvino", "openvino-default"):
+                entry["layers"] = profiling.profiled_layers(fns[b], inputs[b], 5)
         else:
             with ForeignLoad() as load:
                 times = time_calls(lambda: fns[b](inputs[b]), args.seconds, args.min_calls)
             entry.update(ms=statistics.median(times), calls=len(times), foreign_cores=load.cores or 0.0)
         out["batches"][str(b)] = entry
-        if rt not in ("torch", "deepcomp"):
+        if rt not in BATCH_FREE:
             del fns[b]  # one compiled model alive at a time
     print("RESULT " + json.dumps(out), flush=True)
     return 0
