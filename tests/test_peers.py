@@ -42,9 +42,15 @@ def test_peers_small_model(tmp_path, capsys):
     assert "| conv1 |" in text and "| other |" in text
 
 
-def test_peers_int8_small_model(tmp_path):
-    """ONNX Runtime's QDQ quantization on deepcomp's calibration inputs, cached; deepcomp int8 runs
-    or is skipped with a note (the sparse-int8 recipe may be missing)."""
+def test_peers_int8_small_model(tmp_path, monkeypatch):
+    """ONNX Runtime's QDQ quantization on deepcomp's calibration inputs, cached; the deepcomp int8
+    runtime's whole path (compress command, torch reference, worker, ratios), here with the fp32
+    recipe standing in for sparse-int8 so that it runs wherever the test runs."""
+    from benchmarks.peers import int8
+
+    cmd = list(int8.DEEPCOMP_INT8_COMPRESS)
+    cmd[cmd.index("sparse-int8")] = "deep-compression"
+    monkeypatch.setattr(int8, "DEEPCOMP_INT8_COMPRESS", cmd)
     out, raw, work = tmp_path / "peers.md", tmp_path / "peers.json", tmp_path / "w"
     argv = ["--arch", "zoo:lenet-5", "--runtimes", "onnxruntime-int8,deepcomp-int8", "--rounds", "1", "--batch", "2",
             "--threads", "1", "--seconds", "0.05", "--min-calls", "2", "--retries", "0", "--no-layers",
@@ -56,13 +62,19 @@ def test_peers_int8_small_model(tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    e = json.loads(raw.read_text())["summaries"][0]["onnxruntime-int8"]["batches"]["2"]
+    s = json.loads(raw.read_text())["summaries"][0]
+    e = s["onnxruntime-int8"]["batches"]["2"]
     assert 0 < e["rel_err"] < 1 and e["median"] > 0  # int8: close to torch, not equal
+    assert s["deepcomp-int8"]["batches"]["2"]["rel_err"] < 1e-3  # the stand-in file is fp32
     text = out.read_text()
-    assert "fastest int8 peer" in text and "ONNX Runtime int8 lenet-5 b2" in text
-    assert ("deepcomp int8 lenet-5 skipped" in text) or ("deepcomp int8 lenet-5 b2" in text)
+    assert "ONNX Runtime int8 lenet-5 b2" in text and "deepcomp int8 lenet-5 b2" in text
+    row = next(l for l in text.splitlines() if l.startswith("| 2 | lenet-5 |"))
+    assert row.split("|")[-5].strip().startswith("ONNX Runtime int8")  # fastest int8 peer
+    assert row.split("|")[-4].strip().startswith("**") and row.split("|")[-4].strip().endswith("x**")
     mtime = qdq.stat().st_mtime_ns
-    assert driver.main(argv) == 0 and qdq.stat().st_mtime_ns == mtime  # the quantized model is reused
+    spec = json.loads(raw.read_text())["specs"][0]
+    int8.prepare_qdq(spec, (1, 28, 28), lambda msg: pytest.fail("quantized again: " + msg))
+    assert qdq.stat().st_mtime_ns == mtime and spec["qdq"]["2"] == str(qdq)  # reused
 
 
 def test_group_of_onnx_names():
@@ -70,3 +82,15 @@ def test_group_of_onnx_names():
     assert profiling.group_of("/features/features.1/Relu", groups) == "features.0"
     assert profiling.group_of("features.0", groups) == "features.0"
     assert profiling.group_of("/Flatten", groups) == "other"
+
+
+def test_deepcomp_int8_skipped_without_recipe(tmp_path, monkeypatch):
+    from benchmarks.peers import int8
+
+    cmd = list(int8.DEEPCOMP_INT8_COMPRESS)
+    cmd[cmd.index("sparse-int8")] = "no-such-recipe"
+    monkeypatch.setattr(int8, "DEEPCOMP_INT8_COMPRESS", cmd)
+    spec = {"name": "lenet-5", "workdir": str(tmp_path), "batches": [1]}
+    why = int8.prepare_deepcomp_int8(spec, "zoo:lenet-5", lambda msg: None, ROOT)
+    assert why == "the deepcomp-int8 recipe is not in this deepcomp (compress: unknown recipe 'no-such-recipe')"
+    assert "int8_dcz" not in spec

@@ -63,10 +63,10 @@ def test_markdown_fp32_only_and_skips():
     assert "int8" not in text  # no int8 runtime asked for: today's table
     assert "| 1 | alexnet | 12.0 [10.8-13.2], 2.00x (wrong output) | 6.0 [5.4-6.6] | **2.00x** |" in text
     assert "- DeepSparse 1.8 skipped: no environment" in text
-    skipped = {"errors": {"deepcomp-int8": "the sparse-int8 recipe is not in this deepcomp"}, "profiles": {}}
+    skipped = {"errors": {"deepcomp-int8": "the deepcomp-int8 recipe is not in this deepcomp"}, "profiles": {}}
     s = summary({"onnxruntime": 12.0, "deepcomp": 6.0, "openvino-int8": 4.0})
     text = table.markdown([SPEC], [s], [skipped], ARGS, [])
-    assert "- deepcomp int8 alexnet skipped: the sparse-int8 recipe is not in this deepcomp" in text
+    assert "- deepcomp int8 alexnet skipped: the deepcomp-int8 recipe is not in this deepcomp" in text
     row = next(l for l in text.splitlines() if l.startswith("| 1 |"))
     assert row.endswith("| **2.00x** | OpenVINO int8 4.0 | - | - | - |")
 

@@ -103,7 +103,7 @@ def prepare_deepcomp_int8(spec: dict, model_spec: str, progress, repo: Path) -> 
             said = ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1]
             unknown = re.search(r"unknown recipe '[^']*'", said)
             if unknown:
-                return f"the sparse-int8 recipe is not in this deepcomp (compress: {unknown.group(0)})"
+                return f"the deepcomp-int8 recipe is not in this deepcomp (compress: {unknown.group(0)})"
             return f"`{' '.join(cmd[1:])}` failed: {said.strip()}"
     spec["int8_dcz"] = str(dcz)
     spec["int8_refs"] = _references(spec, model_spec, dcz)
