@@ -13,6 +13,11 @@ optimisations), OpenVINO with an f32 precision hint and (as information) at its 
 DeepSparse 1.8 (sparse-aware; it needs its own environment: Python 3.11, deepsparse==1.8.0, given by
 --deepsparse-python or $DEEPSPARSE_PYTHON, skipped with a note when missing) and deepcomp.
 
+The int8 runtimes (int8.py): onnxruntime-int8, openvino-int8 and deepsparse-int8 run the same ONNX
+exports quantized by ONNX Runtime's static QDQ quantization on deepcomp's calibration inputs;
+deepcomp-int8 runs the file of `deepcomp compress <model> --recipe sparse-int8` (skipped with a note
+where that recipe is missing). --runtimes picks a subset of all ten.
+
 How it measures:
 - every runtime runs in its own process (this package with --worker), one process per runtime and
   round; rounds alternate the runtimes, so a burst of load elsewhere hits them alike;

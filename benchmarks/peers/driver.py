@@ -105,7 +105,8 @@ def parse_args(argv=None):
     ap.add_argument("--arch", default="alexnet,vgg16",
                     help="comma-separated torchvision names, or model specs such as zoo:lenet-5 (default alexnet,vgg16)")
     ap.add_argument("--batch", default="1,8")
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES),
+                    help=f"comma-separated subset of {','.join(RUNTIMES)} (default: all)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seconds", type=float, default=1.5, help="timed calls per batch and run (default 1.5 s)")
@@ -113,8 +114,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-foreign", type=float, default=0.25,
                     help="foreign load (cores) above which a run is redone (default 0.25)")
     ap.add_argument("--retries", type=int, default=2)
-    ap.add_argument("--max-minutes", type=float, default=15,
-                    help="no more redoing of disturbed runs once the run has taken 80%% of this (default 15)")
+    ap.add_argument("--max-minutes", type=float, default=30,
+                    help="no more redoing of disturbed runs once the run has taken 80%% of this (default 30)")
     ap.add_argument("--no-layers", dest="layers", action="store_false", help="skip the per-layer profiling runs")
     ap.add_argument("--deepsparse-python", default=os.environ.get("DEEPSPARSE_PYTHON", "/work/venv-deepsparse/bin/python"))
     ap.add_argument("--workdir", help="keep the models here (reused when present); default: a temporary directory")
