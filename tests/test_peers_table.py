@@ -93,3 +93,20 @@ def test_calibration_is_deepcomps():
     x = int8.calibration_inputs((3, 4, 4))
     assert x.dtype == np.float32 and x.shape[1:] == (3, 4, 4)
     assert np.array_equal(x, torch.cat(random_batches((3, 4, 4))).numpy())
+
+
+def test_layer_table_rows_and_ratios():
+    spec = {"name": "alexnet", "groups": {"features.0": "features.0", "features.1": "features.0",
+                                          "classifier.1": "classifier.1", "features.2": "other"}}
+    prof = lambda layers: {"batches": {"1": {"layers": layers}}}  # noqa: E731
+    profiles = {"onnxruntime": prof({"/features/features.0/Conv": 3.0, "/features/features.1/Relu": 1.0,
+                                     "/classifier/classifier.1/Gemm": 2.0, "/features/features.2/MaxPool": 0.5}),
+                "deepcomp": prof({"features.0": 2.0, "classifier.1": 0.5, "features.2": 0.25}),
+                "openvino-int8": prof({"/features/features.0/Conv": 1.0}),
+                "deepcomp-int8": prof({"features.0": 0.5})}
+    lines = table.layer_table(spec, profiles, ARGS)
+    header = next(l for l in lines if l.startswith("| layer"))
+    assert header.endswith("| deepcomp vs fastest fp32 peer | deepcomp int8 vs fastest int8 peer |")
+    assert "| features.0 | 4.000 | 2.000 | 1.000 | 0.500 | 2.00x | 2.00x |" in lines  # conv + its ReLU
+    assert "| classifier.1 | 2.000 | 0.500 | - | - | 4.00x | - |" in lines
+    assert "| other | 0.500 | 0.250 | - | - | 2.00x | - |" in lines

@@ -56,7 +56,8 @@ def quantize_qdq(src: Path, dst: Path, calib, batch: int) -> None:
 
     tmp = dst.with_name("." + dst.name + ".tmp")
     # ONNX Runtime logs a hint to pre-process first (shape inference, graph optimisations): these
-    # exports have static shapes and nothing to fold, so the hint is silenced rather than followed
+    # exports have static shapes and nothing to fold (AlexNet's pre-processed graph has the same
+    # nodes), so the hint is silenced rather than followed
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
