@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.peers.driver import main
+
+sys.exit(main())
