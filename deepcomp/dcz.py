@@ -85,7 +85,7 @@ def uses_int8(graph: Mapping, types) -> bool:
     """Whether a file needs minor version 1: a CODED_BLOCK section or an int8 node attribute."""
     nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
     return CODED_BLOCK in types or any(isinstance(n, Mapping) and isinstance(n.get("attrs"), Mapping)
-                                       and "int8" in n["attrs"] for n in nodes or ())
+                                       and n["attrs"].get("int8") for n in nodes or ())  # "int8": null is fp32
 
 
 def _json_bytes(obj) -> bytes:
@@ -124,10 +124,12 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
 
 
 def write_dcz(path, *, meta: Mapping, graph: Mapping, dense: Mapping[str, np.ndarray],
-              coded: Mapping[str, EncodedWeight | EncodedBlockWeight], order: list[str] | None = None) -> int:
+              coded: Mapping[str, EncodedWeight | EncodedBlockWeight], order: list[str] | None = None,
+              minor: int | None = None) -> int:
     """Write a .dcz file; tensors in ``order`` (default: coded then dense). A coded weight from
     ``encode_shared`` is a CODED section, one from ``encode_block_shared`` a CODED_BLOCK section.
-    Returns the file size."""
+    The minor version is what the contents need (``minor`` may raise it, never lower it below
+    that). Returns the file size."""
     names = order if order is not None else [*coded, *dense]
     tensors = []
     for name in names:
@@ -137,7 +139,8 @@ def write_dcz(path, *, meta: Mapping, graph: Mapping, dense: Mapping[str, np.nda
             tensors.append((DENSE, dense_payload(name, dense[name])))
         else:
             raise DeepcompError(f"tensor {name!r} is in the order but neither coded nor dense")
-    data = pack_dcz(meta, graph, tensors)
+    need = 1 if uses_int8(graph, {t for t, _ in tensors}) else 0
+    data = pack_dcz(meta, graph, tensors, minor=max(need, minor or 0))
     atomic_write(path, data)
     return len(data)
 

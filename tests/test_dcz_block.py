@@ -214,6 +214,8 @@ def test_minor_versions():
                               10) == (0,)
     g8 = {**g, "nodes": [{**g["nodes"][0], "attrs": {**g["nodes"][0]["attrs"], "int8": {"block": [1, 4]}}}]}
     assert struct.unpack_from("<H", pack_dcz({}, g8, []), 10) == (1,)
+    g_null = {**g, "nodes": [{**g["nodes"][0], "attrs": {**g["nodes"][0]["attrs"], "int8": None}}]}
+    assert struct.unpack_from("<H", pack_dcz({}, g_null, []), 10) == (0,)  # "int8": null runs fp32
     # a CODED_BLOCK section in a minor-0 file is invalid
     py, nat = _both_readers(pack_dcz({}, g, sections, minor=0))
     assert "minor version 0" in py and "minor version 0" in nat
@@ -230,6 +232,15 @@ def test_names_are_unique_across_coded_and_block_sections():
         data = pack_dcz({}, graph_for((4, 8)), [(CODED_BLOCK, coded_payload(encode_block_shared(s, 3))), other])
         py, nat = _both_readers(data)
         assert "appears twice" in py and "appears twice" in nat
+
+
+def test_write_dcz_never_writes_a_lower_minor_than_the_contents_need(tmp_path):
+    s = block_shared((4, 8), 0.5)
+    for minor, coded, want in [(0, encode_block_shared(s, 3), 1), (None, encode_shared(s, 3), 0),
+                               (1, encode_shared(s, 3), 1)]:
+        path = tmp_path / "m.dcz"
+        write_dcz(path, meta={}, graph=graph_for((4, 8)), dense={}, coded={"w": coded}, minor=minor)
+        assert read_dcz(path).version == (1, want) and _native.load_dcz(str(path))["version"] == (1, want)
 
 
 def test_minor_zero_files_still_load(tmp_path):
