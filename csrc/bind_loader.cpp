@@ -69,6 +69,7 @@ py::dict to_python(DczFile&& f) {
     d["shape"] = dims_tuple(t.dims);
     d["bits"] = t.bits;
     d["index_bits"] = t.index_bits;
+    d["block"] = t.block;
     d["nnz"] = t.nnz;
     d["entries"] = t.entries;
     d["weight_stream_bits"] = t.weight_stream_bits;
@@ -99,7 +100,8 @@ void bind_loader(py::module_& m) {
       },
       py::arg("path"),
       "Validate and decode a .dcz file. Returns a dict: version, meta and graph (JSON bytes), dense "
-      "(name -> ndarray) and coded (name -> CSR arrays: row_ptr, col, cluster, codebook, shape, ...).");
+      "(name -> ndarray) and coded (name -> CSR arrays: row_ptr, col, cluster, codebook, shape, ...; "
+      "CODED_BLOCK tensors too, with block = 4 and nnz counting blocks).");
   m.def(
       "parse_dcz",
       [](py::bytes blob) {

@@ -1,5 +1,6 @@
 #include "loader.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -14,10 +15,12 @@ namespace {
 
 const uint8_t kMagic[8] = {0x89, 'D', 'C', 'Z', '\r', '\n', 0x1a, '\n'};
 constexpr uint16_t kMajor = 1;
-constexpr uint16_t kMinor = 0;
+constexpr uint16_t kMinor = 1;  // the newest minor this loader knows (1: CODED_BLOCK, int8 attributes)
 constexpr uint32_t kMaxSections = 1000000;
 constexpr uint64_t kAlign = 8;
 constexpr uint32_t kFlagZlib = 1;
+constexpr uint32_t kCoded = 4, kCodedBlock = 5;
+constexpr uint8_t kBlock = 4;  // CODED_BLOCK's only block length
 
 // CRC32 (zlib polynomial), slicing-by-8: eight table lookups per 8 input bytes.
 struct CrcTable {
@@ -157,14 +160,81 @@ DenseTensor parse_dense(const uint8_t* p, uint64_t n, size_t idx) {
   return t;
 }
 
-CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
-  Cursor c0(p, n, "CODED section " + std::to_string(idx));
+// CODED_BLOCK's streams into CSR: gaps give the ascending ids (o*T + t)*Gb + g of the kept blocks,
+// the weight stream each block's cluster indices in channel order; a row's weights are sorted by
+// column (channel-major, then tap) as CODED's are.
+void decode_blocks(CodedTensor& t, const std::vector<uint16_t>& gaps, const uint8_t* wlens, uint16_t k,
+                   const uint8_t* wstream, const std::string& what) {
+  const uint64_t rows = t.dims[0], C = t.dims[1];
+  uint64_t T = 1;
+  for (size_t i = 2; i < t.dims.size(); ++i) T *= t.dims[i];
+  const uint64_t Gb = (C + kBlock - 1) / kBlock, row_blocks = T * Gb, units = rows * row_blocks;
+  const uint64_t filler = (uint64_t(1) << t.index_bits) - 1;
+  std::vector<uint64_t> ids;
+  ids.reserve(t.nnz);
+  uint64_t cursor = 0, W = 0;
+  for (uint64_t s : gaps) {
+    if (s == filler) {
+      cursor += filler;
+      continue;
+    }
+    const uint64_t id = cursor + s;
+    if (id >= units) throw DczError(what + ": a kept block lies past the tensor's end");
+    if (ids.size() >= t.nnz) throw DczError(what + ": more kept blocks than the header says");
+    ids.push_back(id);
+    W += std::min<uint64_t>(kBlock, C - kBlock * (id % Gb));
+    cursor = id + 1;
+  }
+  if (ids.size() != t.nnz) throw DczError(what + ": gap stream holds fewer kept blocks than the header says");
+  if (W > t.weight_stream_bits) throw DczError(what + ": weight stream too short for its kept blocks");
+  std::vector<uint16_t> clusters(W);
+  HuffmanDecoder(wlens, k).decode(wstream, t.weight_stream_bits, clusters.data(), W);
+  t.row_ptr.assign(rows + 1, 0);
+  t.col.resize(W);
+  t.cluster.resize(W);
+  std::vector<uint64_t> row;  // (column << 8) | cluster of one row's weights, sorted by column
+  uint64_t w = 0, out = 0;
+  for (size_t i = 0; i < ids.size();) {
+    const uint64_t o = ids[i] / row_blocks;
+    row.clear();
+    for (; i < ids.size() && ids[i] / row_blocks == o; ++i) {
+      const uint64_t rest = ids[i] % row_blocks, tap = rest / Gb, g = rest % Gb;
+      const uint64_t width = std::min<uint64_t>(kBlock, C - kBlock * g);
+      for (uint64_t l = 0; l < width; ++l) {
+        const uint16_t cl = clusters[w++];
+        if (cl >= k) throw DczError(what + ": cluster index outside the codebook");
+        row.push_back(((kBlock * g + l) * T + tap) << 8 | cl);
+      }
+    }
+    std::sort(row.begin(), row.end());
+    for (uint64_t v : row) {
+      t.col[out] = int32_t(v >> 8);
+      t.cluster[out] = uint8_t(v & 0xff);
+      ++out;
+    }
+    t.row_ptr[o + 1] = int64_t(row.size());
+  }
+  for (uint64_t r = 0; r < rows; ++r) t.row_ptr[r + 1] += t.row_ptr[r];
+}
+
+// A CODED payload, or with `blocked` a CODED_BLOCK one: the same fields plus the block byte after the
+// name, ndim >= 2, and nnz, the gaps and the weight stream in units of blocks (docs/dcz-format.md).
+CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx, bool blocked) {
+  const std::string kind = blocked ? "CODED_BLOCK" : "CODED";
+  Cursor c0(p, n, kind + " section " + std::to_string(idx));
   CodedTensor t;
   t.name = read_name(c0);
-  Cursor c(p, n, "CODED tensor '" + t.name + "'");
+  Cursor c(p, n, kind + " tensor '" + t.name + "'");
   c.take(c0.offset());
+  if (blocked) {
+    t.block = c.get<uint8_t>();
+    if (t.block != kBlock)
+      throw DczError(c.what() + ": block length " + std::to_string(t.block) + ", only 4 is defined");
+  }
   uint8_t ndim = c.get<uint8_t>();
-  if (ndim < 1 || ndim > 8) throw DczError(c.what() + ": ndim " + std::to_string(ndim) + " not in 1..8");
+  const int min_ndim = blocked ? 2 : 1;
+  if (ndim < min_ndim || ndim > 8)
+    throw DczError(c.what() + ": ndim " + std::to_string(ndim) + " not in " + std::to_string(min_ndim) + "..8");
   unsigned __int128 numel = 1;
   for (int i = 0; i < ndim; ++i) {
     uint32_t d = c.get<uint32_t>();
@@ -187,7 +257,12 @@ CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
   if (k > (1u << t.bits)) throw DczError(c.what() + ": codebook of " + std::to_string(k) + " exceeds 2^bits");
   t.nnz = c.get<uint64_t>();
   t.entries = c.get<uint64_t>();
-  if (t.nnz > total) throw DczError(c.what() + ": more nonzeros than elements");
+  if (blocked) {  // blocks of the grid [dims0][prod(dims[2:])][ceil(dims1 / B)]
+    const uint64_t units = total / t.dims[1] * ((t.dims[1] + kBlock - 1) / kBlock);
+    if (t.nnz > units) throw DczError(c.what() + ": more kept blocks than blocks");
+  } else if (t.nnz > total) {
+    throw DczError(c.what() + ": more nonzeros than elements");
+  }
   if (t.entries < t.nnz) throw DczError(c.what() + ": fewer entries than nonzeros");
   if ((k == 0) != (t.nnz == 0)) throw DczError(c.what() + ": codebook size and nonzero count disagree");
   const uint8_t* cb = c.take(uint64_t(k) * 4);
@@ -211,8 +286,13 @@ CodedTensor parse_coded(const uint8_t* p, uint64_t n, size_t idx) {
   check_kraft_and_lengths(glens, size_t(G), c.what() + " gap code");
 
   // Decode: gaps into positions, clusters as they come.
-  std::vector<uint16_t> gaps(t.entries), clusters(t.nnz);
+  std::vector<uint16_t> gaps(t.entries);
   HuffmanDecoder(glens, size_t(G)).decode(gstream, t.gap_stream_bits, gaps.data(), t.entries);
+  if (blocked) {
+    decode_blocks(t, gaps, wlens, k, wstream, c.what());
+    return t;
+  }
+  std::vector<uint16_t> clusters(t.nnz);
   HuffmanDecoder(wlens, k).decode(wstream, t.weight_stream_bits, clusters.data(), t.nnz);
   t.row_ptr.assign(rows + 1, 0);
   t.col.resize(t.nnz);
@@ -316,8 +396,11 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
           throw DczError("tensor '" + f.dense.back().name + "' appears twice");
         break;
       }
-      case 4: {
-        f.coded.push_back(parse_coded(p, len, i));
+      case kCodedBlock:
+        if (f.minor < 1) throw DczError(where + ": a CODED_BLOCK section in a file of minor version 0");
+        [[fallthrough]];
+      case kCoded: {
+        f.coded.push_back(parse_coded(p, len, i, type == kCodedBlock));
         if (!names.insert(f.coded.back().name).second)
           throw DczError("tensor '" + f.coded.back().name + "' appears twice");
         break;

@@ -13,12 +13,14 @@ struct DenseTensor {
   std::vector<uint8_t> data;  // raw little-endian bytes
 };
 
-// A coded tensor decoded into CSR: rows = dims[0], cols = numel / dims[0].
+// A coded tensor (CODED or CODED_BLOCK section) decoded into CSR: rows = dims[0], cols = numel / dims[0].
 struct CodedTensor {
   std::string name;
   std::vector<uint64_t> dims;
   uint8_t bits = 0, index_bits = 0;
-  uint64_t nnz = 0, entries = 0, weight_stream_bits = 0, gap_stream_bits = 0;
+  uint8_t block = 1;  // weights per gap: 1 for CODED, the block length B (4) for CODED_BLOCK
+  uint64_t nnz = 0;   // the header's count: kept weights (CODED) or kept blocks (CODED_BLOCK)
+  uint64_t entries = 0, weight_stream_bits = 0, gap_stream_bits = 0;
   std::vector<float> codebook;
   std::vector<int64_t> row_ptr;   // rows + 1
   std::vector<int32_t> col;       // nnz, column within the row

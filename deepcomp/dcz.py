@@ -17,12 +17,13 @@ from typing import Mapping
 import numpy as np
 
 from deepcomp.encode import EncodedWeight
+from deepcomp.encode_block import BLOCK, EncodedBlockWeight
 from deepcomp.errors import DczError, DeepcompError
 from deepcomp.fileio import atomic_write  # noqa: F401 (the one atomic-write helper; imported from here too)
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
-MAJOR, MINOR = 1, 0
-META, GRAPH, DENSE, CODED = 1, 2, 3, 4
+MAJOR, MINOR = 1, 1       # MINOR: the newest minor this reader knows; a file is minor 1 only if it needs it
+META, GRAPH, DENSE, CODED, CODED_BLOCK = 1, 2, 3, 4, 5
 MAX_SECTIONS = 1_000_000
 ALIGN = 8
 FLAG_ZLIB = 1             # META/GRAPH payload is a zlib stream of the JSON
@@ -55,10 +56,13 @@ def dense_payload(name: str, array: np.ndarray) -> bytes:
     return head + np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def coded_payload(e: EncodedWeight) -> bytes:
+def coded_payload(e: EncodedWeight | EncodedBlockWeight) -> bytes:
+    """A CODED payload, or a CODED_BLOCK one (the block byte after the name) for a block-coded weight."""
     k = int(e.codebook.size)
+    block = isinstance(e, EncodedBlockWeight)
     parts = [
         _name_bytes(e.name),
+        struct.pack("<B", e.block) if block else b"",
         struct.pack("<B", len(e.shape)),
         struct.pack(f"<{len(e.shape)}I", *e.shape),
         struct.pack("<BBHQQ", e.bits, e.index_bits, k, e.nnz, e.entries),
@@ -72,13 +76,29 @@ def coded_payload(e: EncodedWeight) -> bytes:
     return b"".join(parts)
 
 
+def coded_section(e: EncodedWeight | EncodedBlockWeight) -> tuple[int, bytes]:
+    """(section type, payload) of a coded weight: CODED, or CODED_BLOCK for a block-coded one."""
+    return (CODED_BLOCK if isinstance(e, EncodedBlockWeight) else CODED), coded_payload(e)
+
+
+def uses_int8(graph: Mapping, types) -> bool:
+    """Whether a file needs minor version 1: a CODED_BLOCK section or an int8 node attribute."""
+    nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
+    return CODED_BLOCK in types or any(isinstance(n, Mapping) and isinstance(n.get("attrs"), Mapping)
+                                       and n["attrs"].get("int8") for n in nodes or ())  # "int8": null is fp32
+
+
 def _json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode("utf-8")
 
 
-def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *, compress_json: bool = True) -> bytes:
+def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *, compress_json: bool = True,
+             minor: int | None = None) -> bytes:
     """The whole file as bytes: META, GRAPH (zlib-compressed JSON), then the (type, payload) tensor
-    sections in order."""
+    sections in order. The minor version is 1 when the file uses an int8 addition, else 0
+    (``minor`` overrides it, for tests that build odd files)."""
+    if minor is None:
+        minor = 1 if uses_int8(graph, {t for t, _ in tensors}) else 0
     flags = FLAG_ZLIB if compress_json else 0
     pack = (lambda b: zlib.compress(b, 9)) if compress_json else (lambda b: b)
     sections = [(META, flags, pack(_json_bytes(meta))), (GRAPH, flags, pack(_json_bytes(graph))),
@@ -93,7 +113,7 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
     size = pos
     table = b"".join(struct.pack("<IIQQII", t, f, off, len(p), zlib.crc32(p), 0)
                      for (t, f, p), off in zip(sections, offsets))
-    head = MAGIC + struct.pack("<HHIQI", MAJOR, MINOR, n, size, zlib.crc32(table))
+    head = MAGIC + struct.pack("<HHIQI", MAJOR, minor, n, size, zlib.crc32(table))
     head += struct.pack("<I", zlib.crc32(head))
     out = bytearray(size)
     out[:32] = head
@@ -104,18 +124,23 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
 
 
 def write_dcz(path, *, meta: Mapping, graph: Mapping, dense: Mapping[str, np.ndarray],
-              coded: Mapping[str, EncodedWeight], order: list[str] | None = None) -> int:
-    """Write a .dcz file; tensors in ``order`` (default: coded then dense). Returns the file size."""
+              coded: Mapping[str, EncodedWeight | EncodedBlockWeight], order: list[str] | None = None,
+              minor: int | None = None) -> int:
+    """Write a .dcz file; tensors in ``order`` (default: coded then dense). A coded weight from
+    ``encode_shared`` is a CODED section, one from ``encode_block_shared`` a CODED_BLOCK section.
+    The minor version is what the contents need (``minor`` may raise it, never lower it below
+    that). Returns the file size."""
     names = order if order is not None else [*coded, *dense]
     tensors = []
     for name in names:
         if name in coded:
-            tensors.append((CODED, coded_payload(coded[name])))
+            tensors.append(coded_section(coded[name]))
         elif name in dense:
             tensors.append((DENSE, dense_payload(name, dense[name])))
         else:
             raise DeepcompError(f"tensor {name!r} is in the order but neither coded nor dense")
-    data = pack_dcz(meta, graph, tensors)
+    need = 1 if uses_int8(graph, {t for t, _ in tensors}) else 0
+    data = pack_dcz(meta, graph, tensors, minor=max(need, minor or 0))
     atomic_write(path, data)
     return len(data)
 
@@ -172,13 +197,20 @@ def _parse_dense(buf: memoryview, idx: int) -> tuple[str, np.ndarray]:
     return name, arr
 
 
-def _parse_coded(buf: memoryview, idx: int) -> EncodedWeight:
-    c = _Cursor(buf, f"CODED section {idx}")
+def _parse_coded(buf: memoryview, idx: int, blocked: bool = False) -> EncodedWeight | EncodedBlockWeight:
+    """A CODED payload, or with ``blocked`` a CODED_BLOCK one (block byte after the name, ndim >= 2,
+    nnz counting blocks); the streams are decoded by the result's ``decode``."""
+    kind = "CODED_BLOCK" if blocked else "CODED"
+    c = _Cursor(buf, f"{kind} section {idx}")
     name = _read_name(c)
-    c.what = f"CODED tensor '{name}'"
+    c.what = f"{kind} tensor '{name}'"
+    if blocked:
+        (block,) = c.unpack("B")
+        if block != BLOCK:
+            raise DczError(f"{c.what}: block length {block}, only {BLOCK} is defined")
     (ndim,) = c.unpack("B")
-    if not 1 <= ndim <= 8:
-        raise DczError(f"{c.what}: ndim {ndim} not in 1..8")
+    if not (2 if blocked else 1) <= ndim <= 8:
+        raise DczError(f"{c.what}: ndim {ndim} not in {2 if blocked else 1}..8")
     dims = c.unpack(f"{ndim}I")
     numel = 1
     for d in dims:
@@ -198,8 +230,11 @@ def _parse_coded(buf: memoryview, idx: int) -> EncodedWeight:
         raise DczError(f"{c.what}: index bits {index_bits} not in 1..12")
     if k > 1 << bits:
         raise DczError(f"{c.what}: codebook of {k} exceeds 2^bits")
-    if nnz > numel:
-        raise DczError(f"{c.what}: more nonzeros than elements")
+    units = numel
+    if blocked:  # blocks of the grid [dims0][prod(dims[2:])][ceil(dims1 / B)]
+        units = numel // dims[1] * -(-dims[1] // BLOCK)
+    if nnz > units:
+        raise DczError(f"{c.what}: more {'kept blocks' if blocked else 'nonzeros'} than {'blocks' if blocked else 'elements'}")
     if entries < nnz:
         raise DczError(f"{c.what}: fewer entries than nonzeros")
     if (k == 0) != (nnz == 0):
@@ -224,10 +259,11 @@ def _parse_coded(buf: memoryview, idx: int) -> EncodedWeight:
         kraft = int(np.sum((1 << (16 - lens[lens > 0].astype(np.int64)))))
         if kraft > 1 << 16:
             raise DczError(f"{c.what} {what} code: Huffman code lengths are not a prefix code (Kraft sum exceeds 1)")
-    return EncodedWeight(name=name, shape=tuple(int(d) for d in dims), bits=bits, index_bits=index_bits,
-                         codebook=codebook, nnz=int(nnz), entries=int(entries), weight_lengths=wlen,
-                         gap_lengths=glen, weight_stream=wstream, weight_stream_bits=int(wbits),
-                         gap_stream=gstream, gap_stream_bits=int(gbits))
+    cls = EncodedBlockWeight if blocked else EncodedWeight
+    return cls(name=name, shape=tuple(int(d) for d in dims), bits=bits, index_bits=index_bits,
+               codebook=codebook, nnz=int(nnz), entries=int(entries), weight_lengths=wlen,
+               gap_lengths=glen, weight_stream=wstream, weight_stream_bits=int(wbits),
+               gap_stream=gstream, gap_stream_bits=int(gbits))
 
 
 @dataclass
@@ -236,7 +272,7 @@ class DczContents:
     meta: dict
     graph: dict
     dense: dict[str, np.ndarray] = field(default_factory=dict)
-    coded: dict[str, EncodedWeight] = field(default_factory=dict)
+    coded: dict[str, EncodedWeight | EncodedBlockWeight] = field(default_factory=dict)  # CODED and CODED_BLOCK
     file_bytes: int = 0
     section_bytes: dict[str, int] = field(default_factory=dict)  # tensor name -> payload length
 
@@ -308,17 +344,19 @@ def parse_dcz(data: bytes, *, decode: bool = True) -> DczContents:
             out.meta, n_meta = _json(payload, "META", bool(flags & FLAG_ZLIB)), n_meta + 1
         elif t == GRAPH:
             out.graph, n_graph = _json(payload, "GRAPH", bool(flags & FLAG_ZLIB)), n_graph + 1
-        elif t in (DENSE, CODED):
+        elif t in (DENSE, CODED) or (t == CODED_BLOCK and minor >= 1):
             if t == DENSE:
                 name, arr = _parse_dense(payload, i)
                 value = arr
             else:
-                value = _parse_coded(payload, i)
+                value = _parse_coded(payload, i, blocked=t == CODED_BLOCK)
                 name = value.name
             if name in out.dense or name in out.coded:
                 raise DczError(f"tensor '{name}' appears twice")
             (out.dense if t == DENSE else out.coded)[name] = value
             out.section_bytes[name] = length
+        elif t == CODED_BLOCK:
+            raise DczError(f"{where}: a CODED_BLOCK section in a file of minor version 0")
         elif minor <= MINOR:
             raise DczError(f"{where}: unknown section type {t}")
     if any(buf[prev_end:]):

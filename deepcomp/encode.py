@@ -112,6 +112,11 @@ class EncodedWeight:
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    @property
+    def kept(self) -> int:
+        """Weights kept (as for a CODED_BLOCK tensor, whose ``nnz`` counts blocks)."""
+        return self.nnz
+
     def decode(self):
         """(positions int64 [nnz], clusters uint16 [nnz]); raises DczError on an inconsistent stream."""
         gaps = huffman_decode(self.gap_stream, self.gap_stream_bits, self.gap_lengths, self.entries)

@@ -76,8 +76,20 @@ class EncodedBlockWeight:
     gap_stream_bits: int
     block: int = BLOCK
 
-    def decode(self):
-        """(flat row-major positions int64, cluster indices) of the kept weights, row-major order."""
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def kept(self) -> int:
+        """Weights kept (those of the kept blocks); ``nnz`` counts blocks, as the file does."""
+        C = _grid(self.shape)[1]
+        if C % self.block == 0:
+            return self.nnz * self.block
+        return int(block_positions(self.shape, self._kept_blocks()).size)
+
+    def _kept_blocks(self) -> np.ndarray:
+        """The ascending ids of the kept blocks, from the gap stream, checked against the header."""
         O, C, T, Gb = _grid(self.shape)
         gaps = huffman_decode(self.gap_stream, self.gap_stream_bits, self.gap_lengths, self.entries)
         kept = positions_from_gaps(gaps, self.index_bits)
@@ -85,7 +97,14 @@ class EncodedBlockWeight:
             raise DczError(f"CODED_BLOCK tensor '{self.name}': gap stream holds {kept.size} blocks, the header says {self.nnz}")
         if kept.size and kept[-1] >= O * T * Gb:
             raise DczError(f"CODED_BLOCK tensor '{self.name}': a kept block lies past the tensor's end")
-        pos = block_positions(self.shape, kept)
+        return kept
+
+    def decode(self):
+        """(flat row-major positions int64, cluster indices) of the kept weights, row-major order;
+        raises DczError on an inconsistent stream (docs/dcz-format.md, CODED_BLOCK)."""
+        pos = block_positions(self.shape, self._kept_blocks())
+        if pos.size > self.weight_stream_bits:
+            raise DczError(f"CODED_BLOCK tensor '{self.name}': weight stream too short for its kept blocks")
         clusters = huffman_decode(self.weight_stream, self.weight_stream_bits, self.weight_lengths, pos.size)
         if clusters.size and int(clusters.max()) >= self.codebook.size:
             raise DczError(f"CODED_BLOCK tensor '{self.name}': cluster index outside the codebook")
@@ -100,7 +119,12 @@ class EncodedBlockWeight:
 
 
 def encode_block_shared(shared, index_bits: int) -> EncodedBlockWeight:
-    """Huffman-code a block-pruned :class:`deepcomp.quantize.SharedWeight` block by block."""
+    """Huffman-code a block-pruned :class:`deepcomp.quantize.SharedWeight` block by block: the
+    CODED_BLOCK twin of :func:`deepcomp.encode.encode_shared` (same arguments; ``write_dcz`` writes
+    either kind). The weight must have at least 2 dimensions and keep whole 1x4 blocks (a 4x4-pruned
+    weight does)."""
+    if len(shared.shape) < 2:
+        raise ValueError(f"block coding needs a weight of at least 2 dimensions, {shared.name!r} has {tuple(shared.shape)}")
     kept, order = block_layout(shared.shape, shared.positions)
     k = int(shared.codebook.size)
     gaps = gap_symbols(kept, index_bits)

@@ -48,14 +48,15 @@ def report_from_file(path) -> dict:
         module = name[:-len(".weight")] if name.endswith(".weight") else name
         info = recipe_layers.get(module, {})
         kind = info.get("kind") or ("conv" if len(e.shape) == 4 else "fc")
-        nnz = max(e.nnz, 1)
+        kept = e.kept  # weights (a CODED_BLOCK tensor's nnz counts blocks)
+        nnz = max(kept, 1)
         layers.append({
             "name": module,
             "label": info.get("label", ""),
             "kind": kind,
             "weights": e.numel,
-            "nonzeros": e.nnz,
-            "density": e.nnz / e.numel,
+            "nonzeros": kept,
+            "density": kept / e.numel,
             "weight_bits": e.bits,
             "weight_bits_huffman": e.weight_stream_bits / nnz,
             "index_bits": e.index_bits,
