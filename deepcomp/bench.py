@@ -120,7 +120,8 @@ def _torch_layer_norm(a, t):
 # attrs, {tensor name: torch tensor}) -> the function a plain nn.Module's forward would call.
 TORCH_OPS: dict[str, Callable] = {
     "conv2d": _torch_conv,
-    "linear": lambda a, t: lambda x: F.linear(x, t[a["weight"]], t[a["bias"]] if a["bias"] else None),
+    "linear": lambda a, t: (lambda x: F.linear(x, t[a["weight"]], t[a["bias"]] if a["bias"] else None))
+    if a["dim"] is None else (lambda x: F.conv2d(x, t[a["weight"]][:, :, None, None], t[a["bias"]] if a["bias"] else None)),
     "batchnorm2d": _torch_bn,
     "relu": lambda a, t: F.relu,
     "maxpool2d": lambda a, t: lambda x: F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["dilation"],

@@ -131,6 +131,10 @@ def _conv2d(b: _Builder, node: dict, xs: list[str]) -> str:
 
 def _linear(b: _Builder, node: dict, xs: list[str]) -> str:
     a, out = node["attrs"], node["name"]
+    if a.get("dim") == 1:  # over the channels of NCHW: a 1x1 Conv
+        w = np.asarray(b.tensors[a["weight"]], dtype=np.float32)
+        inputs = [xs[0], b.constant(out, w[:, :, None, None])] + ([b.tensor(a["bias"])] if a.get("bias") else [])
+        return b.add("Conv", inputs, out, kernel_shape=[1, 1])
     if len(b.shape(xs[0])) == 1:  # [N, in]: one Gemm
         inputs = [xs[0], b.tensor(a["weight"])] + ([b.tensor(a["bias"])] if a.get("bias") else [])
         return b.add("Gemm", inputs, out, transB=1)

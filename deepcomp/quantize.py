@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from deepcomp.errors import RecipeError
+from deepcomp.prune.unstructured import weight_key
 
 INITS = ("linear", "density", "random", "kmeans++")
 
@@ -176,7 +177,7 @@ def share_weights(
         module = modules[name]
         w = module.weight.detach().cpu().numpy()
         m = mask.cpu().numpy() if hasattr(mask, "cpu") else np.asarray(mask)
-        sw = share_layer(f"{name}.weight", w, m, bits[name], init=init, seed=seed)
+        sw = share_layer(weight_key(name, module), w, m, bits[name], init=init, seed=seed)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(sw.dense()))
         out[name] = sw

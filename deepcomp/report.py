@@ -45,7 +45,8 @@ def report_from_file(path) -> dict:
     recipe_layers = c.meta.get("recipe", {}).get("layers", {})
     layers = []
     for name, e in c.coded.items():
-        module = name[:-len(".weight")] if name.endswith(".weight") else name
+        # the layer: "<conv>.weight", or an attention's "<attention>.in_proj_weight" (layer "<attention>.in_proj")
+        module = name[:-len(".weight")] if name.endswith(".weight") else name.removesuffix("_weight")
         info = recipe_layers.get(module, {})
         kind = info.get("kind") or ("conv" if len(e.shape) == 4 else "fc")
         kept = e.kept  # weights (a CODED_BLOCK tensor's nnz counts blocks)

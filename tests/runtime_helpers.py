@@ -6,21 +6,24 @@ import torch
 from torch import nn
 
 from deepcomp.capture import capture
+from deepcomp.prune.unstructured import prunable_layers, weight_key
 
 
 def prune_and_share(model: nn.Module, density: float = 0.4, bits: int = 5, seed: int = 0) -> nn.Module:
-    """Magnitude-prune every conv/linear weight to ``density`` and snap the kept weights to 2**bits
-    evenly spaced centroids, in place (so torch and the runtime see the very same weights)."""
+    """Magnitude-prune every conv/linear weight (and attention's packed projection) to ``density`` and
+    snap the kept weights to 2**bits evenly spaced centroids, in place (so torch and the runtime see
+    the very same weights)."""
     g = torch.Generator().manual_seed(seed)
+    layers = set(map(id, prunable_layers(model).values()))
     with torch.no_grad():
-        for m in model.modules():
+        for m in list(model.modules()):
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            if id(m) not in layers:
                 continue
             w = m.weight.detach().numpy()  # shares memory with the parameter
             k = max(1, int(round(density * w.size)))
@@ -67,9 +70,9 @@ def loaded_parts(model: nn.Module, input_shape, dense_weights=()):
     graph = capture(model, input_shape)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = {n["attrs"]["weight"] for n in graph["nodes"] if n["op"] in ("conv2d", "linear")}
-    modules = dict(model.named_modules())
-    # weights prune_and_share coded; others (an attention's packed in_proj_weight) stay dense
-    shared = {k: getattr(modules.get(k.rsplit(".", 1)[0]), "_test_codebook", None) for k in weights}
+    modules = {weight_key(n, m): m for n, m in prunable_layers(model).items()}
+    # weights prune_and_share coded; others stay dense
+    shared = {k: getattr(modules.get(k), "_test_codebook", None) for k in weights}
     coded = {k: coded_entry(sd[k], codebook=cb) for k, cb in shared.items() if cb is not None and k not in dense_weights}
     dense = {k: v for k, v in sd.items() if k not in coded}
     return graph, dense, coded

@@ -79,3 +79,19 @@ def test_family_as_torchscript(family, how):
         y = DenseTorchGraph(g, {k: v.numpy() for k, v in model.state_dict().items()})(x)
         torch.testing.assert_close(y, model(x), atol=1e-4, rtol=1e-4)
     assert [n["op"] for n in g["nodes"]] == [n["op"] for n in capture(model, (3, size, size))["nodes"]]
+
+
+@pytest.mark.parametrize("make, op, where", [
+    (lambda: tv.models.swin_t(), "_get_relative_position_bias", "features.1.0.attn"),
+    (lambda: tv.models.maxvit_t(), "einsum", "blocks.0.layers.0.layers.window_attention.attn_layer.1"),
+])
+def test_refused_families_name_op_path_and_supported_ops(make, op, where):
+    """Swin's relative position bias (an fx-wrapped function) and MaxViT's einsum are not captured
+    yet: the error is one line naming the op, the module path and what is supported."""
+    from deepcomp.capture import capture
+    from deepcomp.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(make().eval(), (3, 224, 224))
+    msg = str(e.value)
+    assert "\n" not in msg and f"'{op}'" in msg and where in msg and "deepcomp supports" in msg and "Conv2d" in msg

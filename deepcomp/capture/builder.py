@@ -103,7 +103,7 @@ class GraphBuilder:
         graph = {"format": GRAPH_FORMAT, "version": GRAPH_VERSION,
                  "input": {"name": self.input.name, "shape": list(self.input.shape)},
                  "output": output.name, "nodes": self.nodes}
-        return fold_batchnorm(drop_dead(graph))
+        return channels_first(fold_batchnorm(drop_dead(graph)))
 
 
 class Handlers(dict):
@@ -198,5 +198,59 @@ def fold_batchnorm(graph: dict) -> dict:
                 continue
         kept.append(node)
     graph["nodes"] = kept
+    graph["output"] = rename.get(graph["output"], graph["output"])
+    return graph
+
+
+# ops that act on the last dimension alone, elementwise or along it: they commute with moving the
+# channels from dimension 1 to the end, once told which dimension the channels are
+_UNARY = {"relu", "clamp", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "gelu"}
+
+
+def channels_first(graph: dict) -> dict:
+    """``permute(0, 2, 3, 1) -> layernorm / linear / activations -> permute(0, 3, 1, 2)`` (ConvNeXt's
+    blocks and its LayerNorm2d, written channels-last) becomes the same chain over dimension 1 of the
+    NCHW tensor: the permutes go, layernorm gets ``dim`` 1, linear gets ``dim`` 1 (a 1x1 convolution
+    on the planes instead of a matrix on H*W token rows). Only chains whose inner values feed
+    nothing else are rewritten."""
+    uses = _uses(graph)
+    nodes = graph["nodes"]
+    users: dict[str, list[dict]] = {}
+    for n in nodes:
+        for i in n["inputs"]:
+            users.setdefault(i, []).append(n)
+    drop, rename = set(), {}
+    for start in nodes:
+        if start["op"] != "permute" or start["attrs"].get("dims") != [0, 2, 3, 1] or uses.get(start["name"]) != 1:
+            continue
+        chain, cur = [], start
+        while True:
+            nxt = users.get(cur["name"], [])
+            if len(nxt) != 1 or uses.get(cur["name"]) != 1:
+                chain = None
+                break
+            cur = nxt[0]
+            if cur["op"] == "permute" and cur["attrs"].get("dims") == [0, 3, 1, 2]:
+                break
+            ok = (cur["op"] == "layernorm" and cur["attrs"].get("dim") == 3) or \
+                 (cur["op"] == "linear" and cur["attrs"].get("dim") is None) or cur["op"] in _UNARY
+            if not ok or len(cur["inputs"]) != 1:
+                chain = None
+                break
+            chain.append(cur)
+        if not chain:
+            continue
+        end = cur
+        chain[0]["inputs"] = [start["inputs"][0]]
+        for n in chain:
+            if n["op"] in ("layernorm", "linear"):
+                n["attrs"]["dim"] = 1
+        drop.update((start["name"], end["name"]))
+        rename[end["name"]] = chain[-1]["name"]
+    if not drop:
+        return graph
+    graph["nodes"] = [n for n in nodes if n["name"] not in drop]
+    for n in graph["nodes"]:
+        n["inputs"] = [rename.get(i, i) for i in n["inputs"]]
     graph["output"] = rename.get(graph["output"], graph["output"])
     return graph

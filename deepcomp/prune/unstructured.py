@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from deepcomp.errors import RecipeError
+from deepcomp.prune.attention import PackedProjection, packed_projections
 from deepcomp.prune.criteria import Criterion, Magnitude
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -21,9 +22,18 @@ def _original_name(m: nn.Module) -> str:
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers whose weights deepcomp prunes and codes: every Conv2d and Linear, by qualified name
-    (in a TorchScript model too)."""
+    (in a TorchScript model too), and the packed q/k/v projection of each nn.MultiheadAttention
+    (``<attention>.in_proj``, see deepcomp.prune.attention)."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        packed_projections(model)
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE) or (isinstance(m, torch.jit.ScriptModule) and _original_name(m) in ("Conv2d", "Linear"))}
+            if isinstance(m, (*PRUNABLE, PackedProjection))
+            or (isinstance(m, torch.jit.ScriptModule) and _original_name(m) in ("Conv2d", "Linear"))}
+
+
+def weight_key(name: str, module: nn.Module) -> str:
+    """The state_dict key of a prunable layer's weight (the file stores its coded weight under it)."""
+    return getattr(module, "weight_key", None) or f"{name}.weight"
 
 
 def layer_kind(module: nn.Module) -> str:

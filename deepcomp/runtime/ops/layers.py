@@ -6,8 +6,8 @@ import math
 import numpy as np
 
 from deepcomp.runtime import reference
-from deepcomp.runtime.ops.base import (BN_ATTRS, REQUIRED, Bad, Op, _native, batchnorm, integer, kernel, need_rank,
-                                     number, optional, pair, tensor_name)
+from deepcomp.runtime.ops.base import (BN_ATTRS, REQUIRED, Bad, Op, _native, batchnorm, choice, integer, kernel,
+                                     need_rank, number, optional, pair, tensor_name)
 from deepcomp.runtime.tensors import Weight, f32
 
 
@@ -94,6 +94,11 @@ def _conv_ref(a, cx, x):
 def _linear_shape(a, ins, ts):
     x = ins[0]
     w = ts(a["weight"])
+    if a["dim"] == 1:  # over the channels of NCHW: a 1x1 convolution
+        need_rank(x, 3)
+        if len(w) != 2 or w[1] != x[0]:
+            raise Bad(f"weight {list(w)} does not fit {x[0]} input channels")
+        return (w[0], x[1], x[2])
     if len(x) < 1 or len(w) != 2 or w[1] != x[-1]:
         raise Bad(f"weight {list(w)} does not fit {x[-1] if x else 0} input features")
     return x[:-1] + (w[0],)
@@ -118,16 +123,30 @@ def _rows(fn, x):
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+def _pointwise_kernel(factory, w, bias):
+    """A linear layer over the channels of NCHW (``dim`` 1) on the convolution kernel, as a 1x1
+    convolution: the weight's CSR rows are already the conv's (one tap per input channel)."""
+    return factory(w.csr["row_ptr"], w.csr["col"], w.cols, w.rows, (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                   values=w.csr.get("values"), cluster=w.csr.get("cluster"), codebook=w.csr.get("codebook"),
+                   bias=bias)
+
+
 def _linear_build(a, cx):
     w, bias = _linear_parts(a, cx)
+    relu = cx.act is not None
+    if a["dim"] == 1:
+        k = _pointwise_kernel(kernel("SparseConv2d"), w, bias)
+        cx.record(k, w)
+        return lambda x: k.forward(x, relu, None, None)
     k = _linear_kernel(kernel("SparseLinear"), w, bias)
     cx.record(k, w)
-    relu = cx.act is not None
     return lambda x: _rows(lambda r: k.forward(r, relu), x)
 
 
 def _linear_ref(a, cx, x):
     w, bias = _linear_parts(a, cx)
+    if a["dim"] == 1:
+        return _pointwise_kernel(reference.SparseConv2d, w, bias).forward(x, False, None, None)
     k = _linear_kernel(reference.SparseLinear, w, bias)
     return _rows(k.forward, x)
 
@@ -223,9 +242,11 @@ TABLE = [
        "`{\"weight\", \"bias\", \"running_mean\", \"running_var\", \"eps\"}` (a BatchNorm2d folded into this "
        "convolution: `y = (conv(x) - mean) * weight / sqrt(var + eps) + bias`, per output channel)",
        build=_conv_build, native="SparseConv2d", epilogue=_conv_epilogue),
-    Op("linear", (1, 1), {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None)},
+    Op("linear", (1, 1), {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None),
+                          "dim": (optional(choice(1)), None)},
        _linear_shape, _linear_ref,
-       "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows)",
+       "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows), or with "
+       "`dim`: 1 to the channels of an NCHW input (a 1x1 convolution; ConvNeXt's MLP captured channels-first)",
        build=_linear_build, native="SparseLinear",
        epilogue=lambda a, ins, act, act_attrs: (0.0, math.inf) if act == "relu" else None),
     Op("batchnorm2d", (1, 1), BN_ATTRS, _bn_shape, _bn_ref,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from deepcomp.runtime import reference
+from deepcomp.runtime import blas, reference
 from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, dims_list, flag, integer, kernel, need_rank, pair,
                                      shape_list, tensor_name)
 
@@ -152,6 +152,13 @@ def _matmul_ref(a, cx, x, y):
     return np.matmul(x, y)
 
 
+def _matmul_build(a, cx):
+    def matmul(x, y):
+        with blas.one_thread():
+            return np.matmul(x, y)
+    return matmul
+
+
 def _softmax_shape(a, ins, ts):
     if not 1 <= a["dim"] <= len(ins[0]):
         raise Bad(f"dim {a['dim']} out of range (never the batch)")
@@ -194,6 +201,6 @@ TABLE = [
                          "stop": (integer(1), REQUIRED), "step": (integer(1), 1)},
        _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)", since=2),
     Op("matmul", (2, 2), {}, _matmul_shape, _matmul_ref,
-       "none; inputs of equal rank, leading dimensions broadcast", since=2),
+       "none; inputs of equal rank, leading dimensions broadcast", build=_matmul_build, since=2),
     Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)", since=2),
 ]
