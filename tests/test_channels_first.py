@@ -79,3 +79,17 @@ def test_onnx_export_of_channels_first_linear(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, rt.load(path)(x), rtol=1e-4, atol=1e-4)
+
+
+def test_graph_version_is_the_lowest_that_holds_the_graph():
+    from deepcomp.runtime.plan import make_plan
+
+    block = Block().eval()
+    cf = capture(block, (16, 12, 12))
+    assert cf["version"] == 3  # channels-first linears: linear's dim attribute is version 3
+    assert capture(Block(leak=True).eval(), (16, 12, 12))["version"] == 2  # the chain stays channels-last
+    plain = capture(nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10)).eval(), (16, 4, 4))
+    assert plain["version"] == 2
+    # a reader of version 2 would misread dim 1, so a version-2 graph holding it is invalid
+    with pytest.raises(deepcomp.DczError, match="attributes of graph version 3 in a version 2 graph"):
+        make_plan({**cf, "version": 2}, lambda name: tuple(block.state_dict()[name].shape))

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from deepcomp.errors import UnsupportedOpError
-from deepcomp.runtime.ops import OPS, Bad, check_attrs
+from deepcomp.runtime.ops import OPS, Bad, check_attrs, graph_version
 
 GRAPH_FORMAT = "deepcomp-graph"
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3  # the newest; a graph records the lowest version it needs (ops.graph_version)
 
 
 class Tensor(NamedTuple):
@@ -103,7 +103,8 @@ class GraphBuilder:
         graph = {"format": GRAPH_FORMAT, "version": GRAPH_VERSION,
                  "input": {"name": self.input.name, "shape": list(self.input.shape)},
                  "output": output.name, "nodes": self.nodes}
-        return channels_first(fold_batchnorm(drop_dead(graph)))
+        graph = channels_first(fold_batchnorm(drop_dead(graph)))
+        return {**graph, "version": graph_version(graph["nodes"])}
 
 
 class Handlers(dict):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from deepcomp.errors import DczError, UnsupportedOpError
 from deepcomp.runtime.ops import OPS, Bad, check_attrs
 
-GRAPH_VERSIONS = (1, 2)  # version 2 added the ops whose ``since`` is 2 (docs/dcz-format.md)
+GRAPH_VERSIONS = (1, 2, 3)  # version N added the ops and attributes whose ``since`` is N (docs/dcz-format.md)
 _memory_limit: int | None = None
 
 
@@ -107,6 +107,10 @@ def _check_nodes(nodes: list, input_name: str, input_shape: tuple, tensor_shape,
         if op is None or op.since > version:
             raise UnsupportedOpError(f"node {name!r} has the op {op_name!r}, which this runtime does not know "
                                      f"in graph version {version}; upgrade deepcomp")
+        attrs = node.get("attrs")
+        if isinstance(attrs, dict) and op.version_of(attrs) > version:
+            raise _bad(f"node {name!r} uses attributes of graph version {op.version_of(attrs)} in a version "
+                       f"{version} graph")
         if not isinstance(inputs, list) or not all(isinstance(s, str) and s in shapes for s in inputs):
             raise _bad(f"the inputs {inputs!r} of node {name!r} must name the graph input or earlier nodes")
         lo, hi = op.arity

@@ -16,7 +16,8 @@ One :class:`Op` per op says everything the rest of deepcomp needs to know about 
   fresh output (fusion); ``epilogue(attrs, ins, act, act_attrs)`` says which activation the op's
   kernel applies itself, as a clamp range (lo, hi), or None;
 - ``doc``: the attributes column of the op table in docs/dcz-format.md; ``since``: the graph
-  version that introduced the op.
+  version that introduced the op, ``attr_since`` the version of each attribute added later (a
+  graph records the lowest version that holds it: ``graph_version``).
 
 The capture fronts (deepcomp.capture), the dense PyTorch baseline (deepcomp.bench) and the docs are
 checked against this table by tests/test_ops.py.
@@ -36,12 +37,18 @@ from __future__ import annotations
 from deepcomp.runtime.ops import elementwise, layers, shapes
 from deepcomp.runtime.ops.base import REQUIRED, Bad, BuildContext, Op, _native, check_attrs, kernel
 
-__all__ = ["OPS", "REQUIRED", "Bad", "BuildContext", "Op", "_native", "check_attrs", "docs_table", "kernel",
-           "native_bindings"]
+__all__ = ["OPS", "REQUIRED", "Bad", "BuildContext", "Op", "_native", "check_attrs", "docs_table", "graph_version",
+           "kernel", "native_bindings"]
 
 # each module's entries, in the order of docs/dcz-format.md's op table
 _TABLE = [*layers.TABLE, *elementwise.TABLE, *shapes.TABLE]
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
+
+
+def graph_version(nodes: list) -> int:
+    """The lowest graph version that holds these nodes (a writer records it, so an older reader
+    refuses a graph it would misread instead of ignoring an attribute it does not know)."""
+    return max([2, *(OPS[n["op"]].version_of(n["attrs"]) for n in nodes)])
 
 
 def native_bindings() -> list[str]:

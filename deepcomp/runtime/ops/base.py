@@ -44,6 +44,12 @@ class Op(NamedTuple):
     inplace: Callable | None = None
     epilogue: Callable | None = None
     since: int = 1
+    attr_since: dict | None = None  # attribute -> the graph version that introduced it (when set)
+
+    def version_of(self, attrs: dict) -> int:
+        """The lowest graph version that can hold a node of this op with these attributes."""
+        later = [v for k, v in (self.attr_since or {}).items() if attrs.get(k) is not None]
+        return max([self.since, *later])
 
 
 def kernel(name: str):

@@ -246,8 +246,9 @@ TABLE = [
                           "dim": (optional(choice(1)), None)},
        _linear_shape, _linear_ref,
        "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows), or with "
-       "`dim`: 1 to the channels of an NCHW input (a 1x1 convolution; ConvNeXt's MLP captured channels-first)",
-       build=_linear_build, native="SparseLinear",
+       "`dim`: 1 to the channels of an NCHW input (a 1x1 convolution; ConvNeXt's MLP captured channels-first; "
+       "version 3)",
+       build=_linear_build, native="SparseLinear", attr_since={"dim": 3},
        epilogue=lambda a, ins, act, act_attrs: (0.0, math.inf) if act == "relu" else None),
     Op("batchnorm2d", (1, 1), BN_ATTRS, _bn_shape, _bn_ref,
        "`weight`, `bias`, `running_mean`, `running_var`, `eps` (one that no convolution precedes; channels "
