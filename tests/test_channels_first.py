@@ -92,4 +92,4 @@ def test_graph_version_is_the_lowest_that_holds_the_graph():
     assert plain["version"] == 2
     # a reader of version 2 would misread dim 1, so a version-2 graph holding it is invalid
     with pytest.raises(deepcomp.DczError, match="attributes of graph version 3 in a version 2 graph"):
-        make_plan({**cf, "version": 2}, lambda name: tuple(block.state_dict()[name].shape))
+        make_plan({**cf, "version": 2}, lambda name, *_: tuple(block.state_dict()[name].shape))
