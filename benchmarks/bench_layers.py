@@ -149,7 +149,18 @@ AB_KNOBS = {
     "max-nv": (lambda v: nat._set_conv_max_nv(int(v)), 8, 7),
     "l1-budget": (lambda v: nat._set_conv_l1_budget(int(v)), 32768, 24576),
     "dense-threshold": (lambda v: nat._set_conv_dense_threshold(float(v)), 2.0, 0.0),
+    # 0: the planning the 16-lane (AVX-512) figures chose, on any ISA (register tiling, blocks up to 8
+    # vectors, dense from 0.55); 1: this ISA's defaults.
+    "isa-defaults": (lambda v: _set_tuning(bool(v)), 0, 1),
 }
+
+
+def _set_tuning(isa_defaults: bool):
+    """Sets the register-tiling, block and dense-threshold knobs together (see AB_KNOBS)."""
+    rt = nat._set_conv_register_tiling(nat.isa() == "avx512" if isa_defaults else True)
+    nv = nat._set_conv_max_nv(0 if isa_defaults else 8)
+    thr = nat._set_conv_dense_threshold(-1.0 if isa_defaults else 0.55)
+    return (rt, nv, thr)
 
 
 def parse_ab(spec: str) -> tuple[str, float, float]:
@@ -245,7 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="rounds of alternating blocks (default 7)")
     ap.add_argument("--ab", type=parse_ab, metavar="KNOB[=A,B]",
                     help=f"time deepcomp with a planning knob at A and at B ({', '.join(sorted(AB_KNOBS))}; "
-                         "default values: off/on, 8,7, 32768,24576, 2,0)")
+                         "default values: off/on, 8,7, 32768,24576, 2,0; isa-defaults: the AVX-512 tuning vs this ISA's)")
     args = ap.parse_args(argv)
     if args.threads:
         nat.set_num_threads(args.threads)
@@ -320,7 +331,10 @@ def ab_main(args) -> int:
                       f"{d / b:.2f}x | {load.cores if load.cores is not None else float('nan'):.2f} |", flush=True)
     for (net, batch), (a, b, d) in tot.items():
         print(f"| {net} | all conv | | {batch} | {d:.2f} | {a:.2f} | {b:.2f} | {a / b:.3f}x | {d / b:.2f}x | |")
-    AB_KNOBS[knob][0](restore)
+    if knob == "isa-defaults":
+        _set_tuning(True)
+    else:
+        AB_KNOBS[knob][0](restore)
     return 0
 
 

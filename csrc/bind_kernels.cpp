@@ -277,7 +277,8 @@ void bind_kernels(py::module_& m) {
         "ISA's default); returns the previous value.");
   m.def("_set_conv_dense_threshold", &set_conv_dense_threshold, py::arg("threshold"),
         "Debug/testing: SparseConv2d layers (groups == 1) whose effective density reaches this run on the dense "
-        "kernel in plans made from now on (0: every one, above 1: none); returns the previous value.");
+        "kernel in plans made from now on (0: every one, above 1: none, negative: the ISA's default); returns the "
+        "previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");

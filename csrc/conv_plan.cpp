@@ -13,9 +13,6 @@ namespace deepcomp {
 
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
-#ifndef DC_DENSE_THRESHOLD
-#define DC_DENSE_THRESHOLD 0.55
-#endif
 constexpr int kMaxTile = 12;  // the sparse kernels' largest pixel block, in vectors
 constexpr int64_t kMinBandRows = 6;
 // Pixel block and chunk window knobs; 0: the ISA's default.
@@ -24,7 +21,7 @@ std::atomic<int64_t> g_l1_budget{0};
 // Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
-std::atomic<double> g_dense_threshold{DC_DENSE_THRESHOLD};
+std::atomic<double> g_dense_threshold{-1.0};  // negative: the ISA's default
 #ifndef DC_CONV_RT
 #define DC_CONV_RT true
 #endif
@@ -157,8 +154,19 @@ void pack_register_tiles(ConvPlan& p, int64_t OC) {
 }  // namespace
 
 int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
-double conv_dense_threshold() { return g_dense_threshold.load(std::memory_order_relaxed); }
-double set_conv_dense_threshold(double t) { return g_dense_threshold.exchange(t, std::memory_order_relaxed); }
+// 16 lanes: 0.55 (0.4 and 0.7 measured 0.93x and 0.90x). 8 lanes (AVX2): the dense kernel's 6 x 2
+// accumulator tile against the 7-vector sparse blocks; VGG-16 conv3_1 (effective 0.59) ran 0.68x
+// dense, AlexNet conv1 (0.90) 1.30x (docs/kernels.md).
+double conv_default_dense_threshold(int width) { return width >= 16 ? 0.55 : 0.75; }
+double conv_dense_threshold() {
+  const double t = g_dense_threshold.load(std::memory_order_relaxed);
+  return t < 0 ? conv_default_dense_threshold(kernels().width) : t;
+}
+double set_conv_dense_threshold(double t) {
+  const double prev = conv_dense_threshold();
+  g_dense_threshold.store(t, std::memory_order_relaxed);
+  return prev;
+}
 int64_t set_conv_band_budget(int64_t bytes) {
   return g_band_budget.exchange(std::max<int64_t>(bytes, 1), std::memory_order_relaxed);
 }

@@ -30,9 +30,10 @@ struct ConvGeometry {
 int64_t conv_band_budget();
 int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
 // Layers (groups == 1) whose effective density reaches this run on the dense kernel: 0 sends all of
-// them there, anything above 1 none.
+// them there, anything above 1 none; negative restores the ISA's default.
 double conv_dense_threshold();
 double set_conv_dense_threshold(double threshold);  // returns the previous value
+double conv_default_dense_threshold(int width);
 // Whether sparse plans (of layers at least 24% dense) use the register-tiled kernel (groups of
 // output channels sharing input loads). By default on for 16-lane ISAs, off for 8-lane ones (AVX2:
 // the per-row kernel's FMAs take their input from memory at two loads per cycle, so shared loads
