@@ -8,6 +8,7 @@ linear centroids). All implementations run in one process with the same thread c
     python benchmarks/bench_layers.py --quick                    # markdown table of medians and ratios
     python benchmarks/bench_layers.py --full                     # also batch 64 for every conv layer
     python benchmarks/bench_layers.py --ab register-tiling       # kernel A/B: knob off vs on, same process
+    python benchmarks/bench_layers.py --ab max-nv=8,7            # planning knob at value A vs value B
 
 DEEPCOMP_BENCH_NETS=alexnet limits the networks; DEEPCOMP_NUM_THREADS sets both libraries' threads.
 """
@@ -140,22 +141,54 @@ def runners(L, x: torch.Tensor):
     return out
 
 
-# Planning knobs an A/B run can flip (off, on): the plan cache is keyed by them, so switching between
-# calls picks each side's own cached plan.
-AB_KNOBS = {"register-tiling": lambda on: nat._set_conv_register_tiling(on)}
+# Planning knobs an A/B run can set: name -> (setter, default A value, default B value). The plan
+# cache is keyed by them, so switching between calls picks each side's own cached plan. A setter
+# returns the previous value; 0 restores an ISA default where the knob has one.
+AB_KNOBS = {
+    "register-tiling": (lambda v: nat._set_conv_register_tiling(bool(v)), 0, 1),
+    "max-nv": (lambda v: nat._set_conv_max_nv(int(v)), 8, 7),
+    "l1-budget": (lambda v: nat._set_conv_l1_budget(int(v)), 32768, 24576),
+    "dense-threshold": (lambda v: nat._set_conv_dense_threshold(float(v)), 2.0, 0.0),
+    # 0: the planning the 16-lane (AVX-512) figures chose, on any ISA (register tiling, blocks up to 8
+    # vectors, dense from 0.55); 1: this ISA's defaults.
+    "isa-defaults": (lambda v: _set_tuning(bool(v)), 0, 1),
+}
 
 
-def ab_runners(L, x: torch.Tensor, knob: str) -> dict:
-    """deepcomp with the knob off ("A") and on ("B"), plus dense torch, all on the same layer."""
+def _set_tuning(isa_defaults: bool):
+    """Sets the register-tiling, block and dense-threshold knobs together (see AB_KNOBS)."""
+    rt = nat._set_conv_register_tiling(nat.isa() == "avx512" if isa_defaults else True)
+    nv = nat._set_conv_max_nv(0 if isa_defaults else 8)
+    thr = nat._set_conv_dense_threshold(-1.0 if isa_defaults else 0.55)
+    return (rt, nv, thr)
+
+
+def parse_ab(spec: str) -> tuple[str, float, float]:
+    """'knob' or 'knob=A,B' -> (knob, A, B); argparse type, so a bad spec is a one-line error."""
+    name, _, vals = spec.partition("=")
+    if name not in AB_KNOBS:
+        raise argparse.ArgumentTypeError(f"unknown knob {name!r}; one of {', '.join(sorted(AB_KNOBS))}")
+    if not vals:
+        return name, AB_KNOBS[name][1], AB_KNOBS[name][2]
+    try:
+        a, b = (float(v) for v in vals.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected {name}=A,B with two numbers") from None
+    return name, a, b
+
+
+def ab_runners(L, x: torch.Tensor, ab: tuple) -> dict:
+    """deepcomp with the knob at value A ("A") and at value B ("B"), plus dense torch, same layer."""
     r = runners(L, x)
-    ours, set_knob = r["deepcomp"], AB_KNOBS[knob]
+    name, a, b = ab
+    ours, set_knob = r["deepcomp"], AB_KNOBS[name][0]
 
-    def side(on):
+    def side(v):
         def run():
-            set_knob(on)
+            set_knob(v)
             return ours()
         return run
-    return {"torch-dense": r["torch-dense"], "A": side(False), "B": side(True)}
+    return {"torch-dense": r["torch-dense"], "A": side(a), "B": side(b)}
 
 
 def check(L, x) -> None:
@@ -221,7 +254,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="", help="override batch sizes, e.g. 1,8,64")
     ap.add_argument("--threads", type=int, default=0, help="thread count for both libraries (default: ours)")
     ap.add_argument("--repeat", type=int, default=7, help="rounds of alternating blocks (default 7)")
-    ap.add_argument("--ab", choices=sorted(AB_KNOBS), help="time deepcomp with this planning knob off (A) and on (B)")
+    ap.add_argument("--ab", type=parse_ab, metavar="KNOB[=A,B]",
+                    help=f"time deepcomp with a planning knob at A and at B ({', '.join(sorted(AB_KNOBS))}; "
+                         "default values: off/on, 8,7, 32768,24576, 2,0; isa-defaults: the AVX-512 tuning vs this ISA's)")
     args = ap.parse_args(argv)
     if args.threads:
         nat.set_num_threads(args.threads)
@@ -268,7 +303,9 @@ def ab_main(args) -> int:
     load measured around each layer's timing."""
     from deepcomp.cpuload import ForeignLoad
 
-    print(f"threads={threads()} isa={nat.isa()} A/B: {args.ab} off (A) vs on (B)\n")
+    knob, a, b = args.ab
+    print(f"threads={threads()} isa={nat.isa()} A/B: {knob} = {a:g} (A) vs {b:g} (B)\n")
+    restore = AB_KNOBS[knob][0](a)
     print("| net | layer | density | batch | torch ms | A ms | B ms | B speedup over A | B vs torch | foreign cores |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     tot = {}
@@ -294,7 +331,10 @@ def ab_main(args) -> int:
                       f"{d / b:.2f}x | {load.cores if load.cores is not None else float('nan'):.2f} |", flush=True)
     for (net, batch), (a, b, d) in tot.items():
         print(f"| {net} | all conv | | {batch} | {d:.2f} | {a:.2f} | {b:.2f} | {a / b:.3f}x | {d / b:.2f}x | |")
-    AB_KNOBS[args.ab](True)
+    if knob == "isa-defaults":
+        _set_tuning(True)
+    else:
+        AB_KNOBS[knob][0](restore)
     return 0
 
 

@@ -269,9 +269,16 @@ void bind_kernels(py::module_& m) {
   m.def("_set_conv_register_tiling", &set_conv_register_tiling, py::arg("on"),
         "Debug/testing: whether SparseConv2d sparse plans made from now on use the register-tiled kernel; returns "
         "the previous setting.");
+  m.def("_set_conv_max_nv", &set_conv_max_nv, py::arg("nv"),
+        "Debug/testing: largest pixel block (vectors, 1..12; 0: the ISA's default) of SparseConv2d sparse plans "
+        "made from now on; returns the previous value.");
+  m.def("_set_conv_l1_budget", &set_conv_l1_budget, py::arg("bytes"),
+        "Debug/testing: L1 bytes a SparseConv2d chunk's input window may take in plans made from now on (0: the "
+        "ISA's default); returns the previous value.");
   m.def("_set_conv_dense_threshold", &set_conv_dense_threshold, py::arg("threshold"),
         "Debug/testing: SparseConv2d layers (groups == 1) whose effective density reaches this run on the dense "
-        "kernel in plans made from now on (0: every one, above 1: none); returns the previous value.");
+        "kernel in plans made from now on (0: every one, above 1: none, negative: the ISA's default); returns the "
+        "previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");

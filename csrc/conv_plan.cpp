@@ -13,28 +13,20 @@ namespace deepcomp {
 
 namespace {
 std::string S(int64_t v) { return std::to_string(v); }
-#ifndef DC_MAXNV
-#define DC_MAXNV 8
-#endif
-#ifndef DC_L1
-#define DC_L1 (32 << 10)
-#endif
-#ifndef DC_DENSE_THRESHOLD
-#define DC_DENSE_THRESHOLD 0.55
-#endif
-constexpr int kMaxNv = DC_MAXNV;  // largest pixel block, in vectors (the kernels go to 12)
-static_assert(kMaxNv <= 12, "blocks beyond the kernels' largest");
+constexpr int kMaxTile = 12;  // the sparse kernels' largest pixel block, in vectors
 constexpr int64_t kMinBandRows = 6;
-// Bytes of input window a chunk may read (this machine's L1D is 48 KB).
-constexpr int64_t kL1Budget = DC_L1;
+// Pixel block and chunk window knobs; 0: the ISA's default.
+std::atomic<int> g_max_nv{0};
+std::atomic<int64_t> g_l1_budget{0};
 // Band buffers (padded, phase-split, shifted input rows) are kept about this small so they stay in
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
-std::atomic<double> g_dense_threshold{DC_DENSE_THRESHOLD};
+std::atomic<double> g_dense_threshold{-1.0};  // negative: the ISA's default
 #ifndef DC_CONV_RT
 #define DC_CONV_RT true
 #endif
-std::atomic<bool> g_register_tiling{DC_CONV_RT};
+// -1: the ISA's default (on for 16-lane vectors).
+std::atomic<int> g_register_tiling{DC_CONV_RT ? -1 : 0};
 // Sparser layers share too few input loads between the rows of a group to pay for the pattern
 // loops (VGG-16 conv1_2, 22% kept, 0.95-0.97x; conv3_2, 24%, 1.03x: docs/kernels.md).
 constexpr double kRtMinDensity = 0.24;
@@ -162,17 +154,59 @@ void pack_register_tiles(ConvPlan& p, int64_t OC) {
 }  // namespace
 
 int64_t conv_band_budget() { return g_band_budget.load(std::memory_order_relaxed); }
-double conv_dense_threshold() { return g_dense_threshold.load(std::memory_order_relaxed); }
-double set_conv_dense_threshold(double t) { return g_dense_threshold.exchange(t, std::memory_order_relaxed); }
+// 16 lanes: 0.55 (0.4 and 0.7 measured 0.93x and 0.90x). 8 lanes (AVX2): the dense kernel's 6 x 2
+// accumulator tile against the 7-vector sparse blocks; VGG-16 conv3_1 (effective 0.59) ran 0.68x
+// dense, AlexNet conv1 (0.90) 1.30x (docs/kernels.md).
+double conv_default_dense_threshold(int width) { return width >= 16 ? 0.55 : 0.75; }
+double conv_dense_threshold() {
+  const double t = g_dense_threshold.load(std::memory_order_relaxed);
+  return t < 0 ? conv_default_dense_threshold(kernels().width) : t;
+}
+double set_conv_dense_threshold(double t) {
+  const double prev = conv_dense_threshold();
+  g_dense_threshold.store(t, std::memory_order_relaxed);
+  return prev;
+}
 int64_t set_conv_band_budget(int64_t bytes) {
   return g_band_budget.exchange(std::max<int64_t>(bytes, 1), std::memory_order_relaxed);
 }
 
-bool conv_register_tiling() { return g_register_tiling.load(std::memory_order_relaxed); }
-bool set_conv_register_tiling(bool on) { return g_register_tiling.exchange(on, std::memory_order_relaxed); }
+bool conv_register_tiling() {
+  const int v = g_register_tiling.load(std::memory_order_relaxed);
+  return v < 0 ? kernels().width >= 16 : v != 0;
+}
+bool set_conv_register_tiling(bool on) {
+  const bool prev = conv_register_tiling();
+  g_register_tiling.store(on ? 1 : 0, std::memory_order_relaxed);
+  return prev;
+}
+
+// 16-lane vectors: blocks up to 8 (2 x 8 accumulators of the paired loop in 32 registers; 12 and 10
+// measured 0.98x), a 32 KB window of a 48 KB L1D. 8-lane (AVX2, 16 registers): see docs/kernels.md.
+int conv_default_max_nv(int width) { return width >= 16 ? 8 : 7; }
+int64_t conv_default_l1_budget(int width) { return width >= 16 ? int64_t(32) << 10 : int64_t(32) << 10; }
+int conv_max_nv() {
+  const int v = g_max_nv.load(std::memory_order_relaxed);
+  return v > 0 ? v : conv_default_max_nv(kernels().width);
+}
+int set_conv_max_nv(int nv) {
+  const int prev = conv_max_nv();
+  g_max_nv.store(std::min(std::max(nv, 0), kMaxTile), std::memory_order_relaxed);
+  return prev;
+}
+int64_t conv_l1_budget() {
+  const int64_t v = g_l1_budget.load(std::memory_order_relaxed);
+  return v > 0 ? v : conv_default_l1_budget(kernels().width);
+}
+int64_t set_conv_l1_budget(int64_t bytes) {
+  const int64_t prev = conv_l1_budget();
+  g_l1_budget.store(std::max<int64_t>(bytes, 0), std::memory_order_relaxed);
+  return prev;
+}
 
 ConvPlanKey current_conv_key(int64_t H, int64_t W, int threads) {
-  return {H, W, threads, kernels().width, conv_band_budget(), conv_dense_threshold(), conv_register_tiling()};
+  return {H,  W, threads, kernels().width, conv_band_budget(), conv_dense_threshold(), conv_register_tiling(),
+          conv_max_nv(), conv_l1_budget()};
 }
 
 std::pair<int64_t, int64_t> conv_out_size(const ConvGeometry& g, int64_t H, int64_t W) {
@@ -253,7 +287,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   // Pick the register block (nv vectors) that wastes the least: each block pays nv loads+FMAs per
   // nonzero plus about two scalar operations (offset, weight broadcast).
   const bool rt = key.rt && p->K >= kRtMinTaps && double(nnz) >= kRtMinDensity * double(g.out_channels * p->K);
-  const int max_nv = rt ? std::min(kMaxNv, conv_rt_max_nv(width)) : kMaxNv;
+  const int max_nv = rt ? std::min(key.max_nv, conv_rt_max_nv(width)) : key.max_nv;
   const int64_t nvec = (p->P + width - 1) / width;
   int best = 1;
   int64_t best_cost = INT64_MAX;
@@ -306,7 +340,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   // row, not the whole rows between them; a longer block reads its rows and dy_max more.
   const int64_t dy = dy_max(g), ext = (g.kw - 1) * g.dw / g.sw + 16;
   const int64_t span = p->block < p->Wq ? (dy + 1) * (p->block + ext) : p->block + dy * p->Wq + ext;
-  const int64_t upc = std::max<int64_t>(1, kL1Budget / (4 * span * ncopies));
+  const int64_t upc = std::max<int64_t>(1, key.l1 / (4 * span * ncopies));
   p->nchunks = (cg * nused + upc - 1) / upc;
   auto chunk_of = [&](int64_t col) { return (col / taps * nused + tap_unit[size_t(col % taps)]) / upc; };
   const int64_t OC = g.out_channels;

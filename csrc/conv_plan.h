@@ -30,13 +30,24 @@ struct ConvGeometry {
 int64_t conv_band_budget();
 int64_t set_conv_band_budget(int64_t bytes);  // returns the previous value
 // Layers (groups == 1) whose effective density reaches this run on the dense kernel: 0 sends all of
-// them there, anything above 1 none.
+// them there, anything above 1 none; negative restores the ISA's default.
 double conv_dense_threshold();
 double set_conv_dense_threshold(double threshold);  // returns the previous value
+double conv_default_dense_threshold(int width);
 // Whether sparse plans (of layers at least 24% dense) use the register-tiled kernel (groups of
-// output channels sharing input loads). On by default.
+// output channels sharing input loads). By default on for 16-lane ISAs, off for 8-lane ones (AVX2:
+// the per-row kernel's FMAs take their input from memory at two loads per cycle, so shared loads
+// save nothing there; docs/kernels.md).
 bool conv_register_tiling();
 bool set_conv_register_tiling(bool on);  // returns the previous value
+// Largest pixel block of sparse plans, in vectors (1..12), and the L1 bytes a chunk's input window
+// may take; 0 restores the ISA's default (conv_default_max_nv / conv_default_l1_budget).
+int conv_max_nv();
+int set_conv_max_nv(int nv);               // returns the previous value
+int64_t conv_l1_budget();
+int64_t set_conv_l1_budget(int64_t bytes);  // returns the previous value
+int conv_default_max_nv(int width);
+int64_t conv_default_l1_budget(int width);
 
 // Everything a plan depends on besides the layer itself: the input's spatial size and the run's
 // thread count, SIMD width and planning knobs. A change in any of them makes a new plan.
@@ -46,7 +57,9 @@ struct ConvPlanKey {
   int64_t budget;
   double dense_threshold;
   bool rt;
-  auto tie() const { return std::tie(H, W, threads, width, budget, dense_threshold, rt); }
+  int max_nv;
+  int64_t l1;
+  auto tie() const { return std::tie(H, W, threads, width, budget, dense_threshold, rt, max_nv, l1); }
   bool operator<(const ConvPlanKey& o) const { return tie() < o.tie(); }
   bool operator==(const ConvPlanKey& o) const { return tie() == o.tie(); }
 };

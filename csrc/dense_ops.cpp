@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "dispatch.h"
 #include "threadpool.h"
 
 namespace deepcomp {
@@ -69,6 +70,16 @@ inline float nan_max(float m, float v) { return (v > m || v != v) ? v : m; }
 // horizontal-first order (see docs/kernels.md).
 void max_pool2d(const float* x, int64_t NC, int64_t H, int64_t W, const Pool2d& p, float* y, int64_t OH, int64_t OW) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+#if DEEPCOMP_X86
+  // VGG's and AlexNet's pools at 1 thread: 0.7x-2.9x faster than the generic loops below, which
+  // the compiler vectorises for SSE2 only (docs/kernels.md).
+  if (kernels().width >= 8 && p.sw == 2 && (p.kw == 2 || p.kw == 3) && !p.ph && !p.pw && p.dh == 1 && p.dw == 1) {
+    for_plane_ranges(NC, OH * OW * p.kh * p.kw, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) max_pool_plane_avx2(x + i * H * W, x + NC * H * W, H, W, p, y + i * OH * OW, OH, OW);
+    });
+    return;
+  }
+#endif
   for_plane_ranges(NC, OH * OW * p.kh * p.kw, [&](int64_t first, int64_t last) {
     std::vector<float> col(static_cast<size_t>(W));  // one per task, reused for every row of its planes
     float* v = col.data();

@@ -62,9 +62,12 @@ const Kernels& kernels() { return *current().load(std::memory_order_acquire); }
 std::string isa_name() { return kernels().name; }
 
 void set_isa(const std::string& name) {
-  const Kernels* t = table_for(name);
-  if (!t) throw ShapeError("unknown ISA '" + name + "' (expected avx512, avx2 or scalar)");
+  if (name != "avx512" && name != "avx2" && name != "scalar")
+    throw ShapeError("unknown ISA '" + name + "' (expected avx512, avx2 or scalar)");
+  // The CPU check comes first: building an ISA's table runs that ISA's code (SIGILL without it).
   if (!cpu_has(name)) throw ShapeError("this CPU does not support ISA '" + name + "'");
+  const Kernels* t = table_for(name);
+  if (!t) throw ShapeError("ISA '" + name + "' is not built into this extension");
   current().store(t, std::memory_order_release);
 }
 

@@ -358,6 +358,24 @@ def test_adaptive_avg_pool_matches_torch(n, c, hw, out, seed):
     assert_close(nat.adaptive_avg_pool2d(x, out), ref)
 
 
+@pytest.mark.parametrize("k", [(2, 2), (3, 3), (1, 2), (4, 3)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool_stride2_rows(isa, k, ceil_mode):
+    """The vector path of stride-2, 2- or 3-wide windows (AVX2): rows of every width around the
+    16-column blocks and their masked ends, NaNs anywhere, equal to torch bit for bit."""
+    rng = np.random.default_rng(11)
+    for w in (2, 3, 15, 16, 17, 18, 19, 31, 33, 34, 55, 56, 57):
+        x = rng.standard_normal((2, 3, 7, w)).astype(np.float32)
+        x[rng.random(x.shape) < 0.03] = np.nan
+        tx = torch.from_numpy(x)
+        try:
+            ref = F.max_pool2d(tx, k, 2, ceil_mode=ceil_mode).numpy()
+        except RuntimeError:
+            continue
+        got = nat.max_pool2d(x, k, 2, ceil_mode=ceil_mode)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{isa} width {w}")
+
+
 def test_pool_edge_cases():
     x = np.random.default_rng(5).standard_normal((2, 3, 13, 13)).astype(np.float32)
     tx = torch.from_numpy(x)

@@ -1,10 +1,10 @@
 // Micro-benchmark of every micro-kernel of every ISA this CPU runs, one thread, on a synthetic
 // VGG-like problem: 256 output channels, each keeping a `density` share (default 0.33) of 72 taps
 // spread over a 32 KB window (24 nonzeros per row, as in one chunk of a VGG-16 layer). Prints kept
-// GMAC/s per kernel, median of rounds.
+// GMAC/s per kernel, median of rounds of this thread's CPU time.
 //   microkernel_bench [density] [filter-substring]
 #include <algorithm>
-#include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -13,15 +13,22 @@
 #include "microkernel_check.h"
 
 using namespace deepcomp;
-using Clock = std::chrono::steady_clock;
+
+// CPU time of this thread: on a shared machine, wall time of a round also counts the slices other
+// processes ran on this core, and rounds longer than a scheduler slice then look several times slower.
+double thread_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 template <class F>
 double median_seconds(F&& f, int rounds, int reps) {
   std::vector<double> t;
   for (int r = 0; r < rounds; ++r) {
-    const auto a = Clock::now();
+    const double a = thread_seconds();
     for (int i = 0; i < reps; ++i) f();
-    t.push_back(std::chrono::duration<double>(Clock::now() - a).count() / reps);
+    t.push_back((thread_seconds() - a) / reps);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
