@@ -72,13 +72,20 @@ def coded_payload(e: EncodedWeight) -> bytes:
     return b"".join(parts)
 
 
+def coded_section(e: EncodedWeight) -> tuple[int, bytes]:
+    """(section type, payload) of a coded tensor: CODED. A block-coded tensor (CODED_BLOCK, minor 1)
+    gets its own type here."""
+    return CODED, coded_payload(e)
+
+
 def _json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode("utf-8")
 
 
-def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *, compress_json: bool = True) -> bytes:
+def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *, compress_json: bool = True,
+             minor: int = 0) -> bytes:
     """The whole file as bytes: META, GRAPH (zlib-compressed JSON), then the (type, payload) tensor
-    sections in order."""
+    sections in order. ``minor``: 1 for a file with the int8 additions, else 0."""
     flags = FLAG_ZLIB if compress_json else 0
     pack = (lambda b: zlib.compress(b, 9)) if compress_json else (lambda b: b)
     sections = [(META, flags, pack(_json_bytes(meta))), (GRAPH, flags, pack(_json_bytes(graph))),
@@ -93,7 +100,7 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
     size = pos
     table = b"".join(struct.pack("<IIQQII", t, f, off, len(p), zlib.crc32(p), 0)
                      for (t, f, p), off in zip(sections, offsets))
-    head = MAGIC + struct.pack("<HHIQI", MAJOR, MINOR, n, size, zlib.crc32(table))
+    head = MAGIC + struct.pack("<HHIQI", MAJOR, minor, n, size, zlib.crc32(table))
     head += struct.pack("<I", zlib.crc32(head))
     out = bytearray(size)
     out[:32] = head
@@ -104,18 +111,18 @@ def pack_dcz(meta: Mapping, graph: Mapping, tensors: list[tuple[int, bytes]], *,
 
 
 def write_dcz(path, *, meta: Mapping, graph: Mapping, dense: Mapping[str, np.ndarray],
-              coded: Mapping[str, EncodedWeight], order: list[str] | None = None) -> int:
+              coded: Mapping[str, EncodedWeight], order: list[str] | None = None, minor: int = 0) -> int:
     """Write a .dcz file; tensors in ``order`` (default: coded then dense). Returns the file size."""
     names = order if order is not None else [*coded, *dense]
     tensors = []
     for name in names:
         if name in coded:
-            tensors.append((CODED, coded_payload(coded[name])))
+            tensors.append(coded_section(coded[name]))
         elif name in dense:
             tensors.append((DENSE, dense_payload(name, dense[name])))
         else:
             raise DeepcompError(f"tensor {name!r} is in the order but neither coded nor dense")
-    data = pack_dcz(meta, graph, tensors)
+    data = pack_dcz(meta, graph, tensors, minor=minor)
     atomic_write(path, data)
     return len(data)
 
