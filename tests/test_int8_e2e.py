@@ -158,6 +158,14 @@ def test_info_shows_int8_nodes(int8_file, capsys):
     assert [l["precision"] for l in rep["layers"]] == ["int8"] * 4 and rep["int8"]["block"] == [1, 4]
 
 
+def test_bench_runs_an_int8_file(int8_file):
+    from deepcomp.bench import bench_file
+
+    r = bench_file(int8_file[0], batches=(2,), repeat=1)[0]
+    assert [(l["name"], l["kernel"]) for l in r["layers"]] == [(n, "int8") for n in ("c1", "c2", "fc1", "fc2")]
+    assert r["end_to_end"]["sparse_ms"] > 0 and r["end_to_end"]["dense_ms"] > 0 and "int8" in r["isa"]
+
+
 def test_bad_block_shape_is_one_line(tmp_path):
     recipe = tmp_path / "bad.toml"
     recipe.write_text('name = "bad"\n[defaults]\nblock = [2, 4]\n')
