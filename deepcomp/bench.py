@@ -188,6 +188,25 @@ def _layer_consumers(graph: dict) -> dict[str, list[str]]:
     return users
 
 
+def _runtime_inputs(model, x) -> dict:
+    """{step name: the inputs the runtime hands that step} for one call (a QTensor for an int8 step
+    that takes another's uint8 output)."""
+    env, out = {model.input_name: x}, {}
+    for st in model.steps:
+        out[st.name] = [env[s] for s in st.inputs]
+        env[st.name] = st.run(*out[st.name])
+    return out
+
+
+def _int8_dense(dense_fn, fusion: dict):
+    """The dense PyTorch work an int8 step does: its op, the fused ReLU and max-pool."""
+    def fn(t):
+        y = dense_fn(t)
+        y = F.relu(y) if fusion["relu"] else y
+        return F.max_pool2d(y, *fusion["pool"]) if fusion["pool"] else y
+    return fn
+
+
 def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
                layers: bool = True, seed: int = 0) -> list[dict]:
     """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}}``; each layer row
@@ -206,6 +225,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
     by_name = {nd["name"]: nd for nd in model.graph["nodes"]}
     steps = {s.name: s for s in model.steps}  # the runtime's planned steps (kernel + fused epilogue)
     info = {l.name: l for l in model.layers}
+    fusion = {s.name: s.int8 for s in model.plan.steps if s.int8 is not None}
     rng = np.random.default_rng(seed)
     results = []
     for batch in batches:
@@ -217,6 +237,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
             record: dict = {}
             with torch.inference_mode():
                 c_dense(xt, record)
+            rt_inputs = _runtime_inputs(model, x) if fusion else {}
             for name, layer in info.items():
                 node = by_name[name]
                 xin = record[name][0].contiguous()
@@ -228,6 +249,9 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
                     dense_fn = lambda t, base=base: F.relu(base(t))
                 xin_np = xin.numpy()
                 step = steps[name]
+                if name in fusion:  # int8: the fused ReLU / pool on the dense side, the runtime's own input
+                    dense_fn = _int8_dense(c_dense.fns[name], fusion[name])
+                    xin_np = rt_inputs[name][0]
                 fns = [lambda: dense_fn(xin), lambda: step.run(xin_np)]
                 if node["op"] == "linear":
                     w = c_dense.t[node["attrs"]["weight"]]
@@ -245,8 +269,9 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
                     dense_ms, sparse_ms, *rest = median_ms(*fns, repeat=repeat)
                 torch_sparse_ms = rest[0] if rest else None
                 conv = node["op"] == "conv2d"
-                rows.append({"name": name, "kind": "conv" if conv else "fc",
-                             "kernel": step.kernel.kernel_for(*xin.shape[2:]) if conv else "sparse",
+                kern = ("int8" if name in fusion else
+                        step.kernel.kernel_for(*xin.shape[2:]) if conv else "sparse")
+                rows.append({"name": name, "kind": "conv" if conv else "fc", "kernel": kern,
                              "density": layer.density, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                              "torch_sparse_ms": torch_sparse_ms, "speedup": dense_ms / sparse_ms})
         layer_load.stop()
@@ -255,7 +280,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
         results.append({"threads": n, "batch": int(batch), "layers": rows,
                         "end_to_end": {"dense_ms": dense_e2e, "sparse_ms": sparse_e2e,
                                        "speedup": dense_e2e / sparse_e2e},
-                        "isa": _isa()})
+                        "isa": _isa() + (f", int8 {_int8_isa()}" if fusion else "")})
         _add_trust(results[-1], layer_load if layers else None, e2e_load)
     return results
 
@@ -290,6 +315,15 @@ def trust_warnings(r: dict) -> list[str]:
             out.append(f"{side}'s per-layer times add up to {total:.2f} ms, more than its end-to-end time of "
                        f"{e[key]:.2f} ms that contains them: the per-layer figures are unreliable")
     return out
+
+
+def _int8_isa() -> str:
+    try:
+        from deepcomp import _native
+
+        return _native.int8_isa()
+    except (ImportError, AttributeError):  # pragma: no cover
+        return "numpy reference"
 
 
 def _isa() -> str:

@@ -143,7 +143,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--recipe", default="deep-compression", metavar="NAME|FILE",
                    help="recipe name or a TOML file (default: deep-compression). 'deep-compression' picks the paper's "
                         "per-layer table for alexnet, vgg16, lenet-300-100 and lenet-5 (others: conv 8 / fc 5 bits, "
-                        "sparsity 0.8); 'fashion-mnist' is the LeNet preset tuned for Fashion-MNIST (ip1 at 3 bits)")
+                        "sparsity 0.8); 'fashion-mnist' is the LeNet preset tuned for Fashion-MNIST (ip1 at 3 bits); "
+                        "'sparse-int8' prunes the same densities in 1x4 blocks and runs the layers int8, activations "
+                        "calibrated on --data (or on random inputs: speed only)")
     p.add_argument("--sparsity", type=fraction, metavar="S",
                    help="fraction of weights to remove, in [0, 1] (overrides the recipe's densities)")
     p.add_argument("--global", dest="scope", action="store_const", const="global",
@@ -155,7 +157,7 @@ def _add_compress(sub) -> None:
                    help="what pruning keeps: |w| (the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
                         "relevance; the last three calibrate on --data (default: the recipe's, magnitude)")
     p.add_argument("--calibration-batches", type=positive_int, default=8, metavar="N",
-                   help="batches of --data used to calibrate wanda/relevance (default 8)")
+                   help="batches of --data used to calibrate wanda/relevance and the int8 activations (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
                    help="k-means centroid initialisation (default: linear, the paper's)")
     p.add_argument("--input-shape", metavar="C,H,W", type=_parse_int_list,

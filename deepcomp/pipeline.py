@@ -14,8 +14,10 @@ from torch import nn
 
 from deepcomp.dcz import write_dcz
 from deepcomp.encode import EncodedWeight, encode_shared
+from deepcomp.encode_block import encode_block_shared
 from deepcomp.errors import DeepcompError, RecipeError
-from deepcomp.prune import iterative_prune, layer_kind, prunable_layers
+from deepcomp.prune import compute_masks, iterative_prune, layer_kind, prunable_layers
+from deepcomp.prune.block import mixed_masks
 from deepcomp.prune.criteria import Criterion
 from deepcomp.quantize import SharedWeight, share_weights
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
@@ -32,6 +34,7 @@ class LayerPlan:
     bits: int
     index_bits: int
     label: str = ""      # the paper's name (conv1, fc6, ...) where a preset gives one
+    int8: bool = False   # runs on the int8 kernels (an int8 recipe: block-pruned, calibrated)
 
 
 @dataclass(repr=False)
@@ -51,6 +54,7 @@ class CompressResult:
     notes: list[str] = field(default_factory=list)
     datasets: tuple | None = None    # (train, test) when compress() had data
     accuracy: dict = field(default_factory=dict)  # "baseline" (torch), "compressed" (the file, runtime)
+    extra_dense: dict = field(default_factory=dict)  # tensors the file adds to the state_dict's (int8 scales)
 
     def __repr__(self) -> str:
         """One line: what was compressed, how sparse, how big (not the masks, codebooks and bitstreams)."""
@@ -73,8 +77,10 @@ class CompressResult:
         sd = self.model.state_dict()
         coded = {e.name: e for e in self.encoded.values()}
         dense = {k: v.detach().cpu().numpy() for k, v in sd.items() if k not in coded}
+        dense.update(self.extra_dense)
         meta = dict(self.meta)
-        size = write_dcz(path, meta=meta, graph=self.graph, dense=dense, coded=coded, order=list(sd.keys()))
+        size = write_dcz(path, meta=meta, graph=self.graph, dense=dense, coded=coded,  # minor: what it holds
+                         order=[*sd.keys(), *self.extra_dense])
         self.meta["file_bytes"] = size
         return size
 
@@ -131,7 +137,7 @@ def make_plan(
     missing = [n for n in layers if n not in recipe.layers]
     if sparsity is None and missing and default_sparsity is None:
         default_sparsity = DEFAULT_SPARSITY
-    if sparsity is None and missing and recipe.name == "deep-compression":
+    if sparsity is None and missing and recipe.name in ("deep-compression", "sparse-int8"):
         notes.append(f"no paper table for this architecture: the paper's bits (conv {conv_bits or d['conv_bits']}, "
                      f"fc {fc_bits or d['fc_bits']}) with sparsity {default_sparsity:.2f} per layer "
                      f"(set --sparsity to change it)")
@@ -249,6 +255,7 @@ def compress(
         raise DeepcompError("the model has no Conv2d or Linear layer to compress")
     plan, notes = make_plan(layers, rec, sparsity=sparsity, conv_bits=conv_bits, fc_bits=fc_bits,
                             index_bits=index_bits)
+    int8 = _int8_layers(rec, module, graph, plan, notes)  # {layer: graph node}; empty for fp32 recipes
     scope = scope or rec.defaults.get("scope", "layer")
     init = init or rec.defaults.get("init", "linear")
     if iterative is not None and int(iterative) < 1:
@@ -290,8 +297,10 @@ def compress(
             status(f"{desc}: one magnitude threshold over all layers ...", progress)
         return lambda items: _progress(items, desc, progress, total=len(layers))
 
+    compute = mixed_masks(int8, out_block=rec.defaults["block"][0]) if int8 else compute_masks
     masks = iterative_prune(module, target, steps, retrain if finetune is not None else None, scope=scope,
-                            criterion=criterion, kind="geometric" if top < 1.0 else "linear", progress=bar)
+                            criterion=criterion, kind="geometric" if top < 1.0 else "linear", progress=bar,
+                            compute=compute)
     if scope == "global":
         for n, m in masks.items():
             plan[n].density = float(m.float().mean())
@@ -308,14 +317,21 @@ def compress(
             for name, sw in shared.items():
                 layers[name].weight.copy_(torch.from_numpy(sw.dense()))
 
-    # 3. Huffman-code
-    encoded = {name: encode_shared(shared[name], plan[name].index_bits)
+    # 3. Huffman-code: int8 layers block by block (one gap per block: CODED_BLOCK sections)
+    encoded = {name: (encode_block_shared if plan[name].int8 else encode_shared)(shared[name],
+                                                                                 plan[name].index_bits)
                for name in _progress(list(plan), "huffman", progress)}
+
+    # 4. int8: calibrate the activations, mark the int8 nodes, store the weight scales
+    int8_meta, extra = None, {}
+    if int8:
+        graph, extra, int8_meta = _int8_annotate(module, graph, int8, shared, rec, datasets, shape,
+                                                 calibration_batches, seed, notes, progress)
 
     original_params = sum(p.numel() for p in module.parameters())
     sd = module.state_dict()
     dense_bytes = sum(v.numel() * 4 for k, v in sd.items() if k not in {e.name for e in encoded.values()}
-                      and v.is_floating_point())
+                      and v.is_floating_point()) + sum(v.nbytes for v in extra.values())
     meta = {
         "deepcomp_version": _version(),
         "model": source,
@@ -327,15 +343,53 @@ def compress(
         "recipe": {"name": rec.name, "scope": scope, "init": init, "iterative": steps, "criterion": sched["criterion"],
                    **({"schedule": sched} if data is not None else {}),
                    "retrained": finetune is not None, "trained_centroids": train_codebooks is not None,
+                   **({"int8": int8_meta} if int8_meta else {}),
                    "layers": {n: {"kind": p.kind, "density": round(p.density, 6), "bits": p.bits,
-                                  "index_bits": p.index_bits, "label": p.label} for n, p in plan.items()}},
+                                  "index_bits": p.index_bits, "label": p.label, **({"int8": True} if p.int8 else {})}
+                              for n, p in plan.items()}},
         "stages": stage_sizes(encoded.values(), dense_bytes),
     }
     result = CompressResult(model=module, arch=arch, input_shape=shape, graph=graph, plan=plan, masks=masks,
                             shared=shared, encoded=encoded, meta=meta, notes=notes, datasets=datasets,
-                            accuracy=accuracy)
+                            accuracy=accuracy, extra_dense=extra)
     result.elapsed = time.perf_counter() - t0
     return result
+
+
+def _int8_layers(rec: Recipe, module: nn.Module, graph: dict, plan: dict[str, LayerPlan], notes: list) -> dict:
+    """{layer: graph node} of the layers an int8 recipe (one with a block shape) runs int8: all but
+    those it says ``int8 = false`` for and those the int8 kernels cannot run (noted)."""
+    if not rec.defaults.get("block"):
+        return {}
+    from deepcomp.quantize_int8 import int8_nodes
+
+    wanted = [n for n in plan if rec.layers.get(n, {}).get("int8", True)]
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    nodes, why = int8_nodes(graph, shapes, wanted)
+    notes.extend(f"{n} stays fp32: {w}" for n, w in why.items())
+    for n in nodes:
+        plan[n].int8 = True
+    return nodes
+
+
+def _int8_annotate(module, graph, int8: dict, shared, rec: Recipe, datasets, shape, batches: int, seed: int,
+                   notes: list, progress: bool):
+    """(the graph with its int8 attributes, the weight scale tensors, META's recipe.int8)."""
+    from deepcomp.quantize_int8 import RANDOM_CALIBRATION_WARNING, annotate_graph, calibrate_inputs, calibration_data
+    from deepcomp.runtime.int8 import weights_to_int8
+
+    status(f"calibrating the int8 activations of {len(int8)} layers ...", progress)
+    data, source = calibration_data(datasets[0] if datasets else None, shape, batches, seed=seed)
+    if source["calibration"] == "random":
+        notes.append(RANDOM_CALIBRATION_WARNING)
+    method = rec.defaults.get("calibration", "percentile")
+    layers = prunable_layers(module)
+    q = calibrate_inputs(module, data, layers={n: layers[n] for n in int8}, method=method)
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    extra = {f"{n}.weight_scale": weights_to_int8(shared[n].dense())[1] for n in int8}
+    shapes.update({k: v.shape for k, v in extra.items()})
+    graph = annotate_graph(graph, shapes, int8, q, rec.defaults["block"])
+    return graph, extra, {"block": list(rec.defaults["block"]), **source, "method": method}
 
 
 def _datasets(data) -> tuple:
@@ -381,8 +435,8 @@ def stage_sizes(encoded, dense_bytes: int) -> dict[str, int]:
     pruned = quantized = huffman = dense_bytes
     for e in encoded:
         index = e.entries * e.index_bits
-        pruned += (e.nnz * 32 + index + 7) // 8
-        quantized += (e.nnz * e.bits + index + 7) // 8 + 4 * e.codebook.size
+        pruned += (e.kept * 32 + index + 7) // 8  # kept weights (a block weight's nnz counts blocks)
+        quantized += (e.kept * e.bits + index + 7) // 8 + 4 * e.codebook.size
         huffman += (e.weight_stream_bits + 7) // 8 + (e.gap_stream_bits + 7) // 8 + 4 * e.codebook.size
     return {"dense_bytes": int(dense_bytes), "pruned_bytes": int(pruned), "quantized_bytes": int(quantized),
             "huffman_bytes": int(huffman)}

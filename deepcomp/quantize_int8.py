@@ -26,8 +26,7 @@ from torch import nn
 
 from deepcomp.errors import RecipeError
 from deepcomp.prune.unstructured import prunable_layers
-
-METHODS = ("minmax", "percentile", "mse")
+from deepcomp.recipes import CALIBRATION_METHODS as METHODS
 RANDOM_CALIBRATION_WARNING = ("int8 activations calibrated on random inputs (no --data): the file runs and its "
                               "speed is real, but its accuracy means nothing")
 SAMPLE_CAP = 1 << 20
@@ -130,3 +129,81 @@ def calibrate_inputs(model: nn.Module, batches: Iterable, *, layers: Mapping[str
             h.remove()
         model.train(was_training)
     return {name: qparams(s, method, percentile) for name, s in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the int8 nodes of a captured graph (what the writer puts in the file; docs/dcz-format.md)
+
+def _f32(v: float) -> float:
+    """A float32 value as the JSON number with the shortest repr that round-trips it."""
+    return float(str(np.float32(v)))
+
+
+def _checked(graph: dict, shapes: Mapping[str, tuple]):
+    from deepcomp.runtime.plan import check_graph
+
+    return check_graph(graph, lambda name, where: tuple(shapes[name]))
+
+
+def int8_nodes(graph: dict, shapes: Mapping[str, tuple], layers) -> tuple[dict[str, str], dict[str, str]]:
+    """({layer: its graph node} for the layers of ``layers`` the int8 kernels can run, {layer: why not}
+    for the others). int8 runs conv2d with groups 1 and no folded BatchNorm, and linear on [N, features];
+    ``shapes``: every stored tensor's shape, by name."""
+    checked, node_shapes = _checked(graph, shapes)
+    by_weight = {attrs.get("weight"): (name, op, ins, attrs) for name, op, ins, attrs in checked
+                 if op in ("conv2d", "linear")}
+    ok, why = {}, {}
+    for layer in layers:
+        node = by_weight.get(f"{layer}.weight")
+        if node is None:
+            why[layer] = "not a conv2d / linear node of the graph"
+            continue
+        name, op, ins, attrs = node
+        if op == "conv2d" and (attrs["groups"] != 1 or attrs["bn"] is not None):
+            why[layer] = "grouped or with a folded BatchNorm"
+        elif op == "linear" and len(node_shapes[ins[0]]) != 1:
+            why[layer] = "a linear layer on more than one dimension"
+        else:
+            ok[layer] = name
+    return ok, why
+
+
+def annotate_graph(graph: dict, shapes: Mapping[str, tuple], nodes: Mapping[str, str],
+                   qparams: Mapping[str, tuple[float, int]], block) -> dict:
+    """A copy of ``graph`` whose int8 nodes (``nodes``: {layer: node}) carry the ``int8`` attribute:
+    their input's (scale, zp) from ``qparams`` ({layer: ...}), the weight scale tensor
+    ``<layer>.weight_scale``, and ``out`` "u8" with the consumer's input quantization wherever the
+    runtime's planner keeps the output uint8 (deepcomp.runtime.plan_int8.u8_consumers), else "f32"."""
+    from deepcomp.runtime.plan_int8 import u8_consumers
+
+    checked, node_shapes = _checked(graph, shapes)
+    layer_of = {node: layer for layer, node in nodes.items()}
+    links = u8_consumers(checked, node_shapes, graph["output"], set(layer_of))
+    out = dict(graph)
+    out["nodes"] = []
+    for n in graph["nodes"]:
+        layer = layer_of.get(n["name"])
+        if layer is not None:
+            s, zp = qparams[layer]
+            q = {"block": list(block), "weight_scale": f"{layer}.weight_scale", "in_scale": _f32(s), "in_zp": int(zp),
+                 "out": "f32"}
+            if n["name"] in links:
+                so, zo = qparams[layer_of[links[n["name"]][0]]]
+                q.update(out="u8", out_scale=_f32(so), out_zp=int(zo))
+            n = {**n, "attrs": {**n.get("attrs", {}), "int8": q}}
+        out["nodes"].append(n)
+    return out
+
+
+def calibration_data(train_data, input_shape, batches: int = 8, batch_size: int = 32, seed: int = 0):
+    """(batches, what the file's META records): ``batches`` seeded batches of the training split, or
+    random inputs without data (the file's accuracy then means nothing: RANDOM_CALIBRATION_WARNING)."""
+    if train_data is None:
+        n = max(1, min(int(batches), 2))  # the ranges of random inputs tell nothing: keep it cheap
+        return random_batches(input_shape, n=n, batch=4, seed=seed), {"calibration": "random", "samples": 4 * n}
+    from itertools import islice
+
+    from deepcomp.data import make_loader
+
+    got = list(islice(iter(make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)), max(1, int(batches))))
+    return got, {"calibration": "data", "samples": int(sum(len(b[0]) for b in got))}

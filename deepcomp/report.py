@@ -43,6 +43,8 @@ def report_from_file(path) -> dict:
     c = read_dcz(path)
     _validate_graph(c)
     recipe_layers = c.meta.get("recipe", {}).get("layers", {})
+    int8_weights = {n.get("attrs", {}).get("weight") for n in c.graph.get("nodes", [])
+                    if isinstance(n, dict) and isinstance(n.get("attrs"), dict) and n["attrs"].get("int8")}
     layers = []
     for name, e in c.coded.items():
         # the layer: "<conv>.weight", or an attention's "<attention>.in_proj_weight" (layer "<attention>.in_proj")
@@ -55,6 +57,7 @@ def report_from_file(path) -> dict:
             "name": module,
             "label": info.get("label", ""),
             "kind": kind,
+            "precision": "int8" if name in int8_weights else "fp32",
             "weights": e.numel,
             "nonzeros": kept,
             "density": kept / e.numel,
@@ -88,7 +91,12 @@ def report_from_file(path) -> dict:
     if stages:
         total["stages"] = {k: int(v) for k, v in stages.items()}
         total["stages"]["file_bytes"] = file_bytes
-    return {"model": c.meta.get("model", ""), "arch": c.meta.get("arch", ""), "layers": layers, "total": total}
+    out = {"model": c.meta.get("model", ""), "arch": c.meta.get("arch", ""), "layers": layers, "total": total}
+    if int8_weights:
+        out["int8"] = {**c.meta.get("recipe", {}).get("int8", {}), "file_minor": c.version[1],
+                       "nodes": [n["name"] for n in c.graph["nodes"] if isinstance(n.get("attrs"), dict)
+                                 and n["attrs"].get("int8")]}
+    return out
 
 
 def format_table(head: list[str], rows: list[list], *, left: int = 1, rule_before_last: bool = False) -> str:
@@ -112,20 +120,23 @@ bytes: the layer's coded size in the file; of orig.: that size over the layer's 
 
 
 def format_report(report: dict) -> str:
-    head = ["layer", "weights", "kept %", "weight bits P+Q / H", "index bits P+Q / H", "bytes", "of orig."]
+    int8 = "int8" in report  # a column saying which layers run int8, for files that have any
+    head = ["layer", *(["runs"] if int8 else []), "weights", "kept %", "weight bits P+Q / H", "index bits P+Q / H",
+            "bytes", "of orig."]
     rows = []
     for l in report["layers"]:
         name = f"{l['name']} ({l['label']})" if l.get("label") else l["name"]
-        rows.append([name, _count(l["weights"]), f"{100 * l['density']:.1f}",
+        rows.append([name, *([l.get("precision", "fp32")] if int8 else []), _count(l["weights"]),
+                     f"{100 * l['density']:.1f}",
                      f"{l['weight_bits']} / {l['weight_bits_huffman']:.1f}",
                      f"{l['index_bits']} / {l['index_bits_huffman']:.1f}",
                      _kb(l["bytes"]), f"{100 * l['share_of_original']:.2f}%"])
     t = report["total"]
-    rows.append(["total", _count(t["weights"]), f"{100 * t['density']:.1f}",
+    rows.append(["total", *([""] if int8 else []), _count(t["weights"]), f"{100 * t['density']:.1f}",
                  f"{t['weight_bits']:.1f} / {t['weight_bits_huffman']:.1f}",
                  f"{t['index_bits']:.1f} / {t['index_bits_huffman']:.1f}",
                  _kb(t["file_bytes"]), f"{100 / t['ratio']:.2f}%"])
-    return format_table(head, rows, rule_before_last=True) + "\n\n" + REPORT_LEGEND
+    return format_table(head, rows, left=2 if int8 else 1, rule_before_last=True) + "\n\n" + REPORT_LEGEND
 
 
 def format_bench(r: dict) -> str:
@@ -170,5 +181,22 @@ def print_report(report: dict, *, elapsed: float | None = None, path: str | None
         print(f"stages:    pruned {_kb(st['pruned_bytes'])} ({o / st['pruned_bytes']:.1f}x), "
               f"+ shared {_kb(st['quantized_bytes'])} ({o / st['quantized_bytes']:.1f}x), "
               f"+ Huffman {_kb(st['file_bytes'])} ({o / st['file_bytes']:.1f}x)")
+    q = report.get("int8")
+    if q:
+        print(f"int8:      {int8_summary(report)}")
     if elapsed is not None:
         print(f"time:      {elapsed:.1f} s")
+
+
+def int8_summary(report: dict) -> str:
+    """One line: how many layers run int8, the block shape and where the activation ranges came from."""
+    q = report["int8"]
+    n8 = sum(1 for l in report["layers"] if l.get("precision") == "int8")
+    block = "x".join(map(str, q.get("block", []))) or "?"
+    if q.get("calibration") == "random":
+        cal = "activations calibrated on random inputs: the file's accuracy means nothing"
+    elif q.get("calibration") == "data":
+        cal = f"activations calibrated on {q.get('samples', '?')} samples of data ({q.get('method', '?')})"
+    else:
+        cal = "calibration not recorded"
+    return f"{n8} of {len(report['layers'])} layers run int8 ({', '.join(q['nodes'])}), {block} blocks; {cal}"

@@ -115,3 +115,29 @@ def block_density(weight: torch.Tensor) -> float:
     """Fraction of the 1x4 blocks that hold any nonzero weight (what the int8 kernels execute)."""
     nz = (weight != 0).float()
     return float((block_scores(nz, "l1") > 0).float().mean())
+
+
+def mixed_masks(int8_layers, out_block: int = 1, norm: str = "l2"):
+    """A ``compute`` for :func:`deepcomp.prune.iterative_prune`: block masks for the layers named in
+    ``int8_layers``, single-weight masks (:func:`compute_masks`) for the others (the fp32 layers of
+    an int8 recipe). Per layer only: block sparsity is not compared across layers."""
+    from deepcomp.prune.unstructured import compute_masks
+
+    int8_layers = set(int8_layers)
+
+    def compute(model, amount, *, scope="layer", criterion=None, masks=None, progress=None):
+        if scope != "layer":
+            raise RecipeError("block pruning (an int8 recipe) chooses blocks per layer: drop --global / scope = 'global'")
+        layers = prunable_layers(model)
+        amounts = amount if isinstance(amount, Mapping) else {n: amount for n in layers}
+        blocks = {n: a for n, a in amounts.items() if n in int8_layers}
+        rest = {n: a for n, a in amounts.items() if n not in int8_layers}
+        out = {}
+        if blocks:
+            out.update(compute_block_masks(model, blocks, criterion=criterion, norm=norm, out_block=out_block,
+                                           masks=masks, layers={n: layers[n] for n in blocks}))
+        if rest:
+            out.update(compute_masks(model, rest, scope="layer", criterion=criterion, masks=masks,
+                                     layers={n: layers[n] for n in rest}, progress=progress))
+        return out
+    return compute

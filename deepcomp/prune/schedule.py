@@ -84,6 +84,7 @@ def iterative_prune(
     kind: str = "linear",
     masks: Mapping[str, torch.Tensor] | None = None,
     progress: Callable[[int], Callable[[Iterable], Iterable]] | None = None,
+    compute: Callable[..., dict[str, torch.Tensor]] = compute_masks,
 ) -> dict[str, torch.Tensor]:
     """Prune in ``steps`` rounds towards ``target`` sparsity, calling ``retrain_fn(model, masks, step)``
     after each round (step counts from 0). Returns the final masks.
@@ -94,7 +95,8 @@ def iterative_prune(
     model. A weight pruned in one round is never revived: the new masks are intersected with the old
     ones, and the masks are re-applied after ``retrain_fn`` returns (so a retraining loop that forgets
     to hold pruned weights at zero cannot bring them back). ``progress(step)``, when given, returns the
-    wrapper (a progress bar) that round's per-layer loop runs through.
+    wrapper (a progress bar) that round's per-layer loop runs through. ``compute`` makes one round's
+    masks, with :func:`compute_masks`' arguments (block pruning for int8 layers passes its own).
     """
     if isinstance(target, Mapping):
         if scope != "layer":
@@ -108,8 +110,8 @@ def iterative_prune(
         apply_masks(model, current)
     for step, amount in enumerate(amounts):
         crit = _resolve_criterion(criterion, model)
-        new = compute_masks(model, amount, scope=scope, criterion=crit, masks=current,
-                            progress=progress(step) if progress is not None else None)
+        new = compute(model, amount, scope=scope, criterion=crit, masks=current,
+                      progress=progress(step) if progress is not None else None)
         if current is not None:
             new = {k: (v & current[k]) if k in current else v for k, v in new.items()}
         current = new

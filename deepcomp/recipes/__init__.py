@@ -11,9 +11,13 @@ A recipe file::
     scope = "layer"             # or "global": one magnitude threshold across layers
     init = "linear"             # centroid init: linear, density, random, kmeans++
     sparsity = 0.8              # for layers the table below does not list
+    block = [1, 4]              # int8 recipes (sparse-int8): prune in blocks of 4 input channels at
+                                # one tap ([4, 4]: 4 output channels too); the layers run int8
+    calibration = "percentile"  # int8 activation ranges: minmax, percentile (99.99) or mse
     [layers."features.0"]       # module name, as in model.named_modules()
-    density = 0.84              # fraction kept
+    density = 0.84              # fraction kept (of the blocks, in an int8 recipe)
     bits = 8                    # optional per-layer weight bits
+    int8 = false                # int8 recipes: keep this layer fp32 (pruned unstructured)
     [schedule]                  # how to get there when there is data to retrain on (--data)
     criterion = "magnitude"     # or wanda, relevance, taylor (calibrated on the training split)
     iterative = 5               # pruning steps, masked retraining after each
@@ -51,10 +55,20 @@ FASHION_PRESETS = {
     "lenet-300-100": "fashion-mnist-lenet-300-100.toml",
     "lenet-5": "fashion-mnist-lenet-5.toml",
 }
-FAMILIES = {"deep-compression": PRESETS, "fashion-mnist": FASHION_PRESETS}
+# architecture name -> preset file for recipe "sparse-int8": the deep-compression densities in 1x4 blocks
+INT8_PRESETS = {
+    "alexnet": "sparse-int8-alexnet.toml",
+    "vgg16": "sparse-int8-vgg16.toml",
+    "lenet-5": "sparse-int8-lenet-5.toml",
+}
+FAMILIES = {"deep-compression": PRESETS, "fashion-mnist": FASHION_PRESETS, "sparse-int8": INT8_PRESETS}
+# the family's file for an architecture it has no preset for
+GENERIC = {"deep-compression": "deep-compression.toml", "sparse-int8": "sparse-int8.toml"}
+BLOCKS = ([1, 4], [4, 4])
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 DEFAULT_SPARSITY = 0.8
 DEFAULTS = {"conv_bits": 8, "fc_bits": 5, "index_bits": 5, "scope": "layer", "init": "linear"}
-_DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity"}
+_DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity", "block", "calibration"}
 CRITERIA = ("magnitude", "wanda", "relevance", "taylor")
 # what benchmarks/lenet_fashion.py established for the paper's LeNet tables on Fashion-MNIST: 5 pruning
 # steps of 3 retraining epochs, 2 of centroid training (0.1-0.3 points below the dense baseline)
@@ -62,7 +76,7 @@ SCHEDULE = {"criterion": "magnitude", "iterative": 5, "finetune_epochs": 3, "lr"
             "batch_size": 256, "weight_decay": 5e-4}
 _SCHEDULE_TYPES = {"criterion": str, "iterative": int, "finetune_epochs": int, "lr": float, "codebook_epochs": int,
                    "batch_size": int, "weight_decay": float}
-_LAYER_KEYS = {"density", "bits", "index_bits", "label"}
+_LAYER_KEYS = {"density", "bits", "index_bits", "label", "int8"}
 
 
 @dataclass
@@ -139,6 +153,10 @@ def _validate(data: dict, source: str) -> Recipe:
             raise RecipeError(f"recipe {source}: layer {lname!r} density must be in [0, 1]")
         if "bits" in spec and not (isinstance(spec["bits"], int) and 1 <= spec["bits"] <= 8):
             raise RecipeError(f"recipe {source}: layer {lname!r} bits must be an integer in 1..8")
+        if "int8" in spec and not isinstance(spec["int8"], bool):
+            raise RecipeError(f"recipe {source}: layer {lname!r} int8 must be true or false")
+        if spec.get("int8") and "block" not in defaults:
+            raise RecipeError(f"recipe {source}: layer {lname!r} says int8 = true, but [defaults] has no block shape")
     for key in ("conv_bits", "fc_bits"):
         if not (isinstance(defaults[key], int) and 1 <= defaults[key] <= 8):
             raise RecipeError(f"recipe {source}: {key} must be an integer in 1..8")
@@ -146,6 +164,12 @@ def _validate(data: dict, source: str) -> Recipe:
         raise RecipeError(f"recipe {source}: index_bits must be an integer in 1..12")
     if defaults["scope"] not in ("layer", "global"):
         raise RecipeError(f"recipe {source}: scope must be 'layer' or 'global'")
+    if "block" in defaults and defaults["block"] not in BLOCKS:
+        raise RecipeError(f"recipe {source}: block must be [1, 4] or [4, 4] (output x input channels), "
+                          f"got {defaults['block']!r}")
+    if "calibration" in defaults and defaults["calibration"] not in CALIBRATION_METHODS:
+        raise RecipeError(f"recipe {source}: calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                          f"got {defaults['calibration']!r}")
     if "sparsity" in defaults and not (isinstance(defaults["sparsity"], (int, float)) and 0 <= defaults["sparsity"] <= 1):
         raise RecipeError(f"recipe {source}: sparsity must be in [0, 1]")
     raw_schedule = data.get("schedule", {})
@@ -167,8 +191,8 @@ def _read_builtin(filename: str) -> Recipe:
 
 
 def load_recipe(spec: str | None, arch: str | None = None) -> Recipe:
-    """A recipe by name (``deep-compression`` or ``fashion-mnist``, resolved by architecture, or a preset's
-    file stem) or path."""
+    """A recipe by name (``deep-compression``, ``fashion-mnist`` or ``sparse-int8``, resolved by
+    architecture, or a preset's file stem) or path."""
     spec = spec or "deep-compression"
     path = Path(spec)
     if spec.endswith(".toml") or path.exists():
@@ -182,14 +206,15 @@ def load_recipe(spec: str | None, arch: str | None = None) -> Recipe:
             raise RecipeError(f"recipe {spec}: not a UTF-8 text file") from None
         return _validate(data, spec)
     if spec in FAMILIES:
-        preset = FAMILIES[spec].get(normalize_arch(arch))
-        if preset is None and spec != "deep-compression":
+        preset = FAMILIES[spec].get(normalize_arch(arch)) or GENERIC.get(spec)
+        if preset is None:
             raise RecipeError(f"recipe {spec!r} has presets for {', '.join(FAMILIES[spec])} only, not "
                               f"{arch or 'this model'!r}; use 'deep-compression' or a TOML file")
-        return _read_builtin(preset or "deep-compression.toml")  # deep-compression: generic defaults
+        return _read_builtin(preset)
     builtin = {p[:-5]: p for fam in FAMILIES.values() for p in fam.values()}
     builtin["deep-compression-generic"] = "deep-compression.toml"
+    builtin["sparse-int8-generic"] = "sparse-int8.toml"
     if spec in builtin:
         return _read_builtin(builtin[spec])
-    raise RecipeError(f"unknown recipe {spec!r}: use 'deep-compression', 'fashion-mnist', one of {', '.join(sorted(builtin))}, "
+    raise RecipeError(f"unknown recipe {spec!r}: use 'deep-compression', 'fashion-mnist', 'sparse-int8', one of {', '.join(sorted(builtin))}, "
                       f"or a path to a .toml file")

@@ -31,15 +31,17 @@ _native = ops._native
 
 
 class LayerInfo(NamedTuple):
-    """One weighted layer: name, op, density (kept / total weights), nnz (kept weights), and bytes
+    """One weighted layer: name, op, density (kept / total weights), nnz (kept weights), bytes
     (the weight's size in memory at run time: CSR row pointers, columns and cluster indices plus the
-    codebook, or float32 values for an uncoded weight)."""
+    codebook, or float32 values for an uncoded weight; int8 weights for an int8 layer) and precision
+    ("fp32", or "int8" for a node that runs on the int8 kernels)."""
 
     name: str
     op: str
     density: float
     nnz: int
     bytes: int
+    precision: str = "fp32"
 
 
 def native_kernels() -> list[str]:
@@ -63,11 +65,15 @@ class RuntimeModel:
     in the loader's format.
     """
 
-    def __init__(self, graph: dict, dense: dict, coded: dict, meta: dict | None = None, *, release: bool = False):
+    def __init__(self, graph: dict, dense: dict, coded: dict, meta: dict | None = None, *, release: bool = False,
+                 int8_reference: bool = False):
         """``release=True`` hands the tensor dicts over: each coded tensor is dropped from ``coded`` as
         soon as the kernels of its last user hold their own layout, so the loader's CSR arrays and the
-        kernels' copies are never all alive at once (peak memory), and none stay alive after."""
+        kernels' copies are never all alive at once (peak memory), and none stay alive after.
+        ``int8_reference=True`` runs the int8 nodes on the numpy integer reference (the definition of
+        their results; slow) instead of the native int8 kernels."""
         self.graph = graph
+        self._int8_reference = bool(int8_reference)
         self.meta = meta or {}
         self._tensors = Tensors(dense, coded)
         self._kernels: dict[str, Any] = {}  # node name -> its native kernel (weighted layers)
@@ -92,7 +98,7 @@ class RuntimeModel:
             coded.clear()
 
     @classmethod
-    def from_loaded(cls, loaded: dict, *, release: bool = False) -> "RuntimeModel":
+    def from_loaded(cls, loaded: dict, *, release: bool = False, int8_reference: bool = False) -> "RuntimeModel":
         def parse(key):
             raw = loaded.get(key)
             try:
@@ -105,16 +111,19 @@ class RuntimeModel:
                 raise DczError(f"the {key.upper()} section must be a JSON object")
             return value
 
-        return cls(parse("graph"), loaded.get("dense", {}), loaded.get("coded", {}), parse("meta"), release=release)
+        return cls(parse("graph"), loaded.get("dense", {}), loaded.get("coded", {}), parse("meta"), release=release,
+                   int8_reference=int8_reference)
 
     def _compile(self, s) -> Callable:
         op = OPS[s.op]
 
         def record(k, w):
             self._kernels[s.name] = k
-            self.layers.append(LayerInfo(s.name, s.op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes))
+            self.layers.append(LayerInfo(s.name, s.op, w.nnz / max(math.prod(w.shape), 1), w.nnz, w.bytes,
+                                         "int8" if s.int8 is not None else "fp32"))
 
-        cx = BuildContext(s.name, self._tensors, s.ins, s.out, s.donate, s.act, record)
+        int8 = dict(s.int8, reference=self._int8_reference) if s.int8 is not None else None
+        cx = BuildContext(s.name, self._tensors, s.ins, s.out, s.donate, s.act, record, int8)
         try:
             if op.build is not None:
                 fn = op.build(s.attrs, cx)
@@ -187,14 +196,15 @@ class RuntimeModel:
                 f"{len(self._steps)} steps, {len(self.layers)} weighted layers, {nnz} weights kept)")
 
 
-def load(path: str | os.PathLike) -> RuntimeModel:
-    """Load a .dcz file and plan its execution. Raises DczError for a bad file."""
+def load(path: str | os.PathLike, *, int8_reference: bool = False) -> RuntimeModel:
+    """Load a .dcz file and plan its execution. Raises DczError for a bad file. ``int8_reference``:
+    see :class:`RuntimeModel`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DczError(f"{path!r} does not exist or is not a file")
     if _native is None or not hasattr(_native, "load_dcz"):
         raise DczError("the native extension deepcomp._native is not available; reinstall deepcomp (pip install .)")
-    return RuntimeModel.from_loaded(_native.load_dcz(path), release=True)
+    return RuntimeModel.from_loaded(_native.load_dcz(path), release=True, int8_reference=int8_reference)
 
 
 def loads(data: bytes) -> RuntimeModel:

@@ -57,16 +57,22 @@ def dequantize(t: QTensor) -> np.ndarray:
     return (t.values().astype(np.float32) - np.float32(t.zp)) * np.float32(t.scale)
 
 
-def weights_to_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weights_to_int8(w: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decoded fp32 weights [O, ...] -> (int8 weights, per-channel scales s_o = max|w_o| / 127).
 
     ``q = clamp(rint(w / s_o), -127, 127)`` in float32; an all-zero channel gets s_o = 0 and q = 0.
     With k-means-shared weights every q of a channel comes from one of the layer's centroids, so
     this is the codebook mapped to a per-channel int8 grid (docs/dcz-format.md, int8 additions).
+    ``scale``: the file's ``weight_scale`` tensor, used instead of recomputing s_o.
     """
     w = np.asarray(w, np.float32)
     flat = w.reshape(w.shape[0], -1)
-    s = (np.abs(flat).max(axis=1) / np.float32(QMAX)).astype(np.float32)
+    if scale is not None:
+        s = np.ascontiguousarray(scale, np.float32).reshape(-1)
+        if s.shape[0] != w.shape[0] or not np.all(np.isfinite(s)) or (s < 0).any():
+            raise ValueError(f"weight_scale must hold {w.shape[0]} finite entries >= 0")
+    else:
+        s = (np.abs(flat).max(axis=1) / np.float32(QMAX)).astype(np.float32)
     safe = np.where(s > 0, s, np.float32(1)).astype(np.float32)
     q = np.clip(np.rint(flat / safe[:, None]), -QMAX, QMAX).astype(np.int8)
     return q.reshape(w.shape), s
@@ -91,15 +97,15 @@ class Int8ConvStep:
     input and output; out_q=None gives float32 NCHW."""
 
     def __init__(self, weight, bias=None, *, stride=1, padding=0, dilation=1, in_q, out_q=None, relu=False,
-                 pool=None, out_padding=0, kernel="auto"):
-        self.q, self.s_w = weights_to_int8(weight)
+                 pool=None, out_padding=0, kernel="auto", weight_scale=None, native=True):
+        self.q, self.s_w = weights_to_int8(weight, weight_scale)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.in_q, self.out_q = (float(in_q[0]), int(in_q[1])), out_q
         self.relu, self.pool, self.out_padding = bool(relu), pool, _pair(out_padding)
         self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q)
         self.out = "u8" if out_q is not None else "f32"
         self.native = None
-        if native_int8():
+        if native and native_int8():
             self.native = _native.Int8Conv2d(self.q, self.m, self.b, stride=self.stride, padding=self.padding,
                                              dilation=self.dilation, zp_in=self.in_q[1], relu=self.relu, out=self.out,
                                              zp_out=0 if out_q is None else int(out_q[1]),
@@ -151,13 +157,14 @@ class Int8LinearStep:
     """One int8 linear (+ ReLU) node. Input: a QTensor (an image is flattened NCHW, as torch's
     flatten does), or float32 [N, F]. out_q=None gives float32 [N, out]."""
 
-    def __init__(self, weight, bias=None, *, in_q, out_q=None, relu=False, kernel="auto"):
-        self.q, self.s_w = weights_to_int8(weight)
+    def __init__(self, weight, bias=None, *, in_q, out_q=None, relu=False, kernel="auto", weight_scale=None,
+                 native=True):
+        self.q, self.s_w = weights_to_int8(weight, weight_scale)
         self.in_q, self.out_q, self.relu = (float(in_q[0]), int(in_q[1])), out_q, bool(relu)
         self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q)
         self.out = "u8" if out_q is not None else "f32"
         self.native = None
-        if native_int8():
+        if native and native_int8():
             self.native = _native.Int8Linear(self.q, self.m, self.b, zp_in=self.in_q[1], relu=self.relu, out=self.out,
                                              zp_out=0 if out_q is None else int(out_q[1]), kernel=kernel)
 

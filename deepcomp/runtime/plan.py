@@ -3,7 +3,9 @@
 :func:`make_plan` checks the GRAPH object against the op table (deepcomp.runtime.ops), infers every
 node's output shape from the input shape, fuses each elementwise activation whose input feeds
 nothing else into the step that produced it (a ReLU after a conv/linear goes into the kernel's
-epilogue, as does a ReLU6 after a depthwise one; the others run in place on the producer's fresh output), says which inputs a step may
+epilogue, as does a ReLU6 after a depthwise one; the others run in place on the producer's fresh output;
+int8 conv / linear nodes absorb their ReLU, max-pool and the nodes their uint8 output skips first,
+deepcomp.runtime.plan_int8), says which inputs a step may
 overwrite, frees each buffer after its last use, and computes the peak activation memory of one
 sample. A plan that needs more than the memory limit is refused before anything is allocated.
 The executor (deepcomp.runtime.executor) turns the steps into calls.
@@ -17,6 +19,7 @@ from typing import NamedTuple
 
 from deepcomp.errors import DczError, UnsupportedOpError
 from deepcomp.runtime.ops import OPS, Bad, check_attrs
+from deepcomp.runtime.plan_int8 import fuse_int8
 
 GRAPH_VERSIONS = (1, 2, 3)  # version N added the ops and attributes whose ``since`` is N (docs/dcz-format.md)
 _memory_limit: int | None = None
@@ -57,6 +60,7 @@ class Step(NamedTuple):
     epilogue: tuple            # (op, attrs) of activations applied in place to the output, in order
     donate: tuple              # per input: the step may overwrite it
     free: tuple                # buffers dropped after this step
+    int8: dict | None = None   # an int8 node's fusion (deepcomp.runtime.plan_int8.fuse_int8)
 
 
 class Plan(NamedTuple):
@@ -129,6 +133,13 @@ def _check_nodes(nodes: list, input_name: str, input_shape: tuple, tensor_shape,
     return checked, shapes
 
 
+def check_graph(graph: dict, tensor_shape) -> tuple[list, dict]:
+    """The graph's nodes checked against the op table, as (name, op, inputs, checked attrs), and every
+    node's shape (no batch): what planning starts from, for the compress side's int8 writer too."""
+    input_name, input_shape, nodes, _ = _header(graph)
+    return _check_nodes(nodes, input_name, input_shape, tensor_shape, graph["version"])
+
+
 def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     """The plan of ``graph``; ``tensor_shape(name, node)`` gives a stored tensor's shape."""
     input_name, input_shape, nodes, output = _header(graph)
@@ -144,7 +155,10 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
         for s in ins:
             uses[s] = uses.get(s, 0) + 1
 
-    alias: dict[str, str] = {}
+    # int8 nodes first: each absorbs its ReLU / max-pool and the nodes its uint8 output skips
+    alias, int8_of = fuse_int8(checked, shapes, output)
+    for n, src in alias.items():
+        uses[src] = uses.get(n, 0)
 
     def res(n: str) -> str:
         while n in alias:
@@ -167,10 +181,10 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     attrs_of = {name: attrs for name, _, _, attrs in checked}
     ins_of = {name: [shapes[s] for s in ins] for name, _, ins, _ in checked}
     for name, op, ins, attrs in checked:
-        if OPS[op].inplace is None:
+        if OPS[op].inplace is None or name in alias:
             continue
         src = res(ins[0])
-        if src == input_name or uses.get(src, 0) != 1 or not fresh(src):
+        if src == input_name or src in int8_of or uses.get(src, 0) != 1 or not fresh(src):
             continue
         alias[name] = src
         uses[src] = uses.get(name, 0)
@@ -206,7 +220,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
         donate = tuple(owned(s) and ins.count(s) == 1 for s in ins)
         free = tuple(s for s in dict.fromkeys(ins) if last_use.get(s) == i and s != out)
         steps.append(Step(name, op, attrs, ins, tuple(shapes[s] for s in ins), shapes[name], act_of.get(name),
-                          tuple(epilogue.get(name, ())), donate, free))
+                          tuple(epilogue.get(name, ())), donate, free, int8_of.get(name)))
     plan = Plan(input_name, input_shape, out, shapes[out], tuple(steps), peak_bytes(steps, input_name, input_shape))
     check_memory(plan, 1, limit)
     return plan

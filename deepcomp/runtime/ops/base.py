@@ -29,6 +29,7 @@ class BuildContext(NamedTuple):
     donate: tuple                  # per input: may the op overwrite it
     act: tuple | None              # (lo, hi): a clamp (ReLU, ReLU6) fused into this op's kernel
     record: Callable               # record(kernel, LayerInfo fields) for weighted layers
+    int8: dict | None = None       # an int8 node's fusion as planned (deepcomp.runtime.plan_int8)
 
 
 class Op(NamedTuple):

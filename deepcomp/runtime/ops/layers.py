@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from deepcomp.runtime import reference
+from deepcomp.runtime.ops import int8
 from deepcomp.runtime.ops.base import (BN_ATTRS, REQUIRED, Bad, Op, _native, batchnorm, choice, integer, kernel,
                                      need_rank, number, optional, pair, tensor_name)
 from deepcomp.runtime.tensors import Weight, f32
@@ -27,6 +28,7 @@ def _conv_shape(a, ins, ts):
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     oh = (x[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (x[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    int8.check_shape(a, "conv2d", oc, ins, ts)
     return (oc, oh, ow)
 
 
@@ -77,6 +79,8 @@ def _depthwise_build(a, cx):
 
 
 def _conv_build(a, cx):
+    if a["int8"] is not None:
+        return int8.conv_build(a, cx)
     if _depthwise(a, cx.ins) and _native is not None and hasattr(_native, "DepthwiseConv2d"):
         return _depthwise_build(a, cx)
     w, bias, scale, shift = _conv_parts(a, cx)
@@ -87,6 +91,8 @@ def _conv_build(a, cx):
 
 
 def _conv_ref(a, cx, x):
+    if a["int8"] is not None:
+        return int8.conv_ref(a, cx, x)
     w, bias, scale, shift = _conv_parts(a, cx)
     return _conv_kernel(reference.SparseConv2d, a, w, bias).forward(x, False, scale, shift)
 
@@ -95,12 +101,15 @@ def _linear_shape(a, ins, ts):
     x = ins[0]
     w = ts(a["weight"])
     if a["dim"] == 1:  # over the channels of NCHW: a 1x1 convolution
+        if a["int8"] is not None:
+            raise Bad("runs int8 over the last dimension only, not with dim 1")
         need_rank(x, 3)
         if len(w) != 2 or w[1] != x[0]:
             raise Bad(f"weight {list(w)} does not fit {x[0]} input channels")
         return (w[0], x[1], x[2])
     if len(x) < 1 or len(w) != 2 or w[1] != x[-1]:
         raise Bad(f"weight {list(w)} does not fit {x[-1] if x else 0} input features")
+    int8.check_shape(a, "linear", w[0], ins, ts)
     return x[:-1] + (w[0],)
 
 
@@ -132,6 +141,8 @@ def _pointwise_kernel(factory, w, bias):
 
 
 def _linear_build(a, cx):
+    if a["int8"] is not None:
+        return int8.linear_build(a, cx)
     w, bias = _linear_parts(a, cx)
     relu = cx.act is not None
     if a["dim"] == 1:
@@ -144,6 +155,8 @@ def _linear_build(a, cx):
 
 
 def _linear_ref(a, cx, x):
+    if a["int8"] is not None:
+        return int8.linear_ref(a, cx, x)
     w, bias = _linear_parts(a, cx)
     if a["dim"] == 1:
         return _pointwise_kernel(reference.SparseConv2d, w, bias).forward(x, False, None, None)
@@ -233,21 +246,22 @@ def _layernorm_build(a, cx):
 
 CONV_ATTRS = {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None),
               "stride": (pair(1), REQUIRED), "padding": (pair(0), REQUIRED), "dilation": (pair(1), REQUIRED),
-              "groups": (integer(1), REQUIRED), "bn": (optional(batchnorm), None)}
+              "groups": (integer(1), REQUIRED), "bn": (optional(batchnorm), None),
+              "int8": (optional(int8.int8_attrs), None)}
+LINEAR_ATTRS = {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None),
+                "dim": (optional(choice(1)), None), "int8": (optional(int8.int8_attrs), None)}
 
 
 TABLE = [
     Op("conv2d", (1, 1), CONV_ATTRS, _conv_shape, _conv_ref,
        "`weight`, `bias` (name or null), `stride`, `padding`, `dilation` (pairs), `groups`, `bn`: null or "
        "`{\"weight\", \"bias\", \"running_mean\", \"running_var\", \"eps\"}` (a BatchNorm2d folded into this "
-       "convolution: `y = (conv(x) - mean) * weight / sqrt(var + eps) + bias`, per output channel)",
+       "convolution: `y = (conv(x) - mean) * weight / sqrt(var + eps) + bias`, per output channel); " + int8.DOC,
        build=_conv_build, native="SparseConv2d", epilogue=_conv_epilogue),
-    Op("linear", (1, 1), {"weight": (tensor_name, REQUIRED), "bias": (optional(tensor_name), None),
-                          "dim": (optional(choice(1)), None)},
-       _linear_shape, _linear_ref,
+    Op("linear", (1, 1), LINEAR_ATTRS, _linear_shape, _linear_ref,
        "`weight`, `bias`; applies to the last dimension (an input [N, ..., in] runs as N * ... rows), or with "
        "`dim`: 1 to the channels of an NCHW input (a 1x1 convolution; ConvNeXt's MLP captured channels-first; "
-       "version 3)",
+       "version 3); " + int8.DOC,
        build=_linear_build, native="SparseLinear", attr_since={"dim": 3},
        epilogue=lambda a, ins, act, act_attrs: (0.0, math.inf) if act == "relu" else None),
     Op("batchnorm2d", (1, 1), BN_ATTRS, _bn_shape, _bn_ref,

@@ -1,0 +1,49 @@
+"""End to end: .dcz files on deepcomp's runtime, in one process, alternating blocks, the same input.
+
+    python benchmarks/int8_files.py a8.dcz a32.dcz [--batch 1,8] [--repeat 5] [--threads 2]
+
+Made for an int8 file against the fp32 file of the same model (for example
+``deepcomp compress torchvision:alexnet --recipe sparse-int8 -o a8.dcz`` and ``--recipe
+deep-compression -o a32.dcz``): prints each file's median ms per batch and its ratio to the last
+file, with the machine's load average (figures from a loaded machine are only ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    import deepcomp
+    import deepcomp._native as nat
+    import deepcomp.runtime as rt
+    from deepcomp.bench import median_ms, steady_heap
+
+    steady_heap()
+    rt.set_num_threads(a.threads)
+    models = [deepcomp.load(f) for f in a.files]
+    shape = models[0].input_shape
+    print(f"{a.threads} threads, fp32 {nat.isa()}, int8 {nat.int8_isa()}, load average {os.getloadavg()[0]:.1f}; "
+          "medians of alternating blocks in one process")
+    for batch in (int(b) for b in a.batch.split(",")):
+        x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+        ms = median_ms(*[(lambda m=m: m(x)) for m in models], repeat=a.repeat)
+        for f, m, t in zip(a.files, models, ms):
+            n8 = sum(1 for l in m.layers if l.precision == "int8")
+            print(f"batch {batch}: {os.path.basename(f)} ({n8}/{len(m.layers)} int8 layers): {t:.2f} ms "
+                  f"({ms[-1] / t:.2f}x vs {os.path.basename(a.files[-1])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

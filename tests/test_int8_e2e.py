@@ -1,0 +1,191 @@
+"""The sparse int8 path as a user runs it: `compress --recipe sparse-int8` writes a minor-1 file whose
+int8 nodes deepcomp.load runs without torch, within a stated tolerance of the fp32 model on the same
+decoded weights and bit-equal to the numpy integer reference; `info` shows which nodes run int8."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepcomp.cli import main
+from deepcomp.dcz import read_dcz
+from deepcomp.pipeline import compress
+from deepcomp.runtime import int8 as rt8
+
+if not rt8.native_int8():
+    pytest.skip("this build has no int8 kernels", allow_module_level=True)
+
+# The int8 file's output stays within this fraction of the fp32 model's largest output magnitude
+# (same decoded weights, activations calibrated on inputs of the test's distribution; measured:
+# 0.4% on seed 0).
+TOLERANCE = 0.03
+SHAPE = (3, 16, 16)
+
+
+class SmallNet(nn.Module):
+    """conv-relu-pool-conv-relu-pool-flatten-linear-relu-linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(32 * 4 * 4, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.c1(x)))
+        x = self.pool(torch.relu(self.c2(x)))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def _compress(recipe="sparse-int8"):
+    torch.manual_seed(0)
+    return compress(SmallNet().eval(), recipe=recipe, input_shape=SHAPE, progress=False)
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("int8")
+    r = _compress()
+    path = d / "small8.dcz"
+    r.save(path)
+    x = np.random.default_rng(1).standard_normal((4, *SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()  # the model holds the decoded (shared) weights
+    return path, r, x, y32
+
+
+NO_TORCH = textwrap.dedent("""
+    import sys
+    sys.modules["torch"] = None  # any import of torch fails
+    import numpy as np, deepcomp
+    path, xin, out = sys.argv[1:4]
+    x = np.load(xin)
+    m = deepcomp.load(path)
+    ref = deepcomp.runtime.load(path, int8_reference=True)
+    np.savez(out, y=m(x), ref=ref(x), steps=np.array([s.name for s in m.steps]),
+             int8=np.array([l.name for l in m.layers if l.precision == "int8"]))
+    assert "torch" not in sys.modules or sys.modules["torch"] is None
+""")
+
+
+def test_int8_file_runs_without_torch(int8_file, tmp_path):
+    path, r, x, y32 = int8_file
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npz")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    o = np.load(tmp_path / "o.npz")
+    assert list(o["int8"]) == ["c1", "c2", "fc1", "fc2"]
+    # relu + pool fused into each conv, the flatten absorbed by fc1, relu into fc1: four steps
+    assert list(o["steps"]) == ["c1", "c2", "fc1", "fc2"]
+    np.testing.assert_array_equal(o["y"], o["ref"])  # native int8 kernels == the numpy integer reference
+    err = np.abs(o["y"] - y32).max() / np.abs(y32).max()
+    assert 0 < err <= TOLERANCE, err  # int8, so not bit-equal to fp32, but close
+
+
+def test_file_is_minor_1_with_int8_attrs(int8_file):
+    path, r, _, _ = int8_file
+    c = read_dcz(path)
+    assert c.version == (1, 1)
+    nodes = {n["name"]: n for n in c.graph["nodes"]}
+    q = {n: nodes[n]["attrs"]["int8"] for n in ("c1", "c2", "fc1", "fc2")}
+    assert [q[n]["out"] for n in q] == ["u8", "u8", "u8", "f32"]
+    assert q["c1"]["out_scale"] == q["c2"]["in_scale"] and q["c2"]["out_scale"] == q["fc1"]["in_scale"]
+    assert q["c1"]["in_zp"] > 0 and q["c2"]["in_zp"] == 0  # signed network input; after a ReLU zp 0
+    s = c.dense["c1.weight_scale"]
+    assert s.shape == (16,) and (s >= 0).all() and (s > 0).sum() >= 8  # a channel may lose every block
+    np.testing.assert_array_equal(s, rt8.weights_to_int8(c.coded["c1.weight"].dense())[1])
+    assert c.meta["recipe"]["int8"]["calibration"] == "random"
+    # 1x4 blocks: every block of 4 input channels at one tap is kept or removed whole
+    w = c.coded["c2.weight"].dense().reshape(32, 4, 4, 9)
+    nz = (w != 0).sum(2)
+    assert set(np.unique(nz)) <= {0, 4}
+
+
+def test_minor_0_file_still_loads_fp32(tmp_path):
+    import deepcomp
+
+    r = _compress("deep-compression")
+    r.save(tmp_path / "fp32.dcz")
+    assert read_dcz(tmp_path / "fp32.dcz").version == (1, 0)
+    m = deepcomp.load(tmp_path / "fp32.dcz")
+    assert {l.precision for l in m.layers} == {"fp32"} and all(s.int8 is None for s in m.plan.steps)
+    x = np.random.default_rng(2).standard_normal((2, *SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), r.model(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_kept_fp32_by_the_recipe(tmp_path):
+    import deepcomp
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "mixed"\n[defaults]\nblock = [4, 4]\nsparsity = 0.5\n[layers."c2"]\nint8 = false\n')
+    r = _compress(str(recipe))
+    r.save(tmp_path / "m.dcz")
+    c = read_dcz(tmp_path / "m.dcz")
+    nodes = {n["name"]: n["attrs"] for n in c.graph["nodes"]}
+    assert nodes["c2"].get("int8") is None and nodes["c1"]["int8"]["out"] == "f32"
+    assert nodes["c1"]["int8"]["block"] == [4, 4]
+    m = deepcomp.load(tmp_path / "m.dcz")
+    assert [l.name for l in m.layers if l.precision == "int8"] == ["c1", "fc1", "fc2"]
+    x = np.random.default_rng(3).standard_normal((2, *SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()
+    assert np.abs(m(x) - y32).max() <= TOLERANCE * np.abs(y32).max()
+    # 4x4 blocks in the int8 conv: 4 output channels x 4 input channels kept or removed together
+    w = c.coded["c1.weight"].dense()  # [16, 3, 3, 3]: one partial block of 3 input channels per tap
+    kept = (w != 0).any(1).reshape(4, 4, 9)
+    assert (kept == kept[:, :1]).all()
+
+
+def test_info_shows_int8_nodes(int8_file, capsys):
+    path = str(int8_file[0])
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    assert "runs" in out.splitlines()[0]
+    assert "4 of 4 layers run int8 (c1, c2, fc1, fc2)" in out and "random inputs" in out
+    assert main(["info", path, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [l["precision"] for l in rep["layers"]] == ["int8"] * 4 and rep["int8"]["block"] == [1, 4]
+
+
+def test_bench_runs_an_int8_file(int8_file):
+    from deepcomp.bench import bench_file
+
+    r = bench_file(int8_file[0], batches=(2,), repeat=1)[0]
+    assert [(l["name"], l["kernel"]) for l in r["layers"]] == [(n, "int8") for n in ("c1", "c2", "fc1", "fc2")]
+    assert r["end_to_end"]["sparse_ms"] > 0 and r["end_to_end"]["dense_ms"] > 0 and "int8" in r["isa"]
+
+
+def test_bad_block_shape_is_one_line(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('name = "bad"\n[defaults]\nblock = [2, 4]\n')
+    p = subprocess.run([sys.executable, "-m", "deepcomp", "compress", "zoo:lenet-5", "--recipe", str(recipe),
+                        "-o", str(tmp_path / "x.dcz"), "-q"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "block must be [1, 4] or [4, 4]" in lines[0], p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["alexnet"])  # vgg16 works the same and takes 3.5 min on a loaded machine
+def test_torchvision_int8_compress_load_run(arch, tmp_path):
+    import deepcomp
+
+    torch.manual_seed(0)
+    r = compress(f"torchvision:{arch}", recipe="sparse-int8", progress=False)
+    r.save(tmp_path / "m.dcz")
+    m = deepcomp.load(tmp_path / "m.dcz")
+    assert all(l.precision == "int8" for l in m.layers)
+    y = m(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    assert y.shape == (1, 1000) and np.isfinite(y).all()
