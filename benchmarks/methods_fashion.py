@@ -1,7 +1,8 @@
 """The methods study on Fashion-MNIST: every pruning method of the seed write-ups on LeNet-5 and on a
 conv-heavy VGG-16-style model, checked against the write-ups' claims.
 
-    python benchmarks/methods_fashion.py            # the full run (README figures), < 60 min on 2 quiet cores
+    python benchmarks/methods_fashion.py            # the full run (README figures); meant for < 60 min on
+                                                    # 2 quiet cores with the models side by side (below)
     python benchmarks/methods_fashion.py --quick    # a few minutes: subsets, 2 sparsities, 1 epoch
 
 1. Baselines: zoo:lenet-5 (28x28) and zoo:vgg16-small (VGG-16's layout at 1/8 width with BatchNorm,
