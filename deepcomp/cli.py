@@ -418,6 +418,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3; cosine decay over the run)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam (default) or sgd with momentum 0.9")
     p.add_argument("--weight-decay", type=float_in(0.0), default=0.0, metavar="WD")
+    p.add_argument("--bn-l1", type=float_in(0.0), default=0.0, metavar="LAMBDA",
+                   help="network slimming's sparsity training: add LAMBDA * sum |gamma| over the BatchNorm scales "
+                        "(Liu et al. 2017 use 1e-5 to 1e-4), so that slimming later removes the channels it drove to 0")
     p.add_argument("--log-file", "--log", dest="log", type=log_file, metavar="FILE.jsonl",
                    help="append one JSON record per epoch (accuracy, loss, ...); under torchrun spell it --log-file")
     p.add_argument("--seed", type=count_int, default=0, help="seed of the initialisation and the data order (default 0)")
@@ -443,7 +446,7 @@ def cmd_train(args) -> int:
     loaded = _load(args)  # a fresh architecture is initialised from --seed
     train(loaded.model, train_ds, test_data=test_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
           optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed, progress=not args.quiet,
-          log_path=args.log)
+          log_path=args.log, bn_l1=args.bn_l1)
     loaded.model.cpu()
     if is_main():
         ev = evaluate(loaded.model, make_loader(test_ds, batch_size=512))

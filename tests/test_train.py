@@ -348,3 +348,46 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope.pt"), "--data", f"mnist:{tmp_path}/none"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error" in err
+
+
+def tiny_bn_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16 * 16, 4))
+
+
+def test_bn_l1_is_network_slimmings_sparsity_training():
+    from deepcomp.train import train
+
+    ds = toy_data(512)
+    gammas = {}
+    for lam in (0.0, 0.05):  # a penalty of the size of the gammas' loss gradients
+        model = tiny_bn_net()
+        train(model, ds, epochs=4, lr=5e-2, batch_size=64, progress=False, bn_l1=lam)
+        gammas[lam] = model[1].weight.detach().abs()
+    # the penalty pulls the scales towards zero; without it they stay near their initial 1
+    assert gammas[0.05].mean() < 0.5 * gammas[0.0].mean()
+    assert (gammas[0.05] < 0.3).float().mean() > 0.5 and (gammas[0.0] < 0.3).sum() == 0
+    # no penalty means the plain loop: same seed, same weights
+    again = tiny_bn_net()
+    train(again, ds, epochs=4, lr=5e-2, batch_size=64, progress=False)
+    torch.testing.assert_close(again[1].weight.detach().abs(), gammas[0.0], rtol=0, atol=0)
+
+
+def test_bn_l1_needs_batchnorm_and_a_positive_lambda():
+    from deepcomp.errors import DeepcompError
+    from deepcomp.train import train
+
+    with pytest.raises(DeepcompError, match="BatchNorm"):
+        train(tiny_mlp(), toy_data(64), epochs=1, progress=False, bn_l1=1e-4)
+    with pytest.raises(DeepcompError, match=">= 0"):
+        train(tiny_bn_net(), toy_data(64), epochs=1, progress=False, bn_l1=-1.0)
+
+
+def test_cli_train_bn_l1(tmp_path, capsys):
+    from deepcomp.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "zoo:lenet-5", "--data", "fashion-mnist", "--epochs", "1", "--bn-l1", "-1", "-o",
+              str(tmp_path / "m.pt")])
+    assert "--bn-l1" in capsys.readouterr().err

@@ -59,6 +59,7 @@ class TrainConfig:
     codebook_lr: float | None = None  # trained quantization: lr of the centroids (default lr / 10)
     seed: int = 0
     progress: bool = True
+    bn_l1: float = 0.0               # network slimming's sparsity training: lam * sum |gamma| over BatchNorms
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -91,6 +92,13 @@ def run_epochs(model: nn.Module, train_data, cfg: TrainConfig, *, optimizer: tor
     if cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    slimming = None
+    if cfg.bn_l1 > 0:  # the subgradient lam * sign(gamma) joins the BatchNorm weights' gradients
+        from deepcomp.prune.structured.slimming import SlimmingRegularizer
+
+        slimming = SlimmingRegularizer(model, cfg.bn_l1)
+    elif cfg.bn_l1 < 0:
+        raise DeepcompError(f"the BatchNorm L1 penalty must be >= 0, got {cfg.bn_l1}")
     history = []
     torch.manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
@@ -107,6 +115,8 @@ def run_epochs(model: nn.Module, train_data, cfg: TrainConfig, *, optimizer: tor
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net(x), y)
             loss.backward()
+            if slimming is not None:
+                slimming.step()
             optimizer.step()
             if sched is not None:
                 sched.step()
@@ -137,8 +147,12 @@ def run_epochs(model: nn.Module, train_data, cfg: TrainConfig, *, optimizer: tor
 def train(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
           optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "cosine", test_data=None,
           seed: int = 0, progress: bool = True, log_path: str | None = None, stage: str = "train",
-          masks: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
+          masks: Mapping[str, torch.Tensor] | None = None, bn_l1: float = 0.0) -> list[dict]:
     """Train ``model`` in place (a baseline, or masked retraining when ``masks`` are given).
+
+    ``bn_l1 > 0`` adds network slimming's sparsity penalty ``bn_l1 * sum |gamma|`` over the BatchNorm
+    scales (Liu et al. 2017, their lambda, 1e-4 to 1e-5), so that ``slim`` afterwards removes
+    channels whose gamma training drove towards zero.
 
     ``data``/``test_data``: datasets (``deepcomp.data.load_dataset``) or dataset specs. Works under
     torchrun (DDP). Returns the per-epoch records that were also appended to ``log_path``.
@@ -152,7 +166,7 @@ def train(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: 
     if isinstance(test_data, str):
         test_data = load_dataset(test_data, "test")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress)
+                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress, bn_l1=bn_l1)
     device = default_device()
     model.to(device)
     opt = make_optimizer(model.parameters(), cfg)
