@@ -186,6 +186,7 @@ def test_torchvision_int8_compress_load_run(arch, tmp_path):
     r = compress(f"torchvision:{arch}", recipe="sparse-int8", progress=False)
     r.save(tmp_path / "m.dcz")
     m = deepcomp.load(tmp_path / "m.dcz")
-    assert all(l.precision == "int8" for l in m.layers)
+    fp32 = {"alexnet": {"features.0"}}.get(arch, set())  # the recipe keeps AlexNet's conv1 fp32
+    assert {l.name for l in m.layers if l.precision != "int8"} == fp32
     y = m(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
     assert y.shape == (1, 1000) and np.isfinite(y).all()
