@@ -307,7 +307,7 @@ def test_graph_errors():
         with pytest.raises(exc, match=needle):
             RuntimeModel(g, d, c)
 
-    expect(DczError, "version", lambda g, d, c: g.update(version=3))
+    expect(DczError, "version", lambda g, d, c: g.update(version=4))
     expect(UnsupportedOpError, "'erf'", lambda g, d, c: g["nodes"][2].update(op="erf"))
     # an op of graph version 2 in a version 1 graph
     expect(UnsupportedOpError, "'gelu'.*version 1", lambda g, d, c: (g.update(version=1), g["nodes"][2].update(op="gelu")))
