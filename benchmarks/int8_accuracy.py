@@ -8,8 +8,15 @@ Trains a dense fp32 baseline, then compresses the same baseline with each recipe
 ``--data`` (retraining after each pruning step, centroid training, and for int8 the activation
 calibration on the training split): ``deep-compression`` (fp32 sparse), ``sparse-int8`` with 1x4
 blocks and with 4x4 blocks. Each file is evaluated on deepcomp's runtime (the int8 nodes on the
-int8 kernels). Prints top-1 against the dense baseline and the file sizes as a markdown table, and
-writes it to ``--out`` (default benchmarks/results/int8_accuracy.md).
+int8 kernels). The int8 peers quantize the same weights their own way: ONNX Runtime's static QDQ
+quantization (per-channel int8 weights, uint8 activations, MinMax, as in ``python -m benchmarks.peers``)
+of the dense baseline and of the fp32 recipe's file, calibrated on the same training samples as
+deepcomp's int8 files, run on ONNX Runtime (and on OpenVINO when it is installed). Prints top-1
+against the dense baseline and the file sizes as a markdown table, and writes it to ``--out``
+(default benchmarks/results/int8_accuracy[_MODEL].md).
+
+``--baseline PATH`` reuses a baseline ``{"state", "top1"}`` .pt such as the methods study's
+(benchmarks/results/methods_fashion/ARCH-baseline.pt) instead of training one.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.peers
 
 
 def recipes(model: str):
@@ -35,6 +45,59 @@ def recipes(model: str):
     return [("fp32 deep-compression", fp32), ("int8, 1x4 blocks", b14), ("int8, 4x4 blocks", b44)]
 
 
+def peer_int8_rows(label: str, onnx_path: str, calib, test_ds, workdir: str) -> list[tuple[str, float]]:
+    """(runtime label, top-1) of ONNX Runtime's static QDQ quantization of ``onnx_path``, calibrated on
+    ``calib`` (a list of (x, y) batches), run by ONNX Runtime and by OpenVINO when it is installed."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from benchmarks.peers.int8 import quantize_qdq
+
+    name = onnx.load(onnx_path, load_external_data=False).graph.input[0].name
+    x = np.concatenate([b[0].numpy() for b in calib]).astype(np.float32)
+    qdq = os.path.join(workdir, os.path.basename(onnx_path).replace(".onnx", "-qdq.onnx"))
+    quantize_qdq(Path(onnx_path), Path(qdq), x, len(calib[0][0]), input_name=name)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    runners = {"ONNX Runtime": lambda: ort.InferenceSession(qdq, opts, providers=["CPUExecutionProvider"])}
+    try:
+        import openvino as ov
+
+        runners["OpenVINO"] = lambda: ov.Core().compile_model(qdq, "CPU")
+    except ImportError:
+        pass
+    rows = []
+    for runtime, make in runners.items():
+        sess = make()
+        if runtime == "ONNX Runtime":
+            run = lambda b: sess.run(None, {name: b})[0]  # noqa: E731
+        else:
+            run = lambda b: sess(b)[0]  # noqa: E731
+        rows.append((f"{label}, {runtime} int8 (static QDQ)", _top1(run, test_ds)))
+    return rows
+
+
+def _top1(run, test_ds, batch: int = 500) -> float:
+    """Top-1 of ``run`` (numpy batch -> logits) on ``test_ds``."""
+    import numpy as np
+
+    from deepcomp.data import make_loader
+
+    hits = n = 0
+    for x, y in make_loader(test_ds, batch_size=batch):
+        hits += int((np.asarray(run(np.ascontiguousarray(x.numpy()))).argmax(1) == y.numpy()).sum())
+        n += len(y)
+    return hits / n
+
+
+def dense_onnx(model, shape, path: str) -> str:
+    """The torch model exported to ONNX with a dynamic batch (input "input")."""
+    torch.onnx.export(model.eval(), (torch.zeros(1, *shape),), path, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}, opset_version=17, dynamo=False)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "vgg16-small"])
@@ -46,14 +109,22 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
     ap.add_argument("--quick", action="store_true", help="2 baseline epochs, 1 step of 1 epoch, 10k samples")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "int8_accuracy.md"))
+    ap.add_argument("--baseline", help="a {'state', 'top1'} .pt of the model to reuse instead of training one")
+    ap.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime / OpenVINO int8 rows")
+    ap.add_argument("--out", help="default: benchmarks/results/int8_accuracy[_MODEL][_quick].md")
     a = ap.parse_args(argv)
+    if a.out is None:
+        tag = ("" if a.model == "lenet-5" else "_" + a.model) + ("_quick" if a.quick else "")
+        a.out = os.path.join(os.path.dirname(__file__), "results", f"int8_accuracy{tag}.md")
     if a.quick:
         a.epochs, a.iterative, a.finetune_epochs, a.codebook_epochs, a.limit = 2, 1, 1, 0, a.limit or 10000
 
     from deepcomp.data import load_dataset, make_loader
+    from deepcomp.export_onnx import export_onnx
     from deepcomp.pipeline import compress, evaluate_file
+    from deepcomp.quantize_int8 import calibration_data
     from deepcomp.train import evaluate, train
+    from deepcomp.torch_adapter import to_torch
     from deepcomp.zoo import LoadedModel, resolve_arch
 
     t_start = time.time()
@@ -61,9 +132,14 @@ def main(argv=None) -> int:
     test_ds = load_dataset(a.data, "test")
     torch.manual_seed(a.seed)
     model, shape = resolve_arch(a.model, train_ds.num_classes)
-    train(model, train_ds, test_data=test_ds, epochs=a.epochs, seed=a.seed, progress=False, stage="baseline")
+    if a.baseline:
+        model.load_state_dict(torch.load(a.baseline, weights_only=True)["state"])
+        how = f"from {a.baseline}"
+    else:
+        train(model, train_ds, test_data=test_ds, epochs=a.epochs, seed=a.seed, progress=False, stage="baseline")
+        how = f"{a.epochs} epochs"
     base = evaluate(model, make_loader(test_ds, batch_size=1000))
-    print(f"dense fp32 baseline: top-1 {100 * base['top1']:.2f}%", flush=True)
+    print(f"dense fp32 baseline: top-1 {100 * base['top1']:.2f}% ({how})", flush=True)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -76,18 +152,36 @@ def main(argv=None) -> int:
             path = os.path.join(d, "m.dcz")
             size = r.save(path)
             acc = evaluate_file(r, path)["top1"]
-            rows.append((label, acc, size, r.meta["original_bytes"], time.time() - t0))
+            # the same weights in fp32 (torch, no activation quantization): what the weights alone lose
+            wacc = evaluate(to_torch(path), make_loader(test_ds, batch_size=1000))["top1"]
+            rows.append((label, acc, wacc, size, r.meta["original_bytes"], time.time() - t0))
             print(f"{label}: top-1 {100 * acc:.2f}% ({100 * (acc - base['top1']):+.2f} points), {size} bytes", flush=True)
-    lines = [f"{a.model} on {a.data}: dense fp32 baseline top-1 {100 * base['top1']:.2f}% ({a.epochs} epochs); "
+            if label.startswith("fp32") and not a.no_peers:
+                fp32_onnx = os.path.join(d, "fp32.onnx")
+                export_onnx(path, fp32_onnx)
+        peers = []
+        if not a.no_peers:
+            model.load_state_dict(trained)
+            calib, _ = calibration_data(train_ds, shape, seed=a.seed)  # the samples deepcomp's int8 files calibrate on
+            peers += peer_int8_rows("dense baseline", dense_onnx(model, shape, os.path.join(d, "dense.onnx")),
+                                    calib, test_ds, d)
+            peers += peer_int8_rows("fp32 deep-compression weights", fp32_onnx, calib, test_ds, d)
+            for label, acc in peers:
+                print(f"{label}: top-1 {100 * acc:.2f}%", flush=True)
+    lines = [f"{a.model} on {a.data}: dense fp32 baseline top-1 {100 * base['top1']:.2f}% ({how}); "
              f"each recipe with --data: {a.iterative} pruning step(s) of {a.finetune_epochs} epoch(s), "
              f"{a.codebook_epochs} of centroid training; seed {a.seed}"
              + (f"; {a.limit} training samples" if a.limit else ""), "",
-             "| compression | top-1 (file, deepcomp runtime) | vs dense | file | ratio |", "|---|---|---|---|---|"]
-    for label, acc, size, orig, _ in rows:
-        lines.append(f"| {label} | {100 * acc:.2f}% | {100 * (acc - base['top1']):+.2f} | {size / 1024:.1f} KB | "
-                     f"{orig / size:.1f}x |")
+             "| compression | top-1 (file, deepcomp runtime) | vs dense | same weights in fp32 (torch) | file | ratio |",
+             "|---|---|---|---|---|---|"]
+    for label, acc, wacc, size, orig, _ in rows:
+        lines.append(f"| {label} | {100 * acc:.2f}% | {100 * (acc - base['top1']):+.2f} | {100 * wacc:.2f}% | "
+                     f"{size / 1024:.1f} KB | {orig / size:.1f}x |")
+    for label, acc in peers:
+        lines.append(f"| {label} | {100 * acc:.2f}% (peer runtime) | {100 * (acc - base['top1']):+.2f} | | | |")
     lines += ["", f"`python benchmarks/int8_accuracy.py{' --quick' if a.quick else ''}"
-                  f"{'' if a.model == 'lenet-5' else ' --model ' + a.model}`, {time.time() - t_start:.0f} s"]
+                  f"{'' if a.model == 'lenet-5' else ' --model ' + a.model}"
+                  f"{' --baseline ' + a.baseline if a.baseline else ''}`, {time.time() - t_start:.0f} s"]
     text = "\n".join(lines)
     print("\n" + text)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

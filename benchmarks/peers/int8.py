@@ -41,8 +41,9 @@ def _chunks(x, batch: int) -> list:
     return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, n, batch)]
 
 
-def quantize_qdq(src: Path, dst: Path, calib, batch: int) -> None:
-    """ONNX Runtime static quantization of the ONNX file src (input "input", static batch) into dst."""
+def quantize_qdq(src: Path, dst: Path, calib, batch: int, input_name: str = "input") -> None:
+    """ONNX Runtime static quantization of the ONNX file src (the input ``input_name``, fed batches of
+    ``batch`` calibration samples) into dst."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -52,7 +53,7 @@ def quantize_qdq(src: Path, dst: Path, calib, batch: int) -> None:
 
         def get_next(self):
             x = next(self.it, None)
-            return None if x is None else {"input": x}
+            return None if x is None else {input_name: x}
 
     tmp = dst.with_name("." + dst.name + ".tmp")
     # ONNX Runtime logs a hint to pre-process first (shape inference, graph optimisations): these
