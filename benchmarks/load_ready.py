@@ -4,8 +4,9 @@
 
 Each run is a new interpreter (so the import and the heap start cold): it prints the seconds from
 its start to the end of the first inference (as benchmarks/peers measures a runtime's load), the
-seconds of ``deepcomp.load`` alone, and the peak RSS (VmHWM) after the load and after the first
-inference of a batch of ``--batch`` random inputs. RSS is exact; seconds on a loaded machine are
+seconds of ``deepcomp.load`` alone, the peak RSS (VmHWM) of the load, the RSS held after it, and
+the peak RSS of the first inference of a batch of ``--batch`` random inputs (VmHWM reset after
+the load, so it is the run's own peak). RSS is exact; seconds on a loaded machine are
 only rough.
 """
 
@@ -32,10 +33,14 @@ t1 = time.perf_counter()
 m = rt.load(sys.argv[1])
 t2 = time.perf_counter()
 rss_load = hwm()
+with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the run's own peak from here
+    f.write("5")
+rss_before = hwm()
 x = np.random.default_rng(0).standard_normal((int(sys.argv[2]), *m.input_shape)).astype(np.float32)
 m(x)
 t3 = time.perf_counter()
 print(json.dumps({"ready_s": t3 - t0, "load_s": t2 - t1, "rss_load_mb": rss_load, "rss_run_mb": hwm(),
+                  "rss_ready_mb": rss_before,
                   "torch": "torch" in sys.modules}))
 """
 
@@ -52,9 +57,11 @@ def main(argv=None) -> int:
         p = subprocess.run([sys.executable, "-c", CHILD, a.file, str(a.batch), str(a.threads)], capture_output=True,
                            text=True, check=True)
         runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    med = {k: statistics.median(r[k] for r in runs) for k in ("ready_s", "load_s", "rss_load_mb", "rss_run_mb")}
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("ready_s", "load_s", "rss_load_mb", "rss_ready_mb", "rss_run_mb")}
     print(f"{a.file}: ready {med['ready_s']:.2f} s (load {med['load_s']:.2f} s), peak RSS {med['rss_load_mb']:.0f} MB "
-          f"after load, {med['rss_run_mb']:.0f} MB after a batch-{a.batch} run (medians of {a.runs} fresh processes"
+          f"during load ({med['rss_ready_mb']:.0f} MB held after it), {med['rss_run_mb']:.0f} MB during the first "
+          f"batch-{a.batch} run (medians of {a.runs} fresh processes"
           f"{', torch imported' if any(r['torch'] for r in runs) else ''})")
     return 0
 
