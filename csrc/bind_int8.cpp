@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -103,6 +104,25 @@ Blocks8 weight_blocks(const py::object& w, size_t ndim, std::vector<int64_t>& sh
   return blocks8_dense(a.data(), shape[0], shape[1], taps);
 }
 
+// The output array of a forward: a new one of `shape`, or `out` when given, checked to be a
+// writable C-contiguous array of that shape and of dtype T (the caller's buffer, reused).
+template <typename T>
+py::array output_array(const py::object& out, const std::vector<py::ssize_t>& shape, const std::string& what) {
+  if (out.is_none()) return py::array_t<T>(shape);
+  if (!py::isinstance<py::array>(out)) throw ShapeError(what + ": out must be a numpy array");
+  auto a = out.cast<py::array>();
+  const bool ok = py::isinstance<py::array_t<T>>(a) && a.writeable() &&
+                  (a.flags() & py::array::c_style) && size_t(a.ndim()) == shape.size() &&
+                  std::equal(shape.begin(), shape.end(), a.shape());
+  if (!ok) {
+    std::string want;
+    for (auto d : shape) want += (want.empty() ? "" : ", ") + S(int64_t(d));
+    throw ShapeError(what + ": out must be a writable C-contiguous " + (sizeof(T) == 1 ? "uint8" : "float32") + " [" +
+                     want + "] array");
+  }
+  return a;
+}
+
 struct PyConv8 {
   std::unique_ptr<Int8Conv2d> k;
 
@@ -126,15 +146,15 @@ struct PyConv8 {
     k = std::make_unique<Int8Conv2d>(w, g, m.data(), b.data(), zp_in, o, kernel_code(kernel), dense_threshold);
   }
 
-  py::array forward(const U8& x, int64_t H, int64_t W) const {
+  py::array forward(const U8& x, int64_t H, int64_t W, const py::object& out) const {
     const Act8Layout L = k->in_layout(H, W);
     const int64_t N = images_of(x, L, "Int8Conv2d.forward");
     const auto [oh, ow] = k->out_size(H, W);
     py::array y;
     if (k->output().u8)
-      y = py::array_t<uint8_t>({N, k->out_layout(H, W).bytes()});
+      y = output_array<uint8_t>(out, {N, k->out_layout(H, W).bytes()}, "Int8Conv2d.forward");
     else
-      y = py::array_t<float>({N, k->geometry().out_channels, oh, ow});
+      y = output_array<float>(out, {N, k->geometry().out_channels, oh, ow}, "Int8Conv2d.forward");
     void* yp = y.mutable_data();
     {
       py::gil_scoped_release nogil;
@@ -157,7 +177,7 @@ struct PyLinear8 {
                                      kernel_code(kernel), dense_threshold);
   }
 
-  py::array forward(const U8& x) const {
+  py::array forward(const U8& x, const py::object& out) const {
     const bool one = x.ndim() == 1;
     if ((x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != k->in_features())
       throw ShapeError("Int8Linear.forward: x must be [N, " + S(k->in_features()) + "] uint8");
@@ -166,9 +186,9 @@ struct PyLinear8 {
     std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k->out_features()}
                                          : std::vector<py::ssize_t>{N, k->out_features()};
     if (k->u8_out())
-      y = py::array_t<uint8_t>(shape);
+      y = output_array<uint8_t>(out, shape, "Int8Linear.forward");
     else
-      y = py::array_t<float>(shape);
+      y = output_array<float>(out, shape, "Int8Linear.forward");
     void* yp = y.mutable_data();
     {
       py::gil_scoped_release nogil;
@@ -228,7 +248,8 @@ void bind_int8(py::module_& m) {
            py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
            py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
            py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.5)
-      .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"))
+      .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"), py::kw_only(),
+           py::arg("out") = py::none(), "y of N images; out: a buffer to write it into (reused, not allocated)")
       .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })
       .def("out_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->out_layout(H, W)); })
       .def("out_size", [](const PyConv8& s, int64_t H, int64_t W) { return s.k->out_size(H, W); })
@@ -245,7 +266,8 @@ void bind_int8(py::module_& m) {
       .def(py::init<const py::object&, const F32&, const F32&, int, bool, const std::string&, int, const std::string&, double>(),
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("zp_in") = 0, py::arg("relu") = false,
            py::arg("out") = "f32", py::arg("zp_out") = 0, py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.6)
-      .def("forward", &PyLinear8::forward, py::arg("x"))
+      .def("forward", &PyLinear8::forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+           "y; out: a buffer to write it into (reused, not allocated)")
       .def_property_readonly("blocks", [](const PyLinear8& s) { return s.k->blocks(); })
       .def_property_readonly("total_blocks", [](const PyLinear8& s) { return s.k->total_blocks(); })
       .def_property_readonly("dense", [](const PyLinear8& s) { return s.k->dense(); })

@@ -150,3 +150,34 @@ def test_steps_from_coded_weights_equal_dense_ones(kernel):
     kl = dict(in_q=(0.03, 100), relu=True, kernel=kernel, weight_scale=sl)
     np.testing.assert_array_equal(rt8.Int8LinearStep(rt8.coded_to_int8(cl, dl.shape, sl)[0], **kl)(xl),
                                   rt8.Int8LinearStep(dl, native=False, **kl)(xl))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_steps_write_into_a_given_buffer(native):
+    """``out=``: a step writes its result into a buffer of a previous result (reused, not allocated),
+    the same bits; a buffer of the wrong dtype or shape is refused."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.2
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    for out_q in ((0.05, 0), None):
+        step = rt8.Int8ConvStep(w, padding=1, in_q=(0.02, 128), out_q=out_q, relu=True, out_padding=1, native=native)
+        first = step(x)
+        buf = first.data if out_q is not None else first
+        want = buf.copy()
+        buf[...] = 7
+        again = step(x, out=buf)
+        got = again.data if out_q is not None else again
+        assert got is buf or np.shares_memory(got, buf)
+        np.testing.assert_array_equal(got, want)
+        with pytest.raises(ValueError):
+            step(x, out=np.zeros(buf.shape, np.float64))
+        with pytest.raises(ValueError):
+            step(x, out=np.zeros((1,) + buf.shape[1:], buf.dtype))
+    wl = rng.standard_normal((6, 12)).astype(np.float32) * 0.3
+    xl = rng.standard_normal((3, 12)).astype(np.float32)
+    lin = rt8.Int8LinearStep(wl, in_q=(0.03, 100), out_q=(0.1, 0), native=native)
+    buf = lin(xl).data
+    want = buf.copy()
+    buf[...] = 0
+    assert np.shares_memory(lin(xl, out=buf).data, buf)
+    np.testing.assert_array_equal(buf, want)

@@ -167,6 +167,16 @@ def _pair(v) -> tuple[int, int]:
     return ref._pair(v)
 
 
+def _into(out, y: np.ndarray) -> np.ndarray:
+    """The reference's result y, copied into the caller's buffer ``out`` when there is one."""
+    if out is None:
+        return y
+    if not isinstance(out, np.ndarray) or out.dtype != y.dtype or out.shape != y.shape or not out.flags.writeable:
+        raise ValueError(f"out must be a writable {y.dtype} array of shape {list(y.shape)}")
+    np.copyto(out, y)
+    return out
+
+
 class _Int8Step:
     """What both steps share: the int8 weight, held by the native layer (which keeps only its block
     layout) or, for the numpy reference, as a dense int8 array."""
@@ -251,12 +261,14 @@ class Int8ConvStep(_Int8Step):
         q = self._values(x)
         return (ref.pack_u8(q, self.in_q[1], self.padding, self.stride), q.shape[0]) + tuple(q.shape[2:])
 
-    def __call__(self, x):
+    def __call__(self, x, out=None):
+        """``out``: an array of a previous result's data (the QTensor's ``data``, or the float32 output)
+        to write this result into instead of allocating one."""
         O = self.shape[0]
         zp_out = 0 if self.out_q is None else int(self.out_q[1])
         if self.native is not None:
             data, N, H, W = self._packed(x)
-            y = self.native.forward(data, H, W)
+            y = self.native.forward(data, H, W, out=out)
             oh, ow = self.native.out_size(H, W)
         else:
             q = self._values(x)
@@ -265,6 +277,7 @@ class Int8ConvStep(_Int8Step):
             N, _, oh, ow = y.shape
             if self.out == "u8":
                 y = ref.pack_u8(y, zp_out, self.out_padding, 1)
+            y = _into(out, y)
         if self.out == "f32":
             return y
         return QTensor(y, float(self.out_q[0]), zp_out, (N, O, oh, ow), self.out_padding)
@@ -286,7 +299,8 @@ class Int8LinearStep(_Int8Step):
                                              zp_out=0 if out_q is None else int(out_q[1]), kernel=kernel)
         self._keep(w)
 
-    def __call__(self, x):
+    def __call__(self, x, out=None):
+        """``out``: as for Int8ConvStep."""
         s, zp = self.in_q
         if isinstance(x, QTensor):
             if abs(x.scale - s) > 1e-6 * s or x.zp != zp:
@@ -295,10 +309,10 @@ class Int8LinearStep(_Int8Step):
         else:
             q = ref.quantize(np.asarray(x, np.float32), np.float32(1.0) / np.float32(s), zp)
         if self.native is not None:
-            y = self.native.forward(q)
+            y = self.native.forward(q, out=out)
         else:
-            y = ref.linear(q, zp, self.q, self.m, self.b, relu=self.relu, out=self.out,
-                           zp_out=0 if self.out_q is None else int(self.out_q[1]))
+            y = _into(out, ref.linear(q, zp, self.q, self.m, self.b, relu=self.relu, out=self.out,
+                                      zp_out=0 if self.out_q is None else int(self.out_q[1])))
         if self.out == "f32":
             return y
         return QTensor(y, float(self.out_q[0]), int(self.out_q[1]), y.shape, None)
