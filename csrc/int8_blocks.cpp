@@ -54,26 +54,40 @@ Blocks8 blocks8_coded(const int64_t* row_ptr, const int32_t* col, const uint8_t*
   if (row_ptr[0] != 0 || row_ptr[rows] != nnz)
     throw ShapeError("int8 weight: row_ptr must start at 0 and end at the number of entries");
   const int64_t cols = C * taps, nb = b.groups() * taps;
-  // One row at a time: its blocks OR-ed into a scratch row, the touched indices listed, sorted.
+  // One row at a time: its blocks OR-ed into a scratch row, the touched indices listed in order.
   std::vector<int32_t> row(static_cast<size_t>(nb), 0), touched;
+  b.index.reserve(size_t(nnz / 4));  // a 1x4-pruned weight's block count
+  b.w4.reserve(size_t(nnz / 4));
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t lo = row_ptr[r], hi = row_ptr[r + 1];
     if (hi < lo || hi > nnz) throw ShapeError("int8 weight: row_ptr must be non-decreasing");
     const int8_t* tr = table + r * K;
     touched.clear();
+    int64_t sum = 0, nonzeros = 0;
+    int64_t c = 0, base = 0;  // the channel of the last entry and its first column: one division per channel
     for (int64_t e = lo; e < hi; ++e) {
       const int64_t j = col[e];
       if (j < 0 || j >= cols) throw ShapeError("int8 weight: column " + std::to_string(j) + " out of range");
       if (cluster[e] >= K) throw ShapeError("int8 weight: cluster index outside the table");
       const int8_t v = tr[cluster[e]];
       if (v == 0) continue;
-      const int64_t c = j / taps, i = (c / 4) * taps + j % taps;
-      b.sum[r] += v;
-      ++b.nonzeros;
+      if (taps == 1) {
+        c = j, base = j;
+      } else if (j < base || j >= base + taps) {
+        c = j / taps;
+        base = c * taps;
+      }
+      const int64_t i = (c >> 2) * taps + (j - base);
+      sum += v;
+      ++nonzeros;
       if (!row[i]) touched.push_back(int32_t(i));
       row[i] |= packed_byte(v, c);
     }
-    std::sort(touched.begin(), touched.end());
+    b.sum[r] = sum;
+    b.nonzeros += nonzeros;
+    // Kept whole, a 1x4 block's first channel touches it: the list is sorted unless some weight
+    // maps to int8 0.
+    if (!std::is_sorted(touched.begin(), touched.end())) std::sort(touched.begin(), touched.end());
     for (int32_t i : touched) {
       b.index.push_back(i);
       b.w4.push_back(row[i]);
