@@ -4,9 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common.h"
 #include "int8_conv.h"
@@ -66,14 +68,70 @@ int64_t images_of(const U8& x, const Act8Layout& L, const char* what) {
                    S(L.H) + "x" + S(L.W) + " input)");
 }
 
+using I64 = py::array_t<int64_t, kIn>;
+using I32 = py::array_t<int32_t, kIn>;
+
+// The weight argument of both layers: an int8 array of `ndim` dimensions, or a dict of CSR arrays
+// (row_ptr, col, cluster, table [rows, K] int8, shape), deepcomp.runtime.int8.CodedInt8's form,
+// turned into its blocks without a dense copy. `shape` gets the weight's shape.
+Blocks8 weight_blocks(const py::object& w, size_t ndim, std::vector<int64_t>& shape, const std::string& what) {
+  if (py::isinstance<py::dict>(w)) {
+    auto d = w.cast<py::dict>();
+    for (const char* k : {"row_ptr", "col", "cluster", "table", "shape"})
+      if (!d.contains(k)) throw ShapeError(what + ": a coded weight needs '" + std::string(k) + "'");
+    shape = d["shape"].cast<std::vector<int64_t>>();
+    if (shape.size() != ndim) throw ShapeError(what + ": the coded weight must be " + S(int64_t(ndim)) + "-D");
+    for (int64_t v : shape)
+      if (v < 1) throw ShapeError(what + ": weight dimensions must be >= 1");
+    auto rp = d["row_ptr"].cast<I64>();
+    auto col = d["col"].cast<I32>();
+    auto cl = py::array_t<uint8_t, kIn>(d["cluster"].cast<py::object>());
+    auto table = d["table"].cast<I8>();
+    const int64_t rows = shape[0], taps = ndim == 4 ? shape[2] * shape[3] : 1;
+    if (rp.ndim() != 1 || rp.shape(0) != rows + 1) throw ShapeError(what + ": row_ptr must have " + S(rows + 1) + " entries");
+    if (col.ndim() != 1 || cl.ndim() != 1 || col.shape(0) != cl.shape(0))
+      throw ShapeError(what + ": col and cluster must be 1-D of one length");
+    if (table.ndim() != 2 || table.shape(0) != rows) throw ShapeError(what + ": table must be [" + S(rows) + ", K] int8");
+    py::gil_scoped_release nogil;
+    return blocks8_coded(rp.data(), col.data(), cl.data(), col.shape(0), table.data(), table.shape(1), rows, shape[1],
+                         taps);
+  }
+  auto a = w.cast<I8>();
+  if (size_t(a.ndim()) != ndim)
+    throw ShapeError(what + ": weight must be " + (ndim == 4 ? "[out, in, kh, kw]" : "[out, in]") + " int8");
+  shape.assign(a.shape(), a.shape() + ndim);
+  const int64_t taps = ndim == 4 ? shape[2] * shape[3] : 1;
+  return blocks8_dense(a.data(), shape[0], shape[1], taps);
+}
+
+// The output array of a forward: a new one of `shape`, or `out` when given, checked to be a
+// writable C-contiguous array of that shape and of dtype T (the caller's buffer, reused).
+template <typename T>
+py::array output_array(const py::object& out, const std::vector<py::ssize_t>& shape, const std::string& what) {
+  if (out.is_none()) return py::array_t<T>(shape);
+  if (!py::isinstance<py::array>(out)) throw ShapeError(what + ": out must be a numpy array");
+  auto a = out.cast<py::array>();
+  const bool ok = py::isinstance<py::array_t<T>>(a) && a.writeable() &&
+                  (a.flags() & py::array::c_style) && size_t(a.ndim()) == shape.size() &&
+                  std::equal(shape.begin(), shape.end(), a.shape());
+  if (!ok) {
+    std::string want;
+    for (auto d : shape) want += (want.empty() ? "" : ", ") + S(int64_t(d));
+    throw ShapeError(what + ": out must be a writable C-contiguous " + (sizeof(T) == 1 ? "uint8" : "float32") + " [" +
+                     want + "] array");
+  }
+  return a;
+}
+
 struct PyConv8 {
   std::unique_ptr<Int8Conv2d> k;
 
-  PyConv8(const I8& w, const F32& m, const F32& b, const py::handle& stride, const py::handle& padding,
+  PyConv8(const py::object& weight, const F32& m, const F32& b, const py::handle& stride, const py::handle& padding,
           const py::handle& dilation, int zp_in, bool relu, const std::string& out, int zp_out,
           const py::handle& out_padding, const py::object& pool, const std::string& kernel, double dense_threshold) {
-    if (w.ndim() != 4) throw ShapeError("Int8Conv2d: weight must be [out, in, kh, kw] int8");
-    Conv8Geometry g{w.shape(1), w.shape(0), w.shape(2), w.shape(3), 1, 1, 0, 0, 1, 1};
+    std::vector<int64_t> shape;
+    const Blocks8 w = weight_blocks(weight, 4, shape, "Int8Conv2d");
+    Conv8Geometry g{shape[1], shape[0], shape[2], shape[3], 1, 1, 0, 0, 1, 1};
     std::tie(g.sh, g.sw) = pair2(stride, "stride");
     std::tie(g.ph, g.pw) = pair2(padding, "padding");
     std::tie(g.dh, g.dw) = pair2(dilation, "dilation");
@@ -85,18 +143,18 @@ struct PyConv8 {
     o.relu = relu;
     std::tie(o.oph, o.opw) = pair2(out_padding, "out_padding");
     if (!pool.is_none()) std::tie(o.pool_k, o.pool_s) = pair2(pool, "pool");
-    k = std::make_unique<Int8Conv2d>(w.data(), g, m.data(), b.data(), zp_in, o, kernel_code(kernel), dense_threshold);
+    k = std::make_unique<Int8Conv2d>(w, g, m.data(), b.data(), zp_in, o, kernel_code(kernel), dense_threshold);
   }
 
-  py::array forward(const U8& x, int64_t H, int64_t W) const {
+  py::array forward(const U8& x, int64_t H, int64_t W, const py::object& out) const {
     const Act8Layout L = k->in_layout(H, W);
     const int64_t N = images_of(x, L, "Int8Conv2d.forward");
     const auto [oh, ow] = k->out_size(H, W);
     py::array y;
     if (k->output().u8)
-      y = py::array_t<uint8_t>({N, k->out_layout(H, W).bytes()});
+      y = output_array<uint8_t>(out, {N, k->out_layout(H, W).bytes()}, "Int8Conv2d.forward");
     else
-      y = py::array_t<float>({N, k->geometry().out_channels, oh, ow});
+      y = output_array<float>(out, {N, k->geometry().out_channels, oh, ow}, "Int8Conv2d.forward");
     void* yp = y.mutable_data();
     {
       py::gil_scoped_release nogil;
@@ -109,16 +167,17 @@ struct PyConv8 {
 struct PyLinear8 {
   std::unique_ptr<Int8Linear> k;
 
-  PyLinear8(const I8& w, const F32& m, const F32& b, int zp_in, bool relu, const std::string& out, int zp_out,
-            const std::string& kernel, double dense_threshold) {
-    if (w.ndim() != 2) throw ShapeError("Int8Linear: weight must be [out, in] int8");
-    check_per_channel(m, w.shape(0), "Int8Linear: m");
-    check_per_channel(b, w.shape(0), "Int8Linear: b");
-    k = std::make_unique<Int8Linear>(w.data(), w.shape(0), w.shape(1), m.data(), b.data(), zp_in, relu,
-                                     out_is_u8(out), zp_out, kernel_code(kernel), dense_threshold);
+  PyLinear8(const py::object& weight, const F32& m, const F32& b, int zp_in, bool relu, const std::string& out,
+            int zp_out, const std::string& kernel, double dense_threshold) {
+    std::vector<int64_t> shape;
+    Blocks8 w = weight_blocks(weight, 2, shape, "Int8Linear");
+    check_per_channel(m, shape[0], "Int8Linear: m");
+    check_per_channel(b, shape[0], "Int8Linear: b");
+    k = std::make_unique<Int8Linear>(std::move(w), m.data(), b.data(), zp_in, relu, out_is_u8(out), zp_out,
+                                     kernel_code(kernel), dense_threshold);
   }
 
-  py::array forward(const U8& x) const {
+  py::array forward(const U8& x, const py::object& out) const {
     const bool one = x.ndim() == 1;
     if ((x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != k->in_features())
       throw ShapeError("Int8Linear.forward: x must be [N, " + S(k->in_features()) + "] uint8");
@@ -127,9 +186,9 @@ struct PyLinear8 {
     std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k->out_features()}
                                          : std::vector<py::ssize_t>{N, k->out_features()};
     if (k->u8_out())
-      y = py::array_t<uint8_t>(shape);
+      y = output_array<uint8_t>(out, shape, "Int8Linear.forward");
     else
-      y = py::array_t<float>(shape);
+      y = output_array<float>(out, shape, "Int8Linear.forward");
     void* yp = y.mutable_data();
     {
       py::gil_scoped_release nogil;
@@ -183,31 +242,37 @@ void bind_int8(py::module_& m) {
   py::class_<PyConv8>(m, "Int8Conv2d",
                       "int8 direct convolution over 1x4 blocks along input channels, requantized with bias, "
                       "ReLU and an optional max-pool to uint8 (the next layer's layout) or fp32 NCHW.")
-      .def(py::init<const I8&, const F32&, const F32&, const py::handle&, const py::handle&, const py::handle&, int,
+      .def(py::init<const py::object&, const F32&, const F32&, const py::handle&, const py::handle&, const py::handle&, int,
                     bool, const std::string&, int, const py::handle&, const py::object&, const std::string&, double>(),
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("stride") = 1, py::arg("padding") = 0,
            py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
            py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
            py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.5)
-      .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"))
+      .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"), py::kw_only(),
+           py::arg("out") = py::none(), "y of N images; out: a buffer to write it into (reused, not allocated)")
       .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })
       .def("out_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->out_layout(H, W)); })
       .def("out_size", [](const PyConv8& s, int64_t H, int64_t W) { return s.k->out_size(H, W); })
       .def_property_readonly("blocks", [](const PyConv8& s) { return s.k->blocks(); })
       .def_property_readonly("executed_blocks", [](const PyConv8& s) { return s.k->executed_blocks(); })
       .def_property_readonly("total_blocks", [](const PyConv8& s) { return s.k->total_blocks(); })
-      .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); });
+      .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); })
+      .def_property_readonly("nonzeros", [](const PyConv8& s) { return s.k->nonzeros(); })
+      .def_property_readonly("bytes", [](const PyConv8& s) { return s.k->bytes(); });
 
   py::class_<PyLinear8>(m, "Int8Linear",
                         "int8 fully connected layer over 1x4 blocks along input features, requantized to uint8 "
                         "or fp32.")
-      .def(py::init<const I8&, const F32&, const F32&, int, bool, const std::string&, int, const std::string&, double>(),
+      .def(py::init<const py::object&, const F32&, const F32&, int, bool, const std::string&, int, const std::string&, double>(),
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("zp_in") = 0, py::arg("relu") = false,
            py::arg("out") = "f32", py::arg("zp_out") = 0, py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.6)
-      .def("forward", &PyLinear8::forward, py::arg("x"))
+      .def("forward", &PyLinear8::forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+           "y; out: a buffer to write it into (reused, not allocated)")
       .def_property_readonly("blocks", [](const PyLinear8& s) { return s.k->blocks(); })
       .def_property_readonly("total_blocks", [](const PyLinear8& s) { return s.k->total_blocks(); })
-      .def_property_readonly("dense", [](const PyLinear8& s) { return s.k->dense(); });
+      .def_property_readonly("dense", [](const PyLinear8& s) { return s.k->dense(); })
+      .def_property_readonly("nonzeros", [](const PyLinear8& s) { return s.k->nonzeros(); })
+      .def_property_readonly("bytes", [](const PyLinear8& s) { return s.k->bytes(); });
 }
 
 }  // namespace deepcomp

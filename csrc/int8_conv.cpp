@@ -97,7 +97,7 @@ struct Int8Conv2d::Plan {
   int64_t acc_stride = 0, pool_stride = 0;
 };
 
-Int8Conv2d::Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
+Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
                        const Conv8Output& out, int kernel, double dense_threshold)
     : g_(g), out_(out) {
   if (g.in_channels < 1 || g.out_channels < 1) throw ShapeError("Int8Conv2d: channels must be >= 1");
@@ -114,28 +114,22 @@ Int8Conv2d::Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, 
   if (2 * K * 255 * 128 > std::numeric_limits<int32_t>::max())
     throw ShapeError("Int8Conv2d: in_channels*kh*kw = " + S(K) + " is too large for int32 accumulation");
   const int64_t C = g.in_channels, OC = g.out_channels, taps = g.kh * g.kw;
+  if (w.rows != OC || w.C != C || w.taps != taps)
+    throw ShapeError("Int8Conv2d: the weight's blocks are not those of a " + S(OC) + "x" + S(C) + "x" + S(g.kh) + "x" +
+                     S(g.kw) + " weight");
   gi_ = cdiv(C, 4);
   ocp_ = 4 * cdiv(OC, 4);
   const int64_t ntaps = gi_ * taps;
+  nonzeros_ = w.nonzeros;
 
   rq_.assign(ocp_, Requant{});
-  std::vector<std::vector<int32_t>> blocks(ocp_);  // per channel: w4 of every tap (dense)
   for (int64_t oc = 0; oc < OC; ++oc) {
     if (!(m[oc] >= 0.f) || !std::isfinite(m[oc]) || !std::isfinite(b[oc]))
       throw ShapeError("Int8Conv2d: multipliers must be finite and >= 0, biases finite (channel " + S(oc) + ")");
-    const int8_t* wo = w + oc * C * taps;
-    int64_t sum = 0;
-    for (int64_t i = 0; i < C * taps; ++i) sum += wo[i];
-    rq_[oc] = Requant{int32_t(sum * zp_in), m[oc], b[oc]};
-    blocks[oc].assign(ntaps, 0);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < taps; ++t) {
-        const uint32_t byte = uint8_t(wo[c * taps + t]);
-        blocks[oc][(c / 4) * taps + t] |= int32_t(byte << (8 * (c % 4)));
-      }
+    rq_[oc] = Requant{int32_t(w.sum[oc] * zp_in), m[oc], b[oc]};
   }
-  for (auto& bl : blocks)
-    if (bl.empty()) bl.assign(ntaps, 0);
+  // Channel oc's kept blocks are w.index / w.w4 [first(oc), first(oc + 1)); padded channels have none.
+  auto first = [&](int64_t oc) { return oc < OC ? w.row_ptr[oc] : w.row_ptr[OC]; };
 
   // Each group of 4 output channels runs either per channel over its own blocks (conv_sparse) or
   // on all 4 at once over the taps any of them keeps (conv_dense4: one input load feeds 4
@@ -146,36 +140,46 @@ Int8Conv2d::Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, 
   dense_at_.assign(ngroups + 1, 0);
   row_ptr_.assign(ocp_ + 1, 0);
   kept_ = 0;
+  std::vector<int32_t> union_taps;
   for (int64_t q = 0; q < ngroups; ++q) {
-    int64_t kept = 0;
-    std::vector<int32_t> taps;
-    for (int64_t t = 0; t < ntaps; ++t) {
-      bool any = false;
-      for (int o = 0; o < 4; ++o) {
-        kept += blocks[4 * q + o][t] != 0;
-        any = any || blocks[4 * q + o][t] != 0;
-      }
-      if (any || kernel == 2) taps.push_back(int32_t(t));
+    const int64_t lo = first(4 * q), hi = first(4 * q + 4), kept = hi - lo;
+    union_taps.clear();
+    if (kernel == 2) {
+      for (int64_t t = 0; t < ntaps; ++t) union_taps.push_back(int32_t(t));
+    } else {
+      union_taps.assign(w.index.begin() + lo, w.index.begin() + hi);
+      std::sort(union_taps.begin(), union_taps.end());
+      union_taps.erase(std::unique(union_taps.begin(), union_taps.end()), union_taps.end());
     }
     kept_ += kept;
-    dense_[q] = kernel == 2 || (kernel == 0 && !taps.empty() && double(kept) >= dense_threshold * double(4 * taps.size()));
-    if (dense_[q])
-      for (int32_t t : taps) {
-        dense_tap_.push_back(t);
-        for (int o = 0; o < 4; ++o) dense_w_.push_back(blocks[4 * q + o][t]);
-      }
+    dense_[q] = kernel == 2 ||
+                (kernel == 0 && !union_taps.empty() && double(kept) >= dense_threshold * double(4 * union_taps.size()));
+    if (dense_[q]) {  // [tap][4] blocks over the union, zero where a channel does not keep the tap
+      const size_t base = dense_w_.size();
+      dense_tap_.insert(dense_tap_.end(), union_taps.begin(), union_taps.end());
+      dense_w_.resize(base + 4 * union_taps.size(), 0);
+      for (int o = 0; o < 4; ++o)
+        for (int64_t j = first(4 * q + o); j < first(4 * q + o + 1); ++j) {
+          const auto at = std::lower_bound(union_taps.begin(), union_taps.end(), w.index[j]) - union_taps.begin();
+          dense_w_[base + 4 * size_t(at) + o] = w.w4[j];
+        }
+    }
     dense_at_[q + 1] = int64_t(dense_tap_.size());
     for (int o = 0; o < 4; ++o) {
       const int64_t oc = 4 * q + o;
-      if (!dense_[q])
-        for (int64_t t = 0; t < ntaps; ++t)
-          if (blocks[oc][t]) {
-            tap_.push_back(int32_t(t));
-            w4_.push_back(blocks[oc][t]);
-          }
+      if (!dense_[q]) {
+        tap_.insert(tap_.end(), w.index.begin() + first(oc), w.index.begin() + first(oc + 1));
+        w4_.insert(w4_.end(), w.w4.begin() + first(oc), w.w4.begin() + first(oc + 1));
+      }
       row_ptr_[oc + 1] = int64_t(w4_.size());
     }
   }
+}
+
+int64_t Int8Conv2d::bytes() const {
+  return int64_t(sizeof(int64_t) * (row_ptr_.size() + dense_at_.size()) +
+                 sizeof(int32_t) * (tap_.size() + w4_.size() + dense_tap_.size() + dense_w_.size()) + dense_.size() +
+                 sizeof(Requant) * rq_.size());
 }
 
 int64_t Int8Conv2d::dense_groups() const {

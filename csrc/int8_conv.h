@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "int8_blocks.h"
 #include "int8_kernels.h"
 
 namespace deepcomp {
@@ -41,11 +42,12 @@ struct Conv8Output {
 
 class Int8Conv2d {
  public:
-  // w: [OC, C, kh, kw] int8; m, b: [OC] (see Requant); zp_in: the input's zero point.
+  // w: the kept blocks of the [OC, C, kh, kw] int8 weight (taps kh * kw); m, b: [OC] (see
+  // Requant); zp_in: the input's zero point.
   // kernel: 0 auto (a group of 4 output channels runs grouped, on conv_dense4 over the taps any of
   // them keeps, when its kept blocks reach dense_threshold of 4 x those taps), 1 per channel
   // everywhere, 2 grouped over every tap everywhere (dense).
-  Int8Conv2d(const int8_t* w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
+  Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
              const Conv8Output& out, int kernel, double dense_threshold);
 
   Act8Layout in_layout(int64_t H, int64_t W) const;
@@ -60,6 +62,8 @@ class Int8Conv2d {
   int64_t executed_blocks() const { return int64_t(w4_.size() + dense_w_.size()); }
   int64_t total_blocks() const { return ocp_ * gi_ * g_.kh * g_.kw; }
   int64_t dense_groups() const;
+  int64_t nonzeros() const { return nonzeros_; }  // int8 weights != 0
+  int64_t bytes() const;                          // the weight layout and epilogue held
   const Conv8Geometry& geometry() const { return g_; }
   const Conv8Output& output() const { return out_; }
 
@@ -73,7 +77,7 @@ class Int8Conv2d {
   // Sparse blocks, per output channel: block j's tap is tap_[j] = (g * kh + ky) * kw + kx.
   std::vector<int64_t> row_ptr_;
   std::vector<int32_t> tap_, w4_;
-  int64_t kept_ = 0;
+  int64_t kept_ = 0, nonzeros_ = 0;
   std::vector<uint8_t> dense_;       // per group of 4 output channels: runs grouped
   std::vector<int32_t> dense_tap_;   // grouped taps, group after group
   std::vector<int32_t> dense_w_;     // their [tap][4] blocks

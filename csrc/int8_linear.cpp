@@ -26,46 +26,42 @@ inline float requant_value(int32_t acc, const Requant& rq, bool relu) {
 }
 }  // namespace
 
-Int8Linear::Int8Linear(const int8_t* w, int64_t out, int64_t in, const float* m, const float* b, int32_t zp_in,
-                       bool relu, bool u8_out, int32_t zp_out, int kernel, double dense_threshold)
-    : out_(out), in_(in), G_((in + 3) / 4), relu_(relu), u8_(u8_out), zp_in_(zp_in), zp_out_(zp_out) {
-  if (out < 1 || in < 1) throw ShapeError("Int8Linear: features must be >= 1");
+Int8Linear::Int8Linear(Blocks8 w, const float* m, const float* b, int32_t zp_in, bool relu, bool u8_out,
+                       int32_t zp_out, int kernel, double dense_threshold)
+    : out_(w.rows), in_(w.C), G_(w.groups()), relu_(relu), u8_(u8_out), zp_in_(zp_in), zp_out_(zp_out),
+      nonzeros_(w.nonzeros) {
+  const int64_t out = out_, in = in_;
+  if (w.taps != 1) throw ShapeError("Int8Linear: the weight's blocks must be those of a 2-D weight");
   if (2 * in * 255 * 128 > std::numeric_limits<int32_t>::max())
     throw ShapeError("Int8Linear: in_features = " + std::to_string(in) + " is too large for int32 accumulation");
   if (zp_in < 0 || zp_in > 255 || zp_out < 0 || zp_out > 255) throw ShapeError("Int8Linear: zero points must be in [0, 255]");
   if (kernel < 0 || kernel > 2) throw ShapeError("Int8Linear: kernel must be 0 (auto), 1 (sparse) or 2 (dense)");
-  std::vector<int32_t> full(size_t(out * G_), 0);
   rq_.resize(out);
-  int64_t kept = 0;
   for (int64_t r = 0; r < out; ++r) {
     if (!(m[r] >= 0.f) || !std::isfinite(m[r]) || !std::isfinite(b[r]))
       throw ShapeError("Int8Linear: multipliers must be finite and >= 0, biases finite (row " + std::to_string(r) + ")");
-    int64_t sum = 0;
-    for (int64_t c = 0; c < in; ++c) {
-      const int8_t v = w[r * in + c];
-      sum += v;
-      full[r * G_ + c / 4] |= int32_t(uint32_t(uint8_t(v)) << (8 * (c % 4)));
-    }
-    rq_[r] = Requant{int32_t(sum * zp_in), m[r], b[r]};
-    for (int64_t g = 0; g < G_; ++g) kept += full[r * G_ + g] != 0;
+    rq_[r] = Requant{int32_t(w.sum[r] * zp_in), m[r], b[r]};
   }
+  const int64_t kept = int64_t(w.w4.size());
   dense_ = kernel == 2 || (kernel == 0 && double(kept) >= dense_threshold * double(out * G_));
-  row_ptr_.assign(out + 1, 0);
   if (dense_) {
-    w4_ = std::move(full);
+    w4_.assign(size_t(out * G_), 0);
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) w4_[r * G_ + w.index[j]] = w.w4[j];
     col_.resize(G_);
     for (int64_t g = 0; g < G_; ++g) col_[g] = int32_t(g);
+    row_ptr_.assign(out + 1, 0);
     for (int64_t r = 0; r <= out; ++r) row_ptr_[r] = r * G_;
     return;
   }
-  for (int64_t r = 0; r < out; ++r) {
-    for (int64_t g = 0; g < G_; ++g)
-      if (full[r * G_ + g]) {
-        col_.push_back(int32_t(g));
-        w4_.push_back(full[r * G_ + g]);
-      }
-    row_ptr_[r + 1] = int64_t(w4_.size());
-  }
+  row_ptr_ = std::move(w.row_ptr);
+  col_ = std::move(w.index);
+  w4_ = std::move(w.w4);
+}
+
+int64_t Int8Linear::bytes() const {
+  return int64_t(sizeof(int64_t) * row_ptr_.size() + sizeof(int32_t) * (col_.size() + w4_.size()) +
+                 sizeof(Requant) * rq_.size());
 }
 
 void Int8Linear::finish(const int32_t* acc, int64_t r, int64_t N, int64_t astride, void* y) const {

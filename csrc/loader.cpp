@@ -206,7 +206,9 @@ void decode_blocks(CodedTensor& t, const std::vector<uint16_t>& gaps, const uint
         row.push_back(((kBlock * g + l) * T + tap) << 8 | cl);
       }
     }
-    std::sort(row.begin(), row.end());
+    // Block order is tap-major; CSR wants channel-major. Within one tap the channels ascend, so a
+    // 2-D weight (one tap) is in order already and a conv's row only needs its taps interleaved.
+    if (!std::is_sorted(row.begin(), row.end())) std::sort(row.begin(), row.end());
     for (uint64_t v : row) {
       t.col[out] = int32_t(v >> 8);
       t.cluster[out] = uint8_t(v & 0xff);

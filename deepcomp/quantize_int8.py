@@ -147,7 +147,8 @@ def _checked(graph: dict, shapes: Mapping[str, tuple]):
 
 def int8_nodes(graph: dict, shapes: Mapping[str, tuple], layers) -> tuple[dict[str, str], dict[str, str]]:
     """({layer: its graph node} for the layers of ``layers`` the int8 kernels can run, {layer: why not}
-    for the others). int8 runs conv2d with groups 1 and no folded BatchNorm, and linear on [N, features];
+    for the others). int8 runs conv2d with groups 1 (a BatchNorm folded into it folds into the int8
+    epilogue), and linear on [N, features];
     ``shapes``: every stored tensor's shape, by name."""
     checked, node_shapes = _checked(graph, shapes)
     by_weight = {attrs.get("weight"): (name, op, ins, attrs) for name, op, ins, attrs in checked
@@ -159,8 +160,8 @@ def int8_nodes(graph: dict, shapes: Mapping[str, tuple], layers) -> tuple[dict[s
             why[layer] = "not a conv2d / linear node of the graph"
             continue
         name, op, ins, attrs = node
-        if op == "conv2d" and (attrs["groups"] != 1 or attrs["bn"] is not None):
-            why[layer] = "grouped or with a folded BatchNorm"
+        if op == "conv2d" and attrs["groups"] != 1:
+            why[layer] = "a grouped convolution"
         elif op == "linear" and len(node_shapes[ins[0]]) != 1:
             why[layer] = "a linear layer on more than one dimension"
         else:

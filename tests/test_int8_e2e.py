@@ -147,6 +147,54 @@ def test_layer_kept_fp32_by_the_recipe(tmp_path):
     assert (kept == kept[:, :1]).all()
 
 
+class BNNet(nn.Module):
+    """conv-bn-relu-pool twice, a conv-bn into the flatten (fp32 out), linear: VGG's layout, small."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.c3, self.b3 = nn.Conv2d(32, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+        g = torch.Generator().manual_seed(1)
+        for b in (self.b1, self.b2, self.b3):  # trained-looking statistics, some negative gammas
+            n = b.num_features
+            b.weight.data = torch.randn(n, generator=g) * 0.8
+            b.bias.data = torch.randn(n, generator=g) * 0.2
+            b.running_mean = torch.randn(n, generator=g) * 0.3
+            b.running_var = torch.rand(n, generator=g) * 2 + 0.2
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.b1(self.c1(x))))
+        x = self.pool(torch.relu(self.b2(self.c2(x))))
+        return self.fc(torch.flatten(self.b3(self.c3(x)), 1))
+
+
+def test_batchnorm_after_int8_conv(tmp_path):
+    """A BatchNorm folded into a conv folds into the int8 epilogue (negative gammas included): the
+    convs run int8, bit-equal to the integer reference, near the fp32 model."""
+    import deepcomp
+
+    torch.manual_seed(0)
+    r = compress(BNNet().eval(), recipe="sparse-int8", input_shape=SHAPE, progress=False)
+    r.save(tmp_path / "bn.dcz")
+    nodes = {n["name"]: n["attrs"] for n in read_dcz(tmp_path / "bn.dcz").graph["nodes"]}
+    assert all(nodes[c]["bn"] is not None and nodes[c]["int8"] is not None for c in ("c1", "c2", "c3"))
+    assert [nodes[c]["int8"]["out"] for c in ("c1", "c2", "c3")] == ["u8", "u8", "u8"]
+    m = deepcomp.load(tmp_path / "bn.dcz")
+    assert [l.name for l in m.layers if l.precision == "int8"] == ["c1", "c2", "c3", "fc"]
+    assert [s.name for s in m.steps] == ["c1", "c2", "c3", "fc"]  # relu + pool fused, flatten absorbed
+    ref = deepcomp.load(tmp_path / "bn.dcz", int8_reference=True)
+    x = np.random.default_rng(4).standard_normal((3, *SHAPE)).astype(np.float32)
+    y = m(x)
+    np.testing.assert_array_equal(y, ref(x))
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()
+    err = np.abs(y - y32).max() / np.abs(y32).max()
+    assert 0 < err <= TOLERANCE, err
+
+
 def test_info_shows_int8_nodes(int8_file, capsys):
     path = str(int8_file[0])
     assert main(["info", path]) == 0

@@ -102,3 +102,82 @@ def test_qtensor_round_trip_and_scale_mismatch():
     from deepcomp.runtime import int8_reference as ref
     other = other._replace(data=ref.pack_u8(a1.values(), a1.zp, 0, 1))
     np.testing.assert_array_equal(ss[1](other).values(), ss[1](a1).values())
+
+
+def _coded(w: np.ndarray, k: int, rng):
+    """w's nonzeros snapped to a k-entry codebook, as (decoded dense weight, the loader's CSR dict)."""
+    flat = w.reshape(w.shape[0], -1)
+    codebook = np.sort(rng.standard_normal(k).astype(np.float32) * 0.2)
+    rows, cols = np.nonzero(flat)
+    cluster = rng.integers(0, k, len(rows)).astype(np.uint8)
+    dense = np.zeros_like(flat)
+    dense[rows, cols] = codebook[cluster]
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=flat.shape[0]))]).astype(np.int64)
+    return dense.reshape(w.shape), {"row_ptr": row_ptr, "col": cols.astype(np.int32), "cluster": cluster,
+                                    "codebook": codebook}
+
+
+@pytest.mark.parametrize("kernel", ["auto", "sparse", "dense"])
+def test_steps_from_coded_weights_equal_dense_ones(kernel):
+    """Built from the file's CSR arrays (no dense weight), a step gives the bits of the same step built
+    from the decoded weight, native and reference, with a BatchNorm (negative scales) folded in."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((12, 10, 3, 3)).astype(np.float32)
+    w = w * block_mask(torch.from_numpy(np.abs(w)), 0.5).numpy()
+    w[3] = 0  # a channel with no blocks
+    dense, csr = _coded(w, 16, rng)
+    _, s = rt8.weights_to_int8(dense)
+    coded, s2 = rt8.coded_to_int8(csr, dense.shape, s)
+    np.testing.assert_array_equal(coded.dense(), rt8.weights_to_int8(dense, s)[0])
+    bias = rng.standard_normal(12).astype(np.float32) * 0.1
+    bn = (rng.standard_normal(12).astype(np.float32), rng.standard_normal(12).astype(np.float32) * 0.1)
+    x = rng.standard_normal((2, 10, 9, 9)).astype(np.float32)
+    kw = dict(padding=1, in_q=(0.02, 128), out_q=(0.05, 0), relu=True, pool=(2, 2), kernel=kernel, weight_scale=s, bn=bn)
+    want = rt8.Int8ConvStep(dense, bias, native=False, **kw)(x)
+    for step in (rt8.Int8ConvStep(coded, bias, **kw), rt8.Int8ConvStep(dense, bias, **kw),
+                 rt8.Int8ConvStep(coded, bias, native=False, **kw)):
+        got = step(x)
+        np.testing.assert_array_equal(got.values(), want.values())
+    native = rt8.Int8ConvStep(coded, bias, **kw)
+    assert native.nonzeros == np.count_nonzero(rt8.Int8ConvStep(dense, bias, native=False, **kw).q)
+    with pytest.raises(AttributeError):
+        native.q  # the native layer holds blocks only
+    wl = rng.standard_normal((7, 22)).astype(np.float32)
+    wl = wl * block_mask(torch.from_numpy(np.abs(wl)), 0.4).numpy()
+    dl, cl = _coded(wl, 8, rng)
+    _, sl = rt8.weights_to_int8(dl)
+    xl = rng.standard_normal((3, 22)).astype(np.float32)
+    kl = dict(in_q=(0.03, 100), relu=True, kernel=kernel, weight_scale=sl)
+    np.testing.assert_array_equal(rt8.Int8LinearStep(rt8.coded_to_int8(cl, dl.shape, sl)[0], **kl)(xl),
+                                  rt8.Int8LinearStep(dl, native=False, **kl)(xl))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_steps_write_into_a_given_buffer(native):
+    """``out=``: a step writes its result into a buffer of a previous result (reused, not allocated),
+    the same bits; a buffer of the wrong dtype or shape is refused."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.2
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    for out_q in ((0.05, 0), None):
+        step = rt8.Int8ConvStep(w, padding=1, in_q=(0.02, 128), out_q=out_q, relu=True, out_padding=1, native=native)
+        first = step(x)
+        buf = first.data if out_q is not None else first
+        want = buf.copy()
+        buf[...] = 7
+        again = step(x, out=buf)
+        got = again.data if out_q is not None else again
+        assert got is buf or np.shares_memory(got, buf)
+        np.testing.assert_array_equal(got, want)
+        with pytest.raises(ValueError):
+            step(x, out=np.zeros(buf.shape, np.float64))
+        with pytest.raises(ValueError):
+            step(x, out=np.zeros((1,) + buf.shape[1:], buf.dtype))
+    wl = rng.standard_normal((6, 12)).astype(np.float32) * 0.3
+    xl = rng.standard_normal((3, 12)).astype(np.float32)
+    lin = rt8.Int8LinearStep(wl, in_q=(0.03, 100), out_q=(0.1, 0), native=native)
+    buf = lin(xl).data
+    want = buf.copy()
+    buf[...] = 0
+    assert np.shares_memory(lin(xl, out=buf).data, buf)
+    np.testing.assert_array_equal(buf, want)

@@ -4,18 +4,19 @@ additions"): the check of a node's ``int8`` attribute, and the steps that run a 
 A node's ``int8`` attribute gives its input's uint8 quantization and the form of its output; what
 the node absorbs (a following ReLU and max-pool, a flatten before a linear) and whether its output
 stays uint8 is the planner's decision (deepcomp.runtime.plan_int8), handed to the build as
-``cx.int8``. The weights are the decoded codebook weights mapped to int8 with the file's per-channel
-``weight_scale``; the steps are deepcomp.runtime.int8's (native kernels, or the numpy integer
-reference when ``cx.int8["reference"]`` is set or the extension lacks them).
+``cx.int8``. The weights are the file's codebook mapped to int8 with its per-channel
+``weight_scale``, taken from the coded CSR arrays without decoding a dense tensor; a BatchNorm
+recorded on a conv (``bn``) folds into the epilogue. The steps are deepcomp.runtime.int8's (native
+kernels, or the numpy integer reference when ``cx.int8["reference"]`` is set or the extension lacks
+them).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 
-from deepcomp.runtime.int8 import Int8ConvStep, Int8LinearStep
+from deepcomp.runtime.int8 import Int8ConvStep, Int8LinearStep, coded_to_int8
 from deepcomp.runtime.ops.base import REQUIRED, Bad, check_attrs, choice, optional, tensor_name
 from deepcomp.runtime.tensors import Weight
 
@@ -64,18 +65,26 @@ def check_shape(a, op: str, out_channels: int, ins, ts) -> None:
         return
     if math.prod(ts(q["weight_scale"])) != out_channels:
         raise Bad(f"int8 weight_scale {q['weight_scale']!r} does not have {out_channels} entries")
-    if op == "conv2d" and (a["groups"] != 1 or a["bn"] is not None):
-        raise Bad("runs int8, which needs groups 1 and no folded BatchNorm")
+    if op == "conv2d" and a["groups"] != 1:
+        raise Bad("runs int8, which needs groups 1")
     if op == "linear" and len(ins[0]) != 1:
         raise Bad(f"runs int8 on an input of shape {list(ins[0])}; int8 linear layers take [N, features]")
 
 
 def _parts(a, cx):
-    w = cx.tensors.array(a["weight"], cx.name)
-    oc = w.shape[0]
+    """(weight: a CodedInt8 for a coded tensor, else the dense fp32 array; bias; weight scales; the
+    folded BatchNorm's (scale, shift) or None)."""
+    name = a["weight"]
+    shape = cx.tensors.shape(name, cx.name)
+    oc = shape[0]
     bias = cx.tensors.vector(a["bias"], oc, cx.name, "bias")
     scale = cx.tensors.vector(a["int8"]["weight_scale"], oc, cx.name, "int8 weight_scale")
-    return w, bias, scale
+    if name in cx.tensors.coded:
+        w, scale = coded_to_int8(cx.tensors.coded[name], shape, scale)
+    else:
+        w = cx.tensors.array(name, cx.name)
+    bn = cx.tensors.bn(a["bn"], oc, cx.name) if a.get("bn") is not None else None
+    return w, bias, scale, bn
 
 
 def _fusion(cx) -> dict:
@@ -85,23 +94,22 @@ def _fusion(cx) -> dict:
             "out_padding": p.get("out_padding", (0, 0)), "native": not p.get("reference", False)}
 
 
-def _record(cx, a, q, step) -> None:
-    """The layer's LayerInfo: nnz counts the int8 weights that are not 0; bytes the int8 weights and
-    the per-channel epilogue."""
-    nnz = int(np.count_nonzero(q))
-    cx.record(step, Weight(a["weight"], tuple(q.shape), {}, nnz, int(step.q.nbytes + step.m.nbytes + step.b.nbytes)))
+def _record(cx, a, step) -> None:
+    """The layer's LayerInfo: nnz counts the int8 weights that are not 0; bytes the kernel's block
+    layout (the dense int8 weight on the reference) and the per-channel epilogue."""
+    cx.record(step, Weight(a["weight"], step.shape, {}, step.nonzeros, step.nbytes))
 
 
 def conv_step(a, cx) -> Int8ConvStep:
-    w, bias, scale = _parts(a, cx)
+    w, bias, scale, bn = _parts(a, cx)
     q, f = a["int8"], _fusion(cx)
     return Int8ConvStep(w, bias, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
                         in_q=(q["in_scale"], q["in_zp"]), out_q=f["out_q"], relu=f["relu"], pool=f["pool"],
-                        out_padding=f["out_padding"], weight_scale=scale, native=f["native"])
+                        out_padding=f["out_padding"], weight_scale=scale, bn=bn, native=f["native"])
 
 
 def linear_step(a, cx) -> Int8LinearStep:
-    w, bias, scale = _parts(a, cx)
+    w, bias, scale, _ = _parts(a, cx)
     q, f = a["int8"], _fusion(cx)
     return Int8LinearStep(w, bias, in_q=(q["in_scale"], q["in_zp"]), out_q=f["out_q"], relu=f["relu"],
                           weight_scale=scale, native=f["native"])
@@ -109,24 +117,24 @@ def linear_step(a, cx) -> Int8LinearStep:
 
 def conv_build(a, cx):
     step = conv_step(a, cx)
-    _record(cx, a, step.q, step)
+    _record(cx, a, step)
     return step
 
 
 def linear_build(a, cx):
     step = linear_step(a, cx)
-    _record(cx, a, step.q, step)
+    _record(cx, a, step)
     return step
 
 
 def conv_ref(a, cx, x):
     """The node alone on the numpy integer reference: fp32 (or QTensor) in, fp32 out."""
-    w, bias, scale = _parts(a, cx)
+    w, bias, scale, bn = _parts(a, cx)
     return Int8ConvStep(w, bias, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                        in_q=(a["int8"]["in_scale"], a["int8"]["in_zp"]), weight_scale=scale, native=False)(x)
+                        in_q=(a["int8"]["in_scale"], a["int8"]["in_zp"]), weight_scale=scale, bn=bn, native=False)(x)
 
 
 def linear_ref(a, cx, x):
-    w, bias, scale = _parts(a, cx)
+    w, bias, scale, _ = _parts(a, cx)
     return Int8LinearStep(w, bias, in_q=(a["int8"]["in_scale"], a["int8"]["in_zp"]), weight_scale=scale,
                           native=False)(x)
