@@ -118,6 +118,21 @@ def _torch_layer_norm(a, t):
 
 # The dense PyTorch form of every op of the runtime's table (deepcomp.runtime.ops): op -> (checked
 # attrs, {tensor name: torch tensor}) -> the function a plain nn.Module's forward would call.
+def _torch_constant(a, t):
+    c = t[a["tensor"]]
+    if a["index"] is not None:
+        c = c.reshape(c.shape[0], -1)[t[a["index"]].reshape(-1).long()]
+    c = c.reshape(1, *a["shape"])
+    return lambda x: c.expand(x.shape[0], *a["shape"])
+
+
+def _torch_window_mask(a, t):
+    from deepcomp.runtime.ops.shapes import window_mask
+
+    m = torch.from_numpy(window_mask(a["size"], a["window"], a["shift"]))[None]
+    return lambda x: m.expand(x.shape[0], *m.shape[1:])
+
+
 TORCH_OPS: dict[str, Callable] = {
     "conv2d": _torch_conv,
     "linear": lambda a, t: (lambda x: F.linear(x, t[a["weight"]], t[a["bias"]] if a["bias"] else None))
@@ -132,7 +147,7 @@ TORCH_OPS: dict[str, Callable] = {
     "flatten": lambda a, t: lambda x: torch.flatten(x, a["start_dim"]),
     "add": lambda a, t: _torch_binary(torch.add, a),
     "concat": lambda a, t: lambda *xs: torch.cat(xs, a["dim"]),
-    "constant": lambda a, t: lambda x: t[a["tensor"]].reshape(1, *a["shape"]).expand(x.shape[0], *a["shape"]),
+    "constant": _torch_constant,
     "clamp": lambda a, t: lambda x: torch.clamp(x, a["min"], a["max"]),
     "sigmoid": lambda a, t: torch.sigmoid,
     "silu": lambda a, t: F.silu,
@@ -148,6 +163,10 @@ TORCH_OPS: dict[str, Callable] = {
     "reshape": lambda a, t: lambda x: x.reshape(x.shape[0], *a["shape"]),
     "slice": lambda a, t: lambda x: x[(slice(None),) * a["dim"] + (slice(a["start"], a["stop"], a["step"]),)],
     "layernorm": _torch_layer_norm,
+    "pad": lambda a, t: lambda x: F.pad(x, [p for d in reversed(range(x.dim() - 1))
+                                            for p in a["pads"][2 * d: 2 * d + 2]], value=a["value"]),
+    "roll": lambda a, t: lambda x: torch.roll(x, a["shifts"], a["dims"]),
+    "window_mask": _torch_window_mask,
     "matmul": lambda a, t: torch.matmul,
     "softmax": lambda a, t: lambda x: torch.softmax(x, a["dim"]),
 }

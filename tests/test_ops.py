@@ -139,6 +139,10 @@ SAMPLES = {
     "slice": ([{"dim": 1, "start": 1, "stop": 4}, {"dim": 3, "start": 0, "stop": 5, "step": 2}], X4),
     "softmax": ([{"dim": 3}, {"dim": 1}], X4),
     "flatten": ([{"start_dim": 1}], X4),
+    "roll": ([{"shifts": [1, -2], "dims": [1, 3]}, {"shifts": [7], "dims": [2]}], X4),
+    "pad": ([{"pads": [0, 0, 1, 2, 0, 3]}, {"pads": [1, 0, 0, 0, 2, 2], "value": -1.5}], X4),
+    "window_mask": ([{"size": [4, 6], "window": [2, 3], "shift": [1, 1]},
+                     {"size": [4, 4], "window": [2, 2], "shift": [0, 1]}], X4),
 }
 
 
@@ -160,17 +164,61 @@ def test_op_runs_like_the_torch_baseline(op):
     variants, shape = SAMPLES[op]
     x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32) * 4
     for attrs in variants:
-        g = graph([{"name": "y", "op": op, "inputs": ["x"], "attrs": attrs}], shape=shape, version=2)
+        g = graph([{"name": "y", "op": op, "inputs": ["x"], "attrs": attrs}], shape=shape,
+                  version=max(2, OPS[op].since))
         with torch.no_grad():
             ref = DenseTorchGraph(g, {})(torch.from_numpy(x)).numpy()
         m = RuntimeModel(g, {}, {})
         np.testing.assert_allclose(m(x), ref, atol=2e-6, rtol=2e-6, err_msg=f"{op} {attrs}")
         # fused: the same op applied in place to a fresh buffer (an add's output)
         g2 = graph([{"name": "a", "op": "add", "inputs": ["x", "x"], "attrs": {}},
-                    {"name": "y", "op": op, "inputs": ["a"], "attrs": attrs}], shape=shape, version=2)
+                    {"name": "y", "op": op, "inputs": ["a"], "attrs": attrs}], shape=shape,
+                   version=max(2, OPS[op].since))
         with torch.no_grad():
             ref2 = DenseTorchGraph(g2, {})(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(RuntimeModel(g2, {}, {})(x), ref2, atol=2e-6, rtol=2e-6, err_msg=f"{op} fused")
+
+
+def test_window_mask_is_torchvisions():
+    """The mask torchvision's shifted_window_attention builds, for a map of 3x2 windows of 2x3."""
+    import torch
+
+    from deepcomp.runtime.ops.shapes import window_mask
+
+    (h, w), (wh, ww), (sh, sw) = (6, 6), (2, 3), (1, 1)
+    region = torch.zeros(h, w)
+    count = 0
+    for hs in ((0, -wh), (-wh, -sh), (-sh, None)):
+        for ws in ((0, -ww), (-ww, -sw), (-sw, None)):
+            region[hs[0]:hs[1], ws[0]:ws[1]] = count
+            count += 1
+    r = region.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    want = (r.unsqueeze(1) - r.unsqueeze(2)).ne(0).float() * -100.0
+    np.testing.assert_array_equal(window_mask((h, w), (wh, ww), (sh, sw))[:, 0], want.numpy())
+
+
+def test_constant_gathers_rows_by_a_stored_index():
+    import torch
+
+    from deepcomp.bench import DenseTorchGraph
+
+    rng = np.random.default_rng(3)
+    dense = {"table": rng.standard_normal((9, 2)).astype(np.float32), "idx": rng.integers(0, 9, 16).astype(np.int64)}
+    nodes = [{"name": "c", "op": "constant", "inputs": ["x"], "attrs": {"tensor": "table", "index": "idx",
+                                                                      "shape": [4, 4, 2]}},
+             {"name": "y", "op": "add", "inputs": ["x", "c"], "attrs": {}}]
+    g = graph(nodes, shape=(4, 4, 2), version=4)
+    x = rng.standard_normal((2, 4, 4, 2)).astype(np.float32)
+    want = x + dense["table"][dense["idx"]].reshape(4, 4, 2)
+    np.testing.assert_allclose(RuntimeModel(g, dense, {})(x), want, rtol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(DenseTorchGraph(g, dense)(torch.from_numpy(x)).numpy(), want, rtol=1e-6)
+    with pytest.raises(DczError, match="attributes of graph version 4 in a version 3 graph"):
+        RuntimeModel({**g, "version": 3}, dense, {})
+    with pytest.raises(DczError, match="outside the 9 rows"):
+        RuntimeModel(g, {**dense, "idx": dense["idx"] + 9}, {})
+    with pytest.raises(DczError, match="not a dense integer tensor"):
+        RuntimeModel(g, {**dense, "idx": dense["idx"].astype(np.float32)}, {})
 
 
 def test_binary_broadcast_matmul_and_constants():

@@ -18,7 +18,7 @@ from deepcomp.errors import UnsupportedOpError
 from deepcomp.runtime.ops import OPS, Bad, check_attrs, graph_version
 
 GRAPH_FORMAT = "deepcomp-graph"
-GRAPH_VERSION = 3  # the newest; a graph records the lowest version it needs (ops.graph_version)
+GRAPH_VERSION = 4  # the newest; a graph records the lowest version it needs (ops.graph_version)
 
 
 class Tensor(NamedTuple):

@@ -8,15 +8,16 @@ returns the node's value. Arithmetic on plain values (shape computations) is eva
 
 from __future__ import annotations
 
+import math
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from deepcomp.capture import lower
+from deepcomp.capture import lower, windows
 from deepcomp.capture.builder import GraphBuilder, Handlers, Tensor
 from deepcomp.errors import UnsupportedOpError
 
@@ -33,6 +34,36 @@ BATCH = _Batch()
 
 class Param(str):
     """A parameter or buffer of the model, by its state_dict key."""
+
+
+class Folded(NamedTuple):
+    """A value computed from parameters and buffers alone, without the batch: the stored tensor
+    ``tensor`` (its rows picked by the stored integer tensor ``index`` when set: a relative position
+    bias gathered from its table) of shape ``base``, then ``steps`` ("reshape", shape) and
+    ("permute", dims) to ``shape``. It becomes graph nodes (a constant, then the same steps) where it
+    meets a tensor of the model (Capture.tensor)."""
+
+    tensor: str
+    index: str | None
+    base: tuple
+    steps: tuple
+    shape: tuple
+
+    def reshape(self, sizes) -> "Folded":
+        sizes = list(sizes)
+        if sizes.count(-1) == 1:
+            known = math.prod(s for s in sizes if s != -1)
+            sizes[sizes.index(-1)] = math.prod(self.shape) // known if known else 0
+        if math.prod(sizes) != math.prod(self.shape) or any(s < 1 for s in sizes):
+            raise ValueError(f"cannot reshape {list(self.shape)} to {sizes}")
+        return self._replace(steps=(*self.steps, ("reshape", tuple(sizes))), shape=tuple(sizes))
+
+    def permute(self, dims) -> "Folded":
+        dims = [d % len(self.shape) for d in dims]
+        if sorted(dims) != list(range(len(self.shape))):
+            raise ValueError(f"dims {dims} do not permute a rank-{len(self.shape)} value")
+        return self._replace(steps=(*self.steps, ("permute", tuple(dims))),
+                             shape=tuple(self.shape[d] for d in dims))
 
 
 EMITS: set[str] = {"constant"}  # ops of the runtime's table handlers here emit (tests/test_ops.py);
@@ -66,10 +97,15 @@ class Capture:
 
     # values
 
+    batch = BATCH
+
     def tensor(self, v, like: Tensor | None = None) -> Tensor:
-        """A Tensor from a handler argument; a Param becomes a constant (broadcast against ``like``)."""
+        """A Tensor from a handler argument; a Param or a Folded value becomes a constant (broadcast
+        against ``like``)."""
         if isinstance(v, Tensor):
             return v
+        if isinstance(v, Folded):
+            return self.materialise(v, like.rank if like is not None else len(v.shape))
         if isinstance(v, Param):
             rank = like.rank if like is not None else len(self.b.tensor_shape(v, self.where))
             return self.b.constant(v, rank, self.where)
@@ -77,6 +113,31 @@ class Capture:
 
     def add(self, op: str, inputs: list, attrs: dict, base: str | None = None) -> Tensor:
         return self.b.add(op, inputs, attrs, self.where, base)
+
+    def folded(self, v) -> Folded:
+        """A Param as a Folded value (its shape, no steps yet), a Folded as itself."""
+        if isinstance(v, Folded):
+            return v
+        shape = self.b.tensor_shape(v, self.where)
+        return Folded(str(v), None, shape, (), shape)
+
+    def materialise(self, f: Folded, like_rank: int) -> Tensor:
+        """The graph nodes that compute ``f`` for every sample, right-aligned against rank ``like_rank``."""
+        t = self.add("constant", [self.b.input], {"tensor": f.tensor, "shape": list(f.base),
+                                                  **({"index": f.index} if f.index is not None else {})})
+        for kind, arg in f.steps:
+            t = lower.reshape(self, t, [BATCH, *arg], BATCH) if kind == "reshape" else \
+                lower.permute(self, t, [0, *(d + 1 for d in arg)])
+        shape = list(f.shape)
+        if len(shape) == like_rank:
+            if shape[0] != 1:
+                raise self.unsupported("constant", f"a value of shape {shape} that varies over the batch")
+            shape = shape[1:]
+        elif len(shape) < like_rank:
+            shape = [1] * (like_rank - 1 - len(shape)) + shape
+        else:
+            raise self.unsupported("constant", f"a value of rank {len(shape)} against rank {like_rank}")
+        return lower.reshape(self, t, [BATCH, *shape], BATCH)
 
     # walking
 
@@ -118,7 +179,7 @@ class Capture:
                 return _evaluate(self, fn, args, kwargs)
             raise self.unsupported(getattr(fn, "__name__", str(fn)))
         if node.op == "call_method":
-            if isinstance(args[0], (Tensor, Param)) and node.target in METHODS:
+            if isinstance(args[0], (Tensor, Param, Folded)) and node.target in METHODS:
                 return METHODS[node.target](self, *args, **kwargs)
             if _plain(args, kwargs):
                 return _evaluate(self, getattr(type(args[0]), node.target), args, kwargs)
@@ -132,14 +193,27 @@ class Capture:
         for part in target.split("."):
             obj = getattr(obj, part)
         if isinstance(obj, torch.Tensor):
-            raise self.unsupported(f"get_attr {target}", "a tensor that is not a registered parameter or buffer")
+            key = self._viewed(obj)
+            if key is None:
+                raise self.unsupported(f"get_attr {target}", "a tensor that is not a registered parameter or buffer")
+            return self.folded(Param(key)).reshape(list(obj.shape))
         return obj
+
+    def _viewed(self, t: torch.Tensor) -> str | None:
+        """The parameter or buffer a tensor constant of the trace is a reshaped view of (tracing
+        evaluates ``buffer.view(-1)`` once, as MaxViT's relative position index), if any."""
+        for key, p in self.params.items():
+            if p.numel() == t.numel() and p.dtype == t.dtype and p.is_contiguous() and t.is_contiguous() and \
+                    p.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() and \
+                    p.storage_offset() == t.storage_offset():
+                return key
+        return None
 
 
 def _plain(*values) -> bool:
     """No tensors among the arguments: a computation on Python values (shapes, sizes)."""
     for v in values:
-        if isinstance(v, (Tensor, Param)):
+        if isinstance(v, (Tensor, Param, Folded)):
             return False
         if isinstance(v, (tuple, list)) and not _plain(*v):
             return False
@@ -178,7 +252,16 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from None
 
 
+# module types refused before tracing (their forward traces into something the error would not
+# name well): type -> why
+REFUSED: dict[type, str] = {}
+
+
 def capture_fx(model: nn.Module, input_shape: tuple, unsupported: Callable) -> dict:
+    for path, m in model.named_modules():
+        why = next((REFUSED[t] for t in type(m).__mro__ if t in REFUSED), None)
+        if why is not None:
+            raise unsupported(type(m).__name__, path, why)
     return Capture(model, trace(model), input_shape, unsupported).run()
 
 
@@ -369,18 +452,53 @@ def _reshape(cx, x, *shape, **kw):
     sizes = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else list(shape)
     if not sizes:
         sizes = list(kw.get("shape", kw.get("size", ())))
+    if isinstance(x, (Param, Folded)) and all(isinstance(v, int) for v in sizes):
+        return _fold(cx, "reshape", lambda: cx.folded(x).reshape(sizes))
     return lower.reshape(cx, cx.tensor(x), sizes, batch=BATCH)
+
+
+def _fold(cx, what, step):
+    try:
+        return step()
+    except ValueError as e:
+        raise cx.unsupported(what, str(e)) from None
 
 
 @_fn(torch.permute, method=("permute",), emits=("permute",))
 def _permute(cx, x, *dims, **kw):
     dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else list(dims or kw["dims"])
+    if isinstance(x, Folded):
+        return _fold(cx, "permute", lambda: x.permute(dims))
     return lower.permute(cx, cx.tensor(x), dims)
 
 
-@_fn(torch.transpose, method=("transpose",), emits=("permute",))
+@_fn(torch.transpose, torch.swapaxes, torch.swapdims, method=("transpose", "swapaxes", "swapdims"),
+     emits=("permute",))
 def _transpose(cx, x, dim0, dim1):
+    if isinstance(x, Folded):
+        dims = list(range(len(x.shape)))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return _fold(cx, "transpose", lambda: x.permute(dims))
     return lower.transpose(cx, cx.tensor(x), dim0, dim1)
+
+
+@_fn(torch.unsqueeze, method=("unsqueeze",), emits=("reshape",))
+def _unsqueeze(cx, x, dim):
+    if isinstance(x, (Param, Folded)):
+        f = cx.folded(x)
+        d = dim + len(f.shape) + 1 if dim < 0 else dim
+        return _fold(cx, "unsqueeze", lambda: f.reshape([*f.shape[:d], 1, *f.shape[d:]]))
+    x = cx.tensor(x)
+    d = cx.b.dim(dim, Tensor("", (*x.shape, 1)), cx.where)  # a dimension of the result, not the batch
+    return lower.reshape(cx, x, [BATCH, *x.shape[:d - 1], 1, *x.shape[d - 1:]], BATCH)
+
+
+@_fn(torch.einsum, emits=("matmul", "permute"))
+def _einsum(cx, equation, *operands):
+    ops = list(operands[0]) if len(operands) == 1 and isinstance(operands[0], (tuple, list)) else list(operands)
+    if not isinstance(equation, str) or len(ops) != 2:
+        raise cx.unsupported("einsum", f"{len(ops)} operands; deepcomp maps two-operand matrix products")
+    return windows.einsum(cx, equation, cx.tensor(ops[0]), cx.tensor(ops[1]))
 
 
 @_fn(torch.mean, method=("mean",), emits=("mean",))
@@ -441,6 +559,13 @@ def _avg_pool_fn(cx, *args, **kwargs):
                             p["count_include_pad"])
 
 
+@_fn(F.pad, emits=("pad",))
+def _pad(cx, x, pad, mode="constant", value=None):
+    if mode != "constant":
+        raise cx.unsupported("pad", f"mode {mode!r}; only 'constant'")
+    return lower.pad(cx, cx.tensor(x), pad, 0.0 if value is None else value)
+
+
 @_fn(F.adaptive_avg_pool2d, emits=("adaptive_avgpool2d",))
 def _adaptive_fn(cx, x, output_size):
     return lower.adaptive_avg_pool2d(cx, cx.tensor(x), output_size)
@@ -450,8 +575,13 @@ def _identity(cx, x, *args, **kwargs):
     return cx.tensor(x) if isinstance(x, Param) else x
 
 
+def _same(cx, x, *args, **kwargs):  # contiguous/clone/detach: a Folded value stays one
+    return x if isinstance(x, Folded) else _identity(cx, x)
+
+
 _fn(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout,
-    method=("contiguous", "clone", "detach"))(_identity)
+    )(_identity)
+METHODS.register("contiguous", "clone", "detach")(_same)
 
 
 @_fn(getattr)
@@ -460,7 +590,9 @@ def _getattr(cx, obj, name):
         return (BATCH, *obj.shape)
     if isinstance(obj, Tensor) and name == "ndim":
         return obj.rank
-    if isinstance(obj, (Tensor, Param)):
+    if isinstance(obj, Folded) and name == "shape":
+        return obj.shape
+    if isinstance(obj, (Tensor, Param, Folded)):
         raise cx.unsupported(f"Tensor.{name}")
     return getattr(obj, name)
 
@@ -484,9 +616,21 @@ def _dim(cx, x):
 
 @_fn(operator.getitem, emits=("slice", "reshape"))
 def _getitem(cx, x, index):
-    if not isinstance(x, (Tensor, Param)):
+    if not isinstance(x, (Tensor, Param, Folded)):
         return x[index]
+    if isinstance(x, Param) and isinstance(index, (Param, Folded)):
+        return _gather(cx, x, cx.folded(index))
     return lower.index(cx, cx.tensor(x), index)
+
+
+def _gather(cx, table: Param, index: Folded) -> Folded:
+    """``table[index]`` on stored tensors (a relative position bias): rows of the table in the
+    index's order, gathered once at load (a constant with ``index``)."""
+    if index.index is not None or any(kind != "reshape" for kind, _ in index.steps):
+        raise cx.unsupported("getitem", "indexing a parameter by a computed tensor")
+    rest = cx.b.tensor_shape(table, cx.where)[1:]
+    f = Folded(str(table), index.tensor, (math.prod(index.shape), *rest), (), (math.prod(index.shape), *rest))
+    return f if len(index.shape) == 1 else f.reshape([*index.shape, *rest])
 
 
 @METHODS.register("expand")
@@ -506,6 +650,34 @@ def _torchvision_handlers():
         return
     MODULES.register(StochasticDepth)(_identity_module)
     FUNCTIONS.register(stochastic_depth)(_identity)
+    from torchvision.models import swin_transformer as swin
+
+    REFUSED[swin.ShiftedWindowAttentionV2] = ("Swin v2's cosine attention and continuous position bias are not "
+                                             "captured yet; Swin v1 (swin_t, swin_s, swin_b) is")
+
+    @FUNCTIONS.register(swin._get_relative_position_bias)
+    def _relative_position_bias(cx, table, index, window_size):
+        if not isinstance(table, Param) or not isinstance(index, Param):
+            raise cx.unsupported("_get_relative_position_bias", "a bias table computed by the model (Swin v2's "
+                                 "continuous position bias MLP); Swin v1 (swin_t/s/b) is supported")
+        n = int(window_size[0]) * int(window_size[1])
+        f = _gather(cx, table, cx.folded(index))
+        return _fold(cx, "_get_relative_position_bias",
+                     lambda: f.reshape([n, n, -1]).permute([2, 0, 1]).reshape([1, f.shape[-1], n, n]))
+
+    @FUNCTIONS.register(swin.shifted_window_attention, emits=("roll", "window_mask", "linear", "matmul", "softmax",
+                                                              "add", "mul", "permute", "reshape", "slice"))
+    def _shifted_window_attention(cx, x, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads,
+                                  shift_size, attention_dropout=0.0, dropout=0.0, qkv_bias=None, proj_bias=None,
+                                  logit_scale=None, training=True):
+        if not all(isinstance(p, Param) or p is None for p in (qkv_weight, proj_weight, qkv_bias, proj_bias)):
+            raise cx.unsupported("shifted_window_attention", "projection weights that are not parameters")
+        return windows.shifted_window_attention(cx, cx.tensor(x), qkv_weight, proj_weight, relative_position_bias,
+                                                window_size, num_heads, shift_size, qkv_bias, proj_bias, logit_scale)
+
+    @FUNCTIONS.register(swin._patch_merging_pad, emits=("pad", "reshape", "permute"))
+    def _patch_merging_pad(cx, x):
+        return windows.patch_merging(cx, cx.tensor(x))
 
 
 _torchvision_handlers()

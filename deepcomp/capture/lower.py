@@ -188,6 +188,21 @@ def transpose(cx, x: Tensor, dim0: int, dim1: int) -> Tensor:
     return permute(cx, x, dims)
 
 
+def pad(cx, x: Tensor, pads, value=0.0) -> Tensor:
+    """torch.nn.functional.pad in constant mode: ``pads`` are (before, after) pairs from the last
+    dimension backwards, never reaching the batch."""
+    pads = [int(p) for p in pads]
+    if len(pads) % 2 or len(pads) // 2 > x.rank - 1 or min(pads, default=0) < 0:
+        raise cx.unsupported("pad", f"pads {pads} on a rank-{x.rank} tensor (pairs >= 0, never the batch)")
+    if not any(pads):
+        return x
+    per_dim = [0] * (2 * (x.rank - 1))
+    for i in range(len(pads) // 2):
+        d = x.rank - 2 - i  # position of dimension rank-1-i among the dimensions after the batch
+        per_dim[2 * d: 2 * d + 2] = pads[2 * i: 2 * i + 2]
+    return cx.add("pad", [x], {"pads": per_dim, "value": float(value)})
+
+
 def _slice(cx, x: Tensor, d: int, start: int, stop: int, step: int = 1) -> Tensor:
     if start == 0 and stop >= x.shape[d - 1] and step == 1:
         return x

@@ -21,7 +21,7 @@ from deepcomp.errors import DczError, UnsupportedOpError
 from deepcomp.runtime.ops import OPS, Bad, check_attrs
 from deepcomp.runtime.plan_int8 import fuse_int8
 
-GRAPH_VERSIONS = (1, 2, 3)  # version N added the ops and attributes whose ``since`` is N (docs/dcz-format.md)
+GRAPH_VERSIONS = (1, 2, 3, 4)  # version N added the ops and attributes whose ``since`` is N (docs/dcz-format.md)
 _memory_limit: int | None = None
 
 

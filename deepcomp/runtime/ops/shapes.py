@@ -1,14 +1,15 @@
 """Pools and the ops that move data: flatten, concat, constants, mean, permute, reshape, slice,
-matmul, softmax."""
+roll, matmul, softmax, and the shifted-window attention mask."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from deepcomp.errors import DczError
 from deepcomp.runtime import blas, reference
-from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, dims_list, flag, integer, kernel, need_rank, pair,
-                                     shape_list, tensor_name)
+from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, dims_list, flag, integer, kernel, need_rank,
+                                     number, optional, pair, shape_list, tensor_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,18 +80,36 @@ def _concat_ref(a, cx, *xs):
 
 
 def _constant_shape(a, ins, ts):
-    if math.prod(ts(a["tensor"])) != math.prod(a["shape"]):
-        raise Bad(f"shape {a['shape']} does not hold the {math.prod(ts(a['tensor']))} values of {a['tensor']!r}")
+    src = ts(a["tensor"])
+    held = math.prod(src) if a["index"] is None else math.prod(ts(a["index"])) * math.prod(src[1:])
+    if held != math.prod(a["shape"]):
+        what = f"the {held} values of {a['tensor']!r}" + ("" if a["index"] is None else f" picked by {a['index']!r}")
+        raise Bad(f"shape {list(a['shape'])} does not hold {what}")
     return tuple(a["shape"])
 
 
+def _constant_value(a, cx) -> np.ndarray:
+    """[1, *shape]: the stored tensor, or with ``index`` its rows (dimension 0) picked by the stored
+    integer tensor ``index`` (a relative position bias gathered from its table once, at load)."""
+    c = cx.tensors.array(a["tensor"], cx.name)
+    if a["index"] is not None:
+        idx = cx.tensors.dense.get(a["index"])
+        if idx is None or not np.issubdtype(np.asarray(idx).dtype, np.integer):
+            raise DczError(f"node {cx.name!r}: index {a['index']!r} is not a dense integer tensor of the file")
+        idx = np.asarray(idx).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= c.shape[0]):
+            raise DczError(f"node {cx.name!r}: index {a['index']!r} points outside the {c.shape[0]} rows of "
+                           f"{a['tensor']!r}")
+        c = c.reshape(c.shape[0], -1)[idx]
+    return np.ascontiguousarray(c).reshape(1, *a["shape"])
+
+
 def _constant_ref(a, cx, x):
-    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
-    return np.broadcast_to(c, (x.shape[0], *a["shape"]))
+    return np.broadcast_to(_constant_value(a, cx), (x.shape[0], *a["shape"]))
 
 
 def _constant_build(a, cx):
-    c = cx.tensors.array(a["tensor"], cx.name).reshape(1, *a["shape"])
+    c = _constant_value(a, cx)
     return lambda x: np.broadcast_to(c, (x.shape[0], *a["shape"]))
 
 
@@ -141,6 +160,71 @@ def _slice_ref(a, cx, x):
     return np.ascontiguousarray(x[index])
 
 
+def _pad_shape(a, ins, ts):
+    x, pads = ins[0], a["pads"]
+    if len(pads) != 2 * len(x) or min(pads) < 0:
+        raise Bad(f"pads {list(pads)}: needs a (before, after) pair of sizes >= 0 for each of the {len(x)} "
+                  "dimensions after the batch")
+    return tuple(s + pads[2 * d] + pads[2 * d + 1] for d, s in enumerate(x))
+
+
+def _pad_ref(a, cx, x):
+    pads = a["pads"]
+    return np.pad(x, [(0, 0)] + [(pads[2 * d], pads[2 * d + 1]) for d in range(x.ndim - 1)],
+                  constant_values=np.float32(a["value"]))
+
+
+def _roll_shape(a, ins, ts):
+    x = ins[0]
+    if len(a["shifts"]) != len(a["dims"]) or 0 in a["dims"] or max(a["dims"]) > len(x):
+        raise Bad(f"rolls dims {list(a['dims'])} by {list(a['shifts'])} in a rank-{len(x) + 1} tensor (one shift "
+                  "per dim, never the batch)")
+    return x
+
+
+def _roll_ref(a, cx, x):
+    return np.roll(x, a["shifts"], axis=a["dims"])
+
+
+def _window_mask_shape(a, ins, ts):
+    (h, w), (wh, ww), (sh, sw) = a["size"], a["window"], a["shift"]
+    if h % wh or w % ww or sh >= wh or sw >= ww:
+        raise Bad(f"windows {wh}x{ww} shifted by {sh}x{sw} do not tile a {h}x{w} map")
+    n = wh * ww
+    return ((h // wh) * (w // ww), 1, n, n)
+
+
+def window_mask(size, window, shift) -> np.ndarray:
+    """[windows, 1, L, L]: 0 where two positions of a window come from the same region of the
+    cyclically shifted map, -100 where the shift brought them together from different regions
+    (torchvision's Swin mask: region slices (0, -window), (-window, -shift), (-shift, end))."""
+    (h, w), (wh, ww), (sh, sw) = size, window, shift
+    region = np.zeros((h, w), np.float32)
+    count = 0
+    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+        for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+            region[hs, ws] = count
+            count += 1
+    r = region.reshape(h // wh, wh, w // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
+    diff = r[:, None, :] - r[:, :, None]
+    return np.where(diff != 0, np.float32(-100.0), np.float32(0.0))[:, None]
+
+
+def _window_mask_build(a, cx):
+    m = window_mask(a["size"], a["window"], a["shift"])[None]
+    return lambda x: np.broadcast_to(m, (x.shape[0], *m.shape[1:]))
+
+
+def _window_mask_ref(a, cx, x):
+    return _window_mask_build(a, cx)(x)
+
+
+def _ints(v, what):
+    if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
+        raise Bad(f"{what} must be a list of integers, got {v!r}")
+    return tuple(v)
+
+
 def _matmul_shape(a, ins, ts):
     x, y = ins
     if len(x) != len(y) or len(x) < 2 or x[-1] != y[-2]:
@@ -187,10 +271,13 @@ TABLE = [
        "`start_dim` (1); flattens dimensions start_dim..end", buffer="view"),
     Op("concat", (2, None), {"dim": (integer(1), REQUIRED)}, _concat_shape, _concat_ref,
        "`dim`"),
-    Op("constant", (1, 1), {"tensor": (tensor_name, REQUIRED), "shape": (shape_list, REQUIRED)}, _constant_shape,
+    Op("constant", (1, 1), {"tensor": (tensor_name, REQUIRED), "shape": (shape_list, REQUIRED),
+                            "index": (optional(tensor_name), None)}, _constant_shape,
        _constant_ref, "`tensor` (a stored tensor), `shape` (without the batch): the tensor reshaped to [1, *shape] "
-       "and repeated over the batch of the input, which gives only the batch size",
-       build=_constant_build, buffer="shared", since=2),
+       "and repeated over the batch of the input, which gives only the batch size; `index` (null, or a stored "
+       "integer tensor; version 4): the rows of `tensor` it picks, in its order (a relative position bias "
+       "gathered from its table), are what is reshaped",
+       build=_constant_build, buffer="shared", since=2, attr_since={"index": 4}),
     Op("mean", (1, 1), {"dims": (dims_list, REQUIRED), "keepdim": (flag, False)}, _mean_shape, _mean_ref,
        "`dims` (never 0, the batch), `keepdim`", since=2),
     Op("permute", (1, 1), {"dims": (dims_list, REQUIRED)}, _permute_shape, _permute_ref,
@@ -200,6 +287,16 @@ TABLE = [
     Op("slice", (1, 1), {"dim": (integer(1), REQUIRED), "start": (integer(0), REQUIRED),
                          "stop": (integer(1), REQUIRED), "step": (integer(1), 1)},
        _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)", since=2),
+    Op("pad", (1, 1), {"pads": (_ints, REQUIRED), "value": (number(), 0.0)}, _pad_shape, _pad_ref,
+       "`pads`: sizes before and after, for dimension 1 first, then 2, ...; `value` (0): constant padding "
+       "(Swin's feature maps to a multiple of the window); version 4", since=4),
+    Op("roll", (1, 1), {"shifts": (_ints, REQUIRED), "dims": (dims_list, REQUIRED)}, _roll_shape, _roll_ref,
+       "`shifts`, `dims` (not 0), one shift per dim: torch.roll (Swin's cyclic shift); version 4", since=4),
+    Op("window_mask", (1, 1), {"size": (pair(1), REQUIRED), "window": (pair(1), REQUIRED),
+                               "shift": (pair(0), REQUIRED)}, _window_mask_shape, _window_mask_ref,
+       "`size` (the map, a multiple of the window), `window`, `shift` (pairs): Swin's shifted-window attention "
+       "mask, [windows, 1, L, L] of 0 and -100 (L = window area), repeated over the batch of the input; version 4",
+       build=_window_mask_build, buffer="shared", since=4),
     Op("matmul", (2, 2), {}, _matmul_shape, _matmul_ref,
        "none; inputs of equal rank, leading dimensions broadcast", build=_matmul_build, since=2),
     Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)", since=2),
