@@ -1,4 +1,4 @@
-// Elementwise activations that need exp (sigmoid, SiLU, GELU exact and tanh), in place on float32,
+// Elementwise activations that need exp (sigmoid, SiLU, GELU exact and tanh; exp itself, for softmax), in place on float32,
 // vectorised per ISA (isa/activation_impl.h) with a Cephes-style exp; torch's results within 1e-6
 // relative. The executor applies them to a producer's fresh output (fusion) without numpy passes.
 #pragma once
@@ -6,7 +6,7 @@
 
 namespace deepcomp {
 
-enum class Activation : int { kSigmoid = 0, kSilu = 1, kGeluErf = 2, kGeluTanh = 3 };
+enum class Activation : int { kSigmoid = 0, kSilu = 1, kGeluErf = 2, kGeluTanh = 3, kExp = 4 };  // kExp: softmax
 
 struct ActivationKernels {
   const char* name;

@@ -13,7 +13,8 @@ void bind_activation(py::module_& m) {
   m.def(
       "activation_",
       [](const py::object& xo, int kind) {
-        if (kind < 0 || kind > 3) throw ShapeError("activation_: kind must be 0 (sigmoid), 1 (silu), 2 (gelu), 3 (gelu tanh)");
+        if (kind < 0 || kind > 4)
+          throw ShapeError("activation_: kind must be 0 (sigmoid), 1 (silu), 2 (gelu), 3 (gelu tanh), 4 (exp)");
         if (!py::isinstance<py::array_t<float>>(xo)) throw ShapeError("activation_: x must be a float32 numpy array");
         auto x = py::reinterpret_borrow<py::array_t<float>>(xo);
         if (!(x.flags() & py::array::c_style) || !x.writeable())
@@ -27,7 +28,8 @@ void bind_activation(py::module_& m) {
         return xo;
       },
       py::arg("x"), py::arg("kind"),
-      "In place on a float32 C-contiguous array: kind 0 sigmoid, 1 silu, 2 gelu (erf), 3 gelu (tanh); returns x.");
+      "In place on a float32 C-contiguous array: kind 0 sigmoid, 1 silu, 2 gelu (erf), 3 gelu (tanh), 4 exp; "
+      "returns x.");
 }
 
 }  // namespace deepcomp

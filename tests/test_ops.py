@@ -116,6 +116,8 @@ def test_native_activations_match_torch(isa):
         _native._set_isa(isa)
         for kind, ref in enumerate([torch.sigmoid(t), F.silu(t), F.gelu(t), F.gelu(t, approximate="tanh")]):
             np.testing.assert_allclose(_native.activation_(x.copy(), kind), ref.numpy(), atol=2e-6, rtol=2e-6)
+        e = np.clip(x, -80, 80)  # kind 4, exp (softmax): within float32's range
+        np.testing.assert_allclose(_native.activation_(e.copy(), 4), np.exp(e), rtol=2e-6, atol=1e-30)
     finally:
         _native._set_isa(before)
     with pytest.raises(ValueError, match="C-contiguous"):
@@ -177,6 +179,18 @@ def test_op_runs_like_the_torch_baseline(op):
         with torch.no_grad():
             ref2 = DenseTorchGraph(g2, {})(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(RuntimeModel(g2, {}, {})(x), ref2, atol=2e-6, rtol=2e-6, err_msg=f"{op} fused")
+
+
+def test_in_place_consumer_of_a_slice_leaves_its_source_alone():
+    """At batch 1 a slice along dimension 1 is contiguous and not copied: a ReLU fused onto it must
+    not write into the tensor it was sliced from, which another node still reads."""
+    g = graph([{"name": "a", "op": "add", "inputs": ["x"], "attrs": {"scalar": -0.5}},
+               {"name": "s", "op": "slice", "inputs": ["a"], "attrs": {"dim": 1, "start": 0, "stop": 2}},
+               {"name": "r", "op": "relu", "inputs": ["s"], "attrs": {}},
+               {"name": "c", "op": "concat", "inputs": ["r", "a"], "attrs": {"dim": 1}}], shape=(4, 3), version=2)
+    x = np.random.default_rng(0).standard_normal((1, 4, 3)).astype(np.float32)
+    a = x - 0.5
+    np.testing.assert_array_equal(RuntimeModel(g, {}, {})(x), np.concatenate([np.maximum(a[:, :2], 0), a], 1))
 
 
 def test_window_mask_is_torchvisions():

@@ -37,6 +37,8 @@ inline typename A::T apply(typename A::T x, Activation kind) {
       return sigmoid<A>(x);
     case Activation::kSilu:
       return A::mul(x, sigmoid<A>(x));
+    case Activation::kExp:  // inputs clamped to [-87.3, 88.3]
+      return A::exp(x);
     case Activation::kGeluTanh: {  // x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
       const T inner = A::mul(A::fma(A::mul(A::set1(0.044715f), x), A::mul(x, x), x), A::set1(1.5957691216f));
       return A::mul(x, sigmoid<A>(inner));

@@ -36,15 +36,18 @@ def shifted_window_attention(cx, x: Tensor, qkv_weight: str, proj_weight: str, b
     # partition: [N, gh, wh, gw, ww, C] -> [N, gh, gw, wh, ww, C] -> [N, windows, L, C]
     x = lower.reshape(cx, x, [cx.batch, gh, wh, gw, ww, c], cx.batch)
     x = lower.reshape(cx, lower.permute(cx, x, [0, 1, 3, 2, 4, 5]), [cx.batch, gh * gw, n, c], cx.batch)
-    qkv = lower.linear(cx, x, qkv_weight, qkv_bias)
-    q, k, v = (lower.reshape(cx, t, [cx.batch, gh * gw, n, heads, d], cx.batch) for t in lower.split(cx, qkv, c, -1))
-    q = cx.add("mul", [lower.permute(cx, q, [0, 1, 3, 2, 4])], {"scalar": d ** -0.5, "reverse": False})
-    scores = cx.add("matmul", [q, lower.permute(cx, k, [0, 1, 3, 4, 2])], {})  # [N, windows, heads, L, L]
+    # q, k, v [N, windows, heads, L, d]: one permute of the projection to [N, 3, windows, heads, L, d],
+    # whose slices along dimension 1 need no copy at batch 1
+    qkv = lower.reshape(cx, lower.linear(cx, x, qkv_weight, qkv_bias), [cx.batch, gh * gw, n, 3, heads, d], cx.batch)
+    q, k, v = (lower.reshape(cx, t, [cx.batch, gh * gw, heads, n, d], cx.batch)
+               for t in lower.split(cx, lower.permute(cx, qkv, [0, 3, 1, 4, 2, 5]), 1, 1))
+    q = cx.add("mul", [q], {"scalar": d ** -0.5, "reverse": False})
+    scores = cx.add("matmul", [q, lower.permute(cx, k, [0, 1, 2, 4, 3])], {})  # [N, windows, heads, L, L]
     scores = cx.add("add", [scores, cx.tensor(bias, like=scores)], {})
     if sh or sw:
         mask = cx.add("window_mask", [cx.b.input], {"size": [h, w], "window": [wh, ww], "shift": [sh, sw]})
         scores = cx.add("add", [scores, mask], {})
-    out = cx.add("matmul", [cx.add("softmax", [scores], {"dim": 4}), lower.permute(cx, v, [0, 1, 3, 2, 4])], {})
+    out = cx.add("matmul", [cx.add("softmax", [scores], {"dim": 4}), v], {})
     out = lower.reshape(cx, lower.permute(cx, out, [0, 1, 3, 2, 4]), [cx.batch, gh * gw, n, c], cx.batch)
     out = lower.linear(cx, out, proj_weight, proj_bias)
     # reverse the partition: [N, gh, gw, wh, ww, C] -> [N, gh, wh, gw, ww, C] -> [N, H, W, C]

@@ -2,14 +2,15 @@
 roll, matmul, softmax, and the shifted-window attention mask."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from deepcomp.errors import DczError
 from deepcomp.runtime import blas, reference
-from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, dims_list, flag, integer, kernel, need_rank,
-                                     number, optional, pair, shape_list, tensor_name)
+from deepcomp.runtime.ops.base import (REQUIRED, Bad, Op, _broadcast, _native, dims_list, flag, integer, kernel,
+                                     need_rank, number, optional, pair, shape_list, tensor_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,6 +257,38 @@ def _softmax_ref(a, cx, x):
     return y
 
 
+@functools.cache
+def _native_exp():
+    """The extension's in-place exp (activation_ kind 4), or None in a build that predates it."""
+    f = getattr(_native, "activation_", None) if _native is not None else None
+    try:
+        f(np.zeros(1, np.float32), 4)
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+def _softmax_build(a, cx):
+    """The reference's passes, in the input's buffer when this step may overwrite it, exp on the
+    extension's vectorised kernel (numpy's exp is most of a softmax's time)."""
+    d, into = a["dim"], bool(cx.donate and cx.donate[0])
+    native = _native_exp()
+
+    def softmax(x):
+        m = x.max(axis=d, keepdims=True)
+        if into and x.flags.c_contiguous and x.flags.writeable:
+            y = np.subtract(x, m, out=x)
+        else:
+            y = np.ascontiguousarray(x - m)
+        if native is not None:
+            native(y, 4)
+        else:
+            np.exp(y, out=y)
+        y /= y.sum(axis=d, keepdims=True)
+        return y
+    return softmax
+
+
 TABLE = [
     Op("maxpool2d", (1, 1), {**POOL_ATTRS, "dilation": (pair(1), (1, 1))}, _pool_shape, _maxpool_ref,
        "`kernel_size`, `stride`, `padding`, `dilation` (pairs), `ceil_mode`",
@@ -286,7 +319,8 @@ TABLE = [
        "`shape` without the batch dimension (view, reshape)", buffer="view", since=2),
     Op("slice", (1, 1), {"dim": (integer(1), REQUIRED), "start": (integer(0), REQUIRED),
                          "stop": (integer(1), REQUIRED), "step": (integer(1), 1)},
-       _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)", since=2),
+       _slice_shape, _slice_ref, "`dim` (not 0), `start`, `stop`, `step` (chunk, split, basic indexing)",
+       buffer="view", since=2),  # a view: a slice already contiguous (dimension 1 at batch 1) is not copied,
     Op("pad", (1, 1), {"pads": (_ints, REQUIRED), "value": (number(), 0.0)}, _pad_shape, _pad_ref,
        "`pads`: sizes before and after, for dimension 1 first, then 2, ...; `value` (0): constant padding "
        "(Swin's feature maps to a multiple of the window); version 4", since=4),
@@ -299,5 +333,6 @@ TABLE = [
        build=_window_mask_build, buffer="shared", since=4),
     Op("matmul", (2, 2), {}, _matmul_shape, _matmul_ref,
        "none; inputs of equal rank, leading dimensions broadcast", build=_matmul_build, since=2),
-    Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)", since=2),
+    Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)",
+       build=_softmax_build, since=2),
 ]
