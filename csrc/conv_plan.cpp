@@ -185,7 +185,7 @@ bool set_conv_register_tiling(bool on) {
 int64_t conv_stream_bytes() {
   const int64_t v = g_stream_bytes.load(std::memory_order_relaxed);
   if (v >= 0) return v;
-  return kernels().width == 8 ? int64_t(16) << 20 : INT64_MAX;
+  return kernels().width == 8 ? int64_t(8) << 20 : INT64_MAX;
 }
 int64_t set_conv_stream_bytes(int64_t bytes) {
   const int64_t prev = conv_stream_bytes();

@@ -164,7 +164,10 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       }
     }
   };
-  const bool stream = !p.dense && N * OC * OHW * int64_t(sizeof(float)) >= conv_stream_bytes();
+  // Non-temporal stores only where output rows are whole cache lines: a row ending in a partial
+  // vector (28 or 14 wide) would mix them with cached stores in one line (docs/kernels.md).
+  const bool stream = !p.dense && p.OW * int64_t(sizeof(float)) % 64 == 0 &&
+                      N * OC * OHW * int64_t(sizeof(float)) >= conv_stream_bytes();
   // Convolve pixel blocks [b0, b1) of the band at output row oy0 (rows_b rows) of image n, output
   // channels [oc_a, oc_b), reading the band buffer `in`.
   auto convolve = [&](const float* in, int64_t n, int64_t oy0, int64_t rows_b, int64_t b0, int64_t b1, int64_t oc_a,

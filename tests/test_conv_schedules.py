@@ -105,9 +105,10 @@ def test_conv_row_pieces(restore, isa):
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 def test_conv_streaming_stores(restore, isa):
-    """Outputs written with non-temporal stores (threshold 0: every sparse-kernel output) equal
-    torch: widths that fill whole vectors and widths that end in partial ones, output arrays at
-    every 4-byte offset from an aligned address, both schedules (one band per task, shared bands)."""
+    """Outputs written with non-temporal stores (threshold 0: every sparse-kernel output whose rows
+    are whole cache lines, here 16 and 112 wide; 28 and 37 stay on cached stores) equal torch, for
+    output arrays at every 4-byte offset from an aligned address, on both schedules (one band per
+    task, shared bands)."""
     nat._set_isa(isa)
     nat._set_conv_stream_bytes(0)
     rng = np.random.default_rng(5)
