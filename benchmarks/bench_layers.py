@@ -9,6 +9,7 @@ linear centroids). All implementations run in one process with the same thread c
     python benchmarks/bench_layers.py --full                     # also batch 64 for every conv layer
     python benchmarks/bench_layers.py --ab register-tiling       # kernel A/B: knob off vs on, same process
     python benchmarks/bench_layers.py --ab max-nv=8,7            # planning knob at value A vs value B
+    python benchmarks/bench_layers.py --ab stream-bytes          # output stores cached vs non-temporal
 
 DEEPCOMP_BENCH_NETS=alexnet limits the networks; DEEPCOMP_NUM_THREADS sets both libraries' threads.
 """
@@ -147,6 +148,8 @@ def runners(L, x: torch.Tensor):
 AB_KNOBS = {
     "register-tiling": (lambda v: nat._set_conv_register_tiling(bool(v)), 0, 1),
     "max-nv": (lambda v: nat._set_conv_max_nv(int(v)), 8, 7),
+    # Non-temporal output stores from this many bytes (A: never, B: from 8 MB).
+    "stream-bytes": (lambda v: nat._set_conv_stream_bytes(int(v)), 2**62, 8 << 20),
     "l1-budget": (lambda v: nat._set_conv_l1_budget(int(v)), 32768, 24576),
     "dense-threshold": (lambda v: nat._set_conv_dense_threshold(float(v)), 2.0, 0.0),
     # 0: the planning the 16-lane (AVX-512) figures chose, on any ISA (register tiling, blocks up to 8

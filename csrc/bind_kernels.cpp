@@ -269,6 +269,9 @@ void bind_kernels(py::module_& m) {
   m.def("_set_conv_register_tiling", &set_conv_register_tiling, py::arg("on"),
         "Debug/testing: whether SparseConv2d sparse plans made from now on use the register-tiled kernel; returns "
         "the previous setting.");
+  m.def("_set_conv_stream_bytes", &set_conv_stream_bytes, py::arg("bytes"),
+        "Debug/testing: SparseConv2d sparse-kernel outputs of at least this many bytes are written with "
+        "non-temporal stores from now on (negative: the ISA's default); returns the previous value.");
   m.def("_set_conv_max_nv", &set_conv_max_nv, py::arg("nv"),
         "Debug/testing: largest pixel block (vectors, 1..12; 0: the ISA's default) of SparseConv2d sparse plans "
         "made from now on; returns the previous value.");

@@ -27,6 +27,7 @@ std::atomic<double> g_dense_threshold{-1.0};  // negative: the ISA's default
 #endif
 // -1: the ISA's default (on for 16-lane vectors).
 std::atomic<int> g_register_tiling{DC_CONV_RT ? -1 : 0};
+std::atomic<int64_t> g_stream_bytes{-1};  // negative: the ISA's default
 // Sparser layers share too few input loads between the rows of a group to pay for the pattern
 // loops (VGG-16 conv1_2, 22% kept, 0.95-0.97x; conv3_2, 24%, 1.03x: docs/kernels.md).
 constexpr double kRtMinDensity = 0.24;
@@ -178,6 +179,17 @@ bool conv_register_tiling() {
 bool set_conv_register_tiling(bool on) {
   const bool prev = conv_register_tiling();
   g_register_tiling.store(on ? 1 : 0, std::memory_order_relaxed);
+  return prev;
+}
+
+int64_t conv_stream_bytes() {
+  const int64_t v = g_stream_bytes.load(std::memory_order_relaxed);
+  if (v >= 0) return v;
+  return kernels().width == 8 ? int64_t(8) << 20 : INT64_MAX;
+}
+int64_t set_conv_stream_bytes(int64_t bytes) {
+  const int64_t prev = conv_stream_bytes();
+  g_stream_bytes.store(bytes < 0 ? -1 : bytes, std::memory_order_relaxed);
   return prev;
 }
 

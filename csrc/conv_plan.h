@@ -42,6 +42,12 @@ bool conv_register_tiling();
 bool set_conv_register_tiling(bool on);  // returns the previous value
 // Largest pixel block of sparse plans, in vectors (1..12), and the L1 bytes a chunk's input window
 // may take; 0 restores the ISA's default (conv_default_max_nv / conv_default_l1_budget).
+// Sparse-kernel outputs (all images of one call) of at least this many bytes, whose rows are whole
+// cache lines, are written with non-temporal stores: far larger than the last-level cache, their lines would only be read from
+// memory for ownership and evicted again. Not part of the plan; a negative value restores the ISA's
+// default (8 MB, the size of this AVX2 machine's L3, on 8-lane ISAs; never on 16-lane ones, not measured there); docs/kernels.md.
+int64_t conv_stream_bytes();
+int64_t set_conv_stream_bytes(int64_t bytes);  // returns the previous value
 int conv_max_nv();
 int set_conv_max_nv(int nv);               // returns the previous value
 int64_t conv_l1_budget();

@@ -37,6 +37,9 @@ struct ConvEpilogue {
   const float* scale = nullptr;
   const float* shift = nullptr;
   bool relu = false;
+  // Full, aligned output vectors go out as non-temporal stores (an output much larger than the
+  // cache: no read for ownership of its lines); the caller fences before the output is read.
+  bool stream = false;
 };
 
 // Register-tiled sparse conv weights of one input chunk (see conv_plan.h): output channels in groups

@@ -8,6 +8,10 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "common.h"
 #include "threadpool.h"
 
@@ -160,6 +164,10 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
       }
     }
   };
+  // Non-temporal stores only where output rows are whole cache lines: a row ending in a partial
+  // vector (28 or 14 wide) would mix them with cached stores in one line (docs/kernels.md).
+  const bool stream = !p.dense && p.OW * int64_t(sizeof(float)) % 64 == 0 &&
+                      N * OC * OHW * int64_t(sizeof(float)) >= conv_stream_bytes();
   // Convolve pixel blocks [b0, b1) of the band at output row oy0 (rows_b rows) of image n, output
   // channels [oc_a, oc_b), reading the band buffer `in`.
   auto convolve = [&](const float* in, int64_t n, int64_t oy0, int64_t rows_b, int64_t b0, int64_t b1, int64_t oc_a,
@@ -178,6 +186,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
     ep.scale = scale;
     ep.shift = shift;
     ep.relu = relu;
+    ep.stream = stream;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = p.block_start(b);
       for (int v = 0; v < p.nv; ++v) {
@@ -199,6 +208,9 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
                  c == p.nchunks - 1 ? &ep : nullptr);
       }
     }
+#if defined(__x86_64__) || defined(__i386__)
+    if (stream) _mm_sfence();  // this task's non-temporal stores are visible before it reports done
+#endif
   };
   const int64_t tail_floats = p.S - phases * p.plane;
   const int64_t plane_gap = p.plane - C * p.cstride;

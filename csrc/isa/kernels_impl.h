@@ -139,6 +139,8 @@ void spmm(const CsrWeights& w, const float* xT, int nv, int nvalid, float* y, in
 
 // ---- direct sparse convolution: every nonzero is an AXPY at a precomputed input offset ----------
 
+constexpr uint32_t kFullMask = uint32_t((uint64_t(1) << V::W) - 1);
+
 // One output channel's NV accumulators: into tmp (ep null), or finished into the output.
 template <int NV>
 inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* ep) {
@@ -156,7 +158,11 @@ inline void finish_row(const VT* acc, int64_t oc, float* t, const ConvEpilogue* 
     VT r = V::add(acc[v], b);
     if (affine) r = V::add(V::mul(r, sc), sf);
     if (ep->relu) r = V::max(V::zero(), r);  // max(0, NaN) is NaN, like torch's relu
-    V::store_mask(y + ep->voff[v], r, ep->mask[v]);
+    float* o = y + ep->voff[v];
+    if (ep->stream && ep->mask[v] == kFullMask && (reinterpret_cast<uintptr_t>(o) & (V::STREAM_ALIGN - 1)) == 0)
+      V::stream(o, r);
+    else
+      V::store_mask(o, r, ep->mask[v]);
   }
 }
 

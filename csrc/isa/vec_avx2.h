@@ -19,6 +19,13 @@ struct VecAvx2 {
   static T set1(float a) { return _mm256_set1_ps(a); }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  // Non-temporal store as two 16-byte halves: large numpy arrays are only 16-byte aligned (and on
+  // 128-bit-datapath cores a 32-byte store is two anyway). p: STREAM_ALIGN-aligned.
+  static constexpr int STREAM_ALIGN = 16;
+  static void stream(float* p, T v) {
+    _mm_stream_ps(p, _mm256_castps256_ps128(v));
+    _mm_stream_ps(p + 4, _mm256_extractf128_ps(v, 1));
+  }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }

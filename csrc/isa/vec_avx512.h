@@ -20,6 +20,8 @@ struct VecAvx512 {
   static T set1(float a) { return _mm512_set1_ps(a); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static constexpr int STREAM_ALIGN = 64;
+  static void stream(float* p, T v) { _mm512_stream_ps(p, v); }  // p: STREAM_ALIGN-aligned
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }

@@ -15,6 +15,8 @@ struct VecScalar {
   static T set1(float a) { return a; }
   static T load(const float* p) { return *p; }
   static void store(float* p, T v) { *p = v; }
+  static constexpr int STREAM_ALIGN = 4;
+  static void stream(float* p, T v) { *p = v; }
   static T fma(T a, T b, T c) { return a * b + c; }
   static T add(T a, T b) { return a + b; }
   static T mul(T a, T b) { return a * b; }

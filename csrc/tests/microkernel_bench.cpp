@@ -2,7 +2,7 @@
 // VGG-like problem: 256 output channels, each keeping a `density` share (default 0.33) of 72 taps
 // spread over a 32 KB window (24 nonzeros per row, as in one chunk of a VGG-16 layer). Prints kept
 // GMAC/s per kernel, median of rounds of this thread's CPU time.
-//   microkernel_bench [density] [filter-substring]
+//   microkernel_bench [density] [filter-substring] [window floats, 8192] [rows, 256]
 #include <algorithm>
 #include <ctime>
 #include <cstdio>
@@ -37,6 +37,8 @@ double median_seconds(F&& f, int rounds, int reps) {
 int main(int argc, char** argv) {
   const double density = argc > 1 ? std::atof(argv[1]) : 0.33;
   const std::string filter = argc > 2 ? argv[2] : "";
+  const int64_t window = argc > 3 ? std::atoll(argv[3]) : 8192;  // floats the 72 taps spread over
+  const int64_t OC = argc > 4 ? std::atoll(argv[4]) : 256;       // rows per call
   for (const char* isa : {"scalar", "avx2", "avx512"}) {
     const Kernels* k = kernels_for(isa);
     if (!k) continue;
@@ -45,14 +47,14 @@ int main(int argc, char** argv) {
       if (!filter.empty() && std::string(mk.name).find(filter) == std::string::npos) continue;
       double macs = 0, s = 0;
       if (std::string(mk.op) == "conv_rt") {
-        const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
+        const int64_t taps = 72, spacing = std::max<int64_t>(1, (window - 16 * 16) / taps / k->width) * k->width;
         mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
         mktest::RtLayout l = mktest::pack_rt(p);
         macs = double(p.seg.back()) * mk.tile * k->width;
         s = median_seconds([&] { mk.conv_rt(l.chunk(), p.in.data(), p.p0, 0, OC / kConvRtRows, OC, p.tmp.data(), true,
                                             nullptr); }, 7, 200);
       } else if (std::string(mk.op) == "conv_sparse") {
-        const int64_t OC = 256, taps = 72, spacing = (8192 - 16 * 16) / taps / k->width * k->width;
+        const int64_t taps = 72, spacing = std::max<int64_t>(1, (window - 16 * 16) / taps / k->width) * k->width;
         mktest::SparseProblem p = mktest::make_sparse(mk, k->width, OC, taps, density, 7, spacing);
         CsrWeights w;
         w.values = p.values.data();

@@ -117,16 +117,20 @@ inline int check_sparse(const MicroKernel& mk, int width, int64_t OC, int64_t ta
     const int valid = v == mk.tile - 1 ? std::max(1, width - 1) : width;
     mask[size_t(v)] = (v == 1 && mk.tile > 2) ? 0u : uint32_t((uint64_t(1) << valid) - 1);
   }
-  const ConvEpilogue ep = epilogue_into(p, block, voff, mask, /*affine=*/true);
-  mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), false, &ep);
-  for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
-    for (int v = 0; v < mk.tile; ++v)
-      for (int l = 0; l < width; ++l) {
-        const double s = sparse_ref(p, oc, int64_t(v) * width + l);
-        double want = std::max(0.0, (s + p.bias[size_t(oc)]) * p.scale[size_t(oc)] + p.shift[size_t(oc)]);
-        if (!((mask[size_t(v)] >> l) & 1)) want = -7.0;  // untouched
-        bad += !close(p.y[size_t(oc * block + voff[size_t(v)] + l)], want, 1.0, "epilogue", mk.name);
-      }
+  // Once with cached stores, once with non-temporal ones where a vector is full and aligned.
+  for (const bool stream : {false, true}) {
+    ConvEpilogue ep = epilogue_into(p, block, voff, mask, /*affine=*/true);
+    ep.stream = stream;
+    mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC, p.tmp.data(), false, &ep);
+    for (int64_t oc = 0; oc < OC && bad < 5; ++oc)
+      for (int v = 0; v < mk.tile; ++v)
+        for (int l = 0; l < width; ++l) {
+          const double s = sparse_ref(p, oc, int64_t(v) * width + l);
+          double want = std::max(0.0, (s + p.bias[size_t(oc)]) * p.scale[size_t(oc)] + p.shift[size_t(oc)]);
+          if (!((mask[size_t(v)] >> l) & 1)) want = -7.0;  // untouched
+          bad += !close(p.y[size_t(oc * block + voff[size_t(v)] + l)], want, 1.0, "epilogue", mk.name);
+        }
+  }
   return bad;
 }
 
