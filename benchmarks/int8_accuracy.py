@@ -22,12 +22,14 @@ against the dense baseline and the file sizes as a markdown table, and writes it
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.peers
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     from deepcomp.pipeline import compress, evaluate_file
     from deepcomp.quantize_int8 import calibration_data
     from deepcomp.train import evaluate, train
-    from deepcomp.torch_adapter import to_torch
+    from deepcomp.dcz import decompress
     from deepcomp.zoo import LoadedModel, resolve_arch
 
     t_start = time.time()
@@ -152,8 +154,11 @@ def main(argv=None) -> int:
             path = os.path.join(d, "m.dcz")
             size = r.save(path)
             acc = evaluate_file(r, path)["top1"]
-            # the same weights in fp32 (torch, no activation quantization): what the weights alone lose
-            wacc = evaluate(to_torch(path), make_loader(test_ds, batch_size=1000))["top1"]
+            # the file's decoded weights in the torch model (fp32 activations): what the weights alone lose
+            decoded = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in decompress(path).items()}
+            fp32 = copy.deepcopy(model)
+            fp32.load_state_dict(decoded)
+            wacc = evaluate(fp32, make_loader(test_ds, batch_size=1000))["top1"]
             rows.append((label, acc, wacc, size, r.meta["original_bytes"], time.time() - t0))
             print(f"{label}: top-1 {100 * acc:.2f}% ({100 * (acc - base['top1']):+.2f} points), {size} bytes", flush=True)
             if label.startswith("fp32") and not a.no_peers:
