@@ -140,6 +140,8 @@ SAMPLES = {
     "reshape": ([{"shape": [24, 5]}, {"shape": [2, 2, 30]}], X4),
     "slice": ([{"dim": 1, "start": 1, "stop": 4}, {"dim": 3, "start": 0, "stop": 5, "step": 2}], X4),
     "softmax": ([{"dim": 3}, {"dim": 1}], X4),
+    "normalize": ([{"dim": 3}, {"dim": 1, "eps": 1e-12}, {"dim": 2, "eps": 100.0}], X4),
+    "exp": ([{}], (4, 3)),
     "flatten": ([{"start_dim": 1}], X4),
     "roll": ([{"shifts": [1, -2], "dims": [1, 3]}, {"shifts": [7], "dims": [2]}], X4),
     "pad": ([{"pads": [0, 0, 1, 2, 0, 3]}, {"pads": [1, 0, 0, 0, 2, 2], "value": -1.5}], X4),
