@@ -265,3 +265,22 @@ def test_binary_broadcast_matmul_and_constants():
     with torch.no_grad():
         ref = DenseTorchGraph(g, dense)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(RuntimeModel(g, dense, {})(x), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_static_nodes_run_once_at_load_and_hold_their_value():
+    """Nodes that compute from stored tensors alone (Swin v2's position-bias MLP) run once, at load:
+    each call repeats the value over the batch; a consumer never overwrites it."""
+    rng = np.random.default_rng(0)
+    dense = {"t": rng.standard_normal((6, 2)).astype(np.float32), "w": rng.standard_normal((4, 2)).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32)}
+    g = graph([{"name": "c", "op": "constant", "inputs": ["x"], "attrs": {"tensor": "t", "shape": [6, 2]}},
+               {"name": "l", "op": "linear", "inputs": ["c"], "attrs": {"weight": "w", "bias": "b"}},
+               {"name": "s", "op": "sigmoid", "inputs": ["l"], "attrs": {}},
+               {"name": "y", "op": "add", "inputs": ["s", "x"], "attrs": {}},
+               {"name": "z", "op": "mul", "inputs": ["y", "s"], "attrs": {}}], shape=(6, 4), version=2)
+    m = RuntimeModel(g, dense, {})
+    assert [s.static for s in m.plan.steps] == [True, True, True, False, False]
+    s = 1 / (1 + np.exp(-(dense["t"] @ dense["w"].T + dense["b"])))
+    for n in (1, 3, 1):
+        x = rng.standard_normal((n, 6, 4)).astype(np.float32)
+        np.testing.assert_allclose(m(x), (s + x) * s, rtol=1e-5, atol=1e-6)

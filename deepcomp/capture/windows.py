@@ -31,7 +31,8 @@ def continuous_position_bias(cx, p: str, mlp, window, heads: int) -> Tensor:
     for i, layer in enumerate(mlp):
         kind = type(layer).__name__
         if kind == "Linear":
-            t = lower.linear(cx, t, f"{p}cpb_mlp.{i}.weight", f"{p}cpb_mlp.{i}.bias" if layer.bias is not None else None)
+            bias = f"{p}cpb_mlp.{i}.bias" if layer.bias is not None else None
+            t = lower.linear(cx, t, f"{p}cpb_mlp.{i}.weight", bias)
         elif kind == "ReLU":
             t = cx.add("relu", [t], {})
         else:
