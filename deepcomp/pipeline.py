@@ -17,11 +17,12 @@ from deepcomp.encode import EncodedWeight, encode_shared
 from deepcomp.encode_block import encode_block_shared
 from deepcomp.errors import DeepcompError, RecipeError
 from deepcomp.prune import compute_masks, iterative_prune, layer_kind, prunable_layers
-from deepcomp.prune.unstructured import weight_key
 from deepcomp.prune.block import mixed_masks
 from deepcomp.prune.criteria import Criterion
+from deepcomp.prune.unstructured import weight_key
 from deepcomp.quantize import SharedWeight, share_weights
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
+from deepcomp.runtime.plan import static_nodes
 
 FinetuneFn = Callable[[nn.Module, dict, str], None]
 CodebookFn = Callable[[nn.Module, dict], None]
@@ -109,16 +110,12 @@ def _depthwise(module) -> bool:
 
 def constant_layers(graph: dict) -> set[str]:
     """The weights (state_dict keys) of the graph's layers that see stored values only, never the
-    input: Swin v2's position-bias MLP on its coordinates table. Their outputs are the same for
-    every input, and they are small: they are kept dense (pruning them would change a table, not
-    save work per sample)."""
-    constant, weights = set(), set()
-    for n in graph["nodes"]:
-        if n["op"] in ("constant", "window_mask") or (n["inputs"] and all(i in constant for i in n["inputs"])):
-            constant.add(n["name"])
-            if n["op"] in ("conv2d", "linear") and isinstance(n["attrs"].get("weight"), str):
-                weights.add(n["attrs"]["weight"])
-    return weights
+    input (static nodes, deepcomp.runtime.plan.static_nodes): Swin v2's position-bias MLP on its
+    coordinates table. The runtime runs them once, at load, so pruning them would save no work per
+    sample, only change the table: they are kept dense."""
+    static = static_nodes((n["name"], n["op"], n["inputs"]) for n in graph["nodes"])
+    return {n["attrs"]["weight"] for n in graph["nodes"] if n["name"] in static and n["op"] in ("conv2d", "linear")
+            and isinstance(n["attrs"].get("weight"), str)}
 
 
 def status(message: str, enabled: bool = True) -> None:

@@ -142,6 +142,18 @@ def check_graph(graph: dict, tensor_shape) -> tuple[list, dict]:
     return _check_nodes(nodes, input_name, input_shape, tensor_shape, graph["version"])
 
 
+def static_nodes(nodes) -> set[str]:
+    """The names of the nodes, given as (name, op, inputs) in order, that compute from stored tensors
+    alone: a "shared" op (its input gives only the batch size: constant, window_mask) and what follows
+    from such ops only (Swin v2's position-bias MLP). The executor runs them once, at load; they hold
+    their value like a constant (never fused into, never overwritten)."""
+    static: set[str] = set()
+    for name, op, ins in nodes:
+        if OPS[op].buffer == "shared" or (ins and all(s in static for s in ins)):
+            static.add(name)
+    return static
+
+
 def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     """The plan of ``graph``; ``tensor_shape(name, node)`` gives a stored tensor's shape."""
     input_name, input_shape, nodes, output = _header(graph)
@@ -152,13 +164,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     op_of[input_name] = None
     src_of = {name: ins for name, _, ins, _ in checked}
 
-    # static nodes compute from stored tensors alone (a "shared" op, whose input gives only the batch
-    # size, and what follows from such ops only: Swin v2's position-bias MLP); the executor runs them
-    # once, at load, and they hold their value like a constant (never fused into, never overwritten)
-    static: set[str] = set()
-    for name, op, ins, _ in checked:
-        if OPS[op].buffer == "shared" or (ins and all(s in static for s in ins)):
-            static.add(name)
+    static = static_nodes((name, op, ins) for name, op, ins, _ in checked)
 
     uses: dict[str, int] = {output: 1}
     for _, _, ins, _ in checked:
