@@ -275,6 +275,13 @@ def _layernorm(b: _Builder, node: dict, xs: list[str]) -> str:
     return y
 
 
+def _normalize(b: _Builder, node: dict, xs: list[str]) -> str:
+    """x / max(its L2 norm over dim, eps)."""
+    a, out = node["attrs"], node["name"]
+    norm = b.add("ReduceL2", xs, f"{out}#norm", axes=[int(a["dim"])], keepdims=1)
+    return b.add("Div", [xs[0], b.add("Max", [norm, b.constant(out, np.asarray(a["eps"]))], f"{out}#max")], out)
+
+
 def _simple(op_type: str, **attrs) -> Callable:
     return lambda b, node, xs: b.add(op_type, xs, node["name"], **attrs)
 
@@ -309,6 +316,8 @@ ONNX_OPS: dict[str, Callable[[_Builder, dict, list[str]], str]] = {
     "layernorm": _layernorm,
     "matmul": _simple("MatMul"),
     "softmax": lambda b, node, xs: b.add("Softmax", xs, node["name"], axis=int(node["attrs"]["dim"])),
+    "normalize": _normalize,
+    "exp": _simple("Exp"),
 }
 
 
