@@ -108,7 +108,8 @@ def main(argv=None) -> int:
                 bad.append(f"{label(key)} batch {batch}: max difference {err:.1e} of the output's scale")
             rows.append((key, batch, t_torch, t_dc))
     foreign = load.stop()
-    command = f"python benchmarks/depthwise.py --threads {args.threads} --repeat {args.repeat} --batches {args.batches}"
+    command = (f"python benchmarks/depthwise.py --threads {args.threads} --repeat {args.repeat} "
+               f"--batches {args.batches}")
     lines = [f"`{command}`, {len(shapes)} shapes of {', '.join(MODELS)} at {SIZE}x{SIZE}; foreign CPU load during the run: "
              + ("unknown" if foreign is None else f"{foreign:.2f} cores"), "",
              "| shape | models | batch | torch ms | deepcomp ms | speedup |", "|---|---|---:|---:|---:|---:|"]
