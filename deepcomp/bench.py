@@ -121,7 +121,7 @@ def _torch_layer_norm(a, t):
 def _torch_constant(a, t):
     c = t[a["tensor"]]
     if a["index"] is not None:
-        c = c.reshape(c.shape[0], -1)[t[a["index"]].reshape(-1).long()]
+        c = c.reshape(-1, c.shape[-1] if c.dim() > 1 else 1)[t[a["index"]].reshape(-1).long()]
     c = c.reshape(1, *a["shape"])
     return lambda x: c.expand(x.shape[0], *a["shape"])
 
@@ -169,6 +169,8 @@ TORCH_OPS: dict[str, Callable] = {
     "window_mask": _torch_window_mask,
     "matmul": lambda a, t: torch.matmul,
     "softmax": lambda a, t: lambda x: torch.softmax(x, a["dim"]),
+    "normalize": lambda a, t: lambda x: F.normalize(x, dim=a["dim"], eps=a["eps"]),
+    "exp": lambda a, t: torch.exp,
 }
 
 

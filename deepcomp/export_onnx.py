@@ -23,6 +23,7 @@ import numpy as np
 
 from deepcomp.dcz import atomic_write, decompress, read_dcz
 from deepcomp.errors import DeepcompError, UnsupportedOpError
+from deepcomp.runtime.plan import check_graph
 
 OPSET = 17  # ONNX Runtime >= 1.12 and OpenVINO >= 2022.3 read it
 
@@ -46,6 +47,7 @@ class _Builder:
         self.model = onnx.ModelProto()
         self.graph = self.model.graph
         self.dims: dict[str, list[int]] = {}  # initializer name -> shape (dense or sparse)
+        self.shapes: dict[str, tuple] = {}    # the graph's node -> its shape (no batch), from the planner
         self._fresh = 0
         self.input = onnx.helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, ["N", *input_shape])
         self.graph.input.append(self.input)
@@ -96,8 +98,10 @@ class _Builder:
         return output
 
     def shape(self, value: str) -> tuple[int, ...]:
-        """The static per-sample shape of ``value`` (everything after N), by ONNX shape inference on the
-        nodes so far (initializers given by their shapes only)."""
+        """The static per-sample shape of ``value`` (everything after N): the planner's for a node of the
+        graph, else by ONNX shape inference on the nodes so far (initializers given by their shapes only)."""
+        if value in self.shapes:
+            return tuple(self.shapes[value])
         onnx = self.onnx
         probe = onnx.helper.make_tensor_value_info(value, onnx.TensorProto.FLOAT, None)
         inits = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, d) for n, d in self.dims.items()]
@@ -213,12 +217,56 @@ def _binary(op_type: str) -> Callable:
     return export
 
 
+def _expand(b: _Builder, value: str, x: str, shape, out: str) -> str:
+    """``value`` [1, *shape] expanded to the batch of ``x``."""
+    batch = b.add("Shape", [x], f"{out}#batch", start=0, end=1)
+    full = b.add("Concat", [batch, b.int64(out, list(shape))], f"{out}#shape", axis=0)
+    return b.add("Expand", [value, full], out)
+
+
 def _constant(b: _Builder, node: dict, xs: list[str]) -> str:
-    """The stored tensor as [1, *shape], expanded to the batch of the input."""
+    """The stored tensor as [1, *shape] (with ``index``: its rows gathered here, as the runtime does at
+    load), expanded to the batch of the input."""
     a, out = node["attrs"], node["name"]
-    batch = b.add("Shape", [xs[0]], f"{out}#batch", start=0, end=1)
-    full = b.add("Concat", [batch, b.int64(out, a["shape"])], f"{out}#shape", axis=0)
-    return b.add("Expand", [b.reshaped(a["tensor"], [1, *a["shape"]]), full], out)
+    if a.get("index") is None:
+        return _expand(b, b.reshaped(a["tensor"], [1, *a["shape"]]), xs[0], a["shape"], out)
+    table = np.asarray(b.tensors[a["tensor"]], dtype=np.float32)
+    index = np.asarray(b.tensors[a["index"]]).reshape(-1)
+    rows = table.reshape(-1, table.shape[-1] if table.ndim > 1 else 1)[index]
+    return _expand(b, b.constant(out, rows.reshape(1, *a["shape"])), xs[0], a["shape"], out)
+
+
+def _pad(b: _Builder, node: dict, xs: list[str]) -> str:
+    a, out = node["attrs"], node["name"]
+    pads = [int(p) for p in a["pads"]]
+    onnx_pads = [0, *pads[0::2], 0, *pads[1::2]]  # all begins (the batch first), then all ends
+    return b.add("Pad", [xs[0], b.int64(out, onnx_pads), b.constant(out, np.asarray(a["value"]))], out)
+
+
+def _roll(b: _Builder, node: dict, xs: list[str]) -> str:
+    """One rotation per dim: the last ``shift`` entries, then the rest."""
+    a, out = node["attrs"], node["name"]
+    y = xs[0]
+    for shift, dim in zip(a["shifts"], a["dims"]):
+        n = b.shape(xs[0])[dim - 1]
+        s = int(shift) % n
+        if not s:
+            continue
+        b._fresh += 1
+        tag = f"{out}#roll{b._fresh}"
+
+        def part(lo, hi, t, y=y, tag=tag, dim=dim):
+            return b.add("Slice", [y, b.int64(tag, [lo]), b.int64(tag, [hi]), b.int64(tag, [dim])], f"{tag}{t}")
+        y = b.add("Concat", [part(n - s, n, "hi"), part(0, n - s, "lo")], tag, axis=int(dim))
+    return b.add("Identity", [y], out)
+
+
+def _window_mask(b: _Builder, node: dict, xs: list[str]) -> str:
+    from deepcomp.runtime.ops.shapes import window_mask
+
+    a, out = node["attrs"], node["name"]
+    m = window_mask(a["size"], a["window"], a["shift"])
+    return _expand(b, b.constant(out, m[None]), xs[0], m.shape, out)
 
 
 def _clamp(b: _Builder, node: dict, xs: list[str]) -> str:
@@ -275,6 +323,13 @@ def _layernorm(b: _Builder, node: dict, xs: list[str]) -> str:
     return y
 
 
+def _normalize(b: _Builder, node: dict, xs: list[str]) -> str:
+    """x / max(its L2 norm over dim, eps)."""
+    a, out = node["attrs"], node["name"]
+    norm = b.add("ReduceL2", xs, f"{out}#norm", axes=[int(a["dim"])], keepdims=1)
+    return b.add("Div", [xs[0], b.add("Max", [norm, b.constant(out, np.asarray(a["eps"]))], f"{out}#max")], out)
+
+
 def _simple(op_type: str, **attrs) -> Callable:
     return lambda b, node, xs: b.add(op_type, xs, node["name"], **attrs)
 
@@ -309,6 +364,11 @@ ONNX_OPS: dict[str, Callable[[_Builder, dict, list[str]], str]] = {
     "layernorm": _layernorm,
     "matmul": _simple("MatMul"),
     "softmax": lambda b, node, xs: b.add("Softmax", xs, node["name"], axis=int(node["attrs"]["dim"])),
+    "normalize": _normalize,
+    "pad": _pad,
+    "roll": _roll,
+    "window_mask": _window_mask,
+    "exp": _simple("Exp"),
 }
 
 
@@ -319,7 +379,9 @@ def _build(path: str | os.PathLike, sparse_initializers: bool):
     contents = read_dcz(path)
     graph = contents.graph
     inp = graph.get("input") or {}
-    b = _Builder(decompress(path), inp.get("name", "x"), inp.get("shape", []), sparse_initializers)
+    tensors = decompress(path)
+    b = _Builder(tensors, inp.get("name", "x"), inp.get("shape", []), sparse_initializers)
+    b.shapes = check_graph(graph, lambda name, *_: tuple(np.shape(tensors[name])))[1]  # per node, no batch
     names = {b.input.name: b.input.name}
     for node in graph.get("nodes", []):
         op = node.get("op")
@@ -328,7 +390,7 @@ def _build(path: str | os.PathLike, sparse_initializers: bool):
                                      "know; upgrade deepcomp")
         names[node["name"]] = ONNX_OPS[op](b, node, [names[s] for s in node["inputs"]])
     b.add("Identity", [names[graph["output"]]], "output")
-    shape = ["N", *b.shape("output")]
+    shape = ["N", *b.shape(names[graph["output"]])]
     b.graph.output.append(onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, shape))
     b.graph.name = str(contents.meta.get("model") or "deepcomp")
     model = b.model

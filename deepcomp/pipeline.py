@@ -19,8 +19,10 @@ from deepcomp.errors import DeepcompError, RecipeError
 from deepcomp.prune import compute_masks, iterative_prune, layer_kind, prunable_layers
 from deepcomp.prune.block import mixed_masks
 from deepcomp.prune.criteria import Criterion
+from deepcomp.prune.unstructured import weight_key
 from deepcomp.quantize import SharedWeight, share_weights
 from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
+from deepcomp.runtime.plan import static_nodes
 
 FinetuneFn = Callable[[nn.Module, dict, str], None]
 CodebookFn = Callable[[nn.Module, dict], None]
@@ -106,6 +108,16 @@ def _depthwise(module) -> bool:
     return groups > 1 and groups == getattr(module, "in_channels", 0)
 
 
+def constant_layers(graph: dict) -> set[str]:
+    """The weights (state_dict keys) of the graph's layers that see stored values only, never the
+    input (static nodes, deepcomp.runtime.plan.static_nodes): Swin v2's position-bias MLP on its
+    coordinates table. The runtime runs them once, at load, so pruning them would save no work per
+    sample, only change the table: they are kept dense."""
+    static = static_nodes((n["name"], n["op"], n["inputs"]) for n in graph["nodes"])
+    return {n["attrs"]["weight"] for n in graph["nodes"] if n["name"] in static and n["op"] in ("conv2d", "linear")
+            and isinstance(n["attrs"].get("weight"), str)}
+
+
 def status(message: str, enabled: bool = True) -> None:
     """Say what a long stage without a bar of its own is doing, on stderr when it is a terminal (so
     that a mistake found meanwhile still ends in one line where stderr is read by a program)."""
@@ -121,8 +133,11 @@ def make_plan(
     conv_bits: int | None = None,
     fc_bits: int | None = None,
     index_bits: int | None = None,
+    constant: frozenset | set = frozenset(),
 ) -> tuple[dict[str, LayerPlan], list[str]]:
-    """Per-layer density and bits from a recipe plus flag overrides. Returns (plan, notes)."""
+    """Per-layer density and bits from a recipe plus flag overrides. Returns (plan, notes).
+    ``constant``: the weight keys of layers applied to stored values only (:func:`constant_layers`),
+    kept dense unless the recipe names them."""
     for flag, value, top in (("conv-bits", conv_bits, 8), ("fc-bits", fc_bits, 8), ("index-bits", index_bits, 12)):
         if value is not None and not 1 <= int(value) <= top:
             raise RecipeError(f"--{flag} must be in 1..{top}, got {value}")
@@ -148,6 +163,9 @@ def make_plan(
         if "density" not in spec and _depthwise(module):
             density = 1.0  # few weights, and the depthwise kernel runs them dense: keep them all
             spec = {**spec, "label": spec.get("label") or "depthwise, kept dense"}
+        elif "density" not in spec and weight_key(name, module) in constant:
+            density = 1.0  # the same output for every input (a position-bias MLP): nothing to save per sample
+            spec = {**spec, "label": spec.get("label") or "on stored values only, kept dense"}
         elif sparsity is not None:
             density = 1.0 - sparsity
         elif "density" in spec:
@@ -254,7 +272,7 @@ def compress(
     if not layers:
         raise DeepcompError("the model has no Conv2d or Linear layer to compress")
     plan, notes = make_plan(layers, rec, sparsity=sparsity, conv_bits=conv_bits, fc_bits=fc_bits,
-                            index_bits=index_bits)
+                            index_bits=index_bits, constant=constant_layers(graph))
     int8 = _int8_layers(rec, module, graph, plan, notes)  # {layer: graph node}; empty for fp32 recipes
     scope = scope or rec.defaults.get("scope", "layer")
     init = init or rec.defaults.get("init", "linear")

@@ -69,3 +69,19 @@ def test_runtime_runs_depthwise_natively_with_relu6_fused():
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(m(x), model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_depthwise_benchmark_case_agrees_with_torch():
+    """benchmarks/depthwise.py's one case: both sides timed, outputs equal (stride 2, a 5x5 kernel,
+    a channel multiplier), a label per shape."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    from benchmarks import depthwise
+
+    rng = np.random.default_rng(0)
+    for key in [(8, 1, (3, 3), (1, 1), (1, 1), (1, 1), 9, 7), (6, 2, (5, 5), (2, 2), (2, 2), (1, 1), 11, 11)]:
+        t_torch, t_dc, err = depthwise.run_case(key, 2, 1, rng)
+        assert t_torch > 0 and t_dc > 0 and err < 1e-5
+    assert depthwise.label((6, 2, (5, 5), (2, 2), (2, 2), (1, 1), 11, 11)) == "6ch 5x5 s2 p2 11x11 x2"

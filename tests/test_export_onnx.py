@@ -165,3 +165,28 @@ def test_newer_ops_export_and_match(tmp_path):
     want = rt.load(path)(x)
     assert float(np.std(want)) > 1e-3  # outputs that vary with the input, or the comparison shows nothing
     np.testing.assert_allclose(_ort_run(out, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_swin_ops_export_and_match(tmp_path):
+    """Swin v2 on a map its windows do not tile: pad, roll, window_mask, normalize, exp and a
+    constant gathered by its index, through ONNX Runtime."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from test_families import _swin_v2, nonvanishing
+
+    torch.manual_seed(0)
+    path = tmp_path / "swin_v2.dcz"
+    deepcomp.compress(nonvanishing(_swin_v2().eval()), input_shape=(3, 24, 24), progress=False).save(path)
+    from deepcomp.dcz import read_dcz
+
+    nodes = read_dcz(path).graph["nodes"]
+    assert {"pad", "roll", "window_mask", "normalize", "exp"} <= {n["op"] for n in nodes}
+    assert any(n["op"] == "constant" and n["attrs"].get("index") for n in nodes)
+    out = tmp_path / "swin_v2.onnx"
+    export_onnx(path, out)
+    x = np.random.default_rng(2).standard_normal((2, 3, 24, 24), dtype=np.float32)
+    want = rt.load(path)(x)
+    assert float(np.std(want)) > 1e-3
+    np.testing.assert_allclose(_ort_run(out, x), want, rtol=0, atol=1e-4 * float(np.abs(want).max()))

@@ -140,6 +140,8 @@ SAMPLES = {
     "reshape": ([{"shape": [24, 5]}, {"shape": [2, 2, 30]}], X4),
     "slice": ([{"dim": 1, "start": 1, "stop": 4}, {"dim": 3, "start": 0, "stop": 5, "step": 2}], X4),
     "softmax": ([{"dim": 3}, {"dim": 1}], X4),
+    "normalize": ([{"dim": 3}, {"dim": 1, "eps": 1e-12}, {"dim": 2, "eps": 100.0}], X4),
+    "exp": ([{}], (4, 3)),
     "flatten": ([{"start_dim": 1}], X4),
     "roll": ([{"shifts": [1, -2], "dims": [1, 3]}, {"shifts": [7], "dims": [2]}], X4),
     "pad": ([{"pads": [0, 0, 1, 2, 0, 3]}, {"pads": [1, 0, 0, 0, 2, 2], "value": -1.5}], X4),
@@ -263,3 +265,22 @@ def test_binary_broadcast_matmul_and_constants():
     with torch.no_grad():
         ref = DenseTorchGraph(g, dense)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(RuntimeModel(g, dense, {})(x), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_static_nodes_run_once_at_load_and_hold_their_value():
+    """Nodes that compute from stored tensors alone (Swin v2's position-bias MLP) run once, at load:
+    each call repeats the value over the batch; a consumer never overwrites it."""
+    rng = np.random.default_rng(0)
+    dense = {"t": rng.standard_normal((6, 2)).astype(np.float32), "w": rng.standard_normal((4, 2)).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32)}
+    g = graph([{"name": "c", "op": "constant", "inputs": ["x"], "attrs": {"tensor": "t", "shape": [6, 2]}},
+               {"name": "l", "op": "linear", "inputs": ["c"], "attrs": {"weight": "w", "bias": "b"}},
+               {"name": "s", "op": "sigmoid", "inputs": ["l"], "attrs": {}},
+               {"name": "y", "op": "add", "inputs": ["s", "x"], "attrs": {}},
+               {"name": "z", "op": "mul", "inputs": ["y", "s"], "attrs": {}}], shape=(6, 4), version=2)
+    m = RuntimeModel(g, dense, {})
+    assert [s.static for s in m.plan.steps] == [True, True, True, False, False]
+    s = 1 / (1 + np.exp(-(dense["t"] @ dense["w"].T + dense["b"])))
+    for n in (1, 3, 1):
+        x = rng.standard_normal((n, 6, 4)).astype(np.float32)
+        np.testing.assert_allclose(m(x), (s + x) * s, rtol=1e-5, atol=1e-6)

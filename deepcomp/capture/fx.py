@@ -240,9 +240,19 @@ def _where(node) -> str:
     return node.name
 
 
+# module types traced as one call (their handler in MODULES lowers the whole module: Swin v2's
+# attention, whose position-bias MLP on stored coordinates the handler emits as it needs)
+LEAVES: set[type] = set()
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, tuple(LEAVES)) or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as e:  # noqa: BLE001 - any tracing failure is the model's construction
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedOpError(
@@ -538,6 +548,17 @@ def _sdpa(cx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     return lower.attention(cx, cx.tensor(q), cx.tensor(k), cx.tensor(v), scale)
 
 
+@_fn(F.normalize, emits=("normalize",))
+def _normalize(cx, x, p=2.0, dim=1, eps=1e-12, out=None):
+    if p != 2:
+        raise cx.unsupported("normalize", f"p={p}; only the L2 norm (p=2)")
+    x = cx.tensor(x)
+    return cx.add("normalize", [x], {"dim": cx.b.dim(dim, x, cx.where), "eps": float(eps)})
+
+
+_fn(torch.exp, method=("exp", "exp_"), emits=("exp",))(_unary("exp"))
+
+
 @_fn(F.max_pool2d, torch.max_pool2d, emits=("maxpool2d",))
 def _max_pool_fn(cx, *args, **kwargs):
     p = _bind(args, kwargs, ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
@@ -629,6 +650,8 @@ def _gather(cx, table: Param, index: Folded) -> Folded:
     if index.index is not None or any(kind != "reshape" for kind, _ in index.steps):
         raise cx.unsupported("getitem", "indexing a parameter by a computed tensor")
     rest = cx.b.tensor_shape(table, cx.where)[1:]
+    if len(rest) > 1:  # a constant's index picks rows of the last dimension
+        raise cx.unsupported("getitem", f"indexing a stored table of rank {len(rest) + 1}; rank 1 or 2")
     f = Folded(str(table), index.tensor, (math.prod(index.shape), *rest), (), (math.prod(index.shape), *rest))
     return f if len(index.shape) == 1 else f.reshape([*index.shape, *rest])
 
@@ -652,28 +675,43 @@ def _torchvision_handlers():
     FUNCTIONS.register(stochastic_depth)(_identity)
     from torchvision.models import swin_transformer as swin
 
-    REFUSED[swin.ShiftedWindowAttentionV2] = ("Swin v2's cosine attention and continuous position bias are not "
-                                             "captured yet; Swin v1 (swin_t, swin_s, swin_b) is")
+    LEAVES.add(swin.ShiftedWindowAttentionV2)
+
+    @MODULES.register(swin.ShiftedWindowAttentionV2, emits=("constant", "linear", "relu", "sigmoid", "mul",
+                                                            "normalize", "clamp", "exp", "sub", "slice"))
+    def _window_attention_v2(cx, m, p, x):
+        bias = windows.continuous_position_bias(cx, p, m.cpb_mlp, m.window_size, m.num_heads)
+        qkv_bias = f"{p}qkv.bias" if m.qkv.bias is not None else None
+        c = m.qkv.in_features
+        key_bias = qkv_bias if qkv_bias is not None and bool(m.qkv.bias[c:2 * c].any()) else None
+        return windows.shifted_window_attention(
+            cx, cx.tensor(x), f"{p}qkv.weight", f"{p}proj.weight", bias, m.window_size, m.num_heads, m.shift_size,
+            qkv_bias, f"{p}proj.bias" if m.proj.bias is not None else None, Param(f"{p}logit_scale"), key_bias)
 
     @FUNCTIONS.register(swin._get_relative_position_bias)
     def _relative_position_bias(cx, table, index, window_size):
         if not isinstance(table, Param) or not isinstance(index, Param):
-            raise cx.unsupported("_get_relative_position_bias", "a bias table computed by the model (Swin v2's "
-                                 "continuous position bias MLP); Swin v1 (swin_t/s/b) is supported")
+            raise cx.unsupported("_get_relative_position_bias", "a bias table computed by the model outside "
+                                 "torchvision's ShiftedWindowAttentionV2")
         n = int(window_size[0]) * int(window_size[1])
         f = _gather(cx, table, cx.folded(index))
         return _fold(cx, "_get_relative_position_bias",
                      lambda: f.reshape([n, n, -1]).permute([2, 0, 1]).reshape([1, f.shape[-1], n, n]))
 
     @FUNCTIONS.register(swin.shifted_window_attention, emits=("roll", "window_mask", "linear", "matmul", "softmax",
-                                                              "add", "mul", "permute", "reshape", "slice"))
+                                                              "add", "mul", "permute", "reshape", "slice",
+                                                              "normalize", "clamp", "exp", "sub"))
     def _shifted_window_attention(cx, x, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads,
                                   shift_size, attention_dropout=0.0, dropout=0.0, qkv_bias=None, proj_bias=None,
                                   logit_scale=None, training=True):
         if not all(isinstance(p, Param) or p is None for p in (qkv_weight, proj_weight, qkv_bias, proj_bias)):
             raise cx.unsupported("shifted_window_attention", "projection weights that are not parameters")
+        if logit_scale is not None and not isinstance(logit_scale, Param):
+            raise cx.unsupported("shifted_window_attention", "a logit scale that is not a parameter")
+        key_bias = qkv_bias if logit_scale is not None and qkv_bias is not None else None  # v2 zeroes its key third
         return windows.shifted_window_attention(cx, cx.tensor(x), qkv_weight, proj_weight, relative_position_bias,
-                                                window_size, num_heads, shift_size, qkv_bias, proj_bias, logit_scale)
+                                                window_size, num_heads, shift_size, qkv_bias, proj_bias, logit_scale,
+                                                key_bias)
 
     @FUNCTIONS.register(swin._patch_merging_pad, emits=("pad", "reshape", "permute"))
     def _patch_merging_pad(cx, x):

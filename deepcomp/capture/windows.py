@@ -1,5 +1,6 @@
 """Windowed attention lowered to the graph's primitive ops: torchvision's Swin (its fx-wrapped
-``shifted_window_attention`` and ``_patch_merging_pad``) and the einsum equations of MaxViT's
+``shifted_window_attention`` and ``_patch_merging_pad``; v2's cosine attention and continuous
+position bias) and the einsum equations of MaxViT's
 attention. Shapes are static (from the builder), so the window partition is reshape + permute, maps the
 window does not tile a ``pad`` (cropped back after), the cyclic shift a ``roll``, the shift's attention mask a ``window_mask`` node the runtime makes once
 at load. No torch here, like deepcomp.capture.lower.
@@ -12,17 +13,46 @@ like any linear layer.
 
 from __future__ import annotations
 
+import math
+
 from deepcomp.capture import lower
 from deepcomp.capture.builder import Tensor
 
 
+def continuous_position_bias(cx, p: str, mlp, window, heads: int) -> Tensor:
+    """Swin v2's relative position bias [1, heads, L, L] (before the batch): 16 * sigmoid of the
+    module's MLP (``mlp``, an nn.Sequential of Linear and ReLU at path ``p`` + "cpb_mlp.") on its
+    stored coordinates table. Each row of the table goes through the MLP alone, so the rows are
+    gathered first (a constant with ``index``, at load) and the MLP runs on the gathered [L * L, 2]:
+    computed from the weights the file stores, as the model does."""
+    n = int(window[0]) * int(window[1])
+    t = cx.add("constant", [cx.b.input], {"tensor": f"{p}relative_coords_table", "shape": [n * n, 2],
+                                          "index": f"{p}relative_position_index"})
+    for i, layer in enumerate(mlp):
+        kind = type(layer).__name__
+        if kind == "Linear":
+            bias = f"{p}cpb_mlp.{i}.bias" if layer.bias is not None else None
+            t = lower.linear(cx, t, f"{p}cpb_mlp.{i}.weight", bias)
+        elif kind == "ReLU":
+            t = cx.add("relu", [t], {})
+        else:
+            raise cx.unsupported("ShiftedWindowAttentionV2", f"a {kind} in cpb_mlp; Linear and ReLU expected")
+    if t.shape[-1] != heads:
+        raise cx.unsupported("ShiftedWindowAttentionV2", f"cpb_mlp gives {t.shape[-1]} values per position, "
+                             f"not one per head ({heads})")
+    t = cx.add("mul", [cx.add("sigmoid", [t], {})], {"scalar": 16.0, "reverse": False})
+    t = lower.permute(cx, lower.reshape(cx, t, [cx.batch, n, n, heads], cx.batch), [0, 3, 1, 2])
+    return lower.reshape(cx, t, [cx.batch, 1, heads, n, n], cx.batch)  # [N, 1, heads, L, L] against the windows
+
+
 def shifted_window_attention(cx, x: Tensor, qkv_weight: str, proj_weight: str, bias, window, heads: int, shift,
-                             qkv_bias, proj_bias, logit_scale=None) -> Tensor:
+                             qkv_bias, proj_bias, logit_scale=None, key_bias=None) -> Tensor:
     """Swin's (shifted) window multi-head self-attention on x [N, H, W, C]; ``bias`` is the relative
-    position bias as a capture value (cx.tensor materialises it against the scores)."""
+    position bias as a capture value (cx.tensor materialises it against the scores). With
+    ``logit_scale`` (a stored [heads, 1, 1]) it is Swin v2's cosine attention: q and k L2-normalised,
+    the scores scaled by exp(min(logit_scale, log 100)); ``key_bias`` (the stored q/k/v bias, or None
+    when its key third is zero) is subtracted from k, as v2 zeroes the key's bias."""
     what = "shifted_window_attention"
-    if logit_scale is not None:
-        raise cx.unsupported(what, "Swin v2's cosine attention (logit_scale); Swin v1 (swin_t/s/b) is supported")
     if x.rank != 4:
         raise cx.unsupported(what, f"an input of rank {x.rank}; [N, H, W, C] expected")
     rows, cols, c = x.shape
@@ -41,7 +71,16 @@ def shifted_window_attention(cx, x: Tensor, qkv_weight: str, proj_weight: str, b
     qkv = lower.reshape(cx, lower.linear(cx, x, qkv_weight, qkv_bias), [cx.batch, gh * gw, n, 3, heads, d], cx.batch)
     q, k, v = (lower.reshape(cx, t, [cx.batch, gh * gw, heads, n, d], cx.batch)
                for t in lower.split(cx, lower.permute(cx, qkv, [0, 3, 1, 4, 2, 5]), 1, 1))
-    q = cx.add("mul", [q], {"scalar": d ** -0.5, "reverse": False})
+    if key_bias is not None:  # the key's third of the bias, [1, heads, 1, d] before the batch
+        kb = cx.add("constant", [cx.b.input], {"tensor": key_bias, "shape": [3, heads, 1, d]})
+        k = cx.add("sub", [k, lower.index(cx, kb, (slice(None), slice(1, 2)))], {})
+    if logit_scale is None:
+        q = cx.add("mul", [q], {"scalar": d ** -0.5, "reverse": False})
+    else:  # cosine attention; the scale goes onto q, which is smaller than the scores
+        scale = cx.add("clamp", [cx.tensor(logit_scale, like=q)], {"min": None, "max": math.log(100.0)})
+        q = cx.add("normalize", [q], {"dim": 4, "eps": 1e-12})
+        q = cx.add("mul", [q, cx.add("exp", [scale], {})], {})
+        k = cx.add("normalize", [k], {"dim": 4, "eps": 1e-12})
     scores = cx.add("matmul", [q, lower.permute(cx, k, [0, 1, 2, 4, 3])], {})  # [N, windows, heads, L, L]
     scores = cx.add("add", [scores, cx.tensor(bias, like=scores)], {})
     if sh or sw:

@@ -57,6 +57,17 @@ class _Step(NamedTuple):
     kernel: object = None  # the native SparseConv2d / SparseLinear of a weighted layer
 
 
+def _repeat(value: np.ndarray) -> Callable:
+    """A static step: its value at load (batch 1), repeated over the batch of its first input."""
+    value.flags.writeable = False
+    return lambda x, *_: np.broadcast_to(value, (x.shape[0], *value.shape[1:]))
+
+
+def _batch_of(x, *_):
+    """A static step only static steps read: they take nothing from it but the batch size."""
+    return x
+
+
 class RuntimeModel:
     """A compressed model ready to run: ``model(x)`` with x float32 ``[N, *input_shape]``.
 
@@ -87,8 +98,21 @@ class RuntimeModel:
             if isinstance(w, str) and w in coded:
                 users[w] = users.get(w, 0) + 1
         self._steps = []
+        # static steps: their values for one sample, now; each call repeats over the batch those that
+        # other steps read, and passes the batch through the rest
+        held: dict[str, np.ndarray] = {}
+        read = {i for s in self.plan.steps if not s.static for i in s.inputs} | {self.plan.output}
         for s in self.plan.steps:
-            self._steps.append(_Step(s.name, s.inputs, self._compile(s), s.free, self._kernels.get(s.name)))
+            run = self._compile(s)
+            if s.static:
+                # a shared op reads only its input's batch size: a computed input is zeros here
+                args = [held[i] if i in held else np.zeros((1, *shape), np.float32)
+                        for i, shape in zip(s.inputs, s.ins)]
+                held[s.name] = np.asarray(run(*args), dtype=np.float32)
+                run = _repeat(held[s.name]) if s.name in read else _batch_of
+                for f in s.free:
+                    held.pop(f, None)
+            self._steps.append(_Step(s.name, s.inputs, run, s.free, self._kernels.get(s.name)))
             w = s.attrs.get("weight") if s.op in ("conv2d", "linear") else None
             if release and w in users:  # the kernel holds its own copy now
                 users[w] -= 1

@@ -5,7 +5,8 @@ node's output shape from the input shape, fuses each elementwise activation whos
 nothing else into the step that produced it (a ReLU after a conv/linear goes into the kernel's
 epilogue, as does a ReLU6 after a depthwise one; the others run in place on the producer's fresh output;
 int8 conv / linear nodes absorb their ReLU, max-pool and the nodes their uint8 output skips first,
-deepcomp.runtime.plan_int8), says which inputs a step may
+deepcomp.runtime.plan_int8), marks the steps that compute from stored tensors alone (static: run once,
+at load), says which inputs a step may
 overwrite, frees each buffer after its last use, and computes the peak activation memory of one
 sample. A plan that needs more than the memory limit is refused before anything is allocated.
 The executor (deepcomp.runtime.executor) turns the steps into calls.
@@ -61,6 +62,7 @@ class Step(NamedTuple):
     donate: tuple              # per input: the step may overwrite it
     free: tuple                # buffers dropped after this step
     int8: dict | None = None   # an int8 node's fusion (deepcomp.runtime.plan_int8.fuse_int8)
+    static: bool = False       # the value is the same for every input (stored tensors only): computed at load
 
 
 class Plan(NamedTuple):
@@ -140,6 +142,18 @@ def check_graph(graph: dict, tensor_shape) -> tuple[list, dict]:
     return _check_nodes(nodes, input_name, input_shape, tensor_shape, graph["version"])
 
 
+def static_nodes(nodes) -> set[str]:
+    """The names of the nodes, given as (name, op, inputs) in order, that compute from stored tensors
+    alone: a "shared" op (its input gives only the batch size: constant, window_mask) and what follows
+    from such ops only (Swin v2's position-bias MLP). The executor runs them once, at load; they hold
+    their value like a constant (never fused into, never overwritten)."""
+    static: set[str] = set()
+    for name, op, ins in nodes:
+        if OPS[op].buffer == "shared" or (ins and all(s in static for s in ins)):
+            static.add(name)
+    return static
+
+
 def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     """The plan of ``graph``; ``tensor_shape(name, node)`` gives a stored tensor's shape."""
     input_name, input_shape, nodes, output = _header(graph)
@@ -149,6 +163,8 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     op_of = {name: op for name, op, _, _ in checked}
     op_of[input_name] = None
     src_of = {name: ins for name, _, ins, _ in checked}
+
+    static = static_nodes((name, op, ins) for name, op, ins, _ in checked)
 
     uses: dict[str, int] = {output: 1}
     for _, _, ins, _ in checked:
@@ -168,7 +184,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
     def fresh(n: str) -> bool:
         """n's output is a buffer nobody else holds (a view of a fresh buffer read only by n counts)."""
         op = op_of[n]
-        if op is None or OPS[op].buffer == "shared":
+        if op is None or OPS[op].buffer == "shared" or n in static:
             return False
         if OPS[op].buffer == "view":
             src = res(src_of[n][0])
@@ -209,7 +225,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
 
     def owned(n: str) -> bool:
         """n's buffer may be overwritten by its single consumer."""
-        if n == input_name or final_uses.get(n, 0) != 1 or OPS[op_of[n]].buffer == "shared":
+        if n == input_name or final_uses.get(n, 0) != 1 or OPS[op_of[n]].buffer == "shared" or n in static:
             return False
         if OPS[op_of[n]].buffer == "view":
             return owned(src_of[n][0])
@@ -220,7 +236,7 @@ def make_plan(graph: dict, tensor_shape, *, limit: int | None = None) -> Plan:
         donate = tuple(owned(s) and ins.count(s) == 1 for s in ins)
         free = tuple(s for s in dict.fromkeys(ins) if last_use.get(s) == i and s != out)
         steps.append(Step(name, op, attrs, ins, tuple(shapes[s] for s in ins), shapes[name], act_of.get(name),
-                          tuple(epilogue.get(name, ())), donate, free, int8_of.get(name)))
+                          tuple(epilogue.get(name, ())), donate, free, int8_of.get(name), name in static))
     plan = Plan(input_name, input_shape, out, shapes[out], tuple(steps), peak_bytes(steps, input_name, input_shape))
     check_memory(plan, 1, limit)
     return plan
@@ -231,7 +247,7 @@ def peak_bytes(steps, input_name: str, input_shape: tuple) -> int:
     live = {input_name: _nbytes(input_shape)}
     peak = live[input_name]
     for s in steps:
-        size = _nbytes(s.out) if OPS[s.op].buffer == "fresh" else 0
+        size = _nbytes(s.out) if OPS[s.op].buffer == "fresh" and not s.static else 0
         peak = max(peak, sum(live.values()) + size)
         live[s.name] = size
         for f in s.free:

@@ -73,7 +73,11 @@ def _tanh(a, x):
     return np.tanh(x, out=x)
 
 
-def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "none", kind=None) -> Op:
+def _exp(a, x):
+    return np.exp(x, out=x)
+
+
+def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "none", kind=None, since: int = 2) -> Op:
     """An elementwise op given by its in-place numpy form ``fn(attrs, x) -> x`` on a float32 array;
     ``kind(attrs)`` is its number for the native ``activation_`` kernel, which runs it when present."""
     def ref(a, cx, x):
@@ -89,8 +93,9 @@ def activation(name: str, fn: Callable, attrs: dict | None = None, doc: str = "n
         return lambda x: inplace(a, np.array(x, dtype=np.float32))
 
     if kind is None:
-        return Op(name, (1, 1), attrs or {}, same, ref, doc, inplace=fn, since=2)
-    return Op(name, (1, 1), attrs or {}, same, ref, doc, build=build, inplace=inplace, native="activation_", since=2)
+        return Op(name, (1, 1), attrs or {}, same, ref, doc, inplace=fn, since=since)
+    return Op(name, (1, 1), attrs or {}, same, ref, doc, build=build, inplace=inplace, native="activation_",
+              since=since)
 
 
 def _binary_shape(a, ins, ts):
@@ -139,4 +144,5 @@ TABLE = [
     binary("mul", np.multiply, "as `add`"),
     binary("sub", np.subtract, "as `add` (`reverse`: scalar - input)"),
     binary("div", np.divide, "as `add` (`reverse`: scalar / input)"),
+    activation("exp", _exp, doc="none (Swin v2's attention scale, exp of a clamped parameter); version 4", since=4),
 ]

@@ -82,26 +82,33 @@ def _concat_ref(a, cx, *xs):
 
 def _constant_shape(a, ins, ts):
     src = ts(a["tensor"])
-    held = math.prod(src) if a["index"] is None else math.prod(ts(a["index"])) * math.prod(src[1:])
+    held = math.prod(src) if a["index"] is None else math.prod(ts(a["index"])) * _row_length(src)
     if held != math.prod(a["shape"]):
         what = f"the {held} values of {a['tensor']!r}" + ("" if a["index"] is None else f" picked by {a['index']!r}")
         raise Bad(f"shape {list(a['shape'])} does not hold {what}")
     return tuple(a["shape"])
 
 
+def _row_length(shape) -> int:
+    """The length of a row of a table ``constant`` gathers from: its last dimension (one value for a vector)."""
+    return shape[-1] if len(shape) > 1 else 1
+
+
 def _constant_value(a, cx) -> np.ndarray:
-    """[1, *shape]: the stored tensor, or with ``index`` its rows (dimension 0) picked by the stored
-    integer tensor ``index`` (a relative position bias gathered from its table once, at load)."""
+    """[1, *shape]: the stored tensor, or with ``index`` its rows (the tensor as a matrix of rows of its
+    last dimension: Swin v1's bias table [positions, heads], Swin v2's coordinates [1, h, w, 2]) picked
+    by the stored integer tensor ``index``, once, at load."""
     c = cx.tensors.array(a["tensor"], cx.name)
     if a["index"] is not None:
         idx = cx.tensors.dense.get(a["index"])
         if idx is None or not np.issubdtype(np.asarray(idx).dtype, np.integer):
             raise DczError(f"node {cx.name!r}: index {a['index']!r} is not a dense integer tensor of the file")
         idx = np.asarray(idx).reshape(-1)
+        c = c.reshape(-1, _row_length(c.shape))
         if idx.size and (idx.min() < 0 or idx.max() >= c.shape[0]):
             raise DczError(f"node {cx.name!r}: index {a['index']!r} points outside the {c.shape[0]} rows of "
                            f"{a['tensor']!r}")
-        c = c.reshape(c.shape[0], -1)[idx]
+        c = c[idx]
     return np.ascontiguousarray(c).reshape(1, *a["shape"])
 
 
@@ -289,6 +296,25 @@ def _softmax_build(a, cx):
     return softmax
 
 
+def _normalize_ref(a, cx, x):
+    norm = np.sqrt(np.sum(np.square(x), axis=a["dim"], keepdims=True, dtype=np.float32))
+    return (x / np.maximum(norm, np.float32(a["eps"]))).astype(np.float32, copy=False)
+
+
+def _normalize_build(a, cx):
+    """The reference, dividing in the input's buffer when this step may overwrite it."""
+    d, eps, into = a["dim"], np.float32(a["eps"]), bool(cx.donate and cx.donate[0])
+
+    def normalize(x):
+        norm = np.sqrt(np.einsum("...i,...i->...", x, x)[..., None]) if d == x.ndim - 1 else \
+            np.sqrt(np.sum(np.square(x), axis=d, keepdims=True, dtype=np.float32))
+        np.maximum(norm, eps, out=norm)
+        if into and x.flags.writeable:
+            return np.divide(x, norm, out=x)
+        return x / norm
+    return normalize
+
+
 TABLE = [
     Op("maxpool2d", (1, 1), {**POOL_ATTRS, "dilation": (pair(1), (1, 1))}, _pool_shape, _maxpool_ref,
        "`kernel_size`, `stride`, `padding`, `dilation` (pairs), `ceil_mode`",
@@ -308,8 +334,8 @@ TABLE = [
                             "index": (optional(tensor_name), None)}, _constant_shape,
        _constant_ref, "`tensor` (a stored tensor), `shape` (without the batch): the tensor reshaped to [1, *shape] "
        "and repeated over the batch of the input, which gives only the batch size; `index` (null, or a stored "
-       "integer tensor; version 4): the rows of `tensor` it picks, in its order (a relative position bias "
-       "gathered from its table), are what is reshaped",
+       "integer tensor; version 4): the rows of `tensor` (rows of its last dimension) it picks, in its order (a "
+       "relative position bias gathered from its table, Swin v2's coordinates), are what is reshaped",
        build=_constant_build, buffer="shared", since=2, attr_since={"index": 4}),
     Op("mean", (1, 1), {"dims": (dims_list, REQUIRED), "keepdim": (flag, False)}, _mean_shape, _mean_ref,
        "`dims` (never 0, the batch), `keepdim`", since=2),
@@ -335,4 +361,7 @@ TABLE = [
        "none; inputs of equal rank, leading dimensions broadcast", build=_matmul_build, since=2),
     Op("softmax", (1, 1), {"dim": (integer(1), REQUIRED)}, _softmax_shape, _softmax_ref, "`dim` (not 0)",
        build=_softmax_build, since=2),
+    Op("normalize", (1, 1), {"dim": (integer(1), REQUIRED), "eps": (number(), 1e-12)}, _softmax_shape,
+       _normalize_ref, "`dim` (not 0), `eps` (1e-12): x / max(the L2 norm along dim, eps), F.normalize (Swin v2's "
+       "cosine attention); version 4", build=_normalize_build, since=4),
 ]
