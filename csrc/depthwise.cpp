@@ -64,11 +64,12 @@ void DepthwiseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, f
     for (int64_t kx = 0; kx < g_.kw; ++kx) off.push_back(ky * g_.dh * Wq + offx[kx]);
   const bool pairs = g_.sh == 1 && g_.dh == 1;
   const int slots = std::max(1, ThreadPool::instance().num_threads());
+  // zeroed once: every fill of this call writes the same input positions, so the padding stays zero
   std::vector<std::vector<float>> scratch(slots, std::vector<float>(size_t(sw * Hp * Wq)));
   ThreadPool::instance().parallel_for(N * C, slots, [&](int64_t task, int slot) {
     const int64_t n = task / C, c = task % C;
     float* ph = scratch[slot].data();
-    k.fill(x + (n * C + c) * H * W, H, W, g_.ph, g_.pw, sw, Hp, Wq, ph);
+    k.fill(x + (n * C + c) * H * W, H, W, g_.ph, g_.pw, sw, Hp, Wq, ph, /*padding_zero=*/true);
     for (int64_t m = 0; m < M; ++m) {
       const int64_t oc = c * M + m;
       DepthwisePlane plane{ph, Wq, g_.sh, w_.data() + oc * g_.kh * g_.kw, off.data(), int64_t(off.size()),

@@ -42,9 +42,11 @@ struct DepthwiseKernels {
   int width;  // floats per vector: the phase planes' rows are padded to a multiple of it
   void (*plane)(const DepthwisePlane&);
   // The sw phase planes [sw][Hp][Wq] of one H x W input plane padded by (ph, pw): phase p, row r,
-  // column j holds padded column j*sw + p of padded row r (zero outside the input).
+  // column j holds padded column j*sw + p of padded row r (zero outside the input). With
+  // padding_zero the positions outside the input already hold zeros (a zeroed buffer only ever
+  // filled for this geometry) and only the input's values are written.
   void (*fill)(const float* x, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
-               float* out);
+               float* out, bool padding_zero);
 };
 
 const DepthwiseKernels* depthwise_kernels_scalar();

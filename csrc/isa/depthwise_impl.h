@@ -38,6 +38,28 @@ inline void block(const DepthwisePlane& p, const float* row0, int64_t ox, float*
   }
 }
 
+// One vector at ox of U consecutive output rows: for planes a vector or two wide, where one row has
+// too few vectors to hide the FMA latency, the rows give the U independent accumulator chains.
+// Rows u < spill store whole vectors even when only `lanes` are theirs: the spill lands in the
+// rows after u, which are stored afterwards (only for rows of one vector, see narrow_rows).
+template <int U>
+inline void rows_block(const DepthwisePlane& p, const float* row0, int64_t ox, float* out, int lanes, int spill) {
+  VT acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = V::set1(p.bias);
+  const float* base = row0 + ox;
+  const int64_t step = p.sh * p.Wq;
+  for (int64_t t = 0; t < p.taps; ++t) {
+    const float* src = base + p.off[t];
+    const VT wv = V::set1(p.w[t]);
+    for (int u = 0; u < U; ++u) acc[u] = V::fma(wv, V::load(src + u * step), acc[u]);
+  }
+  for (int u = 0; u < U; ++u) {
+    const VT v = finish(p, acc[u]);
+    if (lanes < V::W && u >= spill) V::store_mask(out + u * p.OW + ox, v, (1u << lanes) - 1);
+    else V::store(out + u * p.OW + ox, v);
+  }
+}
+
 // Output rows oy and oy + 1 (stride and dilation 1), U vectors each from ox: input row r feeds
 // tap row r of the first and r - 1 of the second, so each load serves two FMAs.
 template <int U>
@@ -75,8 +97,42 @@ inline void pair_block(const DepthwisePlane& p, const float* row0, int64_t ox, f
   }
 }
 
+// Planes at most this many vectors wide run rows_block (rows as the independent chains).
+constexpr int64_t kNarrowVectors = 2;
+
+// rows_block over every vector of rows [oy, oy + U).
+template <int U>
+inline void narrow_rows(const DepthwisePlane& p, int64_t oy) {
+  const float* row0 = p.phases + oy * p.sh * p.Wq;
+  float* out = p.y + oy * p.OW;
+  // one-vector rows may spill a whole vector into the rows after them, but not past the plane's end
+  // (the next plane is another task's): row r spills when r * OW + W <= OH * OW
+  int spill = 0;
+  if (p.OW <= V::W && p.OH * p.OW >= V::W)
+    spill = int(std::clamp<int64_t>((p.OH * p.OW - V::W) / p.OW - oy + 1, 0, U));
+  for (int64_t ox = 0; ox < p.OW; ox += V::W)
+    rows_block<U>(p, row0, ox, out, int(std::min<int64_t>(V::W, p.OW - ox)), spill);
+}
+
+void narrow_plane(const DepthwisePlane& p) {
+  constexpr int R = 8;
+  int64_t oy = 0;
+  for (; oy + R <= p.OH; oy += R) narrow_rows<R>(p, oy);
+  switch (p.OH - oy) {  // the last rows in one block too: a single row's chain is latency bound
+    case 7: return narrow_rows<7>(p, oy);
+    case 6: return narrow_rows<6>(p, oy);
+    case 5: return narrow_rows<5>(p, oy);
+    case 4: return narrow_rows<4>(p, oy);
+    case 3: return narrow_rows<3>(p, oy);
+    case 2: return narrow_rows<2>(p, oy);
+    case 1: return narrow_rows<1>(p, oy);
+    default: return;
+  }
+}
+
 void plane(const DepthwisePlane& p) {
   constexpr int W = V::W, U = 4;
+  if (p.OW <= kNarrowVectors * W) return narrow_plane(p);
   int64_t oy = 0;
   if (p.pairs) {
     for (; oy + 2 <= p.OH; oy += 2) {
@@ -105,7 +161,7 @@ void plane(const DepthwisePlane& p) {
 
 // Plain loops, compiled with this ISA's flags so the copies (and stride 2's deinterleave) vectorise.
 void fill(const float* xs, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
-          float* out) {
+          float* out, bool padding_zero) {
   int64_t j0[8], j1[8];  // per phase, the columns j with 0 <= j*sw + p - pw < W
   for (int64_t p = 0; p < sw && p < 8; ++p) {
     j0[p] = std::min(Wq, std::max<int64_t>(0, (pw - p + sw - 1) / sw));
@@ -113,7 +169,7 @@ void fill(const float* xs, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t
   }
   for (int64_t r = 0; r < Hp; ++r) {
     const int64_t iy = r - ph;
-    for (int64_t p = 0; p < sw; ++p) {
+    for (int64_t p = 0; p < sw && !(padding_zero && sw <= 8); ++p) {
       float* row = out + (p * Hp + r) * Wq;
       if (iy < 0 || iy >= H || sw > 8) {
         std::fill(row, row + Wq, 0.f);
