@@ -55,6 +55,8 @@ def peer_int8_rows(label: str, onnx_path: str, calib, test_ds, workdir: str) -> 
     import onnxruntime as ort
 
     from benchmarks.peers.int8 import quantize_qdq
+    from deepcomp.data import make_loader
+    from deepcomp.train import evaluate
 
     name = onnx.load(onnx_path, load_external_data=False).graph.input[0].name
     x = np.concatenate([b[0].numpy() for b in calib]).astype(np.float32)
@@ -62,35 +64,17 @@ def peer_int8_rows(label: str, onnx_path: str, calib, test_ds, workdir: str) -> 
     quantize_qdq(Path(onnx_path), Path(qdq), x, len(calib[0][0]), input_name=name)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    runners = {"ONNX Runtime": lambda: ort.InferenceSession(qdq, opts, providers=["CPUExecutionProvider"])}
+    sess = ort.InferenceSession(qdq, opts, providers=["CPUExecutionProvider"])
+    runs = {"ONNX Runtime": lambda b: sess.run(None, {name: b})[0]}
     try:
         import openvino as ov
 
-        runners["OpenVINO"] = lambda: ov.Core().compile_model(qdq, "CPU")
+        compiled = ov.Core().compile_model(qdq, "CPU")
+        runs["OpenVINO"] = lambda b: compiled(b)[0]
     except ImportError:
         pass
-    rows = []
-    for runtime, make in runners.items():
-        sess = make()
-        if runtime == "ONNX Runtime":
-            run = lambda b: sess.run(None, {name: b})[0]  # noqa: E731
-        else:
-            run = lambda b: sess(b)[0]  # noqa: E731
-        rows.append((f"{label}, {runtime} int8 (static QDQ)", _top1(run, test_ds)))
-    return rows
-
-
-def _top1(run, test_ds, batch: int = 500) -> float:
-    """Top-1 of ``run`` (numpy batch -> logits) on ``test_ds``."""
-    import numpy as np
-
-    from deepcomp.data import make_loader
-
-    hits = n = 0
-    for x, y in make_loader(test_ds, batch_size=batch):
-        hits += int((np.asarray(run(np.ascontiguousarray(x.numpy()))).argmax(1) == y.numpy()).sum())
-        n += len(y)
-    return hits / n
+    loader = make_loader(test_ds, batch_size=500)
+    return [(f"{label}, {runtime} int8 (static QDQ)", evaluate(run, loader)["top1"]) for runtime, run in runs.items()]
 
 
 def dense_onnx(model, shape, path: str) -> str:
