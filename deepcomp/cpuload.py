@@ -19,27 +19,32 @@ def _busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_seconds() -> float:
-    t = os.times()  # every thread of this process
-    return t.user + t.system
+def _own_seconds(children: bool = False) -> float:
+    t = os.times()  # every thread of this process (and of its waited-for children when asked)
+    return t.user + t.system + (t.children_user + t.children_system if children else 0.0)
 
 
 class ForeignLoad:
     """``with ForeignLoad() as load: ...`` (or ``start()`` ... ``stop()``) then ``load.cores``: CPU-seconds per second that processes
     other than this one used meanwhile (0 on a quiet machine, up to the core count), None where it
-    cannot be measured. It resolves to the kernel's clock tick (10 ms): blocks well above 100 ms."""
+    cannot be measured. It resolves to the kernel's clock tick (10 ms): blocks well above 100 ms.
+    ``children=True`` counts this process's child processes as its own (a driver of worker
+    processes); a child's time counts once it has been waited for."""
 
     cores: float | None = None
 
+    def __init__(self, children: bool = False):
+        self.children = children
+
     def start(self) -> "ForeignLoad":
-        self._busy0, self._own0, self._t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
+        self._busy0, self._own0, self._t0 = _busy_seconds(), _own_seconds(self.children), time.perf_counter()
         return self
 
     def stop(self) -> float | None:
         wall = time.perf_counter() - self._t0
         busy = _busy_seconds()
         if busy is not None and self._busy0 is not None:
-            foreign = max(0.0, (busy - self._busy0) - (_own_seconds() - self._own0)) / max(wall, 1e-9)
+            foreign = max(0.0, (busy - self._busy0) - (_own_seconds(self.children) - self._own0)) / max(wall, 1e-9)
             self.cores = min(foreign, float(os.cpu_count() or 1))  # tick rounding on short blocks
         return self.cores
 
