@@ -197,6 +197,17 @@ def test_concat_and_standalone_batchnorm():
     assert cat["inputs"] == ["a", "b"] and cat["attrs"] == {"dim": 1}
 
 
+def test_frozen_batchnorm_folds_like_batchnorm():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    bn = tv.ops.misc.FrozenBatchNorm2d(4)
+    bn.running_mean.normal_(0, 0.1)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.weight.uniform_(0.5, 1.5)
+    g = assert_same(nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.Flatten()), (3, 5, 5))
+    assert ops(g) == ["conv2d", "flatten"]  # folded into the convolution
+
+
 def test_capture_leaves_training_mode():
     m = LeNet5().train()
     capture(m, (1, 28, 28))
@@ -241,6 +252,19 @@ class TwoOutputs(nn.Module):
         return F.relu(x), x
 
 
+class Wrap(nn.Module):
+    """``inner`` on [N, tokens, features] (token ids for an Embedding), the last token to a Linear."""
+
+    def __init__(self, inner, features=8):
+        super().__init__()
+        self.inner = inner
+        self.fc = nn.Linear(features, 2)
+
+    def forward(self, x):
+        y = self.inner(x.long() if isinstance(self.inner, nn.Embedding) else x)
+        return self.fc((y[0] if isinstance(y, tuple) else y)[:, -1])
+
+
 @pytest.mark.parametrize(
     "model,shape,needle",
     [
@@ -250,12 +274,17 @@ class TwoOutputs(nn.Module):
         (Control(), (4,), "cannot trace"),
         (ViewOther(), (4, 2, 2), "the batch dimension must stay the first one"),
         (TwoOutputs(), (4,), "returns several values"),
+        # REFUSED module types: one line with the module, its path and what to do
+        (Wrap(nn.LSTM(8, 8, batch_first=True)), (3, 8), "'LSTM' at 'inner' (recurrent layers"),
+        (Wrap(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)), (3, 8),
+         "'TransformerEncoderLayer' at 'inner' (torch's Transformer modules are not captured"),
+        (Wrap(nn.Embedding(10, 8)), (3,), "'Embedding' at 'inner' (token ids"),  # before the run on zeros
     ],
 )
 def test_unsupported(model, shape, needle):
     with pytest.raises(UnsupportedOpError) as e:
         capture(model, shape)
-    assert needle in str(e.value)
+    assert needle in str(e.value) and "\n" not in str(e.value)
     if "unsupported op" in needle:
         assert "deepcomp supports modules" in str(e.value) and "Conv2d" in str(e.value)
 

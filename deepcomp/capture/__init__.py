@@ -49,6 +49,8 @@ def capture(model: nn.Module, input_shape: tuple) -> dict:
     input_shape = tuple(int(d) for d in input_shape)
     if isinstance(model, onnx.OnnxModel):  # nothing to run in torch: the ONNX graph declares its output
         return onnx.capture_onnx(model, input_shape, _unsupported_for(onnx.supported))[0]
+    if not isinstance(model, torch.jit.ScriptModule):
+        fx.refuse(model, _unsupported_for(fx.supported))  # before running it: an Embedding fails on zeros
     was_training = model.training
     model.eval()
     try:
