@@ -357,8 +357,37 @@ class DataDependent(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+class FrozenConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.linspace(1, 2, 4)  # not a buffer: torch.jit.trace freezes it into the graph
+
+    def forward(self, x):
+        return x * self.scale
+
+
 def test_torchscript_unsupported():
     with pytest.raises(UnsupportedOpError, match="unsupported op 'aten::sum'"):
         capture(torch.jit.script(DataDependent()), (4,))
-    with pytest.raises(UnsupportedOpError, match="aten::erf"):
+    with pytest.raises(UnsupportedOpError, match="aten::erf.*the torch.fx front captures more.*--trust-pickle"):
         capture(torch.jit.trace(Erf(), torch.randn(1, 4)), (4,))
+    with pytest.raises(UnsupportedOpError, match="aten::mul.*a tensor constant of the trace.*register it as a buffer"):
+        capture(torch.jit.trace(FrozenConstant(), torch.randn(1, 4)), (4,))
+
+
+def test_traced_swin_names_the_op_and_the_fx_front():
+    """Swin through TorchScript stops at its relative position bias gather (aten::index) with one line
+    that points to the torch.fx front, which captures the same module."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    swin = tv.models.SwinTransformer([4, 4], 16, [1, 1], [1, 2], [4, 4], num_classes=3).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(swin, torch.randn(1, 3, 32, 32), check_trace=False)
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(traced, (3, 32, 32))
+    msg = str(e.value)
+    assert "\n" not in msg and "'aten::index'" in msg and "torch.fx front captures more" in msg
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(capture(swin, (3, 32, 32)), swin.state_dict(), x), swin(x),
+                                   atol=1e-4, rtol=1e-4)
