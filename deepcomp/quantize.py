@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from deepcomp.errors import RecipeError
+from deepcomp.prune.attention import weight_owner
 from deepcomp.prune.unstructured import weight_key
 
 INITS = ("linear", "density", "random", "kmeans++")
@@ -240,30 +241,30 @@ class CodebookTraining:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.shared = shared
         modules = dict(self.model.named_modules())
-        self.layers: dict[str, nn.Module] = {}
+        self.layers: dict[str, tuple[nn.Module, str]] = {}  # layer -> (module, attribute) parametrised
         for name, sw in shared.items():
             if sw.nnz == 0 or sw.codebook.size == 0:
                 continue
-            m = modules[name]
-            w = m.weight
+            m, attr = weight_owner(modules[name])
+            w = getattr(m, attr)
             cb = torch.from_numpy(np.asarray(sw.codebook, np.float32).copy()).to(w.device, w.dtype)
             p = SharedParametrization(sw.positions, sw.clusters, sw.shape, cb).to(w.device)
-            parametrize.register_parametrization(m, "weight", p, unsafe=True)
-            self.layers[name] = m
+            parametrize.register_parametrization(m, attr, p, unsafe=True)
+            self.layers[name] = (m, attr)
 
     def params(self) -> list[nn.Parameter]:
-        return [m.parametrizations.weight.original for m in self.layers.values()]
+        return list(self.codebooks().values())
 
     def codebooks(self) -> dict[str, torch.Tensor]:
-        return {n: m.parametrizations.weight.original for n, m in self.layers.items()}
+        return {n: getattr(m.parametrizations, attr).original for n, (m, attr) in self.layers.items()}
 
     @torch.no_grad()
     def finish(self) -> None:
         from torch.nn.utils import parametrize
 
-        for name, m in self.layers.items():
-            cb = m.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
+        for name, (m, attr) in self.layers.items():
+            cb = getattr(m.parametrizations, attr).original.detach().cpu().numpy().astype(np.float32)
             self.shared[name].codebook[...] = cb
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+            parametrize.remove_parametrizations(m, attr, leave_parametrized=True)
         self.layers = {}
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from deepcomp.errors import RecipeError
+from deepcomp.prune.attention import calibration_forward
 from deepcomp.prune.unstructured import prunable_layers
 from deepcomp.recipes import CALIBRATION_METHODS as METHODS
 RANDOM_CALIBRATION_WARNING = ("int8 activations calibrated on random inputs (no --data): the file runs and its "
@@ -121,9 +122,10 @@ def calibrate_inputs(model: nn.Module, batches: Iterable, *, layers: Mapping[str
     was_training = model.training
     model.eval()
     try:
-        for b in batches:
-            x = b[0] if isinstance(b, (tuple, list)) else b
-            model(x)
+        with calibration_forward(model):  # attentions' in_proj / out_proj see their inputs
+            for b in batches:
+                x = b[0] if isinstance(b, (tuple, list)) else b
+                model(x)
     finally:
         for h in hooks:
             h.remove()

@@ -64,3 +64,25 @@ def test_vit_compresses_its_attention_projection(tmp_path):
 def test_unpacked_attention_is_left_alone():
     att = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)  # q/k/v in three parameters
     assert not any(k.endswith("in_proj") for k in prunable_layers(att))
+
+
+def test_codebook_training_reaches_the_packed_projection():
+    from deepcomp.prune import prune
+    from deepcomp.quantize import CodebookTraining, share_weights
+
+    m = _vit()
+    masks = prune(m, 0.8)
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj"
+    shared = share_weights(m, {name: masks[name]}, {name: 3})
+    ct = CodebookTraining(m, shared)  # parametrizes the attention's in_proj_weight
+    x = torch.randn(2, 3, 32, 32)
+    (m(x) ** 2).sum().backward()
+    (cb,) = ct.params()
+    assert cb.grad is not None and cb.grad.abs().sum() > 0
+    with torch.no_grad():
+        cb.add_(0.1)
+    ct.finish()
+    w = m.encoder.layers[0].self_attention.in_proj_weight
+    assert isinstance(w, nn.Parameter) and prunable_layers(m)[name].weight is w
+    np.testing.assert_allclose(w.detach().numpy(), shared[name].dense(), atol=1e-6)
+    assert set(m.state_dict()) == set(_vit().state_dict())  # (the re-made parameter comes last, as in a Linear)

@@ -197,6 +197,17 @@ def test_concat_and_standalone_batchnorm():
     assert cat["inputs"] == ["a", "b"] and cat["attrs"] == {"dim": 1}
 
 
+def test_frozen_batchnorm_folds_like_batchnorm():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    bn = tv.ops.misc.FrozenBatchNorm2d(4)
+    bn.running_mean.normal_(0, 0.1)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.weight.uniform_(0.5, 1.5)
+    g = assert_same(nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.Flatten()), (3, 5, 5))
+    assert ops(g) == ["conv2d", "flatten"]  # folded into the convolution
+
+
 def test_capture_leaves_training_mode():
     m = LeNet5().train()
     capture(m, (1, 28, 28))
@@ -241,6 +252,19 @@ class TwoOutputs(nn.Module):
         return F.relu(x), x
 
 
+class Wrap(nn.Module):
+    """``inner`` on [N, tokens, features] (token ids for an Embedding), the last token to a Linear."""
+
+    def __init__(self, inner, features=8):
+        super().__init__()
+        self.inner = inner
+        self.fc = nn.Linear(features, 2)
+
+    def forward(self, x):
+        y = self.inner(x.long() if isinstance(self.inner, nn.Embedding) else x)
+        return self.fc((y[0] if isinstance(y, tuple) else y)[:, -1])
+
+
 @pytest.mark.parametrize(
     "model,shape,needle",
     [
@@ -250,12 +274,17 @@ class TwoOutputs(nn.Module):
         (Control(), (4,), "cannot trace"),
         (ViewOther(), (4, 2, 2), "the batch dimension must stay the first one"),
         (TwoOutputs(), (4,), "returns several values"),
+        # REFUSED module types: one line with the module, its path and what to do
+        (Wrap(nn.LSTM(8, 8, batch_first=True)), (3, 8), "'LSTM' at 'inner' (recurrent layers"),
+        (Wrap(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)), (3, 8),
+         "'TransformerEncoderLayer' at 'inner' (torch's Transformer modules are not captured"),
+        (Wrap(nn.Embedding(10, 8)), (3,), "'Embedding' at 'inner' (token ids"),  # before the run on zeros
     ],
 )
 def test_unsupported(model, shape, needle):
     with pytest.raises(UnsupportedOpError) as e:
         capture(model, shape)
-    assert needle in str(e.value)
+    assert needle in str(e.value) and "\n" not in str(e.value)
     if "unsupported op" in needle:
         assert "deepcomp supports modules" in str(e.value) and "Conv2d" in str(e.value)
 
@@ -328,8 +357,37 @@ class DataDependent(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+class FrozenConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.linspace(1, 2, 4)  # not a buffer: torch.jit.trace freezes it into the graph
+
+    def forward(self, x):
+        return x * self.scale
+
+
 def test_torchscript_unsupported():
     with pytest.raises(UnsupportedOpError, match="unsupported op 'aten::sum'"):
         capture(torch.jit.script(DataDependent()), (4,))
-    with pytest.raises(UnsupportedOpError, match="aten::erf"):
+    with pytest.raises(UnsupportedOpError, match="aten::erf.*the torch.fx front captures more.*--trust-pickle"):
         capture(torch.jit.trace(Erf(), torch.randn(1, 4)), (4,))
+    with pytest.raises(UnsupportedOpError, match="aten::mul.*a tensor constant of the trace.*register it as a buffer"):
+        capture(torch.jit.trace(FrozenConstant(), torch.randn(1, 4)), (4,))
+
+
+def test_traced_swin_names_the_op_and_the_fx_front():
+    """Swin through TorchScript stops at its relative position bias gather (aten::index) with one line
+    that points to the torch.fx front, which captures the same module."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    swin = tv.models.SwinTransformer([4, 4], 16, [1, 1], [1, 2], [4, 4], num_classes=3).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(swin, torch.randn(1, 3, 32, 32), check_trace=False)
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(traced, (3, 32, 32))
+    msg = str(e.value)
+    assert "\n" not in msg and "'aten::index'" in msg and "torch.fx front captures more" in msg
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(capture(swin, (3, 32, 32)), swin.state_dict(), x), swin(x),
+                                   atol=1e-4, rtol=1e-4)

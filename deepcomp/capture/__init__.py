@@ -22,10 +22,18 @@ from deepcomp.capture.builder import GRAPH_FORMAT, GRAPH_VERSION  # noqa: F401
 from deepcomp.errors import ModelLoadError, UnsupportedOpError
 
 
-def _unsupported_for(supported):
+# what a TorchScript model's refusal adds: the fx front has more handlers (and one per torchvision
+# module it traces as a whole), so the same model may well capture from its nn.Module
+FX_HINT = ("the torch.fx front captures more models (torchvision's ViT, Swin and MaxViT among them): pass the "
+           "nn.Module itself (in Python), or on the command line torchvision:NAME --weights FILE, a state_dict "
+           "with --arch NAME, or a pickled module with --trust-pickle")
+
+
+def _unsupported_for(supported, hint: str = ""):
     def make(op: str, where: str, why: str = "") -> UnsupportedOpError:
         extra = f" ({why})" if why else ""
-        return UnsupportedOpError(f"unsupported op '{op}' at '{where}'{extra}: deepcomp supports {supported()}")
+        extra += f"; {hint}" if hint else ""
+        return UnsupportedOpError(f"unsupported op '{op}' at '{where}'{extra}. deepcomp supports {supported()}")
     return make
 
 
@@ -49,6 +57,8 @@ def capture(model: nn.Module, input_shape: tuple) -> dict:
     input_shape = tuple(int(d) for d in input_shape)
     if isinstance(model, onnx.OnnxModel):  # nothing to run in torch: the ONNX graph declares its output
         return onnx.capture_onnx(model, input_shape, _unsupported_for(onnx.supported))[0]
+    if not isinstance(model, torch.jit.ScriptModule):
+        fx.refuse(model, _unsupported_for(fx.supported))  # before running it: an Embedding fails on zeros
     was_training = model.training
     model.eval()
     try:
@@ -57,7 +67,8 @@ def capture(model: nn.Module, input_shape: tuple) -> dict:
             raise UnsupportedOpError("the model returns several values (or a container); deepcomp captures "
                                      "models that return one tensor")
         if isinstance(model, torch.jit.ScriptModule):
-            graph, got = torchscript.capture_script(model, input_shape, _unsupported_for(torchscript.supported))
+            graph, got = torchscript.capture_script(model, input_shape,
+                                                    _unsupported_for(torchscript.supported, FX_HINT))
         else:
             graph, got = fx.capture_fx(model, input_shape, _unsupported_for(fx.supported))
     finally:

@@ -262,16 +262,37 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from None
 
 
-# module types refused before tracing (their forward traces into something the error would not
-# name well): type -> why
-REFUSED: dict[type, str] = {}
+# module types known to be unsupported, refused before the model is run or traced with a reason
+# that says what to do (without it, tracing fails on their control flow, or the model fails on the
+# zeros capture runs it on): type -> why; a subclass is refused with its base
+_TRANSFORMER = ("torch's Transformer modules are not captured, their forward branches on the input: "
+                "build the block from nn.MultiheadAttention(batch_first=True), nn.LayerNorm and nn.Linear, as "
+                "torchvision's ViT does, and it is")
+REFUSED: dict[type, str] = {
+    nn.RNNBase: "recurrent layers (LSTM, GRU, RNN) are not captured: a .dcz graph runs feed-forward models",
+    nn.RNNCellBase: "recurrent cells are not captured: a .dcz graph runs feed-forward models",
+    nn.Transformer: _TRANSFORMER,
+    nn.TransformerEncoder: _TRANSFORMER,
+    nn.TransformerEncoderLayer: _TRANSFORMER,
+    nn.TransformerDecoder: _TRANSFORMER,
+    nn.TransformerDecoderLayer: _TRANSFORMER,
+    nn.Embedding: "token ids are not captured: a .dcz graph takes one float tensor (compress the model after "
+                  "its embedding)",
+    nn.EmbeddingBag: "token ids are not captured: a .dcz graph takes one float tensor (compress the model after "
+                     "its embedding)",
+}
 
 
-def capture_fx(model: nn.Module, input_shape: tuple, unsupported: Callable) -> dict:
+def refuse(model: nn.Module, unsupported: Callable) -> None:
+    """Raise ``unsupported`` for the first module of ``model`` whose type is in REFUSED."""
     for path, m in model.named_modules():
         why = next((REFUSED[t] for t in type(m).__mro__ if t in REFUSED), None)
         if why is not None:
             raise unsupported(type(m).__name__, path, why)
+
+
+def capture_fx(model: nn.Module, input_shape: tuple, unsupported: Callable) -> dict:
+    refuse(model, unsupported)
     return Capture(model, trace(model), input_shape, unsupported).run()
 
 
@@ -673,6 +694,14 @@ def _torchvision_handlers():
         return
     MODULES.register(StochasticDepth)(_identity_module)
     FUNCTIONS.register(stochastic_depth)(_identity)
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    LEAVES.add(FrozenBatchNorm2d)  # traced through, its eps becomes a tensor constant of the trace
+
+    @MODULES.register(FrozenBatchNorm2d, emits=("batchnorm2d",))
+    def _frozen_bn(cx, m, p, x):
+        return lower.batch_norm(cx, cx.tensor(x), f"{p}weight", f"{p}bias", f"{p}running_mean",
+                                f"{p}running_var", m.eps)
     from torchvision.models import swin_transformer as swin
 
     LEAVES.add(swin.ShiftedWindowAttentionV2)

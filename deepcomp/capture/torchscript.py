@@ -93,6 +93,9 @@ class ScriptCapture:
         return self.const(v)
 
     def tensor(self, v, like=None) -> Tensor:
+        if isinstance(v, torch.Tensor):  # a prim::Constant: torch.jit.trace froze a tensor into the graph
+            raise self.unsupported(self.kind, "a tensor constant of the trace: a tensor attribute that is not a "
+                                   "registered buffer, or one the forward creates; register it as a buffer")
         if not isinstance(v, (Tensor, str)):
             v = self.value(v)
         if isinstance(v, Tensor):

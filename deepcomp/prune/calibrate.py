@@ -7,7 +7,9 @@
 ``batches`` is any iterable of calibration batches: a tensor ``x``, or a tuple/list whose first
 element is ``x`` (and whose second is the target ``y`` where a loss needs one), like a DataLoader
 yields. The model is run in eval mode (no dropout, BatchNorm uses its running statistics) and put
-back in the mode it was in; parameters' ``.grad`` fields are not touched.
+back in the mode it was in; parameters' ``.grad`` fields are not touched. It runs inside
+:func:`~deepcomp.prune.attention.calibration_forward`, so the projections of ``nn.MultiheadAttention``
+(the packed ``<attention>.in_proj`` and ``out_proj``) see their inputs like any Linear.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcomp.errors import DataError, RecipeError
+from deepcomp.prune.attention import calibration_forward, packed_projections
+from deepcomp.prune.criteria import LINEAR
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
+PRUNABLE = (nn.Conv2d, *LINEAR)
 
 
 def _select_layers(model: nn.Module, layers: Iterable[str] | Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
+    packed_projections(model)
     named = dict(model.named_modules())
     if layers is None:
         return {n: m for n, m in named.items() if isinstance(m, PRUNABLE)}
@@ -33,7 +38,7 @@ def _select_layers(model: nn.Module, layers: Iterable[str] | Mapping[str, nn.Mod
             raise RecipeError(f"layer {name!r} is not in the model; pick names from model.named_modules()")
         if not isinstance(named[name], PRUNABLE):
             raise RecipeError(f"layer {name!r} is a {type(named[name]).__name__}; only Conv2d and Linear layers "
-                              "can be calibrated")
+                              "(and attentions' in_proj) can be calibrated")
         out[name] = named[name]
     return out
 
@@ -94,7 +99,8 @@ def collect_activation_norms(
 
     Returns ``{layer name: norms}`` (float32, on the CPU):
 
-    * Linear: shape ``(in_features,)``; every leading dimension (batch, tokens) counts as samples.
+    * Linear (and an attention's packed ``in_proj``): shape ``(in_features,)``; every leading
+      dimension (batch, tokens) counts as samples.
     * Conv2d: shape ``(in_channels, kh, kw)``: entry [c, i, j] is the norm of everything weight
       ``[:, c, i, j]`` is multiplied with (the im2col column of that channel and kernel offset, padding
       included), so |W| x norm is exactly WANDA's score on the unfolded convolution. For a grouped
@@ -108,7 +114,7 @@ def collect_activation_norms(
     def make_hook(name: str, module: nn.Module):
         def hook(mod, inputs):
             x = inputs[0].detach()
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, LINEAR):
                 s = x.reshape(-1, x.shape[-1]).double().pow(2).sum(0)
             else:
                 if x.dim() == 3:
@@ -124,10 +130,11 @@ def collect_activation_norms(
             hooks.append(module.register_forward_pre_hook(make_hook(name, module)))
         device = _device_of(model)
         n = 0
-        for batch in batches:
-            x, _ = _split_batch(batch, need_target=False)
-            model(x.to(device))
-            n += 1
+        with calibration_forward(model):
+            for batch in batches:
+                x, _ = _split_batch(batch, need_target=False)
+                model(x.to(device))
+                n += 1
         if n == 0:
             raise DataError("no calibration batches were given; pass a few batches of real inputs")
     finally:
@@ -173,23 +180,24 @@ def collect_gradients(
     device = _device_of(model)
     n = 0
     try:
-        for batch in batches:
-            x, y = _split_batch(batch, need_target=need_target)
-            x = x.to(device)
-            y = y.to(device) if y is not None else None
-            with torch.enable_grad():
-                out = model(x)
-                value = objective(out, y) if objective is not None else loss_fn(out, y)
-                if value.dim() != 0:
-                    raise RecipeError("the loss / objective must return a scalar")
-                grads = torch.autograd.grad(value, weights, allow_unused=True)
-            for (name, module), g in zip(layers.items(), grads):
-                if g is None:
-                    g = torch.zeros_like(module.weight)
-                q = accumulate(name, module, g) if accumulate is not None else g
-                q = q.detach().double()
-                acc[name] = acc[name] + q if name in acc else q
-            n += 1
+        with calibration_forward(model):
+            for batch in batches:
+                x, y = _split_batch(batch, need_target=need_target)
+                x = x.to(device)
+                y = y.to(device) if y is not None else None
+                with torch.enable_grad():
+                    out = model(x)
+                    value = objective(out, y) if objective is not None else loss_fn(out, y)
+                    if value.dim() != 0:
+                        raise RecipeError("the loss / objective must return a scalar")
+                    grads = torch.autograd.grad(value, weights, allow_unused=True)
+                for (name, module), g in zip(layers.items(), grads):
+                    if g is None:
+                        g = torch.zeros_like(module.weight)
+                    q = accumulate(name, module, g) if accumulate is not None else g
+                    q = q.detach().double()
+                    acc[name] = acc[name] + q if name in acc else q
+                n += 1
     finally:
         model.train(was_training)
     if n == 0:

@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from deepcomp.errors import RecipeError
+from deepcomp.prune.attention import PackedProjection
+
+LINEAR = (nn.Linear, PackedProjection)  # layers whose weight is [outputs, inputs]
 
 
 class Criterion:
@@ -94,7 +97,7 @@ class WandaCriterion(Criterion):
                               "prune (collect_activation_norms(model, batches) with layers=None)")
         norms = self.norms[name]
         w = module.weight
-        if isinstance(module, nn.Linear):
+        if isinstance(module, LINEAR):
             if norms.shape != (w.shape[1],):
                 raise RecipeError(f"activation norms of {name} have shape {tuple(norms.shape)}, the layer takes "
                                   f"{w.shape[1]} inputs; recalibrate after changing the model")
