@@ -8,6 +8,12 @@
 // a few SIMD vectors, each the sum over the taps of a broadcast weight times a contiguous load. The
 // epilogue adds the bias and clamps to [lo, hi] (ReLU: [0, inf), ReLU6: [0, 6]); a BatchNorm is
 // folded into the weights and bias by the caller.
+//
+// Narrow planes (7x7, 14x14: a row is one or two vectors, so a plane has few vectors to spread the
+// FMA latency over and pays its fill and task costs on few outputs) take the channel-interleaved
+// path instead where the ISA has one: 8 channels of an image are transposed into one padded
+// [Hp][Wp][8] buffer, so a vector is one pixel of 8 channels, a tap's 8 weights are one vector, and
+// the output pixels of a row are independent FMA chains at any stride or dilation.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -37,6 +43,25 @@ struct DepthwisePlane {
   int64_t OH, OW;
 };
 
+// Channels per group of the channel-interleaved path (the AVX2 vector).
+constexpr int kInterleaveLanes = 8;
+
+// One group of kInterleaveLanes channels of one image for the channel-interleaved kernel.
+struct DepthwiseGroup {
+  const float* x;  // the group's first input plane [H][W]; plane i at x + i * H * W
+  int lanes;       // channels in the group (1..8); the other lanes compute zeros and are not stored
+  int64_t H, W, ph, pw, Hp, Wp;
+  float* xs;           // [Hp][Wp][8], 32-byte aligned, zero outside the input (the fills leave it so)
+  float* ys;           // [OH * OW rounded up to 8][8], 32-byte aligned
+  const float* w;      // [M][kh * kw][8]: tap t's weights of the group's channels, per multiplier m
+  const float* bias;   // [M][8]
+  int64_t M, kh, kw, sh, sw, dh, dw;
+  float lo, hi;
+  bool clamp_lo, clamp_hi;
+  float* y;  // output plane of lane 0, multiplier 0; lane i, multiplier m at y + (i * M + m) * OH * OW
+  int64_t OH, OW;
+};
+
 struct DepthwiseKernels {
   const char* name;
   int width;  // floats per vector: the phase planes' rows are padded to a multiple of it
@@ -47,7 +72,14 @@ struct DepthwiseKernels {
   // filled for this geometry) and only the input's values are written.
   void (*fill)(const float* x, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
                float* out, bool padding_zero);
+  // The channel-interleaved kernel of one group (nullptr: this ISA has none, every plane runs `plane`).
+  void (*group)(const DepthwiseGroup&);
 };
+
+// Output rows at most this wide take the channel-interleaved path (where the ISA has it).
+int64_t depthwise_interleaved_width();
+// Debug/testing: sets it (negative: the default; 0: never); returns the previous value.
+int64_t set_depthwise_interleaved_width(int64_t width);
 
 const DepthwiseKernels* depthwise_kernels_scalar();
 #if DEEPCOMP_X86
@@ -66,9 +98,17 @@ class DepthwiseConv2d {
   void forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo, float lo, bool clamp_hi,
                float hi) const;
   const DepthwiseGeometry& geometry() const { return g_; }
+  // Which path forward takes for an H x W input: "depthwise_interleaved" or "depthwise".
+  const char* kernel_for(int64_t H, int64_t W) const;
 
  private:
+  void forward_interleaved(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo, float lo,
+                           bool clamp_hi, float hi) const;
+
   std::vector<float> w_, bias_;
+  // w_ and bias_ per channel group for the interleaved path: [groups][M][taps][8], [groups][M][8],
+  // zero in the lanes past the last channel
+  std::vector<float> wi_, bi_;
   DepthwiseGeometry g_;
 };
 

@@ -1,5 +1,7 @@
 // The depthwise row kernel, written once against a vector trait and compiled once per ISA.
-// Include after defining DC_VEC (the trait), DC_NAME and DC_ENTRY (the table's accessor).
+// Include after defining DC_VEC (the trait), DC_NAME and DC_ENTRY (the table's accessor), and
+// DC_INTERLEAVED where the trait has 8 lanes and load_transposed / store_transposed (the
+// channel-interleaved kernel; elsewhere every plane runs `plane`).
 #include <algorithm>
 #include <cstdint>
 
@@ -11,14 +13,16 @@ namespace {
 using V = DC_VEC;
 using VT = typename V::T;
 
-inline VT finish(const DepthwisePlane& p, VT acc) {
-  if (p.clamp_lo) acc = V::max(acc, V::set1(p.lo));
-  if (p.clamp_hi) {  // min(a, hi) = -max(-a, -hi)
+inline VT clamp(VT acc, bool clamp_lo, float lo, bool clamp_hi, float hi) {
+  if (clamp_lo) acc = V::max(acc, V::set1(lo));
+  if (clamp_hi) {  // min(a, hi) = -max(-a, -hi)
     const VT neg = V::set1(-1.f);
-    acc = V::mul(V::max(V::mul(acc, neg), V::set1(-p.hi)), neg);
+    acc = V::mul(V::max(V::mul(acc, neg), V::set1(-hi)), neg);
   }
   return acc;
 }
+
+inline VT finish(const DepthwisePlane& p, VT acc) { return clamp(acc, p.clamp_lo, p.lo, p.clamp_hi, p.hi); }
 
 // U vectors of one output row starting at ox: acc[u] = bias + sum over taps of w * src[ox + u*W].
 template <int U>
@@ -216,7 +220,108 @@ void fill(const float* xs, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t
   }
 }
 
-const DepthwiseKernels kTable = {DC_NAME, V::W, &plane, &fill};
+#ifdef DC_INTERLEAVED
+constexpr int L = kInterleaveLanes;
+static_assert(V::W == L, "the interleaved kernel holds one pixel of a group's channels per vector");
+
+// The group's input planes into xs, 8 flat positions at a time (a narrow plane's rows are shorter
+// than a vector): position iy * W + ix becomes padded pixel (iy + ph, ix + pw).
+inline void interleave_input(const DepthwiseGroup& g) {
+  const int64_t HW = g.H * g.W;
+  alignas(32) float part[L * L];
+  VT t[L];
+  int64_t iy = 0, ix = 0;
+  for (int64_t q = 0; q < HW; q += L) {
+    const int n = int(std::min<int64_t>(L, HW - q));
+    if (n == L && g.lanes == L) {
+      V::load_transposed(g.x + q, HW, t);
+    } else {  // a partial block through a zeroed copy: no read past the last plane
+      std::fill(part, part + L * L, 0.f);
+      for (int i = 0; i < g.lanes; ++i) std::copy(g.x + i * HW + q, g.x + i * HW + q + n, part + i * L);
+      V::load_transposed(part, L, t);
+    }
+    for (int j = 0; j < n; ++j) {
+      V::store(g.xs + ((iy + g.ph) * g.Wp + ix + g.pw) * L, t[j]);
+      if (++ix == g.W) ix = 0, ++iy;
+    }
+  }
+}
+
+// U output pixels of one row: in is the padded pixel tap (0, 0) of the first reads, out its ys pixel;
+// one accumulator chain per pixel, the tap's weight vector shared by all of them.
+template <int U>
+inline void interleaved_pixels(const DepthwiseGroup& g, const float* w, VT bias, const float* in, float* out) {
+  VT acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = bias;
+  const int64_t step = g.sw * L, dx = g.dw * L, dy = g.dh * g.Wp * L;
+  for (int64_t ky = 0; ky < g.kh; ++ky, in += dy) {
+    const float* src = in;
+    for (int64_t kx = 0; kx < g.kw; ++kx, src += dx, w += L) {
+      const VT wv = V::load(w);
+      for (int u = 0; u < U; ++u) acc[u] = V::fma(wv, V::load(src + u * step), acc[u]);
+    }
+  }
+  for (int u = 0; u < U; ++u) V::store(out + u * L, clamp(acc[u], g.clamp_lo, g.lo, g.clamp_hi, g.hi));
+}
+
+// Output row oy in blocks of at most 8 pixels, as even as possible (a 14-wide row is 7 + 7).
+inline void interleaved_row(const DepthwiseGroup& g, const float* w, VT bias, int64_t oy) {
+  const int64_t blocks = (g.OW + 7) / 8, size = g.OW / blocks, bigger = g.OW % blocks;
+  const float* in = g.xs + oy * g.sh * g.Wp * L;
+  float* out = g.ys + oy * g.OW * L;
+  for (int64_t b = 0, ox = 0; b < blocks; ++b) {
+    const int64_t u = size + (b < bigger);
+    const float* i = in + ox * g.sw * L;
+    float* o = out + ox * L;
+    switch (u) {
+      case 8: interleaved_pixels<8>(g, w, bias, i, o); break;
+      case 7: interleaved_pixels<7>(g, w, bias, i, o); break;
+      case 6: interleaved_pixels<6>(g, w, bias, i, o); break;
+      case 5: interleaved_pixels<5>(g, w, bias, i, o); break;
+      case 4: interleaved_pixels<4>(g, w, bias, i, o); break;
+      case 3: interleaved_pixels<3>(g, w, bias, i, o); break;
+      case 2: interleaved_pixels<2>(g, w, bias, i, o); break;
+      default: interleaved_pixels<1>(g, w, bias, i, o); break;
+    }
+    ox += u;
+  }
+}
+
+// ys back into the lanes' output planes of multiplier m, 8 flat positions at a time.
+inline void deinterleave_output(const DepthwiseGroup& g, int64_t m) {
+  const int64_t OHW = g.OH * g.OW, stride = g.M * OHW;
+  float* y = g.y + m * OHW;
+  alignas(32) float part[L * L];
+  VT t[L];
+  for (int64_t q = 0; q < OHW; q += L) {
+    const int n = int(std::min<int64_t>(L, OHW - q));
+    for (int j = 0; j < L; ++j) t[j] = V::load(g.ys + (q + j) * L);  // ys holds whole blocks
+    if (n == L && g.lanes == L) {
+      V::store_transposed(y + q, stride, t);
+    } else {
+      V::store_transposed(part, L, t);
+      for (int i = 0; i < g.lanes; ++i) std::copy(part + i * L, part + i * L + n, y + i * stride + q);
+    }
+  }
+}
+
+void interleaved_group(const DepthwiseGroup& g) {
+  interleave_input(g);
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t m = 0; m < g.M; ++m) {
+    const float* w = g.w + m * taps * L;
+    const VT bias = V::load(g.bias + m * L);
+    for (int64_t oy = 0; oy < g.OH; ++oy) interleaved_row(g, w, bias, oy);
+    deinterleave_output(g, m);
+  }
+}
+#define DC_GROUP &interleaved_group
+#else
+#define DC_GROUP nullptr
+#endif
+
+const DepthwiseKernels kTable = {DC_NAME, V::W, &plane, &fill, DC_GROUP};
+#undef DC_GROUP
 
 }  // namespace
 

@@ -36,6 +36,43 @@ struct VecAvx2 {
     const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
     _mm256_maskstore_ps(p, sel, v);
   }
+  // 8 x 8 transposes through memory (the depthwise kernel's channel-interleaved layout): the block's
+  // row i is the 8 floats at p + i * stride. load_transposed: out[j] = column j; store_transposed:
+  // row i = (in[0][i], ..., in[7][i]). Both split rows into 128-bit halves so the shuffles stay
+  // within lanes (cross-lane permutes are slow on 128-bit-datapath cores).
+  static void load_transposed(const float* p, int64_t stride, T out[8]) {
+    T a[4], b[4];  // a[i]: columns 0-3 of rows i and i + 4; b[i]: columns 4-7
+    for (int i = 0; i < 4; ++i) {
+      const float* r = p + i * stride;
+      const float* s = p + (i + 4) * stride;
+      a[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r)), _mm_loadu_ps(s), 1);
+      b[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r + 4)), _mm_loadu_ps(s + 4), 1);
+    }
+    transpose4_lanes(a, out);
+    transpose4_lanes(b, out + 4);
+  }
+  static void store_transposed(float* p, int64_t stride, const T in[8]) {
+    T u[4], v[4];  // u[i]: row i, columns 0-3 | row i + 4, columns 0-3; v[i]: the same, columns 4-7
+    transpose4_lanes(in, u);
+    transpose4_lanes(in + 4, v);
+    for (int i = 0; i < 4; ++i) {
+      float* r = p + i * stride;
+      float* s = p + (i + 4) * stride;
+      _mm_storeu_ps(r, _mm256_castps256_ps128(u[i]));
+      _mm_storeu_ps(r + 4, _mm256_castps256_ps128(v[i]));
+      _mm_storeu_ps(s, _mm256_extractf128_ps(u[i], 1));
+      _mm_storeu_ps(s + 4, _mm256_extractf128_ps(v[i], 1));
+    }
+  }
+  // out[j] element i = in[i] element j, separately in each 128-bit half.
+  static void transpose4_lanes(const T in[4], T out[4]) {
+    const T t0 = _mm256_unpacklo_ps(in[0], in[1]), t1 = _mm256_unpackhi_ps(in[0], in[1]);
+    const T t2 = _mm256_unpacklo_ps(in[2], in[3]), t3 = _mm256_unpackhi_ps(in[2], in[3]);
+    out[0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    out[1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    out[2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    out[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  }
   static float reduce(T v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
