@@ -89,8 +89,9 @@ void bind_depthwise(py::module_& m) {
            "Which kernel runs an input of this size: 'depthwise_interleaved' (narrow planes, 8 channels at a "
            "time) or 'depthwise'.");
   m.def("_set_depthwise_interleaved_width", &set_depthwise_interleaved_width, py::arg("width"),
-        "Debug/testing: depthwise outputs at most this wide run the channel-interleaved kernel (where the ISA "
-        "has one; negative: the default, 0: never); returns the previous value.");
+        "Debug/testing: depthwise outputs at most this wide run the channel-interleaved kernel whatever the "
+        "stride (where the ISA has one; 0: never; negative: the default rule, stride 1 at any width and strided "
+        "layers up to 28-wide outputs); returns the previous value (-1: the default rule).");
 }
 
 }  // namespace deepcomp

@@ -26,9 +26,7 @@ const DepthwiseKernels& depthwise_kernels() {
 
 std::string S(int64_t v) { return std::to_string(v); }
 
-// Default widest output row of the interleaved path: see docs/kernels.md ("Depthwise").
-constexpr int64_t kInterleavedWidth = 14;
-std::atomic<int64_t> g_interleaved_width{-1};
+std::atomic<int64_t> g_interleaved_width{-1};  // negative: the default rule
 
 float* align32(std::vector<float>& v) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t(31));
@@ -36,15 +34,17 @@ float* align32(std::vector<float>& v) {
 
 }  // namespace
 
-int64_t depthwise_interleaved_width() {
+// The default rule (docs/kernels.md, "Depthwise"): stride 1 at every width; strided layers up to
+// 28-wide outputs, past which transposing the input (4x the output's pixels at stride 2) costs
+// more than the phase planes save.
+bool depthwise_interleaved(int64_t sh, int64_t sw, int64_t OW) {
   const int64_t v = g_interleaved_width.load(std::memory_order_relaxed);
-  return v < 0 ? kInterleavedWidth : v;
+  if (v >= 0) return OW <= v;
+  return (sh == 1 && sw == 1) || OW <= kInterleavedStridedWidth;
 }
 
 int64_t set_depthwise_interleaved_width(int64_t width) {
-  const int64_t prev = depthwise_interleaved_width();
-  g_interleaved_width.store(width < 0 ? -1 : width, std::memory_order_relaxed);
-  return prev;
+  return g_interleaved_width.exchange(width < 0 ? -1 : width, std::memory_order_relaxed);
 }
 
 DepthwiseConv2d::DepthwiseConv2d(std::vector<float> w, std::vector<float> bias, const DepthwiseGeometry& g)
@@ -73,7 +73,8 @@ DepthwiseConv2d::DepthwiseConv2d(std::vector<float> w, std::vector<float> bias, 
 
 const char* DepthwiseConv2d::kernel_for(int64_t H, int64_t W) const {
   const int64_t OW = out_size(H, W).second;
-  return depthwise_kernels().group && OW <= depthwise_interleaved_width() ? "depthwise_interleaved" : "depthwise";
+  return depthwise_kernels().group && depthwise_interleaved(g_.sh, g_.sw, OW) ? "depthwise_interleaved"
+                                                                                : "depthwise";
 }
 
 std::pair<int64_t, int64_t> DepthwiseConv2d::out_size(int64_t H, int64_t W) const {
@@ -88,7 +89,7 @@ void DepthwiseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, f
                               bool clamp_hi, float hi) const {
   const auto [OH, OW] = out_size(H, W);
   const DepthwiseKernels& k = depthwise_kernels();
-  if (k.group && OW <= depthwise_interleaved_width())
+  if (k.group && depthwise_interleaved(g_.sh, g_.sw, OW))
     return forward_interleaved(x, N, H, W, y, clamp_lo, lo, clamp_hi, hi);
   const int64_t C = g_.channels, M = g_.multiplier, sw = g_.sw;
   const int64_t Hp = H + 2 * g_.ph, Wp = W + 2 * g_.pw;

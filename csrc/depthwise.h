@@ -9,11 +9,13 @@
 // epilogue adds the bias and clamps to [lo, hi] (ReLU: [0, inf), ReLU6: [0, 6]); a BatchNorm is
 // folded into the weights and bias by the caller.
 //
-// Narrow planes (7x7, 14x14: a row is one or two vectors, so a plane has few vectors to spread the
-// FMA latency over and pays its fill and task costs on few outputs) take the channel-interleaved
-// path instead where the ISA has one: 8 channels of an image are transposed into one padded
-// [Hp][Wp][8] buffer, so a vector is one pixel of 8 channels, a tap's 8 weights are one vector, and
-// the output pixels of a row are independent FMA chains at any stride or dilation.
+// Where the ISA has it (AVX2), most layers take the channel-interleaved path instead: 8 channels of
+// an image are transposed into one padded [Hp][Wp][8] buffer, so a vector is one pixel of 8
+// channels and a tap's 8 weights are one vector; the output pixels of a row are independent FMA
+// chains at any stride or dilation, no lane is left empty at a row's end, and a task is 8 planes.
+// Built for narrow planes (a 7-wide row is one vector, 7 of its lanes used, one dependent chain),
+// it is faster at every stride-1 width too; strided layers with wide outputs keep the phase planes
+// (depthwise_interleaved).
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -76,9 +78,12 @@ struct DepthwiseKernels {
   void (*group)(const DepthwiseGroup&);
 };
 
-// Output rows at most this wide take the channel-interleaved path (where the ISA has it).
-int64_t depthwise_interleaved_width();
-// Debug/testing: sets it (negative: the default; 0: never); returns the previous value.
+// Whether a layer of this stride with outputs OW wide takes the channel-interleaved path (where the
+// ISA has it): by default stride 1 at any width, other strides up to kInterleavedStridedWidth.
+constexpr int64_t kInterleavedStridedWidth = 28;
+bool depthwise_interleaved(int64_t sh, int64_t sw, int64_t OW);
+// Debug/testing: outputs at most this wide take it whatever the stride (0: never; negative: the
+// default rule); returns the previous value (-1 for the default rule).
 int64_t set_depthwise_interleaved_width(int64_t width);
 
 const DepthwiseKernels* depthwise_kernels_scalar();
