@@ -129,14 +129,17 @@ void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, 
   const int64_t C = g_.channels, M = g_.multiplier, taps = g_.kh * g_.kw, groups = (C + L - 1) / L;
   const int64_t Hp = H + 2 * g_.ph, Wp = W + 2 * g_.pw;
   const size_t xs_size = size_t(Hp * Wp * L), ys_size = size_t((OH * OW + L - 1) / L * L * L);
+  std::vector<int32_t> xpos(size_t(H * W));
+  for (int64_t iy = 0; iy < H; ++iy)
+    for (int64_t ix = 0; ix < W; ++ix) xpos[size_t(iy * W + ix)] = int32_t(((iy + g_.ph) * Wp + ix + g_.pw) * L);
   const int slots = std::max(1, ThreadPool::instance().num_threads());
   // zeroed once: every fill of this call writes the same pixels, so the padding stays zero
   std::vector<std::vector<float>> scratch(slots, std::vector<float>(xs_size + ys_size + 16));
   ThreadPool::instance().parallel_for(N * groups, slots, [&](int64_t task, int slot) {
     const int64_t n = task / groups, gi = task % groups, c0 = gi * L;
     float* xs = align32(scratch[slot]);
-    DepthwiseGroup grp{x + (n * C + c0) * H * W, int(std::min<int64_t>(L, C - c0)), H, W, g_.ph, g_.pw, Hp, Wp,
-                       xs, xs + xs_size, wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L, M, g_.kh, g_.kw,
+    DepthwiseGroup grp{x + (n * C + c0) * H * W, x + N * C * H * W, int(std::min<int64_t>(L, C - c0)), H, W, g_.ph, g_.pw, Hp, Wp,
+                       xs, xpos.data(), xs + xs_size, wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L, M, g_.kh, g_.kw,
                        g_.sh, g_.sw, g_.dh, g_.dw, lo, hi, clamp_lo, clamp_hi, y + (n * C + c0) * M * OH * OW, OH,
                        OW};
     k.group(grp);

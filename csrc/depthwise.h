@@ -50,10 +50,12 @@ constexpr int kInterleaveLanes = 8;
 
 // One group of kInterleaveLanes channels of one image for the channel-interleaved kernel.
 struct DepthwiseGroup {
-  const float* x;  // the group's first input plane [H][W]; plane i at x + i * H * W
+  const float* x;      // the group's first input plane [H][W]; plane i at x + i * H * W
+  const float* x_end;  // the end of the whole input (reads of a partial block may not pass it)
   int lanes;       // channels in the group (1..8); the other lanes compute zeros and are not stored
   int64_t H, W, ph, pw, Hp, Wp;
-  float* xs;           // [Hp][Wp][8], 32-byte aligned, zero outside the input (the fills leave it so)
+  float* xs;            // [Hp][Wp][8], 32-byte aligned, zero outside the input (the fills leave it so)
+  const int32_t* xpos;  // [H * W]: where input position iy * W + ix goes in xs, ((iy + ph) * Wp + ix + pw) * 8
   float* ys;           // [OH * OW rounded up to 8][8], 32-byte aligned
   const float* w;      // [M][kh * kw][8]: tap t's weights of the group's channels, per multiplier m
   const float* bias;   // [M][8]

@@ -30,16 +30,20 @@ struct VecAvx2 {
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }  // b if either is NaN
+  static __m256i lanes_of(uint32_t m) {
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
+  }
   static void store_mask(float* p, T v, uint32_t m) {
     if (m == 0xff) return _mm256_storeu_ps(p, v);
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
-    _mm256_maskstore_ps(p, sel, v);
+    _mm256_maskstore_ps(p, lanes_of(m), v);
   }
-  // 8 x 8 transposes through memory (the depthwise kernel's channel-interleaved layout): the block's
-  // row i is the 8 floats at p + i * stride. load_transposed: out[j] = column j; store_transposed:
-  // row i = (in[0][i], ..., in[7][i]). Both split rows into 128-bit halves so the shuffles stay
-  // within lanes (cross-lane permutes are slow on 128-bit-datapath cores).
+  // The lanes of m from p, zero elsewhere; the others are not read (no fault past a buffer's end).
+  static T load_mask(const float* p, uint32_t m) { return _mm256_maskload_ps(p, lanes_of(m)); }
+  // 8 x 8 transposes through memory (the depthwise kernel's channel-interleaved layout).
+  // load_transposed: out[j] = column j of the block whose row i is the 8 floats at p + i * stride;
+  // store_transposed: rows[i][0..8) = (in[0][i], ..., in[7][i]). Both split rows into 128-bit
+  // halves so the shuffles stay within lanes (cross-lane permutes are slow on 128-bit-datapath cores).
   static void load_transposed(const float* p, int64_t stride, T out[8]) {
     T a[4], b[4];  // a[i]: columns 0-3 of rows i and i + 4; b[i]: columns 4-7
     for (int i = 0; i < 4; ++i) {
@@ -51,13 +55,13 @@ struct VecAvx2 {
     transpose4_lanes(a, out);
     transpose4_lanes(b, out + 4);
   }
-  static void store_transposed(float* p, int64_t stride, const T in[8]) {
+  static void store_transposed(float* const rows[8], const T in[8]) {
     T u[4], v[4];  // u[i]: row i, columns 0-3 | row i + 4, columns 0-3; v[i]: the same, columns 4-7
     transpose4_lanes(in, u);
     transpose4_lanes(in + 4, v);
     for (int i = 0; i < 4; ++i) {
-      float* r = p + i * stride;
-      float* s = p + (i + 4) * stride;
+      float* r = rows[i];
+      float* s = rows[i + 4];
       _mm_storeu_ps(r, _mm256_castps256_ps128(u[i]));
       _mm_storeu_ps(r + 4, _mm256_castps256_ps128(v[i]));
       _mm_storeu_ps(s, _mm256_extractf128_ps(u[i], 1));
