@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common.h"
@@ -28,9 +29,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 
 std::atomic<int64_t> g_interleaved_width{-1};  // negative: the default rule
 
-float* align32(std::vector<float>& v) {
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t(31));
-}
+float* align32(float* p) { return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 31) & ~uintptr_t(31)); }
 
 }  // namespace
 
@@ -133,11 +132,29 @@ void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, 
   for (int64_t iy = 0; iy < H; ++iy)
     for (int64_t ix = 0; ix < W; ++ix) xpos[size_t(iy * W + ix)] = int32_t(((iy + g_.ph) * Wp + ix + g_.pw) * L);
   const int slots = std::max(1, ThreadPool::instance().num_threads());
-  // zeroed once: every fill of this call writes the same pixels, so the padding stays zero
-  std::vector<std::vector<float>> scratch(slots, std::vector<float>(xs_size + ys_size + 16));
+  // A slot's scratch is made at its first task, only its padding and ys's last block zeroed (on a
+  // large plane, zeroing all of it would cost as much as a few groups): every fill of this call
+  // writes the same pixels, so the padding stays zero; the rest is written before it is read.
+  std::vector<std::unique_ptr<float[]>> scratch(static_cast<size_t>(slots));
+  auto make = [&] {
+    float* buf = new float[xs_size + ys_size + 8];
+    float* xs = align32(buf);
+    for (int64_t r = 0; r < Hp; ++r) {
+      float* row = xs + r * Wp * L;
+      if (r < g_.ph || r >= g_.ph + H) {
+        std::fill(row, row + Wp * L, 0.f);
+      } else {
+        std::fill(row, row + g_.pw * L, 0.f);
+        std::fill(row + (g_.pw + W) * L, row + Wp * L, 0.f);
+      }
+    }
+    std::fill(xs + xs_size + OH * OW * L, xs + xs_size + ys_size, 0.f);
+    return buf;
+  };
   ThreadPool::instance().parallel_for(N * groups, slots, [&](int64_t task, int slot) {
     const int64_t n = task / groups, gi = task % groups, c0 = gi * L;
-    float* xs = align32(scratch[slot]);
+    if (!scratch[size_t(slot)]) scratch[size_t(slot)].reset(make());
+    float* xs = align32(scratch[size_t(slot)].get());
     DepthwiseGroup grp{x + (n * C + c0) * H * W, x + N * C * H * W, int(std::min<int64_t>(L, C - c0)), H, W, g_.ph, g_.pw, Hp, Wp,
                        xs, xpos.data(), xs + xs_size, wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L, M, g_.kh, g_.kw,
                        g_.sh, g_.sw, g_.dh, g_.dw, lo, hi, clamp_lo, clamp_hi, y + (n * C + c0) * M * OH * OW, OH,
