@@ -91,7 +91,7 @@ void DepthwiseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, f
   if (k.group && depthwise_interleaved(g_.sh, g_.sw, OW))
     return forward_interleaved(x, N, H, W, y, clamp_lo, lo, clamp_hi, hi);
   const int64_t C = g_.channels, M = g_.multiplier, sw = g_.sw;
-  const int64_t Hp = H + 2 * g_.ph, Wp = W + 2 * g_.pw;
+  const int64_t Hp = H + 2 * g_.ph;
   // Phase rows hold every output vector's loads: OW rounded up to whole vectors, plus the widest
   // tap shift, so the kernel never reads past a row (the slack is zero).
   const int64_t OWr = (OW + k.width - 1) / k.width * k.width;
@@ -155,10 +155,15 @@ void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, 
     const int64_t n = task / groups, gi = task % groups, c0 = gi * L;
     if (!scratch[size_t(slot)]) scratch[size_t(slot)].reset(make());
     float* xs = align32(scratch[size_t(slot)].get());
-    DepthwiseGroup grp{x + (n * C + c0) * H * W, x + N * C * H * W, int(std::min<int64_t>(L, C - c0)), H, W, g_.ph, g_.pw, Hp, Wp,
-                       xs, xpos.data(), xs + xs_size, wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L, M, g_.kh, g_.kw,
-                       g_.sh, g_.sw, g_.dh, g_.dw, lo, hi, clamp_lo, clamp_hi, y + (n * C + c0) * M * OH * OW, OH,
-                       OW};
+    DepthwiseGroup grp{x + (n * C + c0) * H * W,
+                       x + N * C * H * W,
+                       int(std::min<int64_t>(L, C - c0)),
+                       H, W, g_.ph, g_.pw, Hp, Wp,
+                       xs, xpos.data(), xs + xs_size,
+                       wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L,
+                       M, g_.kh, g_.kw, g_.sh, g_.sw, g_.dh, g_.dw,
+                       lo, hi, clamp_lo, clamp_hi,
+                       y + (n * C + c0) * M * OH * OW, OH, OW};
     k.group(grp);
   });
 }

@@ -235,9 +235,9 @@ inline void interleave_input(const DepthwiseGroup& g) {
       V::load_transposed(g.x + q, HW, t);
       for (int j = 0; j < L; ++j) V::store(g.xs + g.xpos[q + j], t[j]);
     }
-  // The last, partial block: its rows read on into the next plane (pixels that are not stored).
-  // Through a masked copy where that would pass the end of the input, and every block of a group
-  // with fewer lanes.
+  // The last, partial block reads on into the next plane (pixels that are not stored), except
+  // where that would pass the end of the input; those, and every block of a group with fewer
+  // lanes, go through a masked copy.
   for (; q < HW; q += L) {
     const int n = int(std::min<int64_t>(L, HW - q));
     if (g.lanes == L && g.x + (L - 1) * HW + q + L <= g.x_end) {
@@ -338,12 +338,13 @@ inline void deinterleave_output(const DepthwiseGroup& g, int64_t m) {
     for (int j = 0; j < L; ++j) t[j] = V::load(g.ys + (whole + j) * L);  // ys holds whole blocks
     for (int i = 0; i < L; ++i) rows[i] = i < direct ? y + i * stride + whole : part + i * L;
     V::store_transposed(rows, t);
-    for (int i = direct; i < g.lanes; ++i) V::store_mask(y + i * stride + whole, V::load(part + i * L), (1u << n) - 1);
+    for (int i = direct; i < g.lanes; ++i)
+      V::store_mask(y + i * stride + whole, V::load(part + i * L), (1u << n) - 1);
   }
-  alignas(32) float part[L * L];
+  alignas(32) float unused[L * L];  // where the lanes past a partial group's last go
   for (int64_t q = 0; q < whole; q += L) {
     for (int j = 0; j < L; ++j) t[j] = V::load(g.ys + (q + j) * L);
-    for (int i = 0; i < L; ++i) rows[i] = i < g.lanes ? y + i * stride + q : part + i * L;
+    for (int i = 0; i < L; ++i) rows[i] = i < g.lanes ? y + i * stride + q : unused + i * L;
     V::store_transposed(rows, t);
   }
 }
