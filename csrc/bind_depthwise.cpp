@@ -84,8 +84,14 @@ void bind_depthwise(py::module_& m) {
            py::arg("dilation") = 1)
       .def("forward", &PyDepthwise::forward, py::arg("x"), py::arg("lo") = py::none(), py::arg("hi") = py::none())
       .def("output_size", [](const PyDepthwise& s, int64_t H, int64_t W) { return s.k->out_size(H, W); })
-      .def("kernel_for", [](const PyDepthwise&, int64_t, int64_t) { return std::string("depthwise"); },
-           py::arg("height"), py::arg("width"), "Which kernel runs an input of this size: always 'depthwise'.");
+      .def("kernel_for", [](const PyDepthwise& s, int64_t H, int64_t W) { return std::string(s.k->kernel_for(H, W)); },
+           py::arg("height"), py::arg("width"),
+           "Which kernel runs an input of this size: 'depthwise_interleaved' (narrow planes, 8 channels at a "
+           "time) or 'depthwise'.");
+  m.def("_set_depthwise_interleaved_width", &set_depthwise_interleaved_width, py::arg("width"),
+        "Debug/testing: depthwise outputs at most this wide run the channel-interleaved kernel whatever the "
+        "stride (where the ISA has one; 0: never; negative: the default rule, stride 1 at any width and strided "
+        "layers up to 28-wide outputs); returns the previous value (-1: the default rule).");
 }
 
 }  // namespace deepcomp

@@ -2,6 +2,9 @@
 #include "depthwise.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common.h"
@@ -24,7 +27,24 @@ const DepthwiseKernels& depthwise_kernels() {
 
 std::string S(int64_t v) { return std::to_string(v); }
 
+std::atomic<int64_t> g_interleaved_width{-1};  // negative: the default rule
+
+float* align32(float* p) { return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 31) & ~uintptr_t(31)); }
+
 }  // namespace
+
+// The default rule (docs/kernels.md, "Depthwise"): stride 1 at every width; strided layers up to
+// 28-wide outputs, past which transposing the input (4x the output's pixels at stride 2) costs
+// more than the phase planes save.
+bool depthwise_interleaved(int64_t sh, int64_t sw, int64_t OW) {
+  const int64_t v = g_interleaved_width.load(std::memory_order_relaxed);
+  if (v >= 0) return OW <= v;
+  return (sh == 1 && sw == 1) || OW <= kInterleavedStridedWidth;
+}
+
+int64_t set_depthwise_interleaved_width(int64_t width) {
+  return g_interleaved_width.exchange(width < 0 ? -1 : width, std::memory_order_relaxed);
+}
 
 DepthwiseConv2d::DepthwiseConv2d(std::vector<float> w, std::vector<float> bias, const DepthwiseGeometry& g)
     : w_(std::move(w)), bias_(std::move(bias)), g_(g) {
@@ -38,6 +58,22 @@ DepthwiseConv2d::DepthwiseConv2d(std::vector<float> w, std::vector<float> bias, 
                      S(oc * g.kh * g.kw));
   if (!bias_.empty() && int64_t(bias_.size()) != oc)
     throw ShapeError("DepthwiseConv2d: bias has " + S(int64_t(bias_.size())) + " values, expected " + S(oc));
+  constexpr int L = kInterleaveLanes;
+  const int64_t C = g.channels, M = g.multiplier, taps = g.kh * g.kw, groups = (C + L - 1) / L;
+  wi_.assign(size_t(groups * M * taps * L), 0.f);
+  bi_.assign(size_t(groups * M * L), 0.f);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t gm = c / L * M + m, oc = c * M + m;
+      for (int64_t t = 0; t < taps; ++t) wi_[size_t((gm * taps + t) * L + c % L)] = w_[size_t(oc * taps + t)];
+      if (!bias_.empty()) bi_[size_t(gm * L + c % L)] = bias_[size_t(oc)];
+    }
+}
+
+const char* DepthwiseConv2d::kernel_for(int64_t H, int64_t W) const {
+  const int64_t OW = out_size(H, W).second;
+  return depthwise_kernels().group && depthwise_interleaved(g_.sh, g_.sw, OW) ? "depthwise_interleaved"
+                                                                                : "depthwise";
 }
 
 std::pair<int64_t, int64_t> DepthwiseConv2d::out_size(int64_t H, int64_t W) const {
@@ -52,8 +88,10 @@ void DepthwiseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, f
                               bool clamp_hi, float hi) const {
   const auto [OH, OW] = out_size(H, W);
   const DepthwiseKernels& k = depthwise_kernels();
+  if (k.group && depthwise_interleaved(g_.sh, g_.sw, OW))
+    return forward_interleaved(x, N, H, W, y, clamp_lo, lo, clamp_hi, hi);
   const int64_t C = g_.channels, M = g_.multiplier, sw = g_.sw;
-  const int64_t Hp = H + 2 * g_.ph, Wp = W + 2 * g_.pw;
+  const int64_t Hp = H + 2 * g_.ph;
   // Phase rows hold every output vector's loads: OW rounded up to whole vectors, plus the widest
   // tap shift, so the kernel never reads past a row (the slack is zero).
   const int64_t OWr = (OW + k.width - 1) / k.width * k.width;
@@ -77,6 +115,56 @@ void DepthwiseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, f
                            clamp_hi, y + (n * C * M + oc) * OH * OW, OH, OW};
       k.plane(plane);
     }
+  });
+}
+
+// Tasks are (image, group of 8 channels); each transposes its group into the slot's scratch once
+// and runs every multiplier on it.
+void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo,
+                                          float lo, bool clamp_hi, float hi) const {
+  constexpr int L = kInterleaveLanes;
+  const auto [OH, OW] = out_size(H, W);
+  const DepthwiseKernels& k = depthwise_kernels();
+  const int64_t C = g_.channels, M = g_.multiplier, taps = g_.kh * g_.kw, groups = (C + L - 1) / L;
+  const int64_t Hp = H + 2 * g_.ph, Wp = W + 2 * g_.pw;
+  const size_t xs_size = size_t(Hp * Wp * L), ys_size = size_t((OH * OW + L - 1) / L * L * L);
+  std::vector<int32_t> xpos(size_t(H * W));
+  for (int64_t iy = 0; iy < H; ++iy)
+    for (int64_t ix = 0; ix < W; ++ix) xpos[size_t(iy * W + ix)] = int32_t(((iy + g_.ph) * Wp + ix + g_.pw) * L);
+  const int slots = std::max(1, ThreadPool::instance().num_threads());
+  // A slot's scratch is made at its first task, only its padding and ys's last block zeroed (on a
+  // large plane, zeroing all of it would cost as much as a few groups): every fill of this call
+  // writes the same pixels, so the padding stays zero; the rest is written before it is read.
+  std::vector<std::unique_ptr<float[]>> scratch(static_cast<size_t>(slots));
+  auto make = [&] {
+    float* buf = new float[xs_size + ys_size + 8];
+    float* xs = align32(buf);
+    for (int64_t r = 0; r < Hp; ++r) {
+      float* row = xs + r * Wp * L;
+      if (r < g_.ph || r >= g_.ph + H) {
+        std::fill(row, row + Wp * L, 0.f);
+      } else {
+        std::fill(row, row + g_.pw * L, 0.f);
+        std::fill(row + (g_.pw + W) * L, row + Wp * L, 0.f);
+      }
+    }
+    std::fill(xs + xs_size + OH * OW * L, xs + xs_size + ys_size, 0.f);
+    return buf;
+  };
+  ThreadPool::instance().parallel_for(N * groups, slots, [&](int64_t task, int slot) {
+    const int64_t n = task / groups, gi = task % groups, c0 = gi * L;
+    if (!scratch[size_t(slot)]) scratch[size_t(slot)].reset(make());
+    float* xs = align32(scratch[size_t(slot)].get());
+    DepthwiseGroup grp{x + (n * C + c0) * H * W,
+                       x + N * C * H * W,
+                       int(std::min<int64_t>(L, C - c0)),
+                       H, W, g_.ph, g_.pw, Hp, Wp,
+                       xs, xpos.data(), xs + xs_size,
+                       wi_.data() + gi * M * taps * L, bi_.data() + gi * M * L,
+                       M, g_.kh, g_.kw, g_.sh, g_.sw, g_.dh, g_.dw,
+                       lo, hi, clamp_lo, clamp_hi,
+                       y + (n * C + c0) * M * OH * OW, OH, OW};
+    k.group(grp);
   });
 }
 

@@ -8,6 +8,14 @@
 // a few SIMD vectors, each the sum over the taps of a broadcast weight times a contiguous load. The
 // epilogue adds the bias and clamps to [lo, hi] (ReLU: [0, inf), ReLU6: [0, 6]); a BatchNorm is
 // folded into the weights and bias by the caller.
+//
+// Where the ISA has it (AVX2), most layers take the channel-interleaved path instead: 8 channels of
+// an image are transposed into one padded [Hp][Wp][8] buffer, so a vector is one pixel of 8
+// channels and a tap's 8 weights are one vector; the output pixels of a row are independent FMA
+// chains at any stride or dilation, no lane is left empty at a row's end, and a task is 8 planes.
+// Built for narrow planes (a 7-wide row is one vector, 7 of its lanes used, one dependent chain),
+// it is faster at every stride-1 width too; strided layers with wide outputs keep the phase planes
+// (depthwise_interleaved).
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -37,6 +45,27 @@ struct DepthwisePlane {
   int64_t OH, OW;
 };
 
+// Channels per group of the channel-interleaved path (the AVX2 vector).
+constexpr int kInterleaveLanes = 8;
+
+// One group of kInterleaveLanes channels of one image for the channel-interleaved kernel.
+struct DepthwiseGroup {
+  const float* x;      // the group's first input plane [H][W]; plane i at x + i * H * W
+  const float* x_end;  // the end of the whole input (reads of a partial block may not pass it)
+  int lanes;       // channels in the group (1..8); the other lanes compute zeros and are not stored
+  int64_t H, W, ph, pw, Hp, Wp;
+  float* xs;            // [Hp][Wp][8], 32-byte aligned, zero outside the input (the fills leave it so)
+  const int32_t* xpos;  // [H * W]: where input position iy * W + ix goes in xs, ((iy + ph) * Wp + ix + pw) * 8
+  float* ys;           // [OH * OW rounded up to 8][8], 32-byte aligned
+  const float* w;      // [M][kh * kw][8]: tap t's weights of the group's channels, per multiplier m
+  const float* bias;   // [M][8]
+  int64_t M, kh, kw, sh, sw, dh, dw;
+  float lo, hi;
+  bool clamp_lo, clamp_hi;
+  float* y;  // output plane of lane 0, multiplier 0; lane i, multiplier m at y + (i * M + m) * OH * OW
+  int64_t OH, OW;
+};
+
 struct DepthwiseKernels {
   const char* name;
   int width;  // floats per vector: the phase planes' rows are padded to a multiple of it
@@ -47,7 +76,17 @@ struct DepthwiseKernels {
   // filled for this geometry) and only the input's values are written.
   void (*fill)(const float* x, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw, int64_t Hp, int64_t Wq,
                float* out, bool padding_zero);
+  // The channel-interleaved kernel of one group (nullptr: this ISA has none, every plane runs `plane`).
+  void (*group)(const DepthwiseGroup&);
 };
+
+// Whether a layer of this stride with outputs OW wide takes the channel-interleaved path (where the
+// ISA has it): by default stride 1 at any width, other strides up to kInterleavedStridedWidth.
+constexpr int64_t kInterleavedStridedWidth = 28;
+bool depthwise_interleaved(int64_t sh, int64_t sw, int64_t OW);
+// Debug/testing: outputs at most this wide take it whatever the stride (0: never; negative: the
+// default rule); returns the previous value (-1 for the default rule).
+int64_t set_depthwise_interleaved_width(int64_t width);
 
 const DepthwiseKernels* depthwise_kernels_scalar();
 #if DEEPCOMP_X86
@@ -66,9 +105,17 @@ class DepthwiseConv2d {
   void forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo, float lo, bool clamp_hi,
                float hi) const;
   const DepthwiseGeometry& geometry() const { return g_; }
+  // Which path forward takes for an H x W input: "depthwise_interleaved" or "depthwise".
+  const char* kernel_for(int64_t H, int64_t W) const;
 
  private:
+  void forward_interleaved(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool clamp_lo, float lo,
+                           bool clamp_hi, float hi) const;
+
   std::vector<float> w_, bias_;
+  // w_ and bias_ per channel group for the interleaved path: [groups][M][taps][8], [groups][M][8],
+  // zero in the lanes past the last channel
+  std::vector<float> wi_, bi_;
   DepthwiseGeometry g_;
 };
 

@@ -1,5 +1,7 @@
 // The depthwise row kernel, written once against a vector trait and compiled once per ISA.
-// Include after defining DC_VEC (the trait), DC_NAME and DC_ENTRY (the table's accessor).
+// Include after defining DC_VEC (the trait), DC_NAME and DC_ENTRY (the table's accessor), and
+// DC_INTERLEAVED where the trait has 8 lanes, load_transposed / store_transposed and load_mask (the
+// channel-interleaved kernel; elsewhere every plane runs `plane`).
 #include <algorithm>
 #include <cstdint>
 
@@ -11,14 +13,16 @@ namespace {
 using V = DC_VEC;
 using VT = typename V::T;
 
-inline VT finish(const DepthwisePlane& p, VT acc) {
-  if (p.clamp_lo) acc = V::max(acc, V::set1(p.lo));
-  if (p.clamp_hi) {  // min(a, hi) = -max(-a, -hi)
+inline VT clamp(VT acc, bool clamp_lo, float lo, bool clamp_hi, float hi) {
+  if (clamp_lo) acc = V::max(acc, V::set1(lo));
+  if (clamp_hi) {  // min(a, hi) = -max(-a, -hi)
     const VT neg = V::set1(-1.f);
-    acc = V::mul(V::max(V::mul(acc, neg), V::set1(-p.hi)), neg);
+    acc = V::mul(V::max(V::mul(acc, neg), V::set1(-hi)), neg);
   }
   return acc;
 }
+
+inline VT finish(const DepthwisePlane& p, VT acc) { return clamp(acc, p.clamp_lo, p.lo, p.clamp_hi, p.hi); }
 
 // U vectors of one output row starting at ox: acc[u] = bias + sum over taps of w * src[ox + u*W].
 template <int U>
@@ -216,7 +220,163 @@ void fill(const float* xs, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t
   }
 }
 
-const DepthwiseKernels kTable = {DC_NAME, V::W, &plane, &fill};
+#ifdef DC_INTERLEAVED
+constexpr int L = kInterleaveLanes;
+static_assert(V::W == L, "the interleaved kernel holds one pixel of a group's channels per vector");
+
+// The group's input planes into xs, 8 flat positions at a time (a narrow plane's rows are shorter
+// than a vector): position q lands at xs + xpos[q].
+inline void interleave_input(const DepthwiseGroup& g) {
+  const int64_t HW = g.H * g.W;
+  VT t[L];
+  int64_t q = 0;
+  if (g.lanes == L)
+    for (; q + L <= HW; q += L) {
+      V::load_transposed(g.x + q, HW, t);
+      for (int j = 0; j < L; ++j) V::store(g.xs + g.xpos[q + j], t[j]);
+    }
+  // The last, partial block reads on into the next plane (pixels that are not stored), except
+  // where that would pass the end of the input; those, and every block of a group with fewer
+  // lanes, go through a masked copy.
+  for (; q < HW; q += L) {
+    const int n = int(std::min<int64_t>(L, HW - q));
+    if (g.lanes == L && g.x + (L - 1) * HW + q + L <= g.x_end) {
+      V::load_transposed(g.x + q, HW, t);
+    } else {
+      alignas(32) float part[L * L];
+      for (int i = 0; i < L; ++i)
+        V::store(part + i * L, i < g.lanes ? V::load_mask(g.x + i * HW + q, (1u << n) - 1) : V::zero());
+      V::load_transposed(part, L, t);
+    }
+    for (int j = 0; j < n; ++j) V::store(g.xs + g.xpos[q + j], t[j]);
+  }
+}
+
+// U output pixels of one row: in is the padded pixel tap (0, 0) of the first reads, out its ys pixel;
+// one accumulator chain per pixel, the tap's weight vector shared by all of them.
+template <int U>
+void interleaved_pixels(const DepthwiseGroup& g, const float* w, const float* bias, const float* in, float* out) {
+  VT acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = V::load(bias);
+  const int64_t step = g.sw * L, dx = g.dw * L, dy = g.dh * g.Wp * L;
+  for (int64_t ky = 0; ky < g.kh; ++ky, in += dy) {
+    const float* src = in;
+    for (int64_t kx = 0; kx < g.kw; ++kx, src += dx, w += L) {
+      const VT wv = V::load(w);
+      for (int u = 0; u < U; ++u) acc[u] = V::fma(wv, V::load(src + u * step), acc[u]);
+    }
+  }
+  for (int u = 0; u < U; ++u) V::store(out + u * L, clamp(acc[u], g.clamp_lo, g.lo, g.clamp_hi, g.hi));
+}
+
+// The same for column stride and dilation 1 and a KW-wide kernel: input pixel j of a tap row feeds
+// output pixels j - kx, so it is loaded once for all of them and the tap row's weights stay in
+// registers (a tap row is U + KW - 1 + KW loads instead of KW * (U + 1); the sums keep the order).
+template <int U, int KW>
+void interleaved_pixels_s1(const DepthwiseGroup& g, const float* w, const float* bias, const float* in, float* out) {
+  VT acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = V::load(bias);
+  const int64_t dy = g.dh * g.Wp * L;
+  for (int64_t ky = 0; ky < g.kh; ++ky, in += dy, w += KW * L) {
+    VT wv[KW];
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) wv[kx] = V::load(w + kx * L);
+#pragma GCC unroll 16
+    for (int j = 0; j < U + KW - 1; ++j) {
+      const VT v = V::load(in + j * L);
+#pragma GCC unroll 8
+      for (int kx = 0; kx < KW; ++kx)
+        if (j - kx >= 0 && j - kx < U) acc[j - kx] = V::fma(wv[kx], v, acc[j - kx]);
+    }
+  }
+  for (int u = 0; u < U; ++u) V::store(out + u * L, clamp(acc[u], g.clamp_lo, g.lo, g.clamp_hi, g.hi));
+}
+
+using PixelsFn = void (*)(const DepthwiseGroup&, const float*, const float*, const float*, float*);
+
+template <int KW>
+PixelsFn pixels_s1(int64_t u) {
+  static constexpr PixelsFn fn[9] = {nullptr,
+                                     &interleaved_pixels_s1<1, KW>,
+                                     &interleaved_pixels_s1<2, KW>,
+                                     &interleaved_pixels_s1<3, KW>,
+                                     &interleaved_pixels_s1<4, KW>,
+                                     &interleaved_pixels_s1<5, KW>,
+                                     &interleaved_pixels_s1<6, KW>,
+                                     &interleaved_pixels_s1<7, KW>,
+                                     &interleaved_pixels_s1<8, KW>};
+  return fn[u];
+}
+
+// The kernel of a block of u (1..8) pixels.
+PixelsFn pixels(const DepthwiseGroup& g, int64_t u) {
+  if (g.sw == 1 && g.dw == 1) {
+    if (g.kw == 3) return pixels_s1<3>(u);
+    if (g.kw == 5) return pixels_s1<5>(u);
+    if (g.kw == 7) return pixels_s1<7>(u);
+  }
+  static constexpr PixelsFn fn[9] = {nullptr,           &interleaved_pixels<1>, &interleaved_pixels<2>,
+                                     &interleaved_pixels<3>, &interleaved_pixels<4>, &interleaved_pixels<5>,
+                                     &interleaved_pixels<6>, &interleaved_pixels<7>, &interleaved_pixels<8>};
+  return fn[u];
+}
+
+// ys back into the lanes' output planes of multiplier m, 8 flat positions at a time.
+inline void deinterleave_output(const DepthwiseGroup& g, int64_t m) {
+  const int64_t OHW = g.OH * g.OW, stride = g.M * OHW, whole = OHW / L * L;
+  float* y = g.y + m * OHW;
+  VT t[L];
+  float* rows[L];
+  if (whole < OHW) {
+    // The partial last block first, whole rows: with one multiplier and a plane of at least one
+    // block, lane i's spill past its plane lands in lane i + 1's first block, stored afterwards.
+    // The group's last lane (its next plane is another task's) and the unused lanes go through a
+    // copy, masked.
+    alignas(32) float part[L * L];
+    const int n = int(OHW - whole);
+    const int direct = g.M == 1 && whole > 0 ? g.lanes - 1 : 0;
+    for (int j = 0; j < L; ++j) t[j] = V::load(g.ys + (whole + j) * L);  // ys holds whole blocks
+    for (int i = 0; i < L; ++i) rows[i] = i < direct ? y + i * stride + whole : part + i * L;
+    V::store_transposed(rows, t);
+    for (int i = direct; i < g.lanes; ++i)
+      V::store_mask(y + i * stride + whole, V::load(part + i * L), (1u << n) - 1);
+  }
+  alignas(32) float unused[L * L];  // where the lanes past a partial group's last go
+  for (int64_t q = 0; q < whole; q += L) {
+    for (int j = 0; j < L; ++j) t[j] = V::load(g.ys + (q + j) * L);
+    for (int i = 0; i < L; ++i) rows[i] = i < g.lanes ? y + i * stride + q : unused + i * L;
+    V::store_transposed(rows, t);
+  }
+}
+
+void interleaved_group(const DepthwiseGroup& g) {
+  interleave_input(g);
+  const int64_t taps = g.kh * g.kw;
+  // rows in blocks of at most 8 pixels, as even as possible (a 14-wide row is 7 + 7): the first
+  // `bigger` blocks of a row have size + 1 pixels
+  const int64_t blocks = (g.OW + 7) / 8, size = g.OW / blocks, bigger = g.OW % blocks;
+  const PixelsFn small = pixels(g, size), big = bigger ? pixels(g, size + 1) : nullptr;
+  for (int64_t m = 0; m < g.M; ++m) {
+    const float* w = g.w + m * taps * L;
+    const float* bias = g.bias + m * L;
+    for (int64_t oy = 0; oy < g.OH; ++oy) {
+      const float* in = g.xs + oy * g.sh * g.Wp * L;
+      float* out = g.ys + oy * g.OW * L;
+      for (int64_t b = 0, ox = 0; b < blocks; ++b) {
+        (b < bigger ? big : small)(g, w, bias, in + ox * g.sw * L, out + ox * L);
+        ox += size + (b < bigger);
+      }
+    }
+    deinterleave_output(g, m);
+  }
+}
+#define DC_GROUP &interleaved_group
+#else
+#define DC_GROUP nullptr
+#endif
+
+const DepthwiseKernels kTable = {DC_NAME, V::W, &plane, &fill, DC_GROUP};
+#undef DC_GROUP
 
 }  // namespace
 

@@ -30,11 +30,52 @@ struct VecAvx2 {
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }  // b if either is NaN
+  static __m256i lanes_of(uint32_t m) {
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
+  }
   static void store_mask(float* p, T v, uint32_t m) {
     if (m == 0xff) return _mm256_storeu_ps(p, v);
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
-    _mm256_maskstore_ps(p, sel, v);
+    _mm256_maskstore_ps(p, lanes_of(m), v);
+  }
+  // The lanes of m from p, zero elsewhere; the others are not read (no fault past a buffer's end).
+  static T load_mask(const float* p, uint32_t m) { return _mm256_maskload_ps(p, lanes_of(m)); }
+  // 8 x 8 transposes through memory (the depthwise kernel's channel-interleaved layout).
+  // load_transposed: out[j] = column j of the block whose row i is the 8 floats at p + i * stride;
+  // store_transposed: rows[i][0..8) = (in[0][i], ..., in[7][i]). Both split rows into 128-bit
+  // halves so the shuffles stay within lanes (cross-lane permutes are slow on 128-bit-datapath cores).
+  static void load_transposed(const float* p, int64_t stride, T out[8]) {
+    T a[4], b[4];  // a[i]: columns 0-3 of rows i and i + 4; b[i]: columns 4-7
+    for (int i = 0; i < 4; ++i) {
+      const float* r = p + i * stride;
+      const float* s = p + (i + 4) * stride;
+      a[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r)), _mm_loadu_ps(s), 1);
+      b[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r + 4)), _mm_loadu_ps(s + 4), 1);
+    }
+    transpose4_lanes(a, out);
+    transpose4_lanes(b, out + 4);
+  }
+  static void store_transposed(float* const rows[8], const T in[8]) {
+    T u[4], v[4];  // u[i]: row i, columns 0-3 | row i + 4, columns 0-3; v[i]: the same, columns 4-7
+    transpose4_lanes(in, u);
+    transpose4_lanes(in + 4, v);
+    for (int i = 0; i < 4; ++i) {
+      float* r = rows[i];
+      float* s = rows[i + 4];
+      _mm_storeu_ps(r, _mm256_castps256_ps128(u[i]));
+      _mm_storeu_ps(r + 4, _mm256_castps256_ps128(v[i]));
+      _mm_storeu_ps(s, _mm256_extractf128_ps(u[i], 1));
+      _mm_storeu_ps(s + 4, _mm256_extractf128_ps(v[i], 1));
+    }
+  }
+  // out[j] element i = in[i] element j, separately in each 128-bit half.
+  static void transpose4_lanes(const T in[4], T out[4]) {
+    const T t0 = _mm256_unpacklo_ps(in[0], in[1]), t1 = _mm256_unpackhi_ps(in[0], in[1]);
+    const T t2 = _mm256_unpacklo_ps(in[2], in[3]), t3 = _mm256_unpackhi_ps(in[2], in[3]);
+    out[0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    out[1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    out[2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    out[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
   }
   static float reduce(T v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
