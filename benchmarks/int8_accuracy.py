@@ -16,7 +16,9 @@ against the dense baseline and the file sizes as a markdown table, and writes it
 (default benchmarks/results/int8_accuracy[_MODEL].md).
 
 ``--baseline PATH`` reuses a baseline ``{"state", "top1"}`` .pt such as the methods study's
-(benchmarks/results/methods_fashion/ARCH-baseline.pt) instead of training one.
+(benchmarks/results/methods_fashion/ARCH-baseline.pt) instead of training one. ``--only fp32,int8-1x4``
+runs a subset of the recipes (the peers' rows on the fp32 recipe's weights need ``fp32``), and
+``--density conv2=0.2,fc1=0.12`` overrides those layers' densities in every recipe run.
 """
 
 from __future__ import annotations
@@ -35,16 +37,53 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.peers
 
 
-def recipes(model: str):
-    """(label, Recipe) of each compression compared."""
+RECIPES = {"fp32": "fp32 deep-compression", "int8-1x4": "int8, 1x4 blocks", "int8-4x4": "int8, 4x4 blocks"}
+DEFAULTS = {"iterative": 3, "finetune_epochs": 2, "codebook_epochs": 1}  # the schedule flags' defaults
+
+
+def recipes(model: str, only: list[str], density: dict[str, float]):
+    """(label, Recipe) of each compression compared (the keys of RECIPES in ``only``), with the layer
+    densities in ``density`` in place of the recipe's."""
     from deepcomp.recipes import load_recipe
 
-    fp32 = load_recipe("deep-compression", model)
-    b14 = load_recipe("sparse-int8", model)
-    b44 = load_recipe("sparse-int8", model)
-    b44.defaults = {**b44.defaults, "block": [4, 4]}
-    b44.name = f"{b44.name} (block 4x4)"
-    return [("fp32 deep-compression", fp32), ("int8, 1x4 blocks", b14), ("int8, 4x4 blocks", b44)]
+    out = []
+    for key in only:
+        rec = load_recipe("deep-compression" if key == "fp32" else "sparse-int8", model)
+        if key == "int8-4x4":
+            rec.defaults = {**rec.defaults, "block": [4, 4]}
+            rec.name = f"{rec.name} (block 4x4)"
+        unknown = set(density) - set(rec.layers)
+        if unknown:
+            raise SystemExit(f"--density: no layer {', '.join(sorted(unknown))} in recipe {rec.name} "
+                             f"(layers: {', '.join(rec.layers)})")
+        for layer, d in density.items():
+            rec.layers[layer] = {**rec.layers[layer], "density": d}
+        label = RECIPES[key] + "".join(f", {k} {v:g}" for k, v in density.items())
+        out.append((label, rec))
+    return out
+
+
+def parse_density(text: str) -> dict[str, float]:
+    """``conv2=0.2,fc1=0.12`` as {layer: density}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        layer, _, value = item.partition("=")
+        try:
+            out[layer.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LAYER=DENSITY, got {item!r}") from None
+        if not 0 < out[layer.strip()] <= 1:
+            raise argparse.ArgumentTypeError(f"density of {layer.strip()} must be in (0, 1], got {value}")
+    return out
+
+
+def parse_only(text: str) -> list[str]:
+    """``fp32,int8-1x4`` as a list of RECIPES keys."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in keys if k not in RECIPES]
+    if bad or not keys:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(RECIPES)}, got {text!r}")
+    return keys
 
 
 def peer_int8_rows(label: str, onnx_path: str, calib, test_ds, workdir: str) -> list[tuple[str, float]]:
@@ -84,19 +123,35 @@ def dense_onnx(model, shape, path: str) -> str:
     return path
 
 
+def command_flags(a) -> str:
+    """The schedule, subset and density flags of this run, as typed on the command line."""
+    flags = "" if a.quick else "".join(f" --{k.replace('_', '-')} {v}" for k, v in [
+        ("iterative", a.iterative), ("finetune_epochs", a.finetune_epochs), ("codebook_epochs", a.codebook_epochs)]
+        if v != DEFAULTS[k])
+    if a.only != list(RECIPES):
+        flags += " --only " + ",".join(a.only)
+    if a.density:
+        flags += " --density " + ",".join(f"{k}={v:g}" for k, v in a.density.items())
+    return flags + (" --no-peers" if a.no_peers else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "vgg16-small"])
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--epochs", type=int, default=8, help="baseline training epochs")
-    ap.add_argument("--iterative", type=int, default=3)
-    ap.add_argument("--finetune-epochs", type=int, default=2)
-    ap.add_argument("--codebook-epochs", type=int, default=1)
+    ap.add_argument("--iterative", type=int, default=DEFAULTS["iterative"])
+    ap.add_argument("--finetune-epochs", type=int, default=DEFAULTS["finetune_epochs"])
+    ap.add_argument("--codebook-epochs", type=int, default=DEFAULTS["codebook_epochs"])
     ap.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
     ap.add_argument("--quick", action="store_true", help="2 baseline epochs, 1 step of 1 epoch, 10k samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline", help="a {'state', 'top1'} .pt of the model to reuse instead of training one")
     ap.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime / OpenVINO int8 rows")
+    ap.add_argument("--only", type=parse_only, default=list(RECIPES),
+                    help=f"comma-separated recipes to run, of {', '.join(RECIPES)} (default: all)")
+    ap.add_argument("--density", type=parse_density, default={},
+                    help="layer densities overriding the recipes', e.g. conv2=0.2,fc1=0.12")
     ap.add_argument("--out", help="default: benchmarks/results/int8_accuracy[_MODEL][_quick].md")
     a = ap.parse_args(argv)
     if a.out is None:
@@ -113,6 +168,7 @@ def main(argv=None) -> int:
     from deepcomp.dcz import decompress
     from deepcomp.zoo import LoadedModel, resolve_arch
 
+    runs = recipes(a.model, a.only, a.density)  # checked before any training
     t_start = time.time()
     train_ds = load_dataset(a.data, "train", limit=a.limit)
     test_ds = load_dataset(a.data, "test")
@@ -129,7 +185,7 @@ def main(argv=None) -> int:
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for label, rec in recipes(a.model):
+        for label, rec in runs:
             model.load_state_dict(trained)  # every recipe starts from the same baseline
             t0 = time.time()
             r = compress(LoadedModel(model, a.model, shape, f"benchmark:{a.model}"), recipe=rec,
@@ -154,7 +210,8 @@ def main(argv=None) -> int:
             calib, _ = calibration_data(train_ds, shape, seed=a.seed)  # the samples deepcomp's int8 files calibrate on
             peers += peer_int8_rows("dense baseline", dense_onnx(model, shape, os.path.join(d, "dense.onnx")),
                                     calib, test_ds, d)
-            peers += peer_int8_rows("fp32 deep-compression weights", fp32_onnx, calib, test_ds, d)
+            if "fp32" in a.only:
+                peers += peer_int8_rows("fp32 deep-compression weights", fp32_onnx, calib, test_ds, d)
             for label, acc in peers:
                 print(f"{label}: top-1 {100 * acc:.2f}%", flush=True)
     lines = [f"{a.model} on {a.data}: dense fp32 baseline top-1 {100 * base['top1']:.2f}% ({how}); "
@@ -170,7 +227,8 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {100 * acc:.2f}% (peer runtime) | {100 * (acc - base['top1']):+.2f} | | | |")
     lines += ["", f"`python benchmarks/int8_accuracy.py{' --quick' if a.quick else ''}"
                   f"{'' if a.model == 'lenet-5' else ' --model ' + a.model}"
-                  f"{' --baseline ' + a.baseline if a.baseline else ''}`, {time.time() - t_start:.0f} s"]
+                  f"{' --baseline ' + a.baseline if a.baseline else ''}{command_flags(a)}`, "
+                  f"{time.time() - t_start:.0f} s"]
     text = "\n".join(lines)
     print("\n" + text)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
