@@ -16,7 +16,7 @@ against the dense baseline and the file sizes as a markdown table, and writes it
 (default benchmarks/results/int8_accuracy[_MODEL].md).
 
 ``--baseline PATH`` reuses a baseline ``{"state", "top1"}`` .pt such as the methods study's
-(benchmarks/results/methods_fashion/ARCH-baseline.pt) instead of training one. ``--only fp32,int8-1x4``
+(benchmarks/results/baselines/ARCH-8ep.pt, the previous study's) instead of training one. ``--only fp32,int8-1x4``
 runs a subset of the recipes (the peers' rows on the fp32 recipe's weights need ``fp32``), and
 ``--density conv2=0.2,fc1=0.12`` overrides those layers' densities in every recipe run.
 """
