@@ -23,7 +23,7 @@ conv-heavy VGG-16-style model, checked against the write-ups' claims.
 Stages run in ``--jobs`` worker processes (default 2, one thread each on 2 cores; stage_pool.py), the
 costliest ready stage first. Interrupted runs resume: the baselines are kept as WORKDIR/ARCH-baseline.pt,
 the sweeps point by point, every other stage as WORKDIR/STAGE.json (settings.json refuses a resume with
-other settings); the workers' logs are WORKDIR/logs/ARCH:STAGE.log. When every stage is stored, this
+other settings); the workers' logs are WORKDIR/logs/ARCH-STAGE.log. When every stage is stored, this
 process puts the report together and times the paper-recipe files on all cores.
 
 Accuracy figures do not depend on machine load; the ms columns do (measured in one process,

@@ -4,7 +4,7 @@ A study made of independent stages (each one command that stores its result, so 
 uses 2 cores better as 2 single-thread processes than as one process on 2 threads: small models
 scale poorly across threads. ``run_stages`` starts each stage as its own command once the stages it
 needs have finished, always the ready stage of highest rank first (its cost plus that of the stages
-waiting for it: list scheduling, so that neither a prerequisite nor a long stage ends up last), logs each to ``LOGDIR/NAME.log`` and prints one line per start and finish.
+waiting for it: list scheduling, so that neither a prerequisite nor a long stage ends up last), logs each to ``LOGDIR/NAME.log`` (':' and '/' of NAME as '-') and prints one line per start and finish.
 
 A stage that fails stops no other; the others run to the end, so nothing finished is lost, and the
 call returns the names of the failed stages (their log's last lines are printed).
@@ -25,6 +25,10 @@ class Stage:
     argv: list[str]
     cost: float  # any unit, the same for every stage: only the order depends on it
     needs: list[str] = field(default_factory=list)
+
+
+def log_path(logdir: str, name: str) -> str:
+    return os.path.join(logdir, name.replace(":", "-").replace("/", "-") + ".log")
 
 
 def _tail(path: str, n: int = 15) -> str:
@@ -51,7 +55,7 @@ def run_stages(stages: list[Stage], jobs: int, logdir: str, threads: int = 1) ->
                 failed.append(pending.pop(name).name)
                 print(f"[{_clock(t0)}] {name}: skipped, a stage it needs failed", flush=True)
             for s in ready[:max(0, jobs - len(running))]:
-                log = open(os.path.join(logdir, f"{s.name}.log"), "w")
+                log = open(log_path(logdir, s.name), "w")
                 proc = subprocess.Popen(s.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[s.name] = (proc, time.time(), log)
                 del pending[s.name]
@@ -69,7 +73,7 @@ def run_stages(stages: list[Stage], jobs: int, logdir: str, threads: int = 1) ->
                     print(f"[{_clock(t0)}] {name}: done in {time.time() - start:.0f} s", flush=True)
                 else:
                     failed.append(name)
-                    path = os.path.join(logdir, f"{name}.log")
+                    path = log_path(logdir, name)
                     print(f"[{_clock(t0)}] {name}: FAILED (exit {proc.returncode}), {path}:\n{_tail(path)}",
                           file=sys.stderr, flush=True)
     finally:
