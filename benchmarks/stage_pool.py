@@ -52,7 +52,8 @@ def run_stages(stages: list[Stage], jobs: int, logdir: str, threads: int = 1) ->
                            key=lambda s: -rank[s.name])
             blocked = [s.name for s in pending.values() if any(n in failed for n in s.needs)]
             for name in blocked:  # a stage whose prerequisite failed cannot run
-                failed.append(pending.pop(name).name)
+                del pending[name]
+                failed.append(name)
                 print(f"[{_clock(t0)}] {name}: skipped, a stage it needs failed", flush=True)
             for s in ready[:max(0, jobs - len(running))]:
                 log = open(log_path(logdir, s.name), "w")

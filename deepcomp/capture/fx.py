@@ -268,6 +268,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 _TRANSFORMER = ("torch's Transformer modules are not captured, their forward branches on the input: "
                 "build the block from nn.MultiheadAttention(batch_first=True), nn.LayerNorm and nn.Linear, as "
                 "torchvision's ViT does, and it is")
+_TOKENS = "token ids are not captured: a .dcz graph takes one float tensor (compress the model after its embedding)"
 REFUSED: dict[type, str] = {
     nn.RNNBase: "recurrent layers (LSTM, GRU, RNN) are not captured: a .dcz graph runs feed-forward models",
     nn.RNNCellBase: "recurrent cells are not captured: a .dcz graph runs feed-forward models",
@@ -276,10 +277,8 @@ REFUSED: dict[type, str] = {
     nn.TransformerEncoderLayer: _TRANSFORMER,
     nn.TransformerDecoder: _TRANSFORMER,
     nn.TransformerDecoderLayer: _TRANSFORMER,
-    nn.Embedding: "token ids are not captured: a .dcz graph takes one float tensor (compress the model after "
-                  "its embedding)",
-    nn.EmbeddingBag: "token ids are not captured: a .dcz graph takes one float tensor (compress the model after "
-                     "its embedding)",
+    nn.Embedding: _TOKENS,
+    nn.EmbeddingBag: _TOKENS,
 }
 
 
@@ -292,7 +291,7 @@ def refuse(model: nn.Module, unsupported: Callable) -> None:
 
 
 def capture_fx(model: nn.Module, input_shape: tuple, unsupported: Callable) -> dict:
-    refuse(model, unsupported)
+    """The graph of ``model`` (already checked by :func:`refuse`, which ``capture`` runs first)."""
     return Capture(model, trace(model), input_shape, unsupported).run()
 
 
