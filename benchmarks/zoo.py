@@ -13,11 +13,17 @@ largest |logit|; "same top-1" compares the argmax of 4 random inputs. Times are 
 median of --repeat rounds of alternating blocks (deepcomp.bench.bench_file), the dense baseline
 being the same graph run by PyTorch eager ops on the decompressed weights, same thread count.
 A model that fails says why in the table.
+
+Each finished model is merged into --json at once (keyed by name), so a long run that stops half-way
+keeps what it measured, and several runs (a quiet one for the common models, a long one for the
+largest) add up to one table of every model stored there. A row timed while other processes used
+the CPU is marked, and its times are not to be quoted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -97,15 +103,18 @@ def run_model(name: str, threads: int, repeat: int, workdir: Path) -> dict:
         ref = res.model(torch.from_numpy(x)).numpy()
     y = rt_model(x)
     scale = float(np.abs(ref).max())
-    e2e = bench_file(path, batches=(1,), threads=threads, repeat=repeat, layers=False)[0]["end_to_end"]
+    bench = bench_file(path, batches=(1,), threads=threads, repeat=repeat, layers=False)[0]
+    e2e = bench["end_to_end"]
     return {"model": name, "params": params, "file_bytes": size_bytes, "ratio": 4 * params / size_bytes,
             "max_diff": float(np.abs(y - ref).max()) / max(scale, 1e-30), "spread": float(ref.std()),
             "same_top1": bool((y.argmax(1) == ref.argmax(1)).all()), "dense_ms": e2e["dense_ms"],
-            "deepcomp_ms": e2e["sparse_ms"], "speedup": e2e["speedup"]}
+            "deepcomp_ms": e2e["sparse_ms"], "speedup": e2e["speedup"], "threads": threads,
+            "foreign_cores": bench["foreign_cores"]["end_to_end"], "busy": bool(bench["unreliable"])}
 
 
 def table(rows: list[dict], threads: int) -> str:
-    lines = [f"batch 1, {threads} thread(s); random weights, default recipe; `python benchmarks/zoo.py`", "",
+    lines = [f"batch 1, {threads} thread(s); random weights, default recipe; `python benchmarks/zoo.py`; "
+             "(busy): other processes used the CPU while that row was timed, its times are not valid", "",
              "| model | params | file | ratio | max diff | same top-1 | dense PyTorch ms | deepcomp ms | speedup |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
@@ -117,13 +126,22 @@ def table(rows: list[dict], threads: int) -> str:
             top1 += " (logits do not vary)"
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['file_bytes'] / 2**20:.2f} MB | "
                      f"{r['ratio']:.1f}x | {r['max_diff']:.1e} | {top1} | {r['dense_ms']:.2f} | "
-                     f"{r['deepcomp_ms']:.2f} | {r['speedup']:.2f}x |")
-    cnn = [r["speedup"] for r in rows if "error" not in r and not r["model"].startswith(CNN_EXCLUDE)]
+                     f"{r['deepcomp_ms']:.2f} | {r['speedup']:.2f}x{' (busy)' if r.get('busy') else ''} |")
+    quiet = [r for r in rows if "error" not in r and not r.get("busy")]
+    cnn = [r["speedup"] for r in quiet if not r["model"].startswith(CNN_EXCLUDE)]
     if cnn:
         geo = math.exp(sum(math.log(s) for s in cnn) / len(cnn))
-        lines += ["", f"Geometric mean speedup over the {len(cnn)} CNN models that ran: {geo:.2f}x; "
+        lines += ["", f"Geometric mean speedup over the {len(cnn)} CNN models timed on a quiet machine: {geo:.2f}x; "
                       f"slower than PyTorch: {sum(s < 1 for s in cnn)}."]
     return "\n".join(lines) + "\n"
+
+
+def load_rows(path: str) -> dict[str, dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
 
 
 def main(argv=None) -> int:
@@ -132,20 +150,25 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/zoo.md", help="where the markdown table goes")
+    ap.add_argument("--json", default="benchmarks/results/zoo.json",
+                    help="rows by model, merged after each model; the table shows every row stored here")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else all_models()
-    rows = []
+    stored = load_rows(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         for name in tqdm(names, desc="zoo", unit="model"):
             t = time.perf_counter()
             try:
-                rows.append(run_model(name, args.threads, args.repeat, Path(tmp)))
+                stored[name] = run_model(name, args.threads, args.repeat, Path(tmp))
             except DeepcompError as e:
-                rows.append({"model": name, "error": str(e).split(":")[0][:120].replace("|", "/")})
+                stored[name] = {"model": name, "error": str(e).split(":")[0][:120].replace("|", "/")}
             finally:
                 for f in Path(tmp).glob("*.dcz"):
                     f.unlink()
+            atomic_write(args.json, (json.dumps(stored, indent=1, sort_keys=True) + "\n").encode())
             tqdm.write(f"{name}: {time.perf_counter() - t:.0f} s")
+    order = {n: i for i, n in enumerate(all_models())}
+    rows = sorted(stored.values(), key=lambda r: order.get(r["model"], len(order)))
     text = table(rows, args.threads)
     atomic_write(args.out, text.encode())
     print(text)
