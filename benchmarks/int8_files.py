@@ -1,11 +1,13 @@
 """End to end: .dcz files on deepcomp's runtime, in one process, alternating blocks, the same input.
 
     python benchmarks/int8_files.py a8.dcz a32.dcz [--batch 1,8] [--repeat 5] [--threads 2]
+    python benchmarks/int8_files.py a8.dcz@file a8.dcz@auto a32.dcz    # deepcomp.load(..., int8=MODE)
 
 Made for an int8 file against the fp32 file of the same model (for example
 ``deepcomp compress torchvision:alexnet --recipe sparse-int8 -o a8.dcz`` and ``--recipe
 deep-compression -o a32.dcz``): prints each file's median ms per batch and its ratio to the last
-file, with the machine's load average (figures from a loaded machine are only ratios).
+file, with the CPU time other processes used meanwhile (figures from a busy machine are only
+ratios). ``FILE@MODE`` loads FILE with ``int8=MODE`` (auto, file, off; default auto).
 """
 
 from __future__ import annotations
@@ -28,20 +30,26 @@ def main(argv=None) -> int:
     import deepcomp._native as nat
     import deepcomp.runtime as rt
     from deepcomp.bench import median_ms, steady_heap
+    from deepcomp.cpuload import ForeignLoad
 
     steady_heap()
     rt.set_num_threads(a.threads)
-    models = [deepcomp.load(f) for f in a.files]
+    specs = [f.rsplit("@", 1) if "@" in f else (f, "auto") for f in a.files]
+    models = [deepcomp.load(f, int8=mode) for f, mode in specs]
+    names = [os.path.basename(f) for f in a.files]
     shape = models[0].input_shape
-    print(f"{a.threads} threads, fp32 {nat.isa()}, int8 {nat.int8_isa()}, load average {os.getloadavg()[0]:.1f}; "
-          "medians of alternating blocks in one process")
+    print(f"{a.threads} threads, fp32 {nat.isa()}, int8 {nat.int8_isa()}; medians of alternating blocks in one process")
+    for m, name in zip(models, names):
+        for node, why in m.fp32_fallback.items():
+            print(f"{name}: {node} runs fp32 ({why})")
     for batch in (int(b) for b in a.batch.split(",")):
         x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-        ms = median_ms(*[(lambda m=m: m(x)) for m in models], repeat=a.repeat)
-        for f, m, t in zip(a.files, models, ms):
+        with ForeignLoad() as load:
+            ms = median_ms(*[(lambda m=m: m(x)) for m in models], repeat=a.repeat)
+        for name, m, t in zip(names, models, ms):
             n8 = sum(1 for l in m.layers if l.precision == "int8")
-            print(f"batch {batch}: {os.path.basename(f)} ({n8}/{len(m.layers)} int8 layers): {t:.2f} ms "
-                  f"({ms[-1] / t:.2f}x vs {os.path.basename(a.files[-1])})")
+            print(f"batch {batch}: {name} ({n8}/{len(m.layers)} int8 layers): {t:.2f} ms ({ms[-1] / t:.2f}x vs {names[-1]})")
+        print(f"batch {batch}: other processes used {load.cores if load.cores is not None else float('nan'):.2f} cores")
     return 0
 
 

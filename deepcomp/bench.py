@@ -229,10 +229,11 @@ def _int8_dense(dense_fn, fusion: dict):
 
 
 def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
-               layers: bool = True, seed: int = 0) -> list[dict]:
-    """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}}``; each layer row
-    also says which kernel runs it (``"kernel"``: "sparse" or "dense"). Calls :func:`steady_heap`
-    first, a process-wide glibc setting that stays in effect afterwards."""
+               layers: bool = True, seed: int = 0, int8: str = "auto") -> list[dict]:
+    """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}, "fp32_fallback"}``;
+    each layer row also says which kernel runs it (``"kernel"``: "sparse" or "dense"; "int8").
+    ``int8``: as for deepcomp.load; ``fp32_fallback`` names the int8 nodes that ran fp32 and why.
+    Calls :func:`steady_heap` first, a process-wide glibc setting that stays in effect afterwards."""
     import deepcomp.runtime as rt
     from deepcomp.dcz import decompress
 
@@ -240,7 +241,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
     n = int(threads or int(os.environ.get("DEEPCOMP_NUM_THREADS", 0)) or os.cpu_count() or 1)
     torch.set_num_threads(n)
     rt.set_num_threads(n)
-    model = rt.load(path)
+    model = rt.load(path, int8=int8)
     c_dense = DenseTorchGraph(model.graph, decompress(path)).eval()
     users = _layer_consumers(model.graph)
     by_name = {nd["name"]: nd for nd in model.graph["nodes"]}
@@ -301,7 +302,8 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
         results.append({"threads": n, "batch": int(batch), "layers": rows,
                         "end_to_end": {"dense_ms": dense_e2e, "sparse_ms": sparse_e2e,
                                        "speedup": dense_e2e / sparse_e2e},
-                        "isa": _isa() + (f", int8 {_int8_isa()}" if fusion else "")})
+                        "isa": _isa() + (f", int8 {_int8_isa()}" if fusion else ""),
+                        "fp32_fallback": dict(model.fp32_fallback)})
         _add_trust(results[-1], layer_load if layers else None, e2e_load)
     return results
 

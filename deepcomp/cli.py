@@ -325,6 +325,16 @@ def _add_run(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="batch size with --input-random")
     p.add_argument("-o", "--output", type=output_file, metavar="y.npy", help="write the output here (default: print a summary)")
     p.add_argument("--threads", type=thread_count, help="threads for the kernels (default: DEEPCOMP_NUM_THREADS or all cores)")
+    _add_int8_choice(p)
+
+
+INT8_HELP = ("which layers a sparse-int8 file runs int8: 'auto' (default) those this CPU's int8 kernels run "
+             "faster than fp32, 'file' every layer the file marks int8 (the same bits on every CPU), 'off' none "
+             "(fp32 on the shared weights)")
+
+
+def _add_int8_choice(p) -> None:
+    p.add_argument("--int8", choices=("auto", "file", "off"), default="auto", help=INT8_HELP)
 
 
 def _read_input(path: str):
@@ -358,7 +368,12 @@ def cmd_run(args) -> int:
 
     if args.threads:
         rt.set_num_threads(args.threads)
-    model = rt.load(args.file)
+    from deepcomp.report import fallback_notes
+
+    model = rt.load(args.file, int8=args.int8)
+    notes = fallback_notes(model.fp32_fallback).strip()
+    if notes:
+        print(notes, file=sys.stderr)
     if args.input:
         x = _read_input(args.input)
     else:
@@ -385,13 +400,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=thread_count, help="threads for both torch and deepcomp (default: all cores)")
     p.add_argument("--repeat", type=positive_int, default=10, metavar="R", help="timed runs per measurement (median; default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_int8_choice(p)
 
 
 def cmd_bench(args) -> int:
     from deepcomp.bench import bench_file
     from deepcomp.report import print_bench
 
-    results = bench_file(args.file, batches=args.batch, threads=args.threads, repeat=args.repeat)
+    results = bench_file(args.file, batches=args.batch, threads=args.threads, repeat=args.repeat, int8=args.int8)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
@@ -478,6 +494,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help='print {"top1", "top5", "loss", "samples"} as JSON (fractions, not percent)')
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--int8", choices=("auto", "file", "off"), default="file",
+                   help=INT8_HELP.replace("'auto' (default)", "'auto'").replace("CPU)", "CPU, the default here)"))
 
 
 def cmd_eval(args) -> int:
@@ -489,7 +507,7 @@ def cmd_eval(args) -> int:
     if str(args.file).endswith(".dcz"):
         from deepcomp.train import load_dcz_for_eval
 
-        model, engine = load_dcz_for_eval(args.file)
+        model, engine = load_dcz_for_eval(args.file, int8=args.int8)
     else:
         from deepcomp.zoo import load_model
 

@@ -157,7 +157,12 @@ def format_bench(r: dict) -> str:
                  "", ""])
     title = f"batch {r['batch']}, {r['threads']} thread(s), kernels: {r['isa']}; median ms"
     warnings = "".join(f"\nUNRELIABLE: {w}" for w in r.get("unreliable", []))
-    return title + "\n\n" + format_table(head, rows, left=3) + warnings
+    return title + "\n\n" + format_table(head, rows, left=3) + fallback_notes(r.get("fp32_fallback")) + warnings
+
+
+def fallback_notes(fallback: dict | None) -> str:
+    """Lines naming the int8 nodes of a file that the runtime runs fp32 (deepcomp.runtime.precision)."""
+    return "".join(f"\nfp32 here: {name} ({why})" for name, why in (fallback or {}).items())
 
 
 def print_bench(r: dict) -> None:

@@ -68,7 +68,7 @@ NO_TORCH = textwrap.dedent("""
     import numpy as np, deepcomp
     path, xin, out = sys.argv[1:4]
     x = np.load(xin)
-    m = deepcomp.load(path)
+    m = deepcomp.load(path, int8="file")  # every int8 node int8, whatever this CPU's int8 kernels
     ref = deepcomp.runtime.load(path, int8_reference=True)
     np.savez(out, y=m(x), ref=ref(x), steps=np.array([s.name for s in m.steps]),
              int8=np.array([l.name for l in m.layers if l.precision == "int8"]))
@@ -135,7 +135,7 @@ def test_layer_kept_fp32_by_the_recipe(tmp_path):
     nodes = {n["name"]: n["attrs"] for n in c.graph["nodes"]}
     assert nodes["c2"].get("int8") is None and nodes["c1"]["int8"]["out"] == "f32"
     assert nodes["c1"]["int8"]["block"] == [4, 4]
-    m = deepcomp.load(tmp_path / "m.dcz")
+    m = deepcomp.load(tmp_path / "m.dcz", int8="file")
     assert [l.name for l in m.layers if l.precision == "int8"] == ["c1", "fc1", "fc2"]
     x = np.random.default_rng(3).standard_normal((2, *SHAPE)).astype(np.float32)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def test_batchnorm_after_int8_conv(tmp_path):
     nodes = {n["name"]: n["attrs"] for n in read_dcz(tmp_path / "bn.dcz").graph["nodes"]}
     assert all(nodes[c]["bn"] is not None and nodes[c]["int8"] is not None for c in ("c1", "c2", "c3"))
     assert [nodes[c]["int8"]["out"] for c in ("c1", "c2", "c3")] == ["u8", "u8", "u8"]
-    m = deepcomp.load(tmp_path / "bn.dcz")
+    m = deepcomp.load(tmp_path / "bn.dcz", int8="file")
     assert [l.name for l in m.layers if l.precision == "int8"] == ["c1", "c2", "c3", "fc"]
     assert [s.name for s in m.steps] == ["c1", "c2", "c3", "fc"]  # relu + pool fused, flatten absorbed
     ref = deepcomp.load(tmp_path / "bn.dcz", int8_reference=True)
@@ -209,32 +209,75 @@ def test_info_shows_int8_nodes(int8_file, capsys):
 def test_bench_runs_an_int8_file(int8_file):
     from deepcomp.bench import bench_file
 
-    r = bench_file(int8_file[0], batches=(2,), repeat=1)[0]
+    r = bench_file(int8_file[0], batches=(2,), repeat=1, int8="file")[0]
     assert [(l["name"], l["kernel"]) for l in r["layers"]] == [(n, "int8") for n in ("c1", "c2", "fc1", "fc2")]
     assert r["end_to_end"]["sparse_ms"] > 0 and r["end_to_end"]["dense_ms"] > 0 and "int8" in r["isa"]
+    assert r["fp32_fallback"] == {}
 
 
-def test_bad_block_shape_is_one_line(tmp_path):
-    recipe = tmp_path / "bad.toml"
-    recipe.write_text('name = "bad"\n[defaults]\nblock = [2, 4]\n')
-    p = subprocess.run([sys.executable, "-m", "deepcomp", "compress", "zoo:lenet-5", "--recipe", str(recipe),
-                        "-o", str(tmp_path / "x.dcz"), "-q"], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert p.returncode != 0
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "block must be [1, 4] or [4, 4]" in lines[0], p.stderr
+class ResNetLike(nn.Module):
+    """A stem conv, one residual block (two convs between fp32 adds), a linear head: short int8 chains."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["alexnet"])  # vgg16 works the same and takes 3.5 min on a loaded machine
-def test_torchvision_int8_compress_load_run(arch, tmp_path):
+def test_auto_runs_short_conv_chains_fp32_on_avx2(tmp_path, monkeypatch):
+    """int8="auto" (the default) moves to fp32 the int8 chains the rule of this CPU's int8 path names
+    (on avx2: fewer than 4 convs joined by uint8 edges, no linear layer); the rest stays int8 and the
+    borders convert. "file" runs every int8 node int8, "off" none."""
     import deepcomp
+    from deepcomp.runtime import executor
+    from deepcomp.runtime.precision import chains
 
     torch.manual_seed(0)
-    r = compress(f"torchvision:{arch}", recipe="sparse-int8", progress=False)
-    r.save(tmp_path / "m.dcz")
-    m = deepcomp.load(tmp_path / "m.dcz")
-    fp32 = {"alexnet": {"features.0"}}.get(arch, set())  # the recipe keeps AlexNet's conv1 fp32
-    assert {l.name for l in m.layers if l.precision != "int8"} == fp32
-    y = m(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
-    assert y.shape == (1, 1000) and np.isfinite(y).all()
+    r = compress(ResNetLike().eval(), recipe="sparse-int8", input_shape=SHAPE, progress=False)
+    path = tmp_path / "res.dcz"
+    r.save(path)
+    x = np.random.default_rng(5).standard_normal((2, *SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()
+    full = deepcomp.load(path, int8="file")
+    assert [[n for n, _ in c] for c in chains(full.plan.steps)] == [["stem"], ["c1", "c2"], ["fc"]]
+    monkeypatch.setattr(executor._native, "int8_isa", lambda: "avx2")
+    m = deepcomp.load(path)
+    assert list(m.fp32_fallback) == ["stem", "c1", "c2"] and "chain of 2 conv(s) (c1, c2)" in m.fp32_fallback["c1"]
+    assert [(l.name, l.precision) for l in m.layers] == [("stem", "fp32"), ("c1", "fp32"), ("c2", "fp32"),
+                                                          ("fc", "int8")]
+    assert np.abs(m(x) - y32).max() <= TOLERANCE * np.abs(y32).max()
+    off = deepcomp.load(path, int8="off")
+    assert {l.precision for l in off.layers} == {"fp32"} and len(off.fp32_fallback) == 4
+    assert np.abs(off(x) - y32).max() <= 1e-4 * np.abs(y32).max()  # the decoded weights, fp32 throughout
+    monkeypatch.setattr(executor._native, "int8_isa", lambda: "avx512vnni")
+    assert deepcomp.load(path).fp32_fallback == {}
+    with pytest.raises(ValueError, match="'auto', 'file', 'off'"):
+        deepcomp.load(path, int8="fast")
+
+
+def test_long_chains_and_linear_stay_int8_on_avx2(int8_file, monkeypatch):
+    import deepcomp
+    from deepcomp.runtime import executor
+
+    monkeypatch.setattr(executor._native, "int8_isa", lambda: "avx2")
+    m = deepcomp.load(int8_file[0])  # c1 -> c2 -> fc1 -> fc2: one chain holding linear layers
+    assert m.fp32_fallback == {} and {l.precision for l in m.layers} == {"int8"}
+
+
+def test_cli_says_which_int8_layers_run_fp32(int8_file, capsys):
+    path = str(int8_file[0])
+    assert main(["bench", path, "--repeat", "1", "--int8", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32 here: c1 (int8=\"off\")" in out and "fp32 here: fc2" in out
+    assert main(["run", path, "--input-random", "--int8", "off"]) == 0
+    assert "fp32 here: c2" in capsys.readouterr().err
+    assert main(["run", path, "--input-random", "--int8", "file"]) == 0
+    assert "fp32 here" not in capsys.readouterr().err

@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from deepcomp.errors import DczError, InputShapeError
-from deepcomp.runtime import ops
+from deepcomp.runtime import ops, precision
 from deepcomp.runtime.ops import OPS, BuildContext, kernel, native_bindings
 from deepcomp.runtime.plan import check_memory, make_plan
 from deepcomp.runtime.tensors import Tensors
@@ -77,19 +77,27 @@ class RuntimeModel:
     """
 
     def __init__(self, graph: dict, dense: dict, coded: dict, meta: dict | None = None, *, release: bool = False,
-                 int8_reference: bool = False):
+                 int8_reference: bool = False, int8: str = "auto"):
         """``release=True`` hands the tensor dicts over: each coded tensor is dropped from ``coded`` as
         soon as the kernels of its last user hold their own layout, so the loader's CSR arrays and the
         kernels' copies are never all alive at once (peak memory), and none stay alive after.
         ``int8_reference=True`` runs the int8 nodes on the numpy integer reference (the definition of
-        their results; slow) instead of the native int8 kernels."""
-        self.graph = graph
+        their results; slow) instead of the native int8 kernels, every node the file marks int8.
+        ``int8``: which of those run int8 on the native kernels, "auto", "file" or "off"
+        (deepcomp.runtime.precision); ``fp32_fallback`` then says which run fp32 and why."""
         self._int8_reference = bool(int8_reference)
         self.meta = meta or {}
         self._tensors = Tensors(dense, coded)
         self._kernels: dict[str, Any] = {}  # node name -> its native kernel (weighted layers)
         self.layers: list[LayerInfo] = []
-        self.plan = make_plan(graph, self._tensors.shape)
+        self.plan = make_plan(graph, self._tensors.shape)  # validates the graph as the file gives it
+        isa = _native.int8_isa() if _native is not None and hasattr(_native, "int8_isa") else None
+        self.fp32_fallback = precision.fp32_nodes(self.plan, "file" if int8_reference else precision.check_mode(int8),
+                                                  isa)
+        if self.fp32_fallback:
+            graph = precision.without_int8(graph, self.fp32_fallback)
+            self.plan = make_plan(graph, self._tensors.shape)
+        self.graph = graph
         self.input_name, self.input_shape = self.plan.input_name, self.plan.input_shape
         self.output_name, self.output_shape = graph["output"], self.plan.output_shape
         users: dict[str, int] = {}
@@ -122,7 +130,8 @@ class RuntimeModel:
             coded.clear()
 
     @classmethod
-    def from_loaded(cls, loaded: dict, *, release: bool = False, int8_reference: bool = False) -> "RuntimeModel":
+    def from_loaded(cls, loaded: dict, *, release: bool = False, int8_reference: bool = False,
+                    int8: str = "auto") -> "RuntimeModel":
         def parse(key):
             raw = loaded.get(key)
             try:
@@ -136,7 +145,7 @@ class RuntimeModel:
             return value
 
         return cls(parse("graph"), loaded.get("dense", {}), loaded.get("coded", {}), parse("meta"), release=release,
-                   int8_reference=int8_reference)
+                   int8_reference=int8_reference, int8=int8)
 
     def _compile(self, s) -> Callable:
         op = OPS[s.op]
@@ -220,22 +229,24 @@ class RuntimeModel:
                 f"{len(self._steps)} steps, {len(self.layers)} weighted layers, {nnz} weights kept)")
 
 
-def load(path: str | os.PathLike, *, int8_reference: bool = False) -> RuntimeModel:
-    """Load a .dcz file and plan its execution. Raises DczError for a bad file. ``int8_reference``:
-    see :class:`RuntimeModel`."""
+def load(path: str | os.PathLike, *, int8_reference: bool = False, int8: str = "auto") -> RuntimeModel:
+    """Load a .dcz file and plan its execution. Raises DczError for a bad file. ``int8_reference``,
+    ``int8``: see :class:`RuntimeModel`."""
+    precision.check_mode(int8)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DczError(f"{path!r} does not exist or is not a file")
     if _native is None or not hasattr(_native, "load_dcz"):
         raise DczError("the native extension deepcomp._native is not available; reinstall deepcomp (pip install .)")
-    return RuntimeModel.from_loaded(_native.load_dcz(path), release=True, int8_reference=int8_reference)
+    return RuntimeModel.from_loaded(_native.load_dcz(path), release=True, int8_reference=int8_reference, int8=int8)
 
 
-def loads(data: bytes) -> RuntimeModel:
+def loads(data: bytes, *, int8: str = "auto") -> RuntimeModel:
     """Like :func:`load`, from the bytes of a .dcz file."""
+    precision.check_mode(int8)
     if _native is None or not hasattr(_native, "parse_dcz"):
         raise DczError("the native extension deepcomp._native is not available; reinstall deepcomp (pip install .)")
-    return RuntimeModel.from_loaded(_native.parse_dcz(bytes(data)), release=True)
+    return RuntimeModel.from_loaded(_native.parse_dcz(bytes(data)), release=True, int8=int8)
 
 
 def set_num_threads(n: int) -> None:

@@ -57,9 +57,11 @@ def evaluate(model_or_runtime, loader, *, device: torch.device | None = None, pr
 
 
 
-def load_dcz_for_eval(path: str):
+def load_dcz_for_eval(path: str, int8: str = "file"):
     """``(callable, engine name)``: the .dcz file loaded on deepcomp's native runtime, the engine that
-    ships it (``deepcomp eval`` and ``compress`` report accuracy measured this way)."""
+    ships it (``deepcomp eval`` and ``compress`` report accuracy measured this way). ``int8="file"``
+    by default: every layer the file marks int8 runs int8, so an int8 file's accuracy is the same
+    on every CPU ("auto" may move layers to fp32 on this one, deepcomp.runtime.precision)."""
     import deepcomp.runtime as rt
 
-    return rt.load(path), "deepcomp runtime"
+    return rt.load(path, int8=int8), "deepcomp runtime"
