@@ -60,6 +60,7 @@ INT8_PRESETS = {
     "alexnet": "sparse-int8-alexnet.toml",
     "vgg16": "sparse-int8-vgg16.toml",
     "lenet-5": "sparse-int8-lenet-5.toml",
+    "vgg16-small": "sparse-int8-vgg16-small.toml",
 }
 FAMILIES = {"deep-compression": PRESETS, "fashion-mnist": FASHION_PRESETS, "sparse-int8": INT8_PRESETS}
 # the family's file for an architecture it has no preset for
