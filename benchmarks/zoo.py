@@ -114,7 +114,8 @@ def run_model(name: str, threads: int, repeat: int, workdir: Path) -> dict:
 
 def table(rows: list[dict], threads: int) -> str:
     lines = [f"batch 1, {threads} thread(s); random weights, default recipe; `python benchmarks/zoo.py`; "
-             "(busy): other processes used the CPU while that row was timed, its times are not valid", "",
+             "(busy): other processes used the CPU while that row was timed, its times are not valid; "
+             "(N thread): timed on N threads", "",
              "| model | params | file | ratio | max diff | same top-1 | dense PyTorch ms | deepcomp ms | speedup |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
@@ -126,14 +127,20 @@ def table(rows: list[dict], threads: int) -> str:
             top1 += " (logits do not vary)"
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['file_bytes'] / 2**20:.2f} MB | "
                      f"{r['ratio']:.1f}x | {r['max_diff']:.1e} | {top1} | {r['dense_ms']:.2f} | "
-                     f"{r['deepcomp_ms']:.2f} | {r['speedup']:.2f}x{' (busy)' if r.get('busy') else ''} |")
-    quiet = [r for r in rows if "error" not in r and not r.get("busy")]
+                     f"{r['deepcomp_ms']:.2f} | {r['speedup']:.2f}x{_marks(r, threads)} |")
+    quiet = [r for r in rows if "error" not in r and not _marks(r, threads)]
     cnn = [r["speedup"] for r in quiet if not r["model"].startswith(CNN_EXCLUDE)]
     if cnn:
         geo = math.exp(sum(math.log(s) for s in cnn) / len(cnn))
         lines += ["", f"Geometric mean speedup over the {len(cnn)} CNN models timed on a quiet machine: {geo:.2f}x; "
                       f"slower than PyTorch: {sum(s < 1 for s in cnn)}."]
     return "\n".join(lines) + "\n"
+
+
+def _marks(r: dict, threads: int) -> str:
+    """What keeps a row's times from standing beside the table's: another thread count, a busy machine."""
+    marks = [f"{r['threads']} thread"] if r.get("threads", threads) != threads else []
+    return "".join(f" ({m})" for m in marks + (["busy"] if r.get("busy") else []))
 
 
 def load_rows(path: str) -> dict[str, dict]:
