@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +49,32 @@ def test_each_model_is_kept_as_it_finishes(tmp_path, monkeypatch):
     assert zoo.main(["--models", "resnet18", "--json", str(store), "--out", str(tmp_path / "zoo.md")]) == 0
     text = (tmp_path / "zoo.md").read_text()
     assert text.index("| alexnet") < text.index("| bad") < text.index("| resnet18")  # torchvision's order
+
+
+def test_a_row_over_tolerance_passes_only_when_torch_fp32_is_as_far_from_float64():
+    close = row("resnet152", 2.8, max_diff=1.8e-4, fp64_diff={"deepcomp": 1.4e-4, "torch": 1.5e-4})
+    far = row("resnet101", 2.7, max_diff=1.8e-4, fp64_diff={"deepcomp": 1.6e-4, "torch": 1.0e-5})
+    unchecked = row("resnet50", 2.5, max_diff=2e-4)
+    assert [zoo.within_tolerance(r) for r in (row("resnet18", 2.0), close, far, unchecked)] == [True, True, False, False]
+    text = zoo.table([close, far, unchecked], 2)
+    assert "1.8e-04 (vs float64: deepcomp 1.4e-04, torch fp32 1.5e-04) |" in text
+    assert text.count("**over**") == 2
+    assert "3 of 3 models give the same top-1; 1 are within the tolerance" in text
+
+
+def test_float64_errors_measure_distance_from_the_exact_model():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    err = zoo.float64_errors(model, x, {"same": y, "shifted": y + 0.5}, 1.0)
+    assert err["same"] < 1e-6 and abs(err["shifted"] - 0.5) < 1e-6
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+
+
+def test_an_empty_model_list_is_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        zoo.main(["--models", " ,", "--json", str(tmp_path / "z.json"), "--out", str(tmp_path / "z.md")])
