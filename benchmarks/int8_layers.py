@@ -53,8 +53,8 @@ def conv_case(L, batch: int, rng):
     xs = float(x.max()) / 255.0
     oh = (hw + 2 * p - k) // s + 1
     cases = {}
-    for label, dens, kernel, ob in (("int8 1x4", L["density"], "auto", 1), ("int8 4x4", L["density"], "auto", 4),
-                                    ("int8 dense", 1.0, "dense", 1)):
+    for label, dens, kernel, ob in (("int8 1x4", L["density"], "auto", 1), ("int8 1x4 per channel", L["density"], "sparse", 1),
+                                    ("int8 4x4", L["density"], "auto", 4), ("int8 dense", 1.0, "dense", 1)):
         # the dense case keeps every block of an unpruned weight of the same shape
         wq, ws, kept = int8_weights(w if dens < 1 else rng.standard_normal(w.shape).astype(np.float32), dens, ob)
         m = (xs * ws / 0.05).astype(np.float32)
@@ -130,9 +130,10 @@ def markdown(rows, batch: int, cpu: bool = False) -> str:
            else "wall time, medians of alternating blocks")
     out = [f"batch {batch}, {nat.get_num_threads()} threads, int8 path {nat.int8_isa()}, fp32 path {nat.isa()}; "
            f"{how}, in one process; GMAC/s of the MACs each kernel executes", "",
-           "| net | layer | kept | dense fp32 ms | fp32 sparse ms | int8 1x4 ms (GMAC/s) | int8 4x4 ms (GMAC/s) | "
-           "int8 dense ms (GMAC/s) | 1x4 vs fp32 sparse | 1x4 vs dense fp32 | 4x4 vs 1x4 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| net | layer | kept | dense fp32 ms | fp32 sparse ms | int8 1x4 ms (GMAC/s) | int8 1x4 per channel ms "
+           "(GMAC/s) | int8 4x4 ms (GMAC/s) | int8 dense ms (GMAC/s) | 1x4 vs fp32 sparse | 1x4 vs dense fp32 | "
+           "1x4 vs per channel | 4x4 vs 1x4 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     tot = {}
     for r in rows:
         ms = r["ms"]
@@ -140,11 +141,12 @@ def markdown(rows, batch: int, cpu: bool = False) -> str:
             tot[(r["net"], k)] = tot.get((r["net"], k), 0.0) + v
         s8, fs, df = ms["int8 1x4"], ms["fp32 sparse"], ms["dense fp32"]
         cell = {k: (f"{ms[k]:.3f} ({r['macs'][k] / ms[k] / 1e6:.0f})" if k in ms else "-")
-                for k in ("int8 1x4", "int8 4x4", "int8 dense")}
+                for k in ("int8 1x4", "int8 1x4 per channel", "int8 4x4", "int8 dense")}
         b44 = f"{s8 / ms['int8 4x4']:.2f}x" if "int8 4x4" in ms else "-"
+        bpc = f"{ms['int8 1x4 per channel'] / s8:.2f}x" if "int8 1x4 per channel" in ms else "-"
         out.append(f"| {r['net']} | {r['layer']} | {100 * r['block_density']:.0f}% | {df:.3f} | {fs:.3f} | "
-                   f"{cell['int8 1x4']} | {cell['int8 4x4']} | {cell['int8 dense']} | **{fs / s8:.2f}x** | "
-                   f"{df / s8:.2f}x | {b44} |")
+                   f"{cell['int8 1x4']} | {cell['int8 1x4 per channel']} | {cell['int8 4x4']} | {cell['int8 dense']} | "
+                   f"**{fs / s8:.2f}x** | {df / s8:.2f}x | {bpc} | {b44} |")
     out.append("")
     for net in dict.fromkeys(r["net"] for r in rows):
         for kind in ("conv", "fc"):
@@ -156,6 +158,9 @@ def markdown(rows, batch: int, cpu: bool = False) -> str:
             if not t:
                 continue
             extra = f", int8 4x4 {t['int8 4x4']:.2f} ms" if "int8 4x4" in t else ""
+            if "int8 1x4 per channel" in t:
+                extra += (f", int8 1x4 per channel {t['int8 1x4 per channel']:.2f} ms "
+                          f"(tiling {t['int8 1x4 per channel'] / t['int8 1x4']:.2f}x)")
             out.append(f"- {net} all {kind}: dense fp32 {t['dense fp32']:.2f} ms, fp32 sparse {t['fp32 sparse']:.2f} ms, "
                        f"int8 1x4 {t['int8 1x4']:.2f} ms ({t['fp32 sparse'] / t['int8 1x4']:.2f}x vs fp32 sparse, "
                        f"{t['dense fp32'] / t['int8 1x4']:.2f}x vs dense fp32){extra}, int8 dense {t['int8 dense']:.2f} ms")

@@ -51,7 +51,8 @@ int kernel_code(const std::string& k) {
   if (k == "auto") return 0;
   if (k == "sparse") return 1;
   if (k == "dense") return 2;
-  throw ShapeError("kernel must be 'auto', 'sparse' or 'dense', got '" + k + "'");
+  if (k == "tiled") return 3;
+  throw ShapeError("kernel must be 'auto', 'sparse', 'dense' or 'tiled', got '" + k + "'");
 }
 
 bool out_is_u8(const std::string& out) {
@@ -257,6 +258,7 @@ void bind_int8(py::module_& m) {
       .def_property_readonly("executed_blocks", [](const PyConv8& s) { return s.k->executed_blocks(); })
       .def_property_readonly("total_blocks", [](const PyConv8& s) { return s.k->total_blocks(); })
       .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); })
+      .def_property_readonly("tiled_groups", [](const PyConv8& s) { return s.k->tiled_groups(); })
       .def_property_readonly("nonzeros", [](const PyConv8& s) { return s.k->nonzeros(); })
       .def_property_readonly("bytes", [](const PyConv8& s) { return s.k->bytes(); });
 

@@ -18,6 +18,9 @@ namespace {
 
 std::string S(int64_t v) { return std::to_string(v); }
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Channel oc's kept blocks are w.index / w.w4 [group_first(oc), group_first(oc + 1)); the padding
+// channels past the weight's rows have none.
+int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_ptr[oc] : w.row_ptr[w.rows]; }
 
 // A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
 // output channels. Inside it the positions are walked in chunks of 8 vectors, and every channel of
@@ -49,21 +52,30 @@ Act8Layout act8_layout(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, 
 void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, int32_t zp, uint8_t* out) {
   const int64_t img = L.bytes();
   std::memset(out, int(uint8_t(zp)), size_t(N * img));
-  const float lo = float(-zp), hi = float(255 - zp);
-  const float magic = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds half to even, |v| <= 255
+  const Int8Kernels& k = int8_kernels();
+  const std::vector<float> zeros(size_t(L.W), 0.f);  // the channels past C quantize to the zero point
   ThreadPool& pool = ThreadPool::instance();
-  pool.parallel_for(N * L.C * L.H, pool.num_threads(), [&](int64_t t, int) {
-    const int64_t y = t % L.H, c = (t / L.H) % L.C, n = t / (L.H * L.C);
-    const float* xr = x + ((n * L.C + c) * L.H + y) * L.W;
+  const int T = pool.num_threads();
+  std::vector<uint32_t> phased(size_t(T * L.W));  // per slot: one row's lanes before the stride phases split them
+  pool.parallel_for(N * L.G * L.H, T, [&](int64_t t, int slot) {
+    const int64_t y = t % L.H, g = (t / L.H) % L.G, n = t / (L.H * L.G);
+    const float* rows[4];
+    for (int c = 0; c < 4; ++c) {
+      const int64_t ch = 4 * g + c;
+      rows[c] = ch < L.C ? x + ((n * L.C + ch) * L.H + y) * L.W : zeros.data();
+    }
     const int64_t py = y + L.ph;
-    uint8_t* row = out + n * img + 4 * ((c / 4) * L.group + (py % L.sh) * L.sw * L.plane + (py / L.sh) * L.Wq) + c % 4;
+    uint32_t* row = reinterpret_cast<uint32_t*>(out + n * img) + g * L.group + (py % L.sh) * L.sw * L.plane +
+                    (py / L.sh) * L.Wq;
+    if (L.sw == 1) {
+      k.pack_row4(rows, L.W, inv_scale, zp, row + L.pw);
+      return;
+    }
+    uint32_t* lanes = phased.data() + slot * L.W;
+    k.pack_row4(rows, L.W, inv_scale, zp, lanes);
     for (int64_t xx = 0; xx < L.W; ++xx) {
       const int64_t px = xx + L.pw;
-      float v = xr[xx] * inv_scale;
-      v = v > lo ? v : lo;  // NaN -> lo
-      v = v < hi ? v : hi;
-      v = (v + magic) - magic;
-      row[4 * ((px % L.sw) * L.plane + px / L.sw)] = uint8_t(int32_t(v) + zp);
+      row[(px % L.sw) * L.plane + px / L.sw] = lanes[xx];
     }
   });
 }
@@ -92,6 +104,7 @@ struct Int8Conv2d::Plan {
   int64_t OH = 0, OW = 0, OHf = 0, OWf = 0;
   std::vector<int32_t> off;   // byte offset of every sparse block, same order as tap_
   std::vector<int32_t> doff;  // byte offset of every grouped tap, same order as dense_tap_
+  std::vector<int32_t> toff;  // byte offset of every tiled tap, same order as tile_tap_
   int64_t rows = 0, nrb = 0;  // final output rows per task, row blocks
   int64_t crows = 0;          // conv rows per task at most
   int64_t acc_stride = 0, pool_stride = 0;
@@ -108,7 +121,8 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   if (out.oph < 0 || out.opw < 0) throw ShapeError("Int8Conv2d: output padding must be >= 0");
   if ((out.pool_k == 0) != (out.pool_s == 0) || out.pool_k < 0 || out.pool_s < 0)
     throw ShapeError("Int8Conv2d: pool kernel and stride must both be >= 1 (or both 0: no pool)");
-  if (kernel < 0 || kernel > 2) throw ShapeError("Int8Conv2d: kernel must be 0 (auto), 1 (sparse) or 2 (dense)");
+  if (kernel < 0 || kernel > 3)
+    throw ShapeError("Int8Conv2d: kernel must be 0 (auto), 1 (sparse), 2 (dense) or 3 (tiled)");
   // The int32 sum of one output, and its zero-point correction, are each at most K * 255 * 128.
   const int64_t K = g.in_channels * g.kh * g.kw;
   if (2 * K * 255 * 128 > std::numeric_limits<int32_t>::max())
@@ -128,16 +142,19 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       throw ShapeError("Int8Conv2d: multipliers must be finite and >= 0, biases finite (channel " + S(oc) + ")");
     rq_[oc] = Requant{int32_t(w.sum[oc] * zp_in), m[oc], b[oc]};
   }
-  // Channel oc's kept blocks are w.index / w.w4 [first(oc), first(oc + 1)); padded channels have none.
-  auto first = [&](int64_t oc) { return oc < OC ? w.row_ptr[oc] : w.row_ptr[OC]; };
+  auto first = [&](int64_t oc) { return group_first(w, oc); };
 
-  // Each group of 4 output channels runs either per channel over its own blocks (conv_sparse) or
-  // on all 4 at once over the taps any of them keeps (conv_dense4: one input load feeds 4
-  // accumulators, about twice the MAC rate, docs/int8.md). The group goes grouped when its kept
-  // blocks reach dense_threshold of the 4 x union it would execute.
+  // Each group of 4 output channels runs per channel over its own blocks (conv_sparse), tiled over
+  // the taps any of them keeps (conv_tiled4: one input load feeds every channel that keeps the tap),
+  // or grouped over that union with its zeros (conv_dense4: no pattern runs, so it wins once the
+  // union is nearly full). Auto: grouped when its kept blocks reach dense_threshold of the 4 x
+  // union it would execute, tiled otherwise.
   const int64_t ngroups = ocp_ / 4;
-  dense_.assign(ngroups, 0);
+  mode_.assign(ngroups, kPerChannel);
   dense_at_.assign(ngroups + 1, 0);
+  tile_at_.assign(ngroups + 1, 0);
+  tile_wat_.assign(ngroups + 1, 0);
+  tile_rat_.assign(ngroups + 1, 0);
   row_ptr_.assign(ocp_ + 1, 0);
   kept_ = 0;
   std::vector<int32_t> union_taps;
@@ -152,22 +169,21 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       union_taps.erase(std::unique(union_taps.begin(), union_taps.end()), union_taps.end());
     }
     kept_ += kept;
-    dense_[q] = kernel == 2 ||
-                (kernel == 0 && !union_taps.empty() && double(kept) >= dense_threshold * double(4 * union_taps.size()));
-    if (dense_[q]) {  // [tap][4] blocks over the union, zero where a channel does not keep the tap
-      const size_t base = dense_w_.size();
-      dense_tap_.insert(dense_tap_.end(), union_taps.begin(), union_taps.end());
-      dense_w_.resize(base + 4 * union_taps.size(), 0);
-      for (int o = 0; o < 4; ++o)
-        for (int64_t j = first(4 * q + o); j < first(4 * q + o + 1); ++j) {
-          const auto at = std::lower_bound(union_taps.begin(), union_taps.end(), w.index[j]) - union_taps.begin();
-          dense_w_[base + 4 * size_t(at) + o] = w.w4[j];
-        }
+    const bool full = !union_taps.empty() && double(kept) >= dense_threshold * double(4 * union_taps.size());
+    if (kernel == 2 || (kernel == 0 && full)) {
+      mode_[q] = kDense;
+      add_dense(w, q, union_taps);
+    } else if (kernel == 3 || kernel == 0) {
+      mode_[q] = kTiled;
+      add_tiled(w, q, union_taps);
     }
     dense_at_[q + 1] = int64_t(dense_tap_.size());
+    tile_at_[q + 1] = int64_t(tile_tap_.size());
+    tile_wat_[q + 1] = int64_t(tile_w_.size());
+    tile_rat_[q + 1] = int64_t(tile_runs_.size() / 2);
     for (int o = 0; o < 4; ++o) {
       const int64_t oc = 4 * q + o;
-      if (!dense_[q]) {
+      if (mode_[q] == kPerChannel) {
         tap_.insert(tap_.end(), w.index.begin() + first(oc), w.index.begin() + first(oc + 1));
         w4_.insert(w4_.end(), w.w4.begin() + first(oc), w.w4.begin() + first(oc + 1));
       }
@@ -176,15 +192,58 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   }
 }
 
+// [tap][4] blocks over the union, zero where a channel does not keep the tap.
+void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
+  const size_t base = dense_w_.size();
+  dense_tap_.insert(dense_tap_.end(), taps.begin(), taps.end());
+  dense_w_.resize(base + 4 * taps.size(), 0);
+  for (int o = 0; o < 4; ++o)
+    for (int64_t j = group_first(w, 4 * q + o); j < group_first(w, 4 * q + o + 1); ++j) {
+      const auto at = std::lower_bound(taps.begin(), taps.end(), w.index[j]) - taps.begin();
+      dense_w_[base + 4 * size_t(at) + o] = w.w4[j];
+    }
+}
+
+// The union's taps sorted (stably) by which channels keep them, one run per mask present.
+void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
+  std::vector<uint8_t> mask(taps.size(), 0);
+  std::vector<int32_t> blocks(4 * taps.size(), 0);
+  for (int o = 0; o < 4; ++o)
+    for (int64_t j = group_first(w, 4 * q + o); j < group_first(w, 4 * q + o + 1); ++j) {
+      const auto at = std::lower_bound(taps.begin(), taps.end(), w.index[j]) - taps.begin();
+      mask[size_t(at)] |= uint8_t(1 << o);
+      blocks[4 * size_t(at) + o] = w.w4[j];
+    }
+  for (int m = 1; m < 16; ++m) {
+    int32_t count = 0;
+    for (size_t t = 0; t < taps.size(); ++t) {
+      if (mask[t] != m) continue;
+      tile_tap_.push_back(taps[t]);
+      for (int o = 0; o < 4; ++o)
+        if (m >> o & 1) tile_w_.push_back(blocks[4 * t + o]);
+      ++count;
+    }
+    if (count) tile_runs_.insert(tile_runs_.end(), {int32_t(m), count});
+  }
+}
+
 int64_t Int8Conv2d::bytes() const {
   return int64_t(sizeof(int64_t) * (row_ptr_.size() + dense_at_.size()) +
-                 sizeof(int32_t) * (tap_.size() + w4_.size() + dense_tap_.size() + dense_w_.size()) + dense_.size() +
+                 sizeof(int32_t) * (tap_.size() + w4_.size() + dense_tap_.size() + dense_w_.size()) +
+                 sizeof(int64_t) * (tile_at_.size() + tile_wat_.size() + tile_rat_.size()) +
+                 sizeof(int32_t) * (tile_tap_.size() + tile_w_.size() + tile_runs_.size()) + mode_.size() +
                  sizeof(Requant) * rq_.size());
 }
 
 int64_t Int8Conv2d::dense_groups() const {
   int64_t n = 0;
-  for (uint8_t d : dense_) n += d;
+  for (uint8_t m : mode_) n += m == kDense;
+  return n;
+}
+
+int64_t Int8Conv2d::tiled_groups() const {
+  int64_t n = 0;
+  for (uint8_t m : mode_) n += m == kTiled;
   return n;
 }
 
@@ -231,6 +290,8 @@ std::shared_ptr<const Int8Conv2d::Plan> Int8Conv2d::plan_for(int64_t H, int64_t 
   for (size_t j = 0; j < tap_.size(); ++j) p->off[j] = tap_offset(tap_[j]);
   p->doff.resize(dense_tap_.size());
   for (size_t j = 0; j < dense_tap_.size(); ++j) p->doff[j] = tap_offset(dense_tap_[j]);
+  p->toff.resize(tile_tap_.size());
+  for (size_t j = 0; j < tile_tap_.size(); ++j) p->toff[j] = tap_offset(tile_tap_[j]);
 
   // Final rows per task: about kTaskPositions conv positions, fewer when the channel-group blocks
   // alone give the threads under 4 tasks each.
@@ -258,7 +319,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     for (int64_t n = 0; n < N; ++n) fill_border(p.out, out_.zp, static_cast<uint8_t*>(y) + n * p.out.bytes());
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
-  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 8 * k.width;
+  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 12 * k.width;
   const int64_t group_acc = 4 * p.acc_stride;
   // per slot: the task's sums, the pooled sums, and one row of window-row maxima
   const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + 2 * p.in.Wq + pk + 4 * kVecPad : 0);
@@ -305,10 +366,16 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
       const int64_t len = std::min(chunk, npos - at);
       for (int64_t q = q0; q < q1; ++q) {
         int32_t* a = acc + (q - q0) * group_acc + at;
-        if (dense_[q]) {
+        if (mode_[q] == kDense) {
           const int64_t t0 = dense_at_[q];
           k.conv_dense4(p.doff.data() + t0, dense_w_.data() + 4 * t0, dense_at_[q + 1] - t0, in + 4 * at, len, a,
                         p.acc_stride);
+          continue;
+        }
+        if (mode_[q] == kTiled) {
+          const int64_t r0 = tile_rat_[q];
+          k.conv_tiled4(p.toff.data() + tile_at_[q], tile_w_.data() + tile_wat_[q], tile_runs_.data() + 2 * r0,
+                        tile_rat_[q + 1] - r0, in + 4 * at, len, a, p.acc_stride);
           continue;
         }
         for (int o = 0; o < 4; ++o) {

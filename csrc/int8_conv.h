@@ -45,8 +45,9 @@ class Int8Conv2d {
   // w: the kept blocks of the [OC, C, kh, kw] int8 weight (taps kh * kw); m, b: [OC] (see
   // Requant); zp_in: the input's zero point.
   // kernel: 0 auto (a group of 4 output channels runs grouped, on conv_dense4 over the taps any of
-  // them keeps, when its kept blocks reach dense_threshold of 4 x those taps), 1 per channel
-  // everywhere, 2 grouped over every tap everywhere (dense).
+  // them keeps, when its kept blocks reach dense_threshold of 4 x those taps, and tiled otherwise),
+  // 1 per channel everywhere, 2 grouped over every tap everywhere (dense), 3 tiled everywhere
+  // (conv_tiled4: the 4 channels share each tap's input loads and skip the blocks they do not keep).
   Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
              const Conv8Output& out, int kernel, double dense_threshold);
 
@@ -59,9 +60,10 @@ class Int8Conv2d {
 
   int64_t blocks() const { return kept_; }  // nonzero 1x4 blocks
   // Blocks the kernels execute (grouped taps run all 4 channels' blocks, zero or not).
-  int64_t executed_blocks() const { return int64_t(w4_.size() + dense_w_.size()); }
+  int64_t executed_blocks() const { return int64_t(w4_.size() + dense_w_.size() + tile_w_.size()); }
   int64_t total_blocks() const { return ocp_ * gi_ * g_.kh * g_.kw; }
   int64_t dense_groups() const;
+  int64_t tiled_groups() const;
   int64_t nonzeros() const { return nonzeros_; }  // int8 weights != 0
   int64_t bytes() const;                          // the weight layout and epilogue held
   const Conv8Geometry& geometry() const { return g_; }
@@ -78,10 +80,17 @@ class Int8Conv2d {
   std::vector<int64_t> row_ptr_;
   std::vector<int32_t> tap_, w4_;
   int64_t kept_ = 0, nonzeros_ = 0;
-  std::vector<uint8_t> dense_;       // per group of 4 output channels: runs grouped
+  enum Mode : uint8_t { kPerChannel, kDense, kTiled };
+  void add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
+  void add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
+  std::vector<uint8_t> mode_;        // per group of 4 output channels
   std::vector<int32_t> dense_tap_;   // grouped taps, group after group
   std::vector<int32_t> dense_w_;     // their [tap][4] blocks
   std::vector<int64_t> dense_at_;    // group q's taps are dense_tap_[dense_at_[q] .. dense_at_[q + 1])
+  std::vector<int32_t> tile_tap_;    // tiled taps, in run order, group after group
+  std::vector<int32_t> tile_w_;      // one block per channel of the tap's run mask
+  std::vector<int32_t> tile_runs_;   // (mask, length) pairs
+  std::vector<int64_t> tile_at_, tile_wat_, tile_rat_;  // group q's first tap, block, run
   std::vector<Requant> rq_;       // [ocp_]
   mutable std::mutex mu_;
   mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const Plan>> cache_;

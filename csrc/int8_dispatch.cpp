@@ -45,6 +45,7 @@ struct TraitScalar {
   static F maxf(F a, F b) { return a > b ? a : b; }
   static F minf(F a, F b) { return a < b ? a : b; }
   static I rint(F y) { return int32_t(std::nearbyint(y)); }  // default rounding: half to even
+  static F loadf(const float* p) { return *p; }
   static void storef(float* p, F v) { *p = v; }
 };
 }  // namespace

@@ -36,6 +36,12 @@ struct Int8Kernels {
   // offset off[k]; channel o's sums go to acc + o*acc_stride.
   void (*conv_dense4)(const int32_t* off, const int32_t* w4x4, int64_t K, const uint8_t* in, int64_t n,
                       int32_t* acc, int64_t acc_stride);
+  // Four channels sharing their input loads over the taps any of them keeps, in runs of taps kept by
+  // the same channels: runs[2r] is run r's mask (bit o: channel o keeps those taps), runs[2r + 1]
+  // its length. Each tap has an offset (off, in run order) and one block per channel of its mask
+  // (w, in channel order); channel o's sums go to acc + o*acc_stride.
+  void (*conv_tiled4)(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
+                      int64_t n, int32_t* acc, int64_t acc_stride);
   // Four channels' acc rows (acc + o*acc_stride) -> n uint8 lanes {q0, q1, q2, q3} (one uint32 per
   // position). zp: the output zero point.
   void (*requant_u8x4)(const int32_t* acc, int64_t acc_stride, int64_t n, const Requant* rq, int32_t zp,
@@ -44,6 +50,10 @@ struct Int8Kernels {
   // for c < n. vtmp: scratch of at least 2*n + pk + 3*16 ints (the window rows' maxima).
   void (*max_pool_row)(const int32_t* acc, int64_t stride, int64_t pk, int64_t ps, int64_t n, int32_t* vtmp,
                        int32_t* out);
+  // Quantize four fp32 rows (channels 4g..4g+3 of one image row; a missing channel is a row of
+  // zeros) into n lanes: byte c of lanes[i] = clamp(rint(rows[c][i] * inv_scale), -zp, 255 - zp) + zp
+  // (NaN -> 0).
+  void (*pack_row4)(const float* const* rows, int64_t n, float inv_scale, int32_t zp, uint32_t* lanes);
   // One channel's acc row -> n floats.
   void (*requant_f32)(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out);
   // Linear, batch 1: acc = sum_j dot4(x + 4*col[j], w4[j]) over one row's nnz blocks.

@@ -43,7 +43,7 @@ def requant_params(rng, oc, scale):
 
 
 @SETTINGS
-@given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense", "auto"]), n=st.integers(1, 2),
+@given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense", "auto", "tiled"]), n=st.integers(1, 2),
        cin=st.integers(1, 13), cout=st.integers(1, 11), hw=st.tuples(st.integers(1, 12), st.integers(1, 20)),
        k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), dil=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
@@ -85,6 +85,26 @@ def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride
     np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_tiled_groups_cover_every_mask_and_width(restore, isa):
+    """Every one of the 15 patterns of 4 channels, and widths that end in each partial pass of vectors."""
+    nat._set_int8_isa(isa)
+    rng = np.random.default_rng(5)
+    w = block_sparse(rng, (12, 64, 3, 3), 0.35)
+    m, b = requant_params(rng, 12, 0.01)
+    for H, W in ((3, 70), (5, 37), (2, 129)):
+        q = rng.integers(0, 256, (2, 64, H, W)).astype(np.uint8)
+        auto = nat.Int8Conv2d(w, m, b, padding=1, zp_in=5, relu=True, out="f32")
+        tiled = nat.Int8Conv2d(w, m, b, padding=1, zp_in=5, relu=True, out="f32", kernel="tiled")
+        assert tiled.tiled_groups == 3 and auto.tiled_groups + auto.dense_groups == 3
+        assert tiled.executed_blocks == tiled.blocks  # no zero block is executed
+        want = ref.conv2d(q, 5, w, m, b, stride=(1, 1), padding=(1, 1), dilation=(1, 1), relu=True, pool=None,
+                          out="f32", zp_out=0)
+        x = ref.pack_u8(q, 5, (1, 1), (1, 1))
+        np.testing.assert_array_equal(tiled.forward(x, H, W), want)
+        np.testing.assert_array_equal(auto.forward(x, H, W), want)
+
+
 @SETTINGS
 @given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense"]), n=st.integers(1, 40),
        fin=st.integers(1, 150), fout=st.integers(1, 140), out=st.sampled_from(["u8", "f32"]), relu=st.booleans(),
@@ -104,12 +124,19 @@ def test_linear_equals_reference(restore, isa, kernel, n, fin, fout, out, relu, 
 
 
 @SETTINGS
-@given(n=st.integers(1, 2), c=st.integers(1, 9), h=st.integers(1, 9), w=st.integers(1, 9),
-       pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), stride=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-       inv_scale=st.sampled_from([0.5, 17.0, 300.0]), zp=st.sampled_from([0, 128, 255]), seed=st.integers(0, 2**31))
-def test_pack_equals_reference(n, c, h, w, pad, stride, inv_scale, zp, seed):
-    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
-    x.flat[0] = 0.5 / inv_scale  # a tie: rounds half to even on both sides
+@given(isa=st.sampled_from(ISAS), n=st.integers(1, 2), c=st.integers(1, 9), h=st.integers(1, 9),
+       w=st.integers(1, 40), pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       stride=st.tuples(st.integers(1, 4), st.integers(1, 4)), inv_scale=st.sampled_from([0.5, 17.0, 300.0]),
+       zp=st.sampled_from([0, 128, 255]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_pack_equals_reference(restore, isa, n, c, h, w, pad, stride, inv_scale, zp, threads, seed):
+    nat._set_int8_isa(isa)
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    # ties (round half to even on both sides), NaN and infinities, in the vector part and the tail
+    special = np.array([0.5, 1.5, 2.5, -0.5, np.nan, np.inf, -np.inf], np.float32)
+    at = rng.integers(0, x.size, 6)
+    x.flat[at] = special[rng.integers(0, len(special), 6)] / np.float32(inv_scale)
     got = nat.int8_pack(x, inv_scale, zp, padding=pad, stride=stride)
     np.testing.assert_array_equal(got, ref.pack(x, inv_scale, zp, pad, stride))
     assert nat.int8_layout(c, h, w, pad, stride) == ref.layout(c, h, w, pad, stride)

@@ -40,6 +40,7 @@ struct TraitVnni512 {
   static F maxf(F a, F b) { return _mm512_max_ps(a, b); }
   static F minf(F a, F b) { return _mm512_min_ps(a, b); }
   static I rint(F y) { return _mm512_cvtps_epi32(y); }  // MXCSR rounding: half to even
+  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
   static void storef(float* p, F v) { _mm512_storeu_ps(p, v); }
 };
 }  // namespace

@@ -41,6 +41,7 @@ struct Ymm {
   static F maxf(F a, F b) { return _mm256_max_ps(a, b); }
   static F minf(F a, F b) { return _mm256_min_ps(a, b); }
   static I rint(F y) { return _mm256_cvtps_epi32(y); }  // MXCSR rounding: half to even
+  static F loadf(const float* p) { return _mm256_loadu_ps(p); }
   static void storef(float* p, F v) { _mm256_storeu_ps(p, v); }
 };
 }  // namespace

@@ -36,8 +36,9 @@ def layout(C: int, H: int, W: int, padding=0, stride=1) -> dict:
 
 
 def quantize(x: np.ndarray, inv_scale: float, zp: int) -> np.ndarray:
-    """fp32 -> uint8: clip(rint(x * inv_scale) + zp, 0, 255), in float32."""
+    """fp32 -> uint8: clip(rint(x * inv_scale) + zp, 0, 255), in float32; NaN -> 0."""
     v = np.rint(np.asarray(x, np.float32) * np.float32(inv_scale))
+    v[np.isnan(v)] = -zp
     return (np.clip(v, np.float32(-zp), np.float32(255 - zp)).astype(np.int32) + zp).astype(np.uint8)
 
 
