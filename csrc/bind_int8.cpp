@@ -248,7 +248,7 @@ void bind_int8(py::module_& m) {
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("stride") = 1, py::arg("padding") = 0,
            py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
            py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
-           py::arg("kernel") = "auto", py::arg("dense_threshold") = 0.5)
+           py::arg("kernel") = "auto", py::arg("dense_threshold") = -1.0)
       .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"), py::kw_only(),
            py::arg("out") = py::none(), "y of N images; out: a buffer to write it into (reused, not allocated)")
       .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })

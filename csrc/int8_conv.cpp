@@ -146,9 +146,10 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
 
   // Each group of 4 output channels runs per channel over its own blocks (conv_sparse), tiled over
   // the taps any of them keeps (conv_tiled4: one input load feeds every channel that keeps the tap),
-  // or grouped over that union with its zeros (conv_dense4: no pattern runs, so it wins once the
-  // union is nearly full). Auto: grouped when its kept blocks reach dense_threshold of the 4 x
-  // union it would execute, tiled otherwise.
+  // or grouped over that union with its zeros (conv_dense4: no pattern runs, so on some paths it
+  // wins once the union is nearly full). Auto: grouped when its kept blocks reach dense_threshold
+  // (negative: the path's dense_fill) of the 4 x union it would execute, tiled otherwise.
+  const double threshold = dense_threshold < 0 ? int8_kernels().dense_fill : dense_threshold;
   const int64_t ngroups = ocp_ / 4;
   mode_.assign(ngroups, kPerChannel);
   dense_at_.assign(ngroups + 1, 0);
@@ -169,7 +170,7 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       union_taps.erase(std::unique(union_taps.begin(), union_taps.end()), union_taps.end());
     }
     kept_ += kept;
-    const bool full = !union_taps.empty() && double(kept) >= dense_threshold * double(4 * union_taps.size());
+    const bool full = !union_taps.empty() && double(kept) >= threshold * double(4 * union_taps.size());
     if (kernel == 2 || (kernel == 0 && full)) {
       mode_[q] = kDense;
       add_dense(w, q, union_taps);

@@ -45,7 +45,8 @@ class Int8Conv2d {
   // w: the kept blocks of the [OC, C, kh, kw] int8 weight (taps kh * kw); m, b: [OC] (see
   // Requant); zp_in: the input's zero point.
   // kernel: 0 auto (a group of 4 output channels runs grouped, on conv_dense4 over the taps any of
-  // them keeps, when its kept blocks reach dense_threshold of 4 x those taps, and tiled otherwise),
+  // them keeps, when its kept blocks reach dense_threshold of 4 x those taps, and tiled otherwise;
+  // a negative dense_threshold takes the int8 path's dense_fill),
   // 1 per channel everywhere, 2 grouped over every tap everywhere (dense), 3 tiled everywhere
   // (conv_tiled4: the 4 channels share each tap's input loads and skip the blocks they do not keep).
   Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,

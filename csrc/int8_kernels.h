@@ -27,6 +27,9 @@ struct Requant {
 struct Int8Kernels {
   const char* name;
   int width;  // int32 lanes per vector
+  // Auto's rule: a group of 4 output channels runs conv_dense4 (zeros included) instead of
+  // conv_tiled4 once its kept blocks fill this fraction of 4 x the taps any of them keeps.
+  double dense_fill;
 
   // acc[i] = sum_j dot4(in + off[j] + 4*i, w4[j]) for i in [0, n rounded up to width): one output
   // channel over n consecutive output positions. in must be readable that far past every offset.
