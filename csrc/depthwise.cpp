@@ -15,11 +15,20 @@ namespace deepcomp {
 
 namespace {
 
-// The row kernels of the ISA the sparse kernels use (deepcomp._native.isa(), DEEPCOMP_ISA).
+// The row kernels of the ISA the sparse kernels use (deepcomp._native.isa(), DEEPCOMP_ISA). AVX-512
+// has no channel-interleaved kernel of its own (it holds 8 channels per vector): it borrows AVX2's,
+// which beat its plane kernels on 23 of 32 depthwise shapes at batch 8 (docs/kernels.md).
 const DepthwiseKernels& depthwise_kernels() {
 #if DEEPCOMP_X86
   const std::string isa = isa_name();
-  if (isa == "avx512") return *depthwise_kernels_avx512();
+  if (isa == "avx512") {
+    static const DepthwiseKernels k = [] {
+      DepthwiseKernels t = *depthwise_kernels_avx512();
+      t.group = depthwise_kernels_avx2()->group;
+      return t;
+    }();
+    return k;
+  }
   if (isa == "avx2") return *depthwise_kernels_avx2();
 #endif
   return *depthwise_kernels_scalar();

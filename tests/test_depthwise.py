@@ -103,7 +103,7 @@ def test_interleaved_rule():
     """Stride 1 interleaved at any width, strided layers up to 28-wide outputs; the knob overrides."""
     wt = np.zeros((8, 1, 3, 3), np.float32)
     s1, s2 = _native.DepthwiseConv2d(wt, None, 8, 1, 1), _native.DepthwiseConv2d(wt, None, 8, 2, 1)
-    want = "depthwise_interleaved" if _native.isa() == "avx2" else "depthwise"
+    want = "depthwise_interleaved" if _native.isa() in ("avx2", "avx512") else "depthwise"
     assert s1.kernel_for(112, 112) == s2.kernel_for(56, 56) == want
     assert s2.kernel_for(112, 112) == "depthwise"
     try:
