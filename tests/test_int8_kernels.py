@@ -162,13 +162,16 @@ def test_isa_names_and_errors(restore):
 
 
 def test_env_override_picks_the_path():
+    import os
     import subprocess
     import sys
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path),
+            **{k: os.environ[k] for k in ("LD_PRELOAD", "ASAN_OPTIONS") if k in os.environ}}  # scripts/asan-tests.sh
     for name in ISAS:
         code = "import deepcomp._native as n; print(n.int8_isa())"
-        env = {"DEEPCOMP_INT8_ISA": name, "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+        env = {"DEEPCOMP_INT8_ISA": name, **base}
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert got.stdout.strip() == name
-    env = {"DEEPCOMP_ISA": "scalar", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    env = {"DEEPCOMP_ISA": "scalar", **base}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert got.stdout.strip() == "scalar"
