@@ -55,6 +55,12 @@ int kernel_code(const std::string& k) {
   throw ShapeError("kernel must be 'auto', 'sparse', 'dense' or 'tiled', got '" + k + "'");
 }
 
+// Int8Linear has no tiled loop (a row's blocks share no input loads with other rows at batch 1).
+int linear_kernel_code(const std::string& k) {
+  if (k == "tiled") throw ShapeError("Int8Linear: kernel must be 'auto', 'sparse' or 'dense', got 'tiled'");
+  return kernel_code(k);
+}
+
 bool out_is_u8(const std::string& out) {
   if (out != "u8" && out != "f32") throw ShapeError("out must be 'u8' or 'f32', got '" + out + "'");
   return out == "u8";
@@ -175,7 +181,7 @@ struct PyLinear8 {
     check_per_channel(m, shape[0], "Int8Linear: m");
     check_per_channel(b, shape[0], "Int8Linear: b");
     k = std::make_unique<Int8Linear>(std::move(w), m.data(), b.data(), zp_in, relu, out_is_u8(out), zp_out,
-                                     kernel_code(kernel), dense_threshold);
+                                     linear_kernel_code(kernel), dense_threshold);
   }
 
   py::array forward(const U8& x, const py::object& out) const {

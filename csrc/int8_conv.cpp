@@ -23,11 +23,13 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_ptr[oc] : w.row_ptr[w.rows]; }
 
 // A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
-// output channels. Inside it the positions are walked in chunks of 8 vectors, and every channel of
-// the task runs over a chunk before the next one starts: the chunk's input rows (channel groups x
-// taps x 8 vectors, 24 KB for VGG-16 conv1_2 on AVX-512) are loaded from L2 once and then feed 16
-// channels from L1, instead of streaming the whole band once per channel.
+// output channels. Inside it the positions are walked in chunks of kChunkVectors vectors, and every
+// channel of the task runs over a chunk before the next one starts: the chunk's input rows (channel
+// groups x taps x 12 vectors, 36 KB for VGG-16 conv1_2 on AVX-512) are loaded from L2 once and then
+// feed 16 channels from L1, instead of streaming the whole band once per channel. 12 is two of the
+// tiled kernel's 6-vector passes (8 before it: docs/int8.md).
 constexpr int64_t kTaskPositions = 512;
+constexpr int64_t kChunkVectors = 12;
 constexpr int64_t kGroupsPerTask = 4;
 constexpr int64_t kVecPad = 16;  // the widest path's lanes: scratch rows are read rounded up to it
 
@@ -193,28 +195,33 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   }
 }
 
+namespace {
+// Group q's blocks over the union of its taps: blocks[4t + o] is channel o's block at taps[t] (0 where
+// it keeps none there); returns each tap's mask of the channels that keep it.
+std::vector<uint8_t> union_blocks(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps, int32_t* blocks) {
+  std::vector<uint8_t> mask(taps.size(), 0);
+  for (int o = 0; o < 4; ++o)
+    for (int64_t j = group_first(w, 4 * q + o); j < group_first(w, 4 * q + o + 1); ++j) {
+      const size_t at = size_t(std::lower_bound(taps.begin(), taps.end(), w.index[j]) - taps.begin());
+      mask[at] |= uint8_t(1 << o);
+      blocks[4 * at + o] = w.w4[j];
+    }
+  return mask;
+}
+}  // namespace
+
 // [tap][4] blocks over the union, zero where a channel does not keep the tap.
 void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
   const size_t base = dense_w_.size();
   dense_tap_.insert(dense_tap_.end(), taps.begin(), taps.end());
   dense_w_.resize(base + 4 * taps.size(), 0);
-  for (int o = 0; o < 4; ++o)
-    for (int64_t j = group_first(w, 4 * q + o); j < group_first(w, 4 * q + o + 1); ++j) {
-      const auto at = std::lower_bound(taps.begin(), taps.end(), w.index[j]) - taps.begin();
-      dense_w_[base + 4 * size_t(at) + o] = w.w4[j];
-    }
+  union_blocks(w, q, taps, dense_w_.data() + base);
 }
 
 // The union's taps sorted (stably) by which channels keep them, one run per mask present.
 void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
-  std::vector<uint8_t> mask(taps.size(), 0);
   std::vector<int32_t> blocks(4 * taps.size(), 0);
-  for (int o = 0; o < 4; ++o)
-    for (int64_t j = group_first(w, 4 * q + o); j < group_first(w, 4 * q + o + 1); ++j) {
-      const auto at = std::lower_bound(taps.begin(), taps.end(), w.index[j]) - taps.begin();
-      mask[size_t(at)] |= uint8_t(1 << o);
-      blocks[4 * size_t(at) + o] = w.w4[j];
-    }
+  const std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
   for (int m = 1; m < 16; ++m) {
     int32_t count = 0;
     for (size_t t = 0; t < taps.size(); ++t) {
@@ -320,7 +327,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     for (int64_t n = 0; n < N; ++n) fill_border(p.out, out_.zp, static_cast<uint8_t*>(y) + n * p.out.bytes());
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
-  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = 12 * k.width;
+  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = kChunkVectors * k.width;
   const int64_t group_acc = 4 * p.acc_stride;
   // per slot: the task's sums, the pooled sums, and one row of window-row maxima
   const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + 2 * p.in.Wq + pk + 4 * kVecPad : 0);

@@ -91,6 +91,9 @@ def test_tiled_groups_cover_every_mask_and_width(restore, isa):
     nat._set_int8_isa(isa)
     rng = np.random.default_rng(5)
     w = block_sparse(rng, (12, 64, 3, 3), 0.35)
+    kept = (w.reshape(3, 4, 16, 4, 9) != 0).any(axis=3)  # [group, channel, input group, tap]
+    masks = {int(sum(kept[q, o, g, t] << o for o in range(4))) for q in range(3) for g in range(16) for t in range(9)}
+    assert masks == set(range(16))  # every pattern (and "nobody") occurs in this weight
     m, b = requant_params(rng, 12, 0.01)
     for H, W in ((3, 70), (5, 37), (2, 129)):
         q = rng.integers(0, 256, (2, 64, H, W)).astype(np.uint8)
@@ -140,6 +143,12 @@ def test_pack_equals_reference(restore, isa, n, c, h, w, pad, stride, inv_scale,
     got = nat.int8_pack(x, inv_scale, zp, padding=pad, stride=stride)
     np.testing.assert_array_equal(got, ref.pack(x, inv_scale, zp, pad, stride))
     assert nat.int8_layout(c, h, w, pad, stride) == ref.layout(c, h, w, pad, stride)
+
+
+def test_linear_has_no_tiled_kernel():
+    w = np.ones((4, 8), np.int8)
+    with pytest.raises(ValueError, match="Int8Linear: kernel must be 'auto', 'sparse' or 'dense', got 'tiled'"):
+        nat.Int8Linear(w, np.ones(4, np.float32), np.zeros(4, np.float32), kernel="tiled")
 
 
 def test_isa_names_and_errors(restore):

@@ -134,8 +134,8 @@ inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* run
     for (int v = 0; v < NV; ++v) T::store(acc + o * stride + W * v, a[o][v]);
 }
 
-// Vectors per pass: 4 x NV accumulators, NV inputs and a weight fit the register file (32 zmm; 16
-// ymm, where AVX2's prepared input takes two).
+// Vectors per pass: 4 x NV sums, one prepared input and the mask's (up to 4) weights fit the
+// register file (32 zmm; 16 ymm, where AVX2's prepared input and weights take two registers each).
 constexpr int kTileNV = W == 8 ? 2 : 6;
 
 void conv_tiled4(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
