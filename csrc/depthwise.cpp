@@ -16,8 +16,9 @@ namespace deepcomp {
 namespace {
 
 // The row kernels of the ISA the sparse kernels use (deepcomp._native.isa(), DEEPCOMP_ISA). AVX-512
-// has no channel-interleaved kernel of its own (it holds 8 channels per vector): it borrows AVX2's,
-// which beat its plane kernels on 23 of 32 depthwise shapes at batch 8 (docs/kernels.md).
+// has no channel-interleaved kernel of its own, so it borrows AVX2's (8 channels per vector) beside
+// its own plane kernels: the plane kernels alone lose to PyTorch on most batch-8 shapes
+// (docs/kernels.md, "On AVX-512").
 const DepthwiseKernels& depthwise_kernels() {
 #if DEEPCOMP_X86
   const std::string isa = isa_name();

@@ -24,10 +24,10 @@ int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_p
 
 // A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
 // output channels. Inside it the positions are walked in chunks of kChunkVectors vectors, and every
-// channel of the task runs over a chunk before the next one starts: the chunk's input rows (channel
-// groups x taps x 12 vectors, 36 KB for VGG-16 conv1_2 on AVX-512) are loaded from L2 once and then
-// feed 16 channels from L1, instead of streaming the whole band once per channel. 12 is two of the
-// tiled kernel's 6-vector passes (8 before it: docs/int8.md).
+// channel of the task runs over a chunk before the next one starts, so the chunk's input rows
+// (channel groups x kernel rows x 12 vectors, about 40 KB for VGG-16 conv1_2 on AVX-512) are read
+// while still in cache for all 16 channels instead of the whole band being streamed once per
+// channel. 12 is two of the tiled kernel's 6-vector passes (docs/int8.md).
 constexpr int64_t kTaskPositions = 512;
 constexpr int64_t kChunkVectors = 12;
 constexpr int64_t kGroupsPerTask = 4;
