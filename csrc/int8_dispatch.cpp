@@ -44,7 +44,7 @@ struct TraitScalar {
   // The x86 max/min semantics (second operand when unordered); no NaN reaches them anyway.
   static F maxf(F a, F b) { return a > b ? a : b; }
   static F minf(F a, F b) { return a < b ? a : b; }
-  static I rint(F y) { return int32_t(std::nearbyint(y)); }  // default rounding: half to even
+  static I rint(F y) { return int32_t(std::lrint(y)); }  // default rounding: half to even (inlined, no libm call)
   static F loadf(const float* p) { return *p; }
   static void storef(float* p, F v) { *p = v; }
 };

@@ -69,7 +69,7 @@ void Int8Linear::finish(const int32_t* acc, int64_t r, int64_t N, int64_t astrid
     const float v = requant_value(acc[n * astride], rq_[r], relu_);
     if (u8_) {
       const float q = std::min(std::max(v, float(-zp_out_)), float(255 - zp_out_));
-      static_cast<uint8_t*>(y)[n * out_ + r] = uint8_t(int32_t(std::nearbyint(q)) + zp_out_);
+      static_cast<uint8_t*>(y)[n * out_ + r] = uint8_t(int32_t(std::lrint(q)) + zp_out_);
     } else {
       static_cast<float*>(y)[n * out_ + r] = v;
     }
@@ -98,8 +98,12 @@ void Int8Linear::forward(const uint8_t* x, int64_t N, void* y) const {
   }
   const int64_t np = (N + k.width - 1) / k.width * k.width;
   std::vector<uint8_t> xT(size_t(4 * G_ * np), uint8_t(zp_in_));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < in_; ++c) xT[size_t(4 * ((c / 4) * np + n) + c % 4)] = x[n * in_ + c];
+  // lane (g, n) = x[n][4g .. 4g + 3]; a partial last group keeps the zero point past in_
+  const int64_t full = in_ / 4;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t g = 0; g < full; ++g) std::memcpy(xT.data() + 4 * (g * np + n), x + n * in_ + 4 * g, 4);
+    if (full < G_) std::memcpy(xT.data() + 4 * (full * np + n), x + n * in_ + 4 * full, size_t(in_ - 4 * full));
+  }
   std::vector<int32_t> acc(size_t(T * np));
   pool.parallel_for(ntasks, T, [&](int64_t t, int slot) {
     int32_t* a = acc.data() + slot * np;

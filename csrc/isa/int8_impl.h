@@ -206,7 +206,7 @@ inline uint32_t quantize_lane(const float* const* rows, int64_t i, float inv_sca
     float v = rows[c][i] * inv_scale;
     v = v > lo ? v : lo;  // as the vector max: NaN -> lo
     v = v < hi ? v : hi;
-    lane |= uint32_t(int32_t(std::nearbyint(v)) + zp) << (8 * c);
+    lane |= uint32_t(int32_t(std::lrint(v)) + zp) << (8 * c);
   }
   return lane;
 }
@@ -294,28 +294,38 @@ int32_t linear_dense1(const int32_t* w4, int64_t G, const uint8_t* x) {
   return s;
 }
 
-template <int NV>
+// NV vectors of batch lanes for one row. With few vectors a row's blocks would form one chain of
+// dependent dot products (latency-bound: one per 4-5 cycles instead of one or two per cycle), so the
+// blocks are dealt round-robin over U partial sums (exact integer adds, any order gives the same).
+template <int NV, int U>
 inline void linear_chunk(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc) {
-  I a[NV];
-  for (int v = 0; v < NV; ++v) a[v] = T::zero();
-  for (int64_t j = 0; j < nnz; ++j) {
+  I a[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < NV; ++v) a[u][v] = T::zero();
+  auto step = [&](int u, int64_t j) {
     const typename T::B w = T::bw(w4[j]);
     const uint8_t* p = xT + 4 * int64_t(col[j]) * np;
-    for (int v = 0; v < NV; ++v) a[v] = T::dp(a[v], T::prep(T::load(p + 4 * W * v)), w);
-  }
-  for (int v = 0; v < NV; ++v) T::store(acc + W * v, a[v]);
+    for (int v = 0; v < NV; ++v) a[u][v] = T::dp(a[u][v], T::prep(T::load(p + 4 * W * v)), w);
+  };
+  int64_t j = 0;
+  for (; j + U <= nnz; j += U)
+    for (int u = 0; u < U; ++u) step(u, j + u);
+  for (; j < nnz; ++j) step(0, j);
+  for (int u = 1; u < U; ++u)
+    for (int v = 0; v < NV; ++v) a[0][v] = T::addi(a[0][v], a[u][v]);
+  for (int v = 0; v < NV; ++v) T::store(acc + W * v, a[0][v]);
 }
 
 void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                     int32_t* acc) {
   const int64_t nvec = np / W;
   int64_t i = 0;
-  for (; i + 4 <= nvec; i += 4) linear_chunk<4>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i);
+  for (; i + 4 <= nvec; i += 4) linear_chunk<4, 1>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i);
   switch (nvec - i) {
-    case 3: linear_chunk<3>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
-    case 2: linear_chunk<2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
-    case 1: linear_chunk<1>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 3: linear_chunk<3, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 2: linear_chunk<2, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 1: linear_chunk<1, 4>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
     default: break;
   }
 }
