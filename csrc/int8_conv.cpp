@@ -23,7 +23,7 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_ptr[oc] : w.row_ptr[w.rows]; }
 
 // A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
-// output channels. Inside it the positions are walked in chunks of kChunkVectors vectors, and every
+// output channels. Inside it the positions are walked in chunks of at most kChunkVectors vectors, and every
 // channel of the task runs over a chunk before the next one starts, so the chunk's input rows
 // (channel groups x kernel rows x 12 vectors, about 40 KB for VGG-16 conv1_2 on AVX-512) are read
 // while still in cache for all 16 channels instead of the whole band being streamed once per
@@ -327,7 +327,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     for (int64_t n = 0; n < N; ++n) fill_border(p.out, out_.zp, static_cast<uint8_t*>(y) + n * p.out.bytes());
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
-  const int64_t ps = out_.pool_s, pk = out_.pool_k, chunk = kChunkVectors * k.width;
+  const int64_t ps = out_.pool_s, pk = out_.pool_k;
   const int64_t group_acc = 4 * p.acc_stride;
   // per slot: the task's sums, the pooled sums, and one row of window-row maxima
   const int64_t per_slot = kGroupsPerTask * group_acc + (pk ? 4 * p.pool_stride + 2 * p.in.Wq + pk + 4 * kVecPad : 0);
@@ -370,8 +370,13 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     int32_t* acc = scratch.data() + slot * per_slot;
     const uint8_t* in = x + n * in_bytes + 4 * c0 * p.in.Wq;
     const int64_t npos = (c1 - c0) * p.in.Wq;
-    for (int64_t at = 0; at < npos; at += chunk) {
-      const int64_t len = std::min(chunk, npos - at);
+    // The fewest tiled passes, as even as possible (14 vectors as 4 + 5 + 5, not 6 + 6 + 2: a short
+    // pass is a chain of dependent dot products per channel), kChunkVectors / tile passes a chunk.
+    const int64_t nvec = cdiv(npos, k.width), passes = cdiv(nvec, k.tile);
+    const int64_t per_chunk = std::max<int64_t>(1, kChunkVectors / k.tile), nchunks = cdiv(passes, per_chunk);
+    for (int64_t c = 0, at = 0; c < nchunks; ++c) {
+      const int64_t end = nvec * std::min(passes, (c + 1) * per_chunk) / passes;
+      const int64_t len = std::min(npos, end * k.width) - at;
       for (int64_t q = q0; q < q1; ++q) {
         int32_t* a = acc + (q - q0) * group_acc + at;
         if (mode_[q] == kDense) {
@@ -392,6 +397,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
                         a + o * p.acc_stride);
         }
       }
+      at += len;
     }
     for (int64_t q = q0; q < q1; ++q)
       finish(n, q, r0, r1, acc + (q - q0) * group_acc, acc + kGroupsPerTask * group_acc);

@@ -27,6 +27,7 @@ struct Requant {
 struct Int8Kernels {
   const char* name;
   int width;  // int32 lanes per vector
+  int tile;   // vectors per conv_tiled4 pass (at most; it splits n as evenly as it can)
   // Auto's rule: a group of 4 output channels runs conv_dense4 (zeros included) instead of
   // conv_tiled4 once its kept blocks fill this fraction of 4 x the taps any of them keeps.
   double dense_fill;

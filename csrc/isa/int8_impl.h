@@ -138,20 +138,26 @@ inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* run
 // register file (32 zmm; 16 ymm, where AVX2's prepared input and weights take two registers each).
 constexpr int kTileNV = W == 8 ? 2 : 6;
 
+// Passes of at most kTileNV vectors, as even as possible: a short last pass (13 vectors as 6 + 6 + 1)
+// would make each channel's sums one chain of dependent dot products, latency-bound.
 void conv_tiled4(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
                  int64_t n, int32_t* acc, int64_t stride) {
-  const int64_t nvec = (n + W - 1) / W;
+  const int64_t nvec = (n + W - 1) / W, passes = (nvec + kTileNV - 1) / kTileNV;
   int64_t i = 0;
-  for (; i + kTileNV <= nvec; i += kTileNV) tiled_chunk<kTileNV>(off, w, runs, nruns, in + 4 * W * i, acc + W * i, stride);
-  const uint8_t* p = in + 4 * W * i;
-  int32_t* o = acc + W * i;
-  switch (nvec - i) {
-    case 5: tiled_chunk<5>(off, w, runs, nruns, p, o, stride); break;
-    case 4: tiled_chunk<4>(off, w, runs, nruns, p, o, stride); break;
-    case 3: tiled_chunk<3>(off, w, runs, nruns, p, o, stride); break;
-    case 2: tiled_chunk<2>(off, w, runs, nruns, p, o, stride); break;
-    case 1: tiled_chunk<1>(off, w, runs, nruns, p, o, stride); break;
-    default: break;
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t nv = (nvec - i) / (passes - pass);
+    const uint8_t* p = in + 4 * W * i;
+    int32_t* o = acc + W * i;
+    switch (nv) {
+      case 6: tiled_chunk<6>(off, w, runs, nruns, p, o, stride); break;
+      case 5: tiled_chunk<5>(off, w, runs, nruns, p, o, stride); break;
+      case 4: tiled_chunk<4>(off, w, runs, nruns, p, o, stride); break;
+      case 3: tiled_chunk<3>(off, w, runs, nruns, p, o, stride); break;
+      case 2: tiled_chunk<2>(off, w, runs, nruns, p, o, stride); break;
+      case 1: tiled_chunk<1>(off, w, runs, nruns, p, o, stride); break;
+      default: break;
+    }
+    i += nv;
   }
 }
 
@@ -334,7 +340,7 @@ void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const ui
 // kept; on ymm (passes of 2 against 4) conv_dense4 wins only near full.
 constexpr double kDenseFill = W == 8 ? 0.9 : 2.0;
 
-const Int8Kernels kTable = {DC8_NAME,      W,          kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
+const Int8Kernels kTable = {DC8_NAME,      W,          kTileNV,        kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
                             requant_u8x4,  max_pool_row, pack_row4,   requant_f32,    linear_sparse1,
                             linear_dense1, linear_sparseN};
 
