@@ -31,7 +31,11 @@ int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_p
 constexpr int64_t kTaskPositions = 512;
 constexpr int64_t kChunkVectors = 12;
 constexpr int64_t kGroupsPerTask = 4;
-constexpr int64_t kVecPad = 16;  // the widest path's lanes: scratch rows are read rounded up to it
+constexpr int64_t kVecPad = 16;
+// A tiled pass runs over the taps of one K-block of input channel groups at a time (at most this
+// many groups x kernel rows: 48 groups of a 3x3 kernel, split evenly), so the 4 groups of a task
+// reuse a pass's input from L1/L2 instead of each streaming all channels (docs/int8.md).
+constexpr int64_t kKBlockRows = 144;  // the widest path's lanes: scratch rows are read rounded up to it
 
 }  // namespace
 
@@ -155,9 +159,11 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   const int64_t ngroups = ocp_ / 4;
   mode_.assign(ngroups, kPerChannel);
   dense_at_.assign(ngroups + 1, 0);
-  tile_at_.assign(ngroups + 1, 0);
-  tile_wat_.assign(ngroups + 1, 0);
-  tile_rat_.assign(ngroups + 1, 0);
+  nkb_ = cdiv(gi_, std::max<int64_t>(1, kKBlockRows / g.kh));
+  kb_groups_ = cdiv(gi_, nkb_);
+  tile_at_.assign(ngroups * nkb_ + 1, 0);
+  tile_wat_.assign(ngroups * nkb_ + 1, 0);
+  tile_rat_.assign(ngroups * nkb_ + 1, 0);
   row_ptr_.assign(ocp_ + 1, 0);
   kept_ = 0;
   std::vector<int32_t> union_taps;
@@ -181,9 +187,8 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       add_tiled(w, q, union_taps);
     }
     dense_at_[q + 1] = int64_t(dense_tap_.size());
-    tile_at_[q + 1] = int64_t(tile_tap_.size());
-    tile_wat_[q + 1] = int64_t(tile_w_.size());
-    tile_rat_[q + 1] = int64_t(tile_runs_.size() / 2);
+    if (mode_[q] != kTiled)
+      for (int64_t b = 0; b < nkb_; ++b) end_segment(q * nkb_ + b);
     for (int o = 0; o < 4; ++o) {
       const int64_t oc = 4 * q + o;
       if (mode_[q] == kPerChannel) {
@@ -218,21 +223,31 @@ void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_
   union_blocks(w, q, taps, dense_w_.data() + base);
 }
 
-// The union's taps sorted (stably) by which channels keep them, one run per mask present.
+// Per K-block, the union's taps sorted (stably) by which channels keep them, one run per mask present.
 void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
   std::vector<int32_t> blocks(4 * taps.size(), 0);
   const std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
-  for (int m = 1; m < 16; ++m) {
-    int32_t count = 0;
-    for (size_t t = 0; t < taps.size(); ++t) {
-      if (mask[t] != m) continue;
-      tile_tap_.push_back(taps[t]);
-      for (int o = 0; o < 4; ++o)
-        if (m >> o & 1) tile_w_.push_back(blocks[4 * t + o]);
-      ++count;
+  const int64_t block_taps = kb_groups_ * g_.kh * g_.kw;  // taps are (g * kh + ky) * kw + kx
+  for (int64_t b = 0; b < nkb_; ++b) {
+    for (int m = 1; m < 16; ++m) {
+      int32_t count = 0;
+      for (size_t t = 0; t < taps.size(); ++t) {
+        if (mask[t] != m || taps[t] / block_taps != b) continue;
+        tile_tap_.push_back(taps[t]);
+        for (int o = 0; o < 4; ++o)
+          if (m >> o & 1) tile_w_.push_back(blocks[4 * t + o]);
+        ++count;
+      }
+      if (count) tile_runs_.insert(tile_runs_.end(), {int32_t(m), count});
     }
-    if (count) tile_runs_.insert(tile_runs_.end(), {int32_t(m), count});
+    end_segment(q * nkb_ + b);
   }
+}
+
+void Int8Conv2d::end_segment(int64_t s) {
+  tile_at_[s + 1] = int64_t(tile_tap_.size());
+  tile_wat_[s + 1] = int64_t(tile_w_.size());
+  tile_rat_[s + 1] = int64_t(tile_runs_.size() / 2);
 }
 
 int64_t Int8Conv2d::bytes() const {
@@ -318,6 +333,19 @@ std::shared_ptr<const Int8Conv2d::Plan> Int8Conv2d::plan_for(int64_t H, int64_t 
   return cache_.emplace(std::make_pair(H, W), p).first->second;
 }
 
+void Int8Conv2d::run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p) const {
+  const Int8Kernels& k = int8_kernels();
+  if (mode_[q] == kDense) {
+    const int64_t t0 = dense_at_[q];
+    k.conv_dense4(p.doff.data() + t0, dense_w_.data() + 4 * t0, dense_at_[q + 1] - t0, in, len, a, p.acc_stride);
+    return;
+  }
+  for (int o = 0; o < 4; ++o) {
+    const int64_t j = row_ptr_[4 * q + o];
+    k.conv_sparse(p.off.data() + j, w4_.data() + j, row_ptr_[4 * q + o + 1] - j, in, len, a + o * p.acc_stride);
+  }
+}
+
 void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void* y) const {
   const auto plan = plan_for(H, W);
   const Plan& p = *plan;
@@ -377,26 +405,17 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
     for (int64_t c = 0, at = 0; c < nchunks; ++c) {
       const int64_t end = nvec * std::min(passes, (c + 1) * per_chunk) / passes;
       const int64_t len = std::min(npos, end * k.width) - at;
-      for (int64_t q = q0; q < q1; ++q) {
-        int32_t* a = acc + (q - q0) * group_acc + at;
-        if (mode_[q] == kDense) {
-          const int64_t t0 = dense_at_[q];
-          k.conv_dense4(p.doff.data() + t0, dense_w_.data() + 4 * t0, dense_at_[q + 1] - t0, in + 4 * at, len, a,
-                        p.acc_stride);
-          continue;
+      for (int64_t b = 0; b < nkb_; ++b)
+        for (int64_t q = q0; q < q1; ++q) {
+          int32_t* a = acc + (q - q0) * group_acc + at;
+          if (mode_[q] == kTiled) {
+            const int64_t sg = q * nkb_ + b, r0 = tile_rat_[sg];
+            k.conv_tiled4(p.toff.data() + tile_at_[sg], tile_w_.data() + tile_wat_[sg], tile_runs_.data() + 2 * r0,
+                          tile_rat_[sg + 1] - r0, b > 0, in + 4 * at, len, a, p.acc_stride);
+          } else if (b == 0) {
+            run_untiled(q, in + 4 * at, len, a, p);
+          }
         }
-        if (mode_[q] == kTiled) {
-          const int64_t r0 = tile_rat_[q];
-          k.conv_tiled4(p.toff.data() + tile_at_[q], tile_w_.data() + tile_wat_[q], tile_runs_.data() + 2 * r0,
-                        tile_rat_[q + 1] - r0, in + 4 * at, len, a, p.acc_stride);
-          continue;
-        }
-        for (int o = 0; o < 4; ++o) {
-          const int64_t j = row_ptr_[4 * q + o];
-          k.conv_sparse(p.off.data() + j, w4_.data() + j, row_ptr_[4 * q + o + 1] - j, in + 4 * at, len,
-                        a + o * p.acc_stride);
-        }
-      }
       at += len;
     }
     for (int64_t q = q0; q < q1; ++q)

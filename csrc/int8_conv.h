@@ -73,6 +73,9 @@ class Int8Conv2d {
  private:
   struct Plan;
   std::shared_ptr<const Plan> plan_for(int64_t H, int64_t W) const;
+  // Group q over len positions from in when it runs grouped or per channel (sums to a, the task's
+  // rows of that group).
+  void run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p) const;
 
   Conv8Geometry g_;
   Conv8Output out_;
@@ -84,14 +87,18 @@ class Int8Conv2d {
   enum Mode : uint8_t { kPerChannel, kDense, kTiled };
   void add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
   void add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
+  void end_segment(int64_t s);
   std::vector<uint8_t> mode_;        // per group of 4 output channels
   std::vector<int32_t> dense_tap_;   // grouped taps, group after group
   std::vector<int32_t> dense_w_;     // their [tap][4] blocks
   std::vector<int64_t> dense_at_;    // group q's taps are dense_tap_[dense_at_[q] .. dense_at_[q + 1])
-  std::vector<int32_t> tile_tap_;    // tiled taps, in run order, group after group
+  // Tiled taps in segments: segment q * nkb_ + b holds group q's taps over the channel groups of
+  // K-block b, in runs of one mask each (an empty segment for the groups that do not run tiled).
+  int64_t kb_groups_ = 1, nkb_ = 1;  // channel groups per K-block, K-blocks
+  std::vector<int32_t> tile_tap_;    // tiled taps, in run order, segment after segment
   std::vector<int32_t> tile_w_;      // one block per channel of the tap's run mask
   std::vector<int32_t> tile_runs_;   // (mask, length) pairs
-  std::vector<int64_t> tile_at_, tile_wat_, tile_rat_;  // group q's first tap, block, run
+  std::vector<int64_t> tile_at_, tile_wat_, tile_rat_;  // segment s's first tap, block, run
   std::vector<Requant> rq_;       // [ocp_]
   mutable std::mutex mu_;
   mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const Plan>> cache_;

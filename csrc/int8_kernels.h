@@ -43,9 +43,9 @@ struct Int8Kernels {
   // Four channels sharing their input loads over the taps any of them keeps, in runs of taps kept by
   // the same channels: runs[2r] is run r's mask (bit o: channel o keeps those taps), runs[2r + 1]
   // its length. Each tap has an offset (off, in run order) and one block per channel of its mask
-  // (w, in channel order); channel o's sums go to acc + o*acc_stride.
-  void (*conv_tiled4)(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
-                      int64_t n, int32_t* acc, int64_t acc_stride);
+  // (w, in channel order); channel o's sums go to acc + o*acc_stride (added to what is there with add).
+  void (*conv_tiled4)(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, bool add,
+                      const uint8_t* in, int64_t n, int32_t* acc, int64_t acc_stride);
   // Four channels' acc rows (acc + o*acc_stride) -> n uint8 lanes {q0, q1, q2, q3} (one uint32 per
   // position). zp: the output zero point.
   void (*requant_u8x4)(const int32_t* acc, int64_t acc_stride, int64_t n, const Requant* rq, int32_t zp,

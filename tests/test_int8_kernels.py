@@ -108,6 +108,25 @@ def test_tiled_groups_cover_every_mask_and_width(restore, isa):
         np.testing.assert_array_equal(auto.forward(x, H, W), want)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kh, channels", [(3, 4 * 49), (3, 4 * 100 + 3), (1, 4 * 145), (5, 4 * 29)])
+def test_tiled_k_blocks_add_up(restore, isa, kh, channels):
+    """Channel counts past one K-block of the tiled pass (48 groups of a 3x3 kernel, 144 of a 1x1, 28
+    of a 5x5): every block's sums are added to the ones before it, and zero blocks stay zero."""
+    nat._set_int8_isa(isa)
+    rng = np.random.default_rng(kh * channels)
+    w = block_sparse(rng, (9, channels, kh, kh), 0.3)
+    w[4] = 0  # a channel with no blocks in any K-block
+    m, b = requant_params(rng, 9, 0.001)
+    H, W = 4, 11
+    q = rng.integers(0, 256, (2, channels, H, W)).astype(np.uint8)
+    pad = (kh // 2, kh // 2)
+    conv = nat.Int8Conv2d(w, m, b, padding=pad, zp_in=3, relu=False, out="f32", kernel="tiled")
+    want = ref.conv2d(q, 3, w, m, b, stride=(1, 1), padding=pad, dilation=(1, 1), relu=False, pool=None,
+                      out="f32", zp_out=0)
+    np.testing.assert_array_equal(conv.forward(ref.pack_u8(q, 3, pad, (1, 1)), H, W), want)
+
+
 @SETTINGS
 @given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense"]), n=st.integers(1, 40),
        fin=st.integers(1, 150), fout=st.integers(1, 140), out=st.sampled_from(["u8", "f32"]), relu=st.booleans(),

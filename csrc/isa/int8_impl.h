@@ -109,11 +109,11 @@ inline void tiled_run(const int32_t* off, const int32_t* w, int64_t count, const
 }
 
 template <int NV>
-inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
-                        int32_t* acc, int64_t stride) {
+inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, bool add,
+                        const uint8_t* in, int32_t* acc, int64_t stride) {
   I a[4][NV];
   for (int o = 0; o < 4; ++o)
-    for (int v = 0; v < NV; ++v) a[o][v] = T::zero();
+    for (int v = 0; v < NV; ++v) a[o][v] = add ? T::loadi(acc + o * stride + W * v) : T::zero();
   for (int64_t r = 0; r < nruns; ++r) {
     const int mask = runs[2 * r];
     const int64_t count = runs[2 * r + 1];
@@ -138,25 +138,24 @@ inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* run
 // register file (32 zmm; 16 ymm, where AVX2's prepared input and weights take two registers each).
 constexpr int kTileNV = W == 8 ? 2 : 6;
 
+// One pass of nv <= NV vectors (each count its own register allocation).
+template <int NV>
+inline void tiled_pass(int64_t nv, const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, bool add,
+                       const uint8_t* in, int32_t* acc, int64_t stride) {
+  if constexpr (NV > 1)
+    if (nv < NV) return tiled_pass<NV - 1>(nv, off, w, runs, nruns, add, in, acc, stride);
+  tiled_chunk<NV>(off, w, runs, nruns, add, in, acc, stride);
+}
+
 // Passes of at most kTileNV vectors, as even as possible: a short last pass (13 vectors as 6 + 6 + 1)
 // would make each channel's sums one chain of dependent dot products, latency-bound.
-void conv_tiled4(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, const uint8_t* in,
+void conv_tiled4(const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, bool add, const uint8_t* in,
                  int64_t n, int32_t* acc, int64_t stride) {
   const int64_t nvec = (n + W - 1) / W, passes = (nvec + kTileNV - 1) / kTileNV;
   int64_t i = 0;
   for (int64_t pass = 0; pass < passes; ++pass) {
     const int64_t nv = (nvec - i) / (passes - pass);
-    const uint8_t* p = in + 4 * W * i;
-    int32_t* o = acc + W * i;
-    switch (nv) {
-      case 6: tiled_chunk<6>(off, w, runs, nruns, p, o, stride); break;
-      case 5: tiled_chunk<5>(off, w, runs, nruns, p, o, stride); break;
-      case 4: tiled_chunk<4>(off, w, runs, nruns, p, o, stride); break;
-      case 3: tiled_chunk<3>(off, w, runs, nruns, p, o, stride); break;
-      case 2: tiled_chunk<2>(off, w, runs, nruns, p, o, stride); break;
-      case 1: tiled_chunk<1>(off, w, runs, nruns, p, o, stride); break;
-      default: break;
-    }
+    tiled_pass<kTileNV>(nv, off, w, runs, nruns, add, in + 4 * W * i, acc + W * i, stride);
     i += nv;
   }
 }
