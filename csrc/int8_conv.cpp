@@ -79,9 +79,10 @@ void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, 
     }
     uint32_t* lanes = phased.data() + slot * L.W;
     k.pack_row4(rows, L.W, inv_scale, zp, lanes);
-    for (int64_t xx = 0; xx < L.W; ++xx) {
-      const int64_t px = xx + L.pw;
-      row[(px % L.sw) * L.plane + px / L.sw] = lanes[xx];
+    for (int64_t phase = 0; phase < L.sw; ++phase) {  // column px = xx + pw goes to plane px % sw, px / sw
+      const int64_t x0 = ((phase - L.pw) % L.sw + L.sw) % L.sw;
+      uint32_t* dst = row + phase * L.plane + (x0 + L.pw) / L.sw;
+      for (int64_t xx = x0; xx < L.W; xx += L.sw) *dst++ = lanes[xx];
     }
   });
 }
