@@ -23,19 +23,19 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_ptr[oc] : w.row_ptr[w.rows]; }
 
 // A task is a row block of about kTaskPositions output positions by kGroupsPerTask groups of 4
-// output channels. Inside it the positions are walked in chunks of at most kChunkVectors vectors, and every
-// channel of the task runs over a chunk before the next one starts, so the chunk's input rows
+// output channels. Inside it the positions are walked in chunks of at most kChunkVectors vectors,
+// and every channel of the task runs over a chunk before the next one starts, so the chunk's input rows
 // (channel groups x kernel rows x 12 vectors, about 40 KB for VGG-16 conv1_2 on AVX-512) are read
 // while still in cache for all 16 channels instead of the whole band being streamed once per
 // channel. 12 is two of the tiled kernel's 6-vector passes (docs/int8.md).
 constexpr int64_t kTaskPositions = 512;
 constexpr int64_t kChunkVectors = 12;
 constexpr int64_t kGroupsPerTask = 4;
-constexpr int64_t kVecPad = 16;
+constexpr int64_t kVecPad = 16;  // the widest path's lanes: scratch rows are read rounded up to it
 // A tiled pass runs over the taps of one K-block of input channel groups at a time (at most this
 // many groups x kernel rows: 48 groups of a 3x3 kernel, split evenly), so the 4 groups of a task
 // reuse a pass's input from L1/L2 instead of each streaming all channels (docs/int8.md).
-constexpr int64_t kKBlockRows = 144;  // the widest path's lanes: scratch rows are read rounded up to it
+constexpr int64_t kKBlockRows = 144;
 
 }  // namespace
 
