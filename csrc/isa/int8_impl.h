@@ -138,7 +138,7 @@ inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* run
 // register file (32 zmm; 16 ymm, where AVX2's prepared input and weights take two registers each).
 constexpr int kTileNV = W == 8 ? 2 : 6;
 
-// One pass of nv <= NV vectors (each count its own register allocation).
+// One pass of nv <= NV vectors (each count compiled with its own register allocation).
 template <int NV>
 inline void tiled_pass(int64_t nv, const int32_t* off, const int32_t* w, const int32_t* runs, int64_t nruns, bool add,
                        const uint8_t* in, int32_t* acc, int64_t stride) {
