@@ -16,4 +16,10 @@ struct ShapeError : std::invalid_argument {
   explicit ShapeError(const std::string& what) : std::invalid_argument(what) {}
 };
 
+// p rounded up to a multiple of `bytes` (a power of two); the buffer needs bytes - 1 of slack.
+template <class T>
+T* align_up(T* p, uintptr_t bytes) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + bytes - 1) & ~(bytes - 1));
+}
+
 }  // namespace deepcomp

@@ -39,8 +39,6 @@ std::string S(int64_t v) { return std::to_string(v); }
 
 std::atomic<int64_t> g_interleaved_width{-1};  // negative: the default rule
 
-float* align32(float* p) { return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 31) & ~uintptr_t(31)); }
-
 }  // namespace
 
 // The default rule (docs/kernels.md, "Depthwise"): stride 1 at every width; strided layers up to
@@ -148,7 +146,7 @@ void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, 
   std::vector<std::unique_ptr<float[]>> scratch(static_cast<size_t>(slots));
   auto make = [&] {
     float* buf = new float[xs_size + ys_size + 8];
-    float* xs = align32(buf);
+    float* xs = align_up(buf, 32);
     for (int64_t r = 0; r < Hp; ++r) {
       float* row = xs + r * Wp * L;
       if (r < g_.ph || r >= g_.ph + H) {
@@ -164,7 +162,7 @@ void DepthwiseConv2d::forward_interleaved(const float* x, int64_t N, int64_t H, 
   ThreadPool::instance().parallel_for(N * groups, slots, [&](int64_t task, int slot) {
     const int64_t n = task / groups, gi = task % groups, c0 = gi * L;
     if (!scratch[size_t(slot)]) scratch[size_t(slot)].reset(make());
-    float* xs = align32(scratch[size_t(slot)].get());
+    float* xs = align_up(scratch[size_t(slot)].get(), 32);
     DepthwiseGroup grp{x + (n * C + c0) * H * W,
                        x + N * C * H * W,
                        int(std::min<int64_t>(L, C - c0)),

@@ -26,7 +26,9 @@ struct Requant {
 
 struct Int8Kernels {
   const char* name;
-  int width;  // int32 lanes per vector
+  int width;        // int32 lanes per vector
+  int small_batch;  // linear_sparseN's np for batches up to this size (a narrower vector), else a
+                    // multiple of width
   int tile;   // vectors per conv_tiled4 pass (at most; it splits n as evenly as it can)
   // Auto's rule: a group of 4 output channels runs conv_dense4 (zeros included) instead of
   // conv_tiled4 once its kept blocks fill this fraction of 4 x the taps any of them keeps.
@@ -64,7 +66,7 @@ struct Int8Kernels {
   int32_t (*linear_sparse1)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* x);
   // Linear, batch 1, dense row: sum over G groups of dot4(x + 4g, w4[g]).
   int32_t (*linear_dense1)(const int32_t* w4, int64_t G, const uint8_t* x);
-  // Linear, batch lanes: xT is [groups][np][4] bytes (np a multiple of width); acc[i] = sum_j
+  // Linear, batch lanes: xT is [groups][np][4] bytes (np small_batch or a multiple of width); acc[i] = sum_j
   // dot4(xT + 4*(col[j]*np + i), w4[j]) for i in [0, np).
   void (*linear_sparseN)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc);

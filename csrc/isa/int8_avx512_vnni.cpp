@@ -3,9 +3,21 @@
 
 #include <cstdint>
 
+#include "isa/int8_ymm.h"
+
 namespace deepcomp {
 namespace {
+// The EVEX-coded ymm vpdpbusd (AVX-512 VL): the int8 linear layer's batches of up to 8.
+struct TraitVnni256 : Ymm {
+  using A = __m256i;
+  using B = __m256i;
+  static A prep(I a) { return a; }
+  static B bw(int32_t w) { return _mm256_set1_epi32(w); }
+  static I dp(I acc, A a, B w) { return _mm256_dpbusd_epi32(acc, a, w); }
+};
+
 struct TraitVnni512 {
+  using Half = TraitVnni256;
   static constexpr int W = 16;
   using I = __m512i;
   using A = __m512i;

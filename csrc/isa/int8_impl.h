@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "int8_kernels.h"
 
@@ -302,35 +303,50 @@ int32_t linear_dense1(const int32_t* w4, int64_t G, const uint8_t* x) {
 // NV vectors of batch lanes for one row. With few vectors a row's blocks would form one chain of
 // dependent dot products (latency-bound: one per 4-5 cycles instead of one or two per cycle), so the
 // blocks are dealt round-robin over U partial sums (exact integer adds, any order gives the same).
-template <int NV, int U>
+template <class V, int NV, int U>
 inline void linear_chunk(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc) {
-  I a[U][NV];
+  typename V::I a[U][NV];
   for (int u = 0; u < U; ++u)
-    for (int v = 0; v < NV; ++v) a[u][v] = T::zero();
+    for (int v = 0; v < NV; ++v) a[u][v] = V::zero();
   auto step = [&](int u, int64_t j) {
-    const typename T::B w = T::bw(w4[j]);
+    const typename V::B w = V::bw(w4[j]);
     const uint8_t* p = xT + 4 * int64_t(col[j]) * np;
-    for (int v = 0; v < NV; ++v) a[u][v] = T::dp(a[u][v], T::prep(T::load(p + 4 * W * v)), w);
+    for (int v = 0; v < NV; ++v) a[u][v] = V::dp(a[u][v], V::prep(V::load(p + 4 * V::W * v)), w);
   };
   int64_t j = 0;
   for (; j + U <= nnz; j += U)
     for (int u = 0; u < U; ++u) step(u, j + u);
   for (; j < nnz; ++j) step(0, j);
   for (int u = 1; u < U; ++u)
-    for (int v = 0; v < NV; ++v) a[0][v] = T::addi(a[0][v], a[u][v]);
-  for (int v = 0; v < NV; ++v) T::store(acc + W * v, a[0][v]);
+    for (int v = 0; v < NV; ++v) a[0][v] = V::addi(a[0][v], a[u][v]);
+  for (int v = 0; v < NV; ++v) V::store(acc + V::W * v, a[0][v]);
 }
+
+// The trait's narrower vector for batches of at most half its lanes (T::Half), or T itself.
+template <class V, class = void>
+struct SmallBatch {
+  using type = V;
+};
+template <class V>
+struct SmallBatch<V, std::void_t<typename V::Half>> {
+  using type = typename V::Half;
+};
+using TS = typename SmallBatch<T>::type;
 
 void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                     int32_t* acc) {
+  if (np < W) {  // np == TS::W: one narrow vector, not a wide one half of padding
+    linear_chunk<TS, 1, 4>(col, w4, nnz, xT, np, acc);
+    return;
+  }
   const int64_t nvec = np / W;
   int64_t i = 0;
-  for (; i + 4 <= nvec; i += 4) linear_chunk<4, 1>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i);
+  for (; i + 4 <= nvec; i += 4) linear_chunk<T, 4, 1>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i);
   switch (nvec - i) {
-    case 3: linear_chunk<3, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
-    case 2: linear_chunk<2, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
-    case 1: linear_chunk<1, 4>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 3: linear_chunk<T, 3, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 2: linear_chunk<T, 2, 2>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
+    case 1: linear_chunk<T, 1, 4>(col, w4, nnz, xT + 4 * W * i, np, acc + W * i); break;
     default: break;
   }
 }
@@ -339,7 +355,7 @@ void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const ui
 // kept; on ymm (passes of 2 against 4) conv_dense4 wins only near full.
 constexpr double kDenseFill = W == 8 ? 0.9 : 2.0;
 
-const Int8Kernels kTable = {DC8_NAME,      W,          kTileNV,        kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
+const Int8Kernels kTable = {DC8_NAME,      W,          TS::W,          kTileNV,        kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
                             requant_u8x4,  max_pool_row, pack_row4,   requant_f32,    linear_sparse1,
                             linear_dense1, linear_sparseN};
 
