@@ -246,6 +246,24 @@ void bind_int8(py::module_& m) {
   }, py::arg("x"), py::arg("inv_scale"), py::arg("zp"), py::arg("padding") = 0, py::arg("stride") = 1,
         "Quantize fp32 NCHW into the uint8 layout: clamp(rint(x * inv_scale) + zp, 0, 255).");
 
+  m.def("int8_pack_columns", [](const F32& x, float inv_scale, int zp, const py::handle& padding, int64_t stride_h,
+                                 int64_t width) {
+    if (x.ndim() != 4) throw ShapeError("int8_pack_columns: x must be [N, C, H, W] float32");
+    if (zp < 0 || zp > 255) throw ShapeError("int8_pack_columns: zp must be in [0, 255]");
+    if (width < 1) throw ShapeError("int8_pack_columns: width must be >= 1");
+    const auto [ph, pw] = pair2(padding, "padding");
+    const Act8Layout L = act8_layout(4 * x.shape(1), x.shape(2), width, ph, 0, stride_h, 1);
+    py::array_t<uint8_t> out({x.shape(0), L.bytes()});
+    uint8_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      act8_pack_columns(x.data(), x.shape(0), x.shape(1), x.shape(3), pw, L, inv_scale, zp, o);
+    }
+    return out;
+  }, py::arg("x"), py::arg("inv_scale"), py::arg("zp"), py::arg("padding"), py::arg("stride_h"), py::arg("width"),
+        "Quantize fp32 NCHW into the layout of its columns-in-lanes rewrite (4C channels, `width` columns: "
+        "channel 4c + b, column j = column 4j + b - padding[1] of channel c), padding[0] rows, stride_h.");
+
   py::class_<PyConv8>(m, "Int8Conv2d",
                       "int8 direct convolution over 1x4 blocks along input channels, requantized with bias, "
                       "ReLU and an optional max-pool to uint8 (the next layer's layout) or fp32 NCHW.")

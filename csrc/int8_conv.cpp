@@ -87,6 +87,26 @@ void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, 
   });
 }
 
+void act8_pack_columns(const float* x, int64_t N, int64_t C, int64_t W, int64_t pw, const Act8Layout& L,
+                       float inv_scale, int32_t zp, uint8_t* out) {
+  if (L.C != 4 * C || L.pw != 0 || L.sw != 1) throw ShapeError("act8_pack_columns: L is not a columns-in-lanes layout");
+  const int64_t img = L.bytes(), H = L.H;
+  const int64_t n = std::max<int64_t>(0, std::min(W, 4 * L.W - pw));  // columns past the last lane are unused
+  std::memset(out, int(uint8_t(zp)), size_t(N * img));
+  const Int8Kernels& k = int8_kernels();
+  ThreadPool& pool = ThreadPool::instance();
+  constexpr int64_t kRows = 32;  // rows per task
+  const int64_t nb = (H + kRows - 1) / kRows;
+  pool.parallel_for(N * C * nb, pool.num_threads(), [&](int64_t t, int) {
+    const int64_t c = (t / nb) % C, i = t / (nb * C);
+    for (int64_t y = t % nb * kRows; y < std::min(H, (t % nb + 1) * kRows); ++y) {
+      const int64_t py = y + L.ph;
+      uint8_t* row = out + i * img + 4 * (c * L.group + (py % L.sh) * L.plane + (py / L.sh) * L.Wq);
+      k.quantize_bytes(x + ((i * C + c) * H + y) * W, n, inv_scale, zp, row + pw);
+    }
+  });
+}
+
 namespace {
 // The zero point into everything of a stride-1 image that a conv's epilogue does not write: the
 // padding rows and columns and the slack (the interior is written whole, 4 channels per lane).

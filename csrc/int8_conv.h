@@ -28,6 +28,13 @@ Act8Layout act8_layout(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, 
 // x: [N, C, H, W] float32 -> N images in layout L, q = clamp(rint(x * inv_scale) + zp, 0, 255).
 void act8_pack(const float* x, int64_t N, const Act8Layout& L, float inv_scale, int32_t zp, uint8_t* out);
 
+// x: [N, C, H, W] float32 -> N images in layout L = act8_layout(4C, H, width, ph, 0, sh, 1) of the
+// input rewritten with 4 consecutive columns of one channel per lane: channel 4c + b of the
+// rewritten image at column j is column 4j + b - pw of channel c (the zero point outside). A conv of
+// stride 4 along W over x equals a conv of stride 1 over it (docs/int8.md, "Columns in lanes").
+void act8_pack_columns(const float* x, int64_t N, int64_t C, int64_t W, int64_t pw, const Act8Layout& L,
+                       float inv_scale, int32_t zp, uint8_t* out);
+
 struct Conv8Geometry {
   int64_t in_channels, out_channels, kh, kw, sh, sw, ph, pw, dh, dw;
 };

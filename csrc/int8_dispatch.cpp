@@ -30,6 +30,7 @@ struct TraitScalar {
   static I gather(const uint8_t* x, const int32_t* col) { return load(x + 4 * int64_t(*col)); }
   static int32_t hsum(I v) { return v; }
   static void store(int32_t* p, I v) { *p = v; }
+  static void store_bytes(uint8_t* p, I v) { *p = uint8_t(v); }
   static I set1i(int32_t v) { return v; }
   static I addi(I a, I b) { return a + b; }
   static I subi(I a, I b) { return a - b; }

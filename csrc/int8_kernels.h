@@ -60,6 +60,9 @@ struct Int8Kernels {
   // zeros) into n lanes: byte c of lanes[i] = clamp(rint(rows[c][i] * inv_scale), -zp, 255 - zp) + zp
   // (NaN -> 0).
   void (*pack_row4)(const float* const* rows, int64_t n, float inv_scale, int32_t zp, uint32_t* lanes);
+  // Quantize n consecutive fp32 values into n bytes, as pack_row4 quantizes each (a lane then holds
+  // 4 consecutive columns of one channel: act8_pack_columns).
+  void (*quantize_bytes)(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* out);
   // One channel's acc row -> n floats.
   void (*requant_f32)(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out);
   // Linear, batch 1: acc = sum_j dot4(x + 4*col[j], w4[j]) over one row's nnz blocks.

@@ -164,6 +164,42 @@ def test_pack_equals_reference(restore, isa, n, c, h, w, pad, stride, inv_scale,
     assert nat.int8_layout(c, h, w, pad, stride) == ref.layout(c, h, w, pad, stride)
 
 
+@SETTINGS
+@given(isa=st.sampled_from(ISAS), n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(1, 9),
+       w=st.integers(4, 70), kw=st.integers(4, 12), pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       sh=st.integers(1, 4), zp=st.sampled_from([0, 128, 255]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31))
+def test_pack_columns_equals_reference(restore, isa, n, c, h, w, kw, pad, sh, zp, threads, seed):
+    """The columns-in-lanes layout: the rewritten image (zeros outside, so the zero point after
+    quantizing), quantized and laid out as any 4C-channel image with padding (ph, 0), stride (sh, 1)."""
+    assume(w + 2 * pad[1] >= kw)
+    nat._set_int8_isa(isa)
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x.flat[rng.integers(0, x.size, 3)] = [np.nan, 2.5 / 17.0, -np.inf]
+    width = ref.columns_width(w, pad[1], kw)
+    got = nat.int8_pack_columns(x, 17.0, zp, pad, sh, width)
+    np.testing.assert_array_equal(got, ref.pack(ref.columns_in_lanes(x, pad[1], width), 17.0, zp, (pad[0], 0), (sh, 1)))
+
+
+def test_columns_rewrite_is_the_same_convolution():
+    """conv(x, w, stride (sh, 4)) == conv(columns_in_lanes(x), columns_weight(w), stride (sh, 1)), exactly,
+    for kernels shorter and longer than a lane and any left padding."""
+    rng = np.random.default_rng(3)
+    for c, kh, kw, pw, sh in [(3, 11, 11, 2, 4), (1, 3, 4, 0, 1), (2, 5, 7, 3, 2), (5, 2, 9, 1, 3)]:
+        q = rng.integers(0, 256, (2, c, 13, 30)).astype(np.uint8)
+        w = rng.integers(-127, 128, (6, c, kh, kw)).astype(np.int8)
+        m, b = requant_params(rng, 6, 0.001)
+        want = ref.conv2d(q, 7, w, m, b, stride=(sh, 4), padding=(1, pw), dilation=(1, 1), relu=False, pool=None,
+                          out="f32", zp_out=0)
+        width = ref.columns_width(30, pw, kw)
+        got = ref.conv2d(ref.columns_in_lanes(q, pw, width, fill=7), 7, ref.columns_weight(w), m, b, stride=(sh, 1),
+                         padding=(1, 0), dilation=(1, 1), relu=False, pool=None, out="f32", zp_out=0)
+        np.testing.assert_array_equal(got, want)
+    assert ref.columns_pay(3, 11, 4, 1) and not ref.columns_pay(3, 11, 2, 1) and not ref.columns_pay(64, 5, 4, 1)
+
+
 def test_linear_has_no_tiled_kernel():
     w = np.ones((4, 8), np.int8)
     with pytest.raises(ValueError, match="Int8Linear: kernel must be 'auto', 'sparse' or 'dense', got 'tiled'"):

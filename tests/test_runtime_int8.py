@@ -152,6 +152,30 @@ def test_steps_from_coded_weights_equal_dense_ones(kernel):
                                   rt8.Int8LinearStep(dl, native=False, **kl)(xl))
 
 
+@pytest.mark.parametrize("isa", nat.int8_isas())
+def test_stride4_conv_runs_columns_in_lanes(isa):
+    """A 3-channel conv of stride 4 along W (AlexNet's conv1) runs rewritten with 4 columns per lane
+    on the native kernels, from fp32 and from uint8 input, with the reference's bits."""
+    nat._set_int8_isa(isa)
+    try:
+        rng = np.random.default_rng(11)
+        for shape, pad, stride, pool in [((16, 3, 11, 11), 2, 4, (3, 2)), ((5, 2, 5, 6), (1, 3), (2, 4), None)]:
+            w = rng.standard_normal(shape).astype(np.float32)
+            w = w * block_mask(torch.from_numpy(np.abs(w)), 0.8).numpy()
+            bias = rng.standard_normal(shape[0]).astype(np.float32) * 0.1
+            kw = dict(stride=stride, padding=pad, in_q=(0.02, 120), out_q=(0.05, 0), relu=True, pool=pool,
+                      out_padding=1)
+            step, ref_step = rt8.Int8ConvStep(w, bias, **kw), rt8.Int8ConvStep(w, bias, native=False, **kw)
+            assert step.columns and not ref_step.columns
+            x = rng.standard_normal((2, shape[1], 45, 61)).astype(np.float32)
+            want = ref_step(x)
+            np.testing.assert_array_equal(step(x).values(), want.values())
+            qx = rt8.QTensor(nat.int8_pack(x, 50.0, 120, 1, 1), 0.02, 120, x.shape, (1, 1))
+            np.testing.assert_array_equal(step(qx).values(), ref_step(qx).values())
+    finally:
+        nat._set_int8_isa(nat.int8_isas()[0])
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_steps_write_into_a_given_buffer(native):
     """``out=``: a step writes its result into a buffer of a previous result (reused, not allocated),

@@ -35,6 +35,7 @@ struct TraitVnni512 {
   }
   static int32_t hsum(I v) { return _mm512_reduce_add_epi32(v); }
   static void store(int32_t* p, I v) { _mm512_storeu_si512(p, v); }
+  static void store_bytes(uint8_t* p, I v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v)); }
   static I set1i(int32_t v) { return _mm512_set1_epi32(v); }
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I subi(I a, I b) { return _mm512_sub_epi32(a, b); }

@@ -205,31 +205,41 @@ void requant_f32(const int32_t* acc, int64_t n, const Requant& rq, bool relu, fl
 }
 
 // ---- quantizing fp32 into the channel-blocked layout ------------------------------------------------
-inline uint32_t quantize_lane(const float* const* rows, int64_t i, float inv_scale, int32_t zp) {
-  const float lo = float(-zp), hi = float(255 - zp);
-  uint32_t lane = 0;
-  for (int c = 0; c < 4; ++c) {
-    float v = rows[c][i] * inv_scale;
-    v = v > lo ? v : lo;  // as the vector max: NaN -> lo
-    v = v < hi ? v : hi;
-    lane |= uint32_t(int32_t(std::lrint(v)) + zp) << (8 * c);
-  }
-  return lane;
+inline uint8_t quantize_value(float x, float inv_scale, int32_t zp) {
+  float v = x * inv_scale;
+  v = v > float(-zp) ? v : float(-zp);  // as the vector max: NaN -> -zp
+  v = v < float(255 - zp) ? v : float(255 - zp);
+  return uint8_t(int32_t(std::lrint(v)) + zp);
 }
 
+struct Quantizer {
+  typename T::F s, lo, hi;
+  I z;
+  Quantizer(float inv_scale, int32_t zp)
+      : s(T::set1f(inv_scale)), lo(T::set1f(float(-zp))), hi(T::set1f(float(255 - zp))), z(T::set1i(zp)) {}
+  I operator()(const float* x) const { return T::addi(T::rint(T::minf(T::maxf(T::mulf(T::loadf(x), s), lo), hi)), z); }
+};
+
 void pack_row4(const float* const* rows, int64_t n, float inv_scale, int32_t zp, uint32_t* lanes) {
-  const typename T::F s = T::set1f(inv_scale), lo = T::set1f(float(-zp)), hi = T::set1f(float(255 - zp));
-  const I z = T::set1i(zp);
+  const Quantizer q(inv_scale, zp);
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     I packed = T::zero();
-    for (int c = 0; c < 4; ++c) {
-      const typename T::F y = T::minf(T::maxf(T::mulf(T::loadf(rows[c] + i), s), lo), hi);
-      packed = T::ori(packed, T::shl(T::addi(T::rint(y), z), 8 * c));
-    }
+    for (int c = 0; c < 4; ++c) packed = T::ori(packed, T::shl(q(rows[c] + i), 8 * c));
     T::store(reinterpret_cast<int32_t*>(lanes + i), packed);
   }
-  for (; i < n; ++i) lanes[i] = quantize_lane(rows, i, inv_scale, zp);
+  for (; i < n; ++i) {
+    uint32_t lane = 0;
+    for (int c = 0; c < 4; ++c) lane |= uint32_t(quantize_value(rows[c][i], inv_scale, zp)) << (8 * c);
+    lanes[i] = lane;
+  }
+}
+
+void quantize_bytes(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* out) {
+  const Quantizer q(inv_scale, zp);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) T::store_bytes(out + i, q(x + i));
+  for (; i < n; ++i) out[i] = quantize_value(x[i], inv_scale, zp);
 }
 
 // ---- max-pool on the int32 sums (the requantization is monotone, so it commutes with max) ---------
@@ -356,7 +366,7 @@ void linear_sparseN(const int32_t* col, const int32_t* w4, int64_t nnz, const ui
 constexpr double kDenseFill = W == 8 ? 0.9 : 2.0;
 
 const Int8Kernels kTable = {DC8_NAME,      W,          TS::W,          kTileNV,        kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
-                            requant_u8x4,  max_pool_row, pack_row4,   requant_f32,    linear_sparse1,
+                            requant_u8x4,  max_pool_row, pack_row4,   quantize_bytes, requant_f32,    linear_sparse1,
                             linear_dense1, linear_sparseN};
 
 }  // namespace

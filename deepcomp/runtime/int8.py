@@ -230,9 +230,15 @@ class Int8ConvStep(_Int8Step):
         self.relu, self.pool, self.out_padding = bool(relu), pool, _pair(out_padding)
         self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q, bn)
         self.out = "u8" if out_q is not None else "f32"
+        # the native layer runs the columns-in-lanes rewrite where it saves dot products (int8_reference)
+        self.columns = bool(native and native_int8()) and ref.columns_pay(self.shape[1], self.shape[3], self.stride,
+                                                                          self.dilation)
         if native and native_int8():
-            self.native = _native.Int8Conv2d(w.native() if isinstance(w, CodedInt8) else w, self.m, self.b,
-                                             stride=self.stride, padding=self.padding, dilation=self.dilation,
+            nw, stride, padding = w.native() if isinstance(w, CodedInt8) else w, self.stride, self.padding
+            if self.columns:
+                nw = ref.columns_weight(w.dense() if isinstance(w, CodedInt8) else w)
+                stride, padding = (self.stride[0], 1), (self.padding[0], 0)
+            self.native = _native.Int8Conv2d(nw, self.m, self.b, stride=stride, padding=padding, dilation=self.dilation,
                                              zp_in=self.in_q[1], relu=self.relu, out=self.out,
                                              zp_out=0 if out_q is None else int(out_q[1]),
                                              out_padding=self.out_padding, pool=pool, kernel=kernel)
@@ -248,7 +254,9 @@ class Int8ConvStep(_Int8Step):
         return ref.quantize(x, np.float32(1.0) / np.float32(s), zp)
 
     def _packed(self, x):
-        """(uint8 [N, bytes] in this conv's input layout, N, H, W)."""
+        """(uint8 [N, bytes] in the native layer's input layout, N, H, W of its input)."""
+        if self.columns:
+            return self._packed_columns(x)
         if isinstance(x, QTensor) and x.padding == self.padding and self.stride == (1, 1):
             if abs(x.scale - self.in_q[0]) > 1e-6 * self.in_q[0] or x.zp != self.in_q[1]:
                 raise ValueError(f"int8 conv input has scale {x.scale} / zp {x.zp}, the step expects {self.in_q}")
@@ -260,6 +268,17 @@ class Int8ConvStep(_Int8Step):
             return (data, x.shape[0]) + tuple(x.shape[2:])
         q = self._values(x)
         return (ref.pack_u8(q, self.in_q[1], self.padding, self.stride), q.shape[0]) + tuple(q.shape[2:])
+
+    def _packed_columns(self, x):
+        N, _, H, W = x.shape
+        (ph, pw), zp = self.padding, self.in_q[1]
+        width = ref.columns_width(W, pw, self.shape[3])
+        if isinstance(x, QTensor):
+            q = ref.columns_in_lanes(self._values(x), pw, width, fill=zp)
+            return ref.pack_u8(q, zp, (ph, 0), (self.stride[0], 1)), N, H, width
+        data = _native.int8_pack_columns(np.asarray(x, np.float32), np.float32(1.0) / np.float32(self.in_q[0]), zp,
+                                         self.padding, self.stride[0], width)
+        return data, N, H, width
 
     def __call__(self, x, out=None):
         """``out``: an array of a previous result's data (the QTensor's ``data``, or the float32 output)

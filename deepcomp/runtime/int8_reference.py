@@ -61,6 +61,41 @@ def pack(x: np.ndarray, inv_scale: float, zp: int, padding=0, stride=1) -> np.nd
     return pack_u8(quantize(x, inv_scale, zp), zp, padding, stride)
 
 
+# ---- columns in lanes: a conv of stride 4 along W rewritten as one of stride 1 ---------------------
+# With 3 input channels a lane of 4 channels carries one byte of padding, and every tap is a dot
+# product: 121 per output of an 11x11 kernel. Rewritten so that a lane holds 4 consecutive columns of
+# one channel (the 4 stride phases along W), an output needs C x kh x ceil(kw / 4) of them: 99.
+
+
+def columns_pay(C: int, kw: int, stride, dilation) -> bool:
+    """Whether the columns-in-lanes rewrite runs fewer dot products than the channel-blocked conv."""
+    return _pair(stride)[1] == LANES and _pair(dilation) == (1, 1) and C * -(-kw // LANES) < -(-C // LANES) * kw
+
+
+def columns_width(W: int, pw: int, kw: int) -> int:
+    """Width of the rewritten input: the output's width plus the rewritten kernel's, less one."""
+    return (W + 2 * pw - kw) // LANES + 1 + -(-kw // LANES) - 1
+
+
+def columns_in_lanes(x: np.ndarray, pw: int, width: int, fill=0) -> np.ndarray:
+    """[N, C, H, W] -> [N, 4C, H, width]: channel 4c + b at column j is column 4j + b - pw of channel c
+    (``fill`` outside). What ``deepcomp._native.int8_pack_columns`` lays out, before quantizing."""
+    N, C, H, W = x.shape
+    full = np.full((N, C, H, LANES * width), fill, x.dtype)
+    n = max(0, min(W, LANES * width - pw))
+    full[..., pw:pw + n] = x[..., :n]
+    return full.reshape(N, C, H, width, LANES).transpose(0, 1, 4, 2, 3).reshape(N, LANES * C, H, width)
+
+
+def columns_weight(w: np.ndarray) -> np.ndarray:
+    """[O, C, kh, kw] -> [O, 4C, kh, ceil(kw / 4)]: the weight of the rewritten conv (zeros past kw)."""
+    O, C, kh, kw = w.shape
+    k4 = -(-kw // LANES)
+    full = np.zeros((O, C, kh, LANES * k4), w.dtype)
+    full[..., :kw] = w
+    return full.reshape(O, C, kh, k4, LANES).transpose(0, 1, 4, 2, 3).reshape(O, LANES * C, kh, k4)
+
+
 def unpack(buf: np.ndarray, C: int, H: int, W: int, padding=0) -> np.ndarray:
     """[N, bytes] in a stride-1 layout -> uint8 NCHW (the inverse of pack_u8 with stride 1)."""
     L = layout(C, H, W, padding, 1)
