@@ -147,13 +147,15 @@ void SparseLinear::forward(const float* x, int64_t batch, float* y, bool relu) c
   while (nv > 1 && cols * nv * W * 4 > (512 << 10)) --nv;
   const int64_t NB = int64_t(nv) * W;
   const int64_t ntiles = (batch + NB - 1) / NB;
-  std::unique_ptr<float[]> xT(new float[size_t(std::max<int64_t>(1, ntiles * cols * NB))]);
+  // x^T starts on a cache line, so its rows of NB floats (whole vectors) never split one.
+  std::unique_ptr<float[]> buf(new float[size_t(std::max<int64_t>(1, ntiles * cols * NB) + 16)]);
+  float* const xT = align_up(buf.get(), 64);
 
   constexpr int64_t kColBlock = 256;
   const int64_t ncb = (cols + kColBlock - 1) / kColBlock;
   pool.parallel_for(ntiles * ncb, T, [&](int64_t task, int) {
     const int64_t t = task / ncb, c0 = (task % ncb) * kColBlock, c1 = std::min(cols, c0 + kColBlock);
-    float* dst = xT.get() + t * cols * NB;
+    float* dst = xT + t * cols * NB;
     const int64_t b0 = t * NB;
     for (int64_t i = 0; i < NB; ++i) {
       const int64_t b = b0 + i;
@@ -172,7 +174,7 @@ void SparseLinear::forward(const float* x, int64_t batch, float* y, bool relu) c
     const int64_t t = task / nchunks, c = task % nchunks;
     const int64_t b0 = t * NB;
     const int nvalid = int(std::min<int64_t>(NB, batch - b0));
-    K.spmm(w, xT.get() + t * cols * NB, nv, nvalid, y + b0 * rows, rows, bounds[c], bounds[c + 1]);
+    K.spmm(w, xT + t * cols * NB, nv, nvalid, y + b0 * rows, rows, bounds[c], bounds[c + 1]);
   });
 }
 
