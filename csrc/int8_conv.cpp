@@ -46,7 +46,10 @@ Act8Layout act8_layout(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, 
   L.C = C, L.H = H, L.W = W, L.ph = ph, L.pw = pw, L.sh = sh, L.sw = sw;
   L.G = cdiv(C, 4);
   L.Hq = cdiv(H + 2 * ph, sh);
-  L.Wq = cdiv(W + 2 * pw, sw);
+  // At stride 1 a row's right padding is the next row's left padding (both hold the zero point), so a
+  // row is W + pw lanes and a conv computes pw fewer dropped positions per row. Lane (i, j) of padded
+  // pixel (i, j) stays i * Wq + j: columns past Wq are the next row's first lanes.
+  L.Wq = sw == 1 ? W + pw : cdiv(W + 2 * pw, sw);
   L.plane = L.Hq * L.Wq;
   L.group = sh * sw * L.plane;
   // A kernel reads whole vectors from a row's start, up to one row plus one vector past the last plane.
@@ -150,6 +153,8 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
     throw ShapeError("Int8Conv2d: pool kernel and stride must both be >= 1 (or both 0: no pool)");
   if (kernel < 0 || kernel > 3)
     throw ShapeError("Int8Conv2d: kernel must be 0 (auto), 1 (sparse), 2 (dense) or 3 (tiled)");
+  if (g.sw == 1 && g.pw > g.dw * (g.kw - 1))  // the output row would not fit the shared-padding row
+    throw ShapeError("Int8Conv2d: at stride 1 the padding along W must be at most dilation * (kw - 1)");
   // The int32 sum of one output, and its zero-point correction, are each at most K * 255 * 128.
   const int64_t K = g.in_channels * g.kh * g.kw;
   if (2 * K * 255 * 128 > std::numeric_limits<int32_t>::max())

@@ -15,9 +15,10 @@
 namespace deepcomp {
 
 // One image's uint8 activation: ceil(C/4) channel groups; per group sh*sw phase planes of Hq x Wq
-// pixels (the padded H+2ph x W+2pw image split by stride phase, Park et al.); each pixel one uint32
-// holding channels 4g..4g+3 in bytes 0..3. Padding, missing channels (C not a multiple of 4) and
-// the slack after the last plane hold the zero point.
+// pixels (the padded H+2ph x W+2pw image split by stride phase, Park et al.; at stride 1 along W a
+// row's right padding is the next row's left padding, Wq = W + pw); each pixel one uint32 holding
+// channels 4g..4g+3 in bytes 0..3. Padding, missing channels (C not a multiple of 4) and the slack
+// after the last plane hold the zero point.
 struct Act8Layout {
   int64_t C = 0, H = 0, W = 0, ph = 0, pw = 0, sh = 1, sw = 1;
   int64_t G = 0, Hq = 0, Wq = 0, plane = 0, group = 0, slack = 0;

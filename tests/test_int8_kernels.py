@@ -65,8 +65,13 @@ def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride
     w = block_sparse(rng, (cout, cin) + k, density)
     m, b = requant_params(rng, cout, 0.02)
     q = rng.integers(0, 256, (n, cin, H, W)).astype(np.uint8)
-    conv = nat.Int8Conv2d(w, m, b, stride=stride, padding=pad, dilation=dil, zp_in=zp_in, relu=relu, out=out,
-                          zp_out=zp_out, out_padding=out_pad, pool=pool, kernel=kernel)
+    args = dict(stride=stride, padding=pad, dilation=dil, zp_in=zp_in, relu=relu, out=out, zp_out=zp_out,
+                out_padding=out_pad, pool=pool, kernel=kernel)
+    if stride[1] == 1 and pad[1] > dil[1] * (k[1] - 1):  # wider than the shared-padding rows hold
+        with pytest.raises(ValueError, match="padding along W must be at most dilation"):
+            nat.Int8Conv2d(w, m, b, **args)
+        return
+    conv = nat.Int8Conv2d(w, m, b, **args)
     x = ref.pack_u8(q, zp_in, pad, stride)
     y = conv.forward(x, H, W)
     want = ref.conv2d(q, zp_in, w, m, b, stride=stride, padding=pad, dilation=dil, relu=relu, pool=pool, out=out,

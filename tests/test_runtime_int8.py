@@ -176,6 +176,27 @@ def test_stride4_conv_runs_columns_in_lanes(isa):
         nat._set_int8_isa(nat.int8_isas()[0])
 
 
+@pytest.mark.parametrize("isa", nat.int8_isas())
+def test_padding_past_the_kernel_reach(isa):
+    """At stride 1 the native layer holds at most dilation * (kw - 1) of padding along W; a step with
+    more (a padded 1x1 conv, a 3x3 with padding 3) pads its input with zero-point columns instead, and
+    gives the reference's bits from fp32 and from uint8 input."""
+    nat._set_int8_isa(isa)
+    try:
+        rng = np.random.default_rng(13)
+        for shape, pad in [((6, 5, 1, 1), 1), ((7, 4, 3, 3), (1, 3))]:
+            w = rng.standard_normal(shape).astype(np.float32)
+            kw = dict(padding=pad, in_q=(0.02, 9), out_q=(0.05, 0), relu=True, out_padding=1)
+            step, ref_step = rt8.Int8ConvStep(w, None, **kw), rt8.Int8ConvStep(w, None, native=False, **kw)
+            assert step.extra_w > 0
+            x = rng.standard_normal((2, shape[1], 7, 10)).astype(np.float32)
+            np.testing.assert_array_equal(step(x).values(), ref_step(x).values())
+            qx = rt8.QTensor(nat.int8_pack(x, 50.0, 9, pad, 1), 0.02, 9, x.shape, rt8._pair(pad))
+            np.testing.assert_array_equal(step(qx).values(), ref_step(qx).values())
+    finally:
+        nat._set_int8_isa(nat.int8_isas()[0])
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_steps_write_into_a_given_buffer(native):
     """``out=``: a step writes its result into a buffer of a previous result (reused, not allocated),

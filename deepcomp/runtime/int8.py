@@ -233,8 +233,13 @@ class Int8ConvStep(_Int8Step):
         # the native layer runs the columns-in-lanes rewrite where it saves dot products (int8_reference)
         self.columns = bool(native and native_int8()) and ref.columns_pay(self.shape[1], self.shape[3], self.stride,
                                                                           self.dilation)
+        # At stride 1 the native layer takes at most dilation * (kw - 1) of padding along W (its rows
+        # share their padding columns, docs/int8.md); more becomes zero-point columns of the input.
+        reach = self.dilation[1] * (self.shape[3] - 1)
+        self.extra_w = max(0, self.padding[1] - reach) if self.stride[1] == 1 else 0
         if native and native_int8():
             nw, stride, padding = w.native() if isinstance(w, CodedInt8) else w, self.stride, self.padding
+            padding = (padding[0], padding[1] - self.extra_w)
             if self.columns:
                 nw = ref.columns_weight(w.dense() if isinstance(w, CodedInt8) else w)
                 stride, padding = (self.stride[0], 1), (self.padding[0], 0)
@@ -257,6 +262,10 @@ class Int8ConvStep(_Int8Step):
         """(uint8 [N, bytes] in the native layer's input layout, N, H, W of its input)."""
         if self.columns:
             return self._packed_columns(x)
+        if self.extra_w:
+            e, zp = self.extra_w, self.in_q[1]
+            q = np.pad(self._values(x), ((0, 0), (0, 0), (0, 0), (e, e)), constant_values=zp)
+            return (ref.pack_u8(q, zp, (self.padding[0], self.padding[1] - e), self.stride),) + (q.shape[0],) + q.shape[2:]
         if isinstance(x, QTensor) and x.padding == self.padding and self.stride == (1, 1):
             if abs(x.scale - self.in_q[0]) > 1e-6 * self.in_q[0] or x.zp != self.in_q[1]:
                 raise ValueError(f"int8 conv input has scale {x.scale} / zp {x.zp}, the step expects {self.in_q}")

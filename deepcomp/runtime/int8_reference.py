@@ -27,7 +27,8 @@ def layout(C: int, H: int, W: int, padding=0, stride=1) -> dict:
     ph, pw = _pair(padding)
     sh, sw = _pair(stride)
     G = -(-C // LANES)
-    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    # at stride 1 along W a row's right padding is the next row's left padding
+    Hq, Wq = -(-(H + 2 * ph) // sh), W + pw if sw == 1 else -(-(W + 2 * pw) // sw)
     plane = Hq * Wq
     group = sh * sw * plane
     slack = Wq + SLACK_VECTOR
