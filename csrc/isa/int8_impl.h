@@ -286,10 +286,19 @@ inline uint32_t lane(const uint8_t* p) {
   return v;
 }
 
+// A layer's blocks (weights and columns) are read once per call, often from memory (the convs before
+// evicted them): the linear kernels ask for them kPrefetch blocks (1 KB) ahead of use, a line each.
+constexpr int64_t kPrefetch = 256;
+inline void prefetch_blocks(const int32_t* col, const int32_t* w4, int64_t j) {
+  __builtin_prefetch(col + j + kPrefetch);
+  __builtin_prefetch(w4 + j + kPrefetch);
+}
+
 int32_t linear_sparse1(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* x) {
   I a0 = T::zero(), a1 = T::zero();
   int64_t j = 0;
   for (; j + 2 * W <= nnz; j += 2 * W) {
+    for (int64_t l = 0; l < 2 * W; l += 16) prefetch_blocks(col, w4, j + l);
     a0 = T::dp(a0, T::prep(T::gather(x, col + j)), T::lw(w4 + j));
     a1 = T::dp(a1, T::prep(T::gather(x, col + j + W)), T::lw(w4 + j + W));
   }
@@ -325,6 +334,11 @@ inline void linear_chunk(const int32_t* col, const int32_t* w4, int64_t nnz, con
     for (int v = 0; v < NV; ++v) a[u][v] = V::dp(a[u][v], V::prep(V::load(p + 4 * V::W * v)), w);
   };
   int64_t j = 0;
+  for (; j + 16 <= nnz; j += 16) {  // a line of blocks at a time (U divides 16)
+    prefetch_blocks(col, w4, j);
+    for (int64_t k = j; k < j + 16; k += U)
+      for (int u = 0; u < U; ++u) step(u, k + u);
+  }
   for (; j + U <= nnz; j += U)
     for (int u = 0; u < U; ++u) step(u, j + u);
   for (; j < nnz; ++j) step(0, j);
