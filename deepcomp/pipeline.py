@@ -17,7 +17,7 @@ from deepcomp.encode import EncodedWeight, encode_shared
 from deepcomp.encode_block import encode_block_shared
 from deepcomp.errors import DeepcompError, RecipeError
 from deepcomp.prune import compute_masks, iterative_prune, layer_kind, prunable_layers
-from deepcomp.prune.block import mixed_masks
+from deepcomp.prune.block import columns_blocks, mixed_masks
 from deepcomp.prune.criteria import Criterion
 from deepcomp.prune.unstructured import weight_key
 from deepcomp.quantize import SharedWeight, share_weights
@@ -335,9 +335,12 @@ def compress(
             for name, sw in shared.items():
                 layers[name].weight.copy_(torch.from_numpy(sw.dense()))
 
-    # 3. Huffman-code: int8 layers block by block (one gap per block: CODED_BLOCK sections)
-    encoded = {name: (encode_block_shared if plan[name].int8 else encode_shared)(shared[name],
-                                                                                 plan[name].index_bits)
+    # 3. Huffman-code: int8 layers block by block (one gap per block: CODED_BLOCK sections), except
+    # those pruned in blocks of kernel columns (columns_blocks), whose blocks CODED_BLOCK cannot say
+    def coder(name):
+        return encode_block_shared if plan[name].int8 and not columns_blocks(layers[name]) else encode_shared
+
+    encoded = {name: coder(name)(shared[name], plan[name].index_bits)
                for name in _progress(list(plan), "huffman", progress)}
 
     # 4. int8: calibrate the activations, mark the int8 nodes, store the weight scales

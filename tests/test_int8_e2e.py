@@ -195,6 +195,37 @@ def test_batchnorm_after_int8_conv(tmp_path):
     assert 0 < err <= TOLERANCE, err
 
 
+class Stride4Net(nn.Module):
+    """AlexNet's first layer in small: a 3-channel 11x11 conv of stride 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 11, stride=4, padding=2)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_stride4_conv_pruned_and_run_in_kernel_columns(tmp_path):
+    """A conv the runtime rewrites with 4 kernel columns per lane is block-pruned in those columns
+    (coded as unstructured CODED, which says any pattern), so every block the rewritten conv runs is
+    kept whole: the native layer keeps the recipe's fraction of them. Bit-equal to the reference."""
+    import deepcomp
+
+    torch.manual_seed(0)
+    r = compress(Stride4Net().eval(), recipe="sparse-int8", input_shape=(3, 19, 19), progress=False)
+    r.save(tmp_path / "s4.dcz")
+    m = deepcomp.load(tmp_path / "s4.dcz", int8="file")
+    step = m._kernels["c1"]
+    assert step.columns and m.layers[0].precision == "int8"
+    assert step.native.blocks / step.native.total_blocks == pytest.approx(0.2, abs=0.01)  # the recipe's 80% sparsity
+    x = np.random.default_rng(6).standard_normal((2, 3, 19, 19)).astype(np.float32)
+    np.testing.assert_array_equal(m(x), deepcomp.load(tmp_path / "s4.dcz", int8_reference=True)(x))
+
+
 def test_info_shows_int8_nodes(int8_file, capsys):
     path = str(int8_file[0])
     assert main(["info", path]) == 0

@@ -11,7 +11,7 @@ from torch import nn
 
 from deepcomp.errors import RecipeError
 from deepcomp.prune import Criterion
-from deepcomp.prune.block import block_density, block_mask, block_scores, compute_block_masks
+from deepcomp.prune.block import block_density, block_mask, block_scores, columns_blocks, compute_block_masks
 
 
 def blocks_whole(mask: torch.Tensor, out_block: int = 1) -> bool:
@@ -75,6 +75,24 @@ def test_compute_block_masks_per_layer_with_any_criterion_keeps_old_masks():
     big = block_scores(model[0].weight.detach().abs(), "l1")
     kept = block_scores(rev["0"].float(), "l1") > 0
     assert big[kept].max() <= big[~kept].min()
+
+
+def test_stride4_conv_is_pruned_in_blocks_of_kernel_columns():
+    """A conv the int8 runtime runs with 4 columns per lane (3 channels, stride 4: AlexNet's conv1)
+    keeps or removes 4 consecutive kernel columns of one input channel whole, at the asked fraction
+    of those blocks, and never revives one an earlier mask removed."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 11, stride=4, padding=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    assert columns_blocks(model[0]) and not columns_blocks(model[2])
+    masks = compute_block_masks(model, {"0": 0.3})
+    m = masks["0"].numpy()
+    cols = np.concatenate([m, m[..., 10:]], axis=-1)  # the 12th column is no weight: as the 11th
+    blocks = cols.reshape(8, 3, 11, 3, 4)
+    assert (blocks.all(-1) | ~blocks.any(-1)).all()  # whole blocks
+    kept = blocks.any(-1)
+    assert kept.sum() == kept.size - round(0.3 * kept.size)
+    again = compute_block_masks(model, {"0": 0.6}, masks=masks)["0"]
+    assert not (again & ~masks["0"]).any()
 
 
 def test_bad_arguments_say_what_to_do():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +77,29 @@ def block_mask(scores: torch.Tensor, amount: float, norm: str = "l2", out_block:
     return expand_blocks(_keep_top(b, n_keep), scores.shape, out_block)
 
 
+def columns_blocks(module: nn.Module) -> bool:
+    """Whether the int8 runtime runs this layer rewritten with 4 columns of one channel per lane
+    (deepcomp.runtime.int8_reference.columns_pay: a conv of stride 4 along W with few channels, as
+    AlexNet's conv1), so that its blocks are 4 consecutive kernel columns of one input channel."""
+    from deepcomp.runtime.int8_reference import columns_pay
+
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and isinstance(module.padding, tuple)
+            and columns_pay(module.in_channels, module.kernel_size[1], module.stride, module.dilation))
+
+
+def _columns_block_mask(scores: torch.Tensor, amount: float, norm: str, out_block: int) -> torch.Tensor:
+    """block_mask over blocks of 4 consecutive kernel columns of one input channel (columns_blocks):
+    the scores rewritten as the runtime rewrites the weight, blocked along its channels, and back."""
+    from deepcomp.runtime.int8_reference import columns_unweight, columns_weight
+
+    s = scores.numpy()
+    kw = s.shape[3]
+    padded = np.full(s.shape[:3] + (-(-kw // BLOCK) * BLOCK,), -np.inf, np.float32)
+    padded[..., :kw] = s  # the columns past kw are no weight: dead, so they count as 0
+    m = block_mask(torch.from_numpy(columns_weight(padded)), amount, norm, out_block)
+    return torch.from_numpy(columns_unweight(m.numpy(), kw))
+
+
 def compute_block_masks(
     model: nn.Module,
     amount: float | Mapping[str, float],
@@ -107,7 +131,7 @@ def compute_block_masks(
                              f"whose weight is {tuple(module.weight.shape)}")
         if old is not None:
             s = torch.where(old.cpu(), s, torch.full_like(s, float("-inf")))
-        out[name] = block_mask(s, a, norm, out_block)
+        out[name] = (_columns_block_mask if columns_blocks(module) else block_mask)(s, a, norm, out_block)
     return out
 
 

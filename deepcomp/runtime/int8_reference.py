@@ -97,6 +97,13 @@ def columns_weight(w: np.ndarray) -> np.ndarray:
     return full.reshape(O, C, kh, k4, LANES).transpose(0, 1, 4, 2, 3).reshape(O, LANES * C, kh, k4)
 
 
+def columns_unweight(w4: np.ndarray, kw: int) -> np.ndarray:
+    """The inverse of :func:`columns_weight`: [O, 4C, kh, ceil(kw / 4)] -> [O, C, kh, kw]."""
+    O, C4, kh, k4 = w4.shape
+    w = w4.reshape(O, C4 // LANES, LANES, kh, k4).transpose(0, 1, 3, 4, 2).reshape(O, C4 // LANES, kh, LANES * k4)
+    return np.ascontiguousarray(w[..., :kw])
+
+
 def unpack(buf: np.ndarray, C: int, H: int, W: int, padding=0) -> np.ndarray:
     """[N, bytes] in a stride-1 layout -> uint8 NCHW (the inverse of pack_u8 with stride 1)."""
     L = layout(C, H, W, padding, 1)
