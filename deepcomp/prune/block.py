@@ -83,7 +83,7 @@ def columns_blocks(module: nn.Module) -> bool:
     AlexNet's conv1), so that its blocks are 4 consecutive kernel columns of one input channel."""
     from deepcomp.runtime.int8_reference import columns_pay
 
-    return (isinstance(module, nn.Conv2d) and module.groups == 1 and isinstance(module.padding, tuple)
+    return (isinstance(module, nn.Conv2d) and module.groups == 1
             and columns_pay(module.in_channels, module.kernel_size[1], module.stride, module.dilation))
 
 

@@ -265,7 +265,7 @@ class Int8ConvStep(_Int8Step):
         if self.extra_w:
             e, zp = self.extra_w, self.in_q[1]
             q = np.pad(self._values(x), ((0, 0), (0, 0), (0, 0), (e, e)), constant_values=zp)
-            return (ref.pack_u8(q, zp, (self.padding[0], self.padding[1] - e), self.stride),) + (q.shape[0],) + q.shape[2:]
+            return ref.pack_u8(q, zp, (self.padding[0], self.padding[1] - e), self.stride), q.shape[0], q.shape[2], q.shape[3]
         if isinstance(x, QTensor) and x.padding == self.padding and self.stride == (1, 1):
             if abs(x.scale - self.in_q[0]) > 1e-6 * self.in_q[0] or x.zp != self.in_q[1]:
                 raise ValueError(f"int8 conv input has scale {x.scale} / zp {x.zp}, the step expects {self.in_q}")
