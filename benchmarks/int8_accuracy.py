@@ -128,6 +128,8 @@ def command_flags(a) -> str:
     flags = "" if a.quick else "".join(f" --{k.replace('_', '-')} {v}" for k, v in [
         ("iterative", a.iterative), ("finetune_epochs", a.finetune_epochs), ("codebook_epochs", a.codebook_epochs)]
         if v != DEFAULTS[k])
+    if a.data != "fashion-mnist":
+        flags += f' --data "{a.data}"'
     if a.only != list(RECIPES):
         flags += " --only " + ",".join(a.only)
     if a.density:
