@@ -41,9 +41,9 @@ RECIPES = {"fp32": "fp32 deep-compression", "int8-1x4": "int8, 1x4 blocks", "int
 DEFAULTS = {"iterative": 3, "finetune_epochs": 2, "codebook_epochs": 1}  # the schedule flags' defaults
 
 
-def recipes(model: str, only: list[str], density: dict[str, float]):
+def recipes(model: str, only: list[str], density: dict[str, float], calibration: str | None = None):
     """(label, Recipe) of each compression compared (the keys of RECIPES in ``only``), with the layer
-    densities in ``density`` in place of the recipe's."""
+    densities in ``density`` and the int8 activation ``calibration`` in place of the recipe's."""
     from deepcomp.recipes import load_recipe
 
     out = []
@@ -59,6 +59,9 @@ def recipes(model: str, only: list[str], density: dict[str, float]):
         for layer, d in density.items():
             rec.layers[layer] = {**rec.layers[layer], "density": d}
         label = RECIPES[key] + "".join(f", {k} {v:g}" for k, v in density.items())
+        if calibration and key != "fp32":
+            rec.defaults = {**rec.defaults, "calibration": calibration}
+            label += f", {calibration} calibration"
         out.append((label, rec))
     return out
 
@@ -134,6 +137,8 @@ def command_flags(a) -> str:
         flags += " --only " + ",".join(a.only)
     if a.density:
         flags += " --density " + ",".join(f"{k}={v:g}" for k, v in a.density.items())
+    if a.calibration:
+        flags += f" --calibration {a.calibration}"
     return flags + (" --no-peers" if a.no_peers else "")
 
 
@@ -152,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime / OpenVINO int8 rows")
     ap.add_argument("--only", type=parse_only, default=list(RECIPES),
                     help=f"comma-separated recipes to run, of {', '.join(RECIPES)} (default: all)")
+    ap.add_argument("--calibration", choices=["minmax", "percentile", "mse"], default=None,
+                    help="int8 activation calibration in place of the recipe's")
     ap.add_argument("--density", type=parse_density, default={},
                     help="layer densities overriding the recipes', e.g. conv2=0.2,fc1=0.12")
     ap.add_argument("--out", help="default: benchmarks/results/int8_accuracy[_MODEL][_quick].md")
@@ -170,7 +177,7 @@ def main(argv=None) -> int:
     from deepcomp.dcz import decompress
     from deepcomp.zoo import LoadedModel, resolve_arch
 
-    runs = recipes(a.model, a.only, a.density)  # checked before any training
+    runs = recipes(a.model, a.only, a.density, a.calibration)  # checked before any training
     t_start = time.time()
     train_ds = load_dataset(a.data, "train", limit=a.limit)
     test_ds = load_dataset(a.data, "test")
