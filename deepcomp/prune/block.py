@@ -92,12 +92,10 @@ def _columns_block_mask(scores: torch.Tensor, amount: float, norm: str, out_bloc
     the scores rewritten as the runtime rewrites the weight, blocked along its channels, and back."""
     from deepcomp.runtime.int8_reference import columns_unweight, columns_weight
 
-    s = scores.numpy()
-    kw = s.shape[3]
-    padded = np.full(s.shape[:3] + (-(-kw // BLOCK) * BLOCK,), -np.inf, np.float32)
-    padded[..., :kw] = s  # the columns past kw are no weight: dead, so they count as 0
-    m = block_mask(torch.from_numpy(columns_weight(padded)), amount, norm, out_block)
-    return torch.from_numpy(columns_unweight(m.numpy(), kw))
+    # the columns past kw are no weight: dead (-inf), so they count as 0 in their block's norm
+    rewritten = columns_weight(scores.numpy().astype(np.float32), fill=-np.inf)
+    m = block_mask(torch.from_numpy(rewritten), amount, norm, out_block)
+    return torch.from_numpy(columns_unweight(m.numpy(), scores.shape[3]))
 
 
 def compute_block_masks(

@@ -230,14 +230,14 @@ class Int8ConvStep(_Int8Step):
         self.relu, self.pool, self.out_padding = bool(relu), pool, _pair(out_padding)
         self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q, bn)
         self.out = "u8" if out_q is not None else "f32"
+        use_native = bool(native and native_int8())
         # the native layer runs the columns-in-lanes rewrite where it saves dot products (int8_reference)
-        self.columns = bool(native and native_int8()) and ref.columns_pay(self.shape[1], self.shape[3], self.stride,
-                                                                          self.dilation)
+        self.columns = use_native and ref.columns_pay(self.shape[1], self.shape[3], self.stride, self.dilation)
         # At stride 1 the native layer takes at most dilation * (kw - 1) of padding along W (its rows
         # share their padding columns, docs/int8.md); more becomes zero-point columns of the input.
         reach = self.dilation[1] * (self.shape[3] - 1)
         self.extra_w = max(0, self.padding[1] - reach) if self.stride[1] == 1 else 0
-        if native and native_int8():
+        if use_native:
             nw, stride, padding = w.native() if isinstance(w, CodedInt8) else w, self.stride, self.padding
             padding = (padding[0], padding[1] - self.extra_w)
             if self.columns:

@@ -88,11 +88,11 @@ def columns_in_lanes(x: np.ndarray, pw: int, width: int, fill=0) -> np.ndarray:
     return full.reshape(N, C, H, width, LANES).transpose(0, 1, 4, 2, 3).reshape(N, LANES * C, H, width)
 
 
-def columns_weight(w: np.ndarray) -> np.ndarray:
-    """[O, C, kh, kw] -> [O, 4C, kh, ceil(kw / 4)]: the weight of the rewritten conv (zeros past kw)."""
+def columns_weight(w: np.ndarray, fill=0) -> np.ndarray:
+    """[O, C, kh, kw] -> [O, 4C, kh, ceil(kw / 4)]: the weight of the rewritten conv (``fill`` past kw)."""
     O, C, kh, kw = w.shape
     k4 = -(-kw // LANES)
-    full = np.zeros((O, C, kh, LANES * k4), w.dtype)
+    full = np.full((O, C, kh, LANES * k4), fill, w.dtype)
     full[..., :kw] = w
     return full.reshape(O, C, kh, k4, LANES).transpose(0, 1, 4, 2, 3).reshape(O, LANES * C, kh, k4)
 
