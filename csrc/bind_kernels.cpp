@@ -282,6 +282,13 @@ void bind_kernels(py::module_& m) {
         "Debug/testing: SparseConv2d layers (groups == 1) whose effective density reaches this run on the dense "
         "kernel in plans made from now on (0: every one, above 1: none, negative: the ISA's default); returns the "
         "previous value.");
+  m.def("_set_conv_winograd_threshold", &set_conv_winograd_threshold, py::arg("threshold"),
+        "Debug/testing: 3x3 stride-1 SparseConv2d layers whose estimated saving over the direct kernels reaches "
+        "this run in Winograd F(4x4, 3x3) form from now on (0: every one that fits and has a nonzero, above 4: "
+        "none, negative: the default); returns the previous value.");
+  m.def("_set_winograd_chunk_bytes", &set_winograd_chunk_budget, py::arg("bytes"),
+        "Debug/testing: bytes of transformed tiles a Winograd convolution processes at a time; returns the "
+        "previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");
@@ -322,13 +329,14 @@ void bind_kernels(py::module_& m) {
            py::arg("height"), py::arg("width"))
       .def(
           "kernel_for",
-          [](const PySparseConv2d& s, int64_t H, int64_t W) {
+          [](const PySparseConv2d& s, int64_t H, int64_t W, int64_t N) {
             py::gil_scoped_release nogil;
-            return std::string(s.k->dense_for(H, W) ? "dense" : "sparse");
+            return std::string(s.k->kernel_for(N, H, W));
           },
-          py::arg("height"), py::arg("width"),
-          "Which kernel convolves an input of height x width at the current thread count: 'sparse', or "
-          "'dense' for a layer too dense to gain from sparsity. Plans the shape, as the first forward would.")
+          py::arg("height"), py::arg("width"), py::arg("batch") = 1,
+          "Which kernel convolves a batch of inputs of height x width at the current thread count: 'sparse', "
+          "'dense' for a layer too dense to gain from sparsity, or 'winograd' for a 3x3 layer that needs "
+          "fewer multiplications in Winograd form. Plans the shape, as the first forward would.")
       .def_property_readonly("nnz", [](const PySparseConv2d& s) { return s.k->store().nnz(); })
       .def_property_readonly("bytes", [](const PySparseConv2d& s) { return s.k->store().bytes(); })
       .def_property_readonly("in_channels", [](const PySparseConv2d& s) { return s.k->geometry().in_channels; })

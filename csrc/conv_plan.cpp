@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "dispatch.h"
+#include "winograd.h"
 
 namespace deepcomp {
 
@@ -22,6 +23,7 @@ std::atomic<int64_t> g_l1_budget{0};
 // cache between being built and being read; also bounds the scratch memory.
 std::atomic<int64_t> g_band_budget{int64_t(2) << 20};
 std::atomic<double> g_dense_threshold{-1.0};  // negative: the ISA's default
+std::atomic<double> g_winograd_threshold{-1.0};  // negative: the default
 #ifndef DC_CONV_RT
 #define DC_CONV_RT true
 #endif
@@ -241,6 +243,48 @@ bool conv_wants_dense(const ConvGeometry& g, const CsrStore& w, const ConvPlanKe
   const double effective = density * double(sparse_wq(g, key.W, key.width)) / double(OW) /
                            (1.0 + 4.0 * key.width / double(K));
   return effective >= key.dense_threshold;
+}
+
+double conv_default_winograd_threshold(int) { return 0.85; }
+double conv_winograd_threshold() {
+  const double t = g_winograd_threshold.load(std::memory_order_relaxed);
+  return t < 0 ? conv_default_winograd_threshold(kernels().width) : t;
+}
+double set_conv_winograd_threshold(double t) {
+  const double prev = conv_winograd_threshold();
+  g_winograd_threshold.store(t, std::memory_order_relaxed);
+  return prev;
+}
+
+double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width) {
+  // Multiplications per output and input channel: the sparse kernel does 9 * density * Wq / OW
+  // (it computes the padding columns too), the dense one about 9 * 0.55 at its rate (see
+  // conv_wants_dense); Winograd 36 / 16 per tile output, times the share of the tiles' outputs
+  // inside the plane and of the tile vectors' lanes that hold a tile, plus the transforms, whose
+  // cost per product falls with the channel counts (kWinoTransform: fitted on VGG-16's layers,
+  // docs/kernels.md).
+  constexpr double kWinoTransform = 6.7;
+  if (!WinogradConv::fits(g) || w.nnz() == 0) return 0.0;
+  const auto [OH, OW] = conv_out_size(g, H, W);
+  const int64_t TY = (OH + 3) / 4, TX = (OW + 3) / 4, tiles = N * TY * TX;
+  const double density = double(w.nnz()) / double(g.out_channels * g.in_channels * 9);
+  const double direct = 9.0 * std::min(density * double(sparse_wq(g, W, width)) / double(OW), 0.55);
+  const double inside = double(TY * 4) * double(TX * 4) / double(OH * OW);
+  const double lanes = double((tiles + width - 1) / width * width) / double(tiles);
+  const double transforms = 1.0 + kWinoTransform / double(g.in_channels) + kWinoTransform / double(g.out_channels);
+  return direct / (2.25 * inside * lanes * transforms);
+}
+
+bool conv_wants_winograd(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width) {
+  // Under 32 tiles a call streams all its transformed weights for too few products (VGG-16's conv5
+  // and AlexNet's 13 x 13 layers at batch 1), and under 16 input channels the GEMMs are too short.
+  constexpr int64_t kMinTiles = 32, kMinChannels = 16;
+  if (!WinogradConv::fits(g) || w.nnz() == 0 || N < 1) return false;
+  const double threshold = conv_winograd_threshold();
+  if (threshold <= 0) return true;  // forced (tests, A/B runs)
+  const auto [OH, OW] = conv_out_size(g, H, W);
+  if (g.in_channels < kMinChannels || N * ((OH + 3) / 4) * ((OW + 3) / 4) < kMinTiles) return false;
+  return conv_winograd_saving(g, w, N, H, W, width) >= threshold;
 }
 
 std::shared_ptr<const ConvPlan> build_dense_plan(const ConvGeometry& g, const CsrStore& w, const ConvPlanKey& key) {

@@ -129,6 +129,15 @@ constexpr int64_t kConvPad = 8;
 // Whether the layer runs on the dense kernel for this key (groups == 1, effective density at or
 // above the key's threshold).
 bool conv_wants_dense(const ConvGeometry& g, const CsrStore& w, const ConvPlanKey& key);
+// Whether the layer runs on the Winograd F(4x4, 3x3) kernel for N inputs of H x W (csrc/winograd.h):
+// it fits, has nonzeros, the call has enough tiles and input channels, and conv_winograd_saving
+// reaches the threshold (0: every layer that fits and has nonzeros; negative restores the default).
+bool conv_wants_winograd(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width);
+// The estimated ratio of the direct kernels' work to Winograd's (0 if it does not fit).
+double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width);
+double conv_winograd_threshold();
+double set_conv_winograd_threshold(double threshold);  // returns the previous value
+double conv_default_winograd_threshold(int width);
 std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const CsrStore& w, const ConvPlanKey& key);
 std::shared_ptr<const ConvPlan> build_dense_plan(const ConvGeometry& g, const CsrStore& w, const ConvPlanKey& key);
 // Output spatial size for an input of H x W (ShapeError if empty).

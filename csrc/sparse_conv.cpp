@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -80,6 +81,16 @@ void build_plane_rows(const ConvGeometry& g, int64_t H, int64_t W, int64_t Hb, i
   }
 }
 
+// The layer's weights as a dense [out_channels][in_channels / groups * kh * kw] array.
+std::vector<float> dense_weights(const CsrStore& w, const ConvGeometry& g) {
+  const CsrWeights v = w.view();
+  std::vector<float> d(size_t(w.rows() * w.cols()), 0.f);
+  for (int64_t r = 0; r < w.rows(); ++r)
+    for (int64_t j = v.row_ptr[r]; j < v.row_ptr[r + 1]; ++j)
+      d[size_t(r * w.cols() + w.col_at(j))] = v.values ? v.values[j] : v.codebook[v.cluster[j]];
+  return d;
+}
+
 // Region r of a band buffer: region 0 shifted left by sft floats, zero at the end; floats [a, b).
 void shifted_copy(const float* region0, float* dst, int64_t S, int64_t sft, int64_t a, int64_t b) {
   const int64_t b_copy = std::min(b, S - sft);
@@ -90,13 +101,26 @@ void shifted_copy(const float* region0, float* dst, int64_t S, int64_t sft, int6
 
 }  // namespace
 
-bool SparseConv2d::dense_for(int64_t H, int64_t W) const {
-  return plan_for(H, W, ThreadPool::instance().num_threads())->dense;
+std::shared_ptr<const WinogradConv> SparseConv2d::winograd_for(int64_t N, int64_t H, int64_t W) const {
+  const Kernels& K = kernels();
+  if (!conv_wants_winograd(g_, w_, N, H, W, K.width)) return nullptr;
+  std::lock_guard<std::mutex> lock(wino_mutex_);
+  if (!wino_ || wino_->mr() != K.wino_mr) {
+    wino_.reset();  // the previous ISA's form (tests only) goes before the new one is built
+    wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_, g_), K.wino_mr);
+  }
+  return wino_;
+}
+
+const char* SparseConv2d::kernel_for(int64_t N, int64_t H, int64_t W) const {
+  if (winograd_for(N, H, W)) return "winograd";
+  return plan_for(H, W, ThreadPool::instance().num_threads())->dense ? "dense" : "sparse";
 }
 
 void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu,
                            const float* scale, const float* shift) const {
   if (N <= 0) return;
+  if (const auto wc = winograd_for(N, H, W)) return wc->forward(x, N, H, W, y, relu, w_.view().bias, scale, shift);
   const Kernels& K = kernels();
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();

@@ -4,10 +4,12 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <utility>
 
 #include "conv_plan.h"
 #include "sparse_linear.h"
+#include "winograd.h"
 
 namespace deepcomp {
 
@@ -21,19 +23,24 @@ class SparseConv2d {
   void forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu, const float* scale,
                const float* shift) const;
 
-  // Which kernel runs an H x W input at the current thread count and ISA: true for the dense one.
-  // Plans the shape (and caches the plan) as the first forward would.
-  bool dense_for(int64_t H, int64_t W) const;
+  // Which kernel runs N inputs of H x W at the current thread count and ISA: "winograd", "dense" or
+  // "sparse". Plans the shape (and caches the plan) as the first forward would.
+  const char* kernel_for(int64_t N, int64_t H, int64_t W) const;
 
   const CsrStore& store() const { return w_; }
   const ConvGeometry& geometry() const { return g_; }
 
  private:
   std::shared_ptr<const ConvPlan> plan_for(int64_t H, int64_t W, int threads) const;
+  // The Winograd form of the layer if it runs N inputs of H x W (built on first use, for the current
+  // ISA's register tile), else null.
+  std::shared_ptr<const WinogradConv> winograd_for(int64_t N, int64_t H, int64_t W) const;
 
   ConvGeometry g_;
   CsrStore w_;
   ConvPlanCache plans_;
+  mutable std::mutex wino_mutex_;
+  mutable std::shared_ptr<const WinogradConv> wino_;
 };
 
 }  // namespace deepcomp

@@ -231,7 +231,7 @@ def _int8_dense(dense_fn, fusion: dict):
 def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
                layers: bool = True, seed: int = 0, int8: str = "auto") -> list[dict]:
     """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}, "fp32_fallback"}``;
-    each layer row also says which kernel runs it (``"kernel"``: "sparse" or "dense"; "int8").
+    each layer row also says which kernel runs it (``"kernel"``: "sparse", "dense" or "winograd"; "int8").
     ``int8``: as for deepcomp.load; ``fp32_fallback`` names the int8 nodes that ran fp32 and why.
     Calls :func:`steady_heap` first, a process-wide glibc setting that stays in effect afterwards."""
     import deepcomp.runtime as rt
@@ -292,7 +292,7 @@ def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 
                 torch_sparse_ms = rest[0] if rest else None
                 conv = node["op"] == "conv2d"
                 kern = ("int8" if name in fusion else
-                        step.kernel.kernel_for(*xin.shape[2:]) if conv else "sparse")
+                        step.kernel.kernel_for(*xin.shape[2:], xin.shape[0]) if conv else "sparse")
                 rows.append({"name": name, "kind": "conv" if conv else "fc", "kernel": kern,
                              "density": layer.density, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                              "torch_sparse_ms": torch_sparse_ms, "speedup": dense_ms / sparse_ms})

@@ -24,8 +24,10 @@ def restore():
     nat._set_conv_register_tiling(rt)
     stream = nat._set_conv_stream_bytes(-1)
     nat._set_conv_stream_bytes(stream)
+    winograd = nat._set_conv_winograd_threshold(99.0)  # these tests are about the direct kernels
     threads = nat.get_num_threads()
     yield
+    nat._set_conv_winograd_threshold(winograd)
     nat._set_conv_stream_bytes(stream)
     nat._set_conv_band_bytes(budget)
     nat._set_conv_dense_threshold(dense)

@@ -215,7 +215,7 @@ void conv_t(const CsrWeights& w, const int32_t* off, const int64_t* seg, const f
 }
 
 // The sparse micro-kernels of isa/microkernels.h, and the dispatch over their tiles.
-#define DC_SPARSE_ENTRY(NV) {"f32_conv_sparse_" #NV "v__" DC_NAME, "conv_sparse", NV, &conv_t<NV>, nullptr, nullptr},
+#define DC_SPARSE_ENTRY(NV) {"f32_conv_sparse_" #NV "v__" DC_NAME, "conv_sparse", NV, &conv_t<NV>, nullptr, nullptr, nullptr},
 constexpr MicroKernel kSparseKernels[] = {DC_CONV_SPARSE_TILES(DC_SPARSE_ENTRY)};
 #undef DC_SPARSE_ENTRY
 constexpr int kMaxSparseTile = int(sizeof(kSparseKernels) / sizeof(kSparseKernels[0]));
@@ -281,7 +281,7 @@ void conv_rt_t(const ConvRtChunk& c, const float* in, int64_t p0, int64_t g0, in
 static_assert(kConvRtRows == 2, "DC_RT_ROWS names the group size");
 #define DC_RT_ROWS "2"
 #define DC_RT_ENTRY(NV) \
-  {"f32_conv_rt" DC_RT_ROWS "x" #NV "v__" DC_NAME, "conv_rt", NV, nullptr, nullptr, NV <= kRtMaxNv ? &conv_rt_t<(NV <= kRtMaxNv ? NV : 1)> : nullptr},
+  {"f32_conv_rt" DC_RT_ROWS "x" #NV "v__" DC_NAME, "conv_rt", NV, nullptr, nullptr, NV <= kRtMaxNv ? &conv_rt_t<(NV <= kRtMaxNv ? NV : 1)> : nullptr, nullptr},
 constexpr MicroKernel kRtKernels[] = {DC_CONV_RT_TILES(DC_RT_ENTRY)};
 #undef DC_RT_ENTRY
 #undef DC_RT_ROWS
@@ -327,7 +327,7 @@ void conv_dense_t(const float* wp, const int32_t* off, int64_t K, const float* i
 
 // Tiles beyond this ISA's kDensePx are listed with a null function and left out of the list.
 #define DC_DENSE_ENTRY(PX) \
-  {"f32_conv_dense_" #PX "px__" DC_NAME, "conv_dense", PX, nullptr, PX <= kDensePx ? &conv_dense_t<(PX <= kDensePx ? PX : 1)> : nullptr, nullptr},
+  {"f32_conv_dense_" #PX "px__" DC_NAME, "conv_dense", PX, nullptr, PX <= kDensePx ? &conv_dense_t<(PX <= kDensePx ? PX : 1)> : nullptr, nullptr, nullptr},
 constexpr MicroKernel kDenseKernels[] = {DC_CONV_DENSE_TILES(DC_DENSE_ENTRY)};
 #undef DC_DENSE_ENTRY
 
@@ -336,9 +336,11 @@ void conv_dense(const float* wp, const int32_t* off, int64_t K, const float* in,
   kDenseKernels[size_t(px - 1)].conv_dense(wp, off, K, in, epi, es, relu, out);
 }
 
-// Both lists in one, the dense one cut at kDensePx.
+#include "isa/winograd_impl.h"
+
+// All lists in one, each cut at its ISA's largest tile.
 struct MicroList {
-  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx + kRtMaxNv];
+  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx + kRtMaxNv + kWinoMaxNv];
   int n = 0;
 };
 MicroList make_micro_list() {
@@ -348,6 +350,8 @@ MicroList make_micro_list() {
     if (m.conv_dense) l.k[l.n++] = m;
   for (const auto& m : kRtKernels)
     if (m.conv_rt) l.k[l.n++] = m;
+  for (const auto& m : kWinoKernels)
+    if (m.wino_gemm) l.k[l.n++] = m;
   return l;
 }
 
@@ -355,7 +359,8 @@ MicroList make_micro_list() {
 
 const Kernels* DC_ENTRY() {
   static const MicroList micro = make_micro_list();
-  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, &conv_rt, micro.k, micro.n};
+  static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, &conv_rt,
+                             &wino_gemm, kWinoMr, kWinoMaxNv, &wino_input, &wino_output, micro.k, micro.n};
   return &table;
 }
 

@@ -28,6 +28,7 @@ struct VecAvx2 {
   }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }  // b if either is NaN
   static __m256i lanes_of(uint32_t m) {
@@ -40,6 +41,36 @@ struct VecAvx2 {
   }
   // The lanes of m from p, zero elsewhere; the others are not read (no fault past a buffer's end).
   static T load_mask(const float* p, uint32_t m) { return _mm256_maskload_ps(p, lanes_of(m)); }
+  // Lanes k in [lo, hi) of p, zero elsewhere (the others are not read: no fault past a buffer's end).
+  static uint32_t range_mask(int64_t lo, int64_t hi) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > W ? W : hi;
+    return hi <= lo ? 0u : ((1u << (hi - lo)) - 1) << lo;
+  }
+  static T load_range(const float* p, int64_t lo, int64_t hi) {
+    const uint32_t m = range_mask(lo, hi);
+    return m == 0xff ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes_of(m));
+  }
+  static void store_range(float* p, T v, int64_t lo, int64_t hi) { store_mask(p, v, range_mask(lo, hi)); }
+  // [a[1], ..., a[W - 1], next]
+  static T shift_in(T a, float next) {
+    const T r = _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
+    return _mm256_blend_ps(r, _mm256_set1_ps(next), 0x80);
+  }
+  // The 4W floats of in[0..3] as one array f: out[j][i] = f[4i + j] (interleave4 is the inverse).
+  // transpose4_lanes leaves the tiles in the order 0 2 4 6 1 3 5 7; one permute restores it.
+  static void deinterleave4(const T in[4], T out[4]) {
+    T t[4];
+    transpose4_lanes(in, t);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int j = 0; j < 4; ++j) out[j] = _mm256_permutevar8x32_ps(t[j], order);
+  }
+  static void interleave4(const T in[4], T out[4]) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    T t[4];
+    for (int j = 0; j < 4; ++j) t[j] = _mm256_permutevar8x32_ps(in[j], order);
+    transpose4_lanes(t, out);
+  }
   // 8 x 8 transposes through memory (the depthwise kernel's channel-interleaved layout).
   // load_transposed: out[j] = column j of the block whose row i is the 8 floats at p + i * stride;
   // store_transposed: rows[i][0..8) = (in[0][i], ..., in[7][i]). Both split rows into 128-bit

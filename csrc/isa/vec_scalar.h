@@ -19,10 +19,22 @@ struct VecScalar {
   static void stream(float* p, T v) { *p = v; }
   static T fma(T a, T b, T c) { return a * b + c; }
   static T add(T a, T b) { return a + b; }
+  static T sub(T a, T b) { return a - b; }
   static T mul(T a, T b) { return a * b; }
   static T max(T a, T b) { return a > b ? a : b; }  // b if either is NaN, like maxps
   static void store_mask(float* p, T v, uint32_t m) {
     if (m & 1) *p = v;
+  }
+  static T load_range(const float* p, int64_t lo, int64_t hi) { return lo <= 0 && hi > 0 ? *p : 0.f; }
+  static void store_range(float* p, T v, int64_t lo, int64_t hi) {
+    if (lo <= 0 && hi > 0) *p = v;
+  }
+  static T shift_in(T, float next) { return next; }
+  static void deinterleave4(const T in[4], T out[4]) {
+    for (int j = 0; j < 4; ++j) out[j] = in[j];
+  }
+  static void interleave4(const T in[4], T out[4]) {
+    for (int j = 0; j < 4; ++j) out[j] = in[j];
   }
   static float reduce(T v) { return v; }
   static T gather(const float* base, const uint16_t* idx) { return base[idx[0]]; }

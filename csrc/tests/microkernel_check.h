@@ -233,5 +233,29 @@ inline int check_dense(const MicroKernel& mk, int width, int64_t K, uint32_t see
   return bad;
 }
 
+// A Winograd GEMM tile: mr rows of broadcast weights by tile * width lanes, C input channels, the
+// rows of v and m strided (vs, ms) as the driver lays them out.
+inline int check_wino(const MicroKernel& mk, int width, int mr, int64_t C, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int64_t lanes = int64_t(mk.tile) * width, vs = lanes + width, ms = lanes + 3;
+  // The kernel prefetches the next panel: allocate it, as the driver's weights always continue.
+  std::vector<float> w(size_t(2 * C * mr)), v(size_t(C * vs)), m(size_t(mr * ms), -7.f);
+  for (auto& x : w) x = u(rng);
+  for (auto& x : v) x = u(rng);
+  mk.wino_gemm(w.data(), v.data(), C, vs, m.data(), ms);
+  int bad = 0;
+  for (int r = 0; r < mr && bad < 5; ++r)
+    for (int64_t i = 0; i < lanes; ++i) {
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += double(w[size_t(c * mr + r)]) * v[size_t(c * vs + i)];
+      bad += !close(m[size_t(r * ms + i)], s, double(C), "wino_gemm", mk.name);
+    }
+  for (int r = 0; r < mr; ++r)  // nothing written between the rows
+    for (int64_t i = lanes; i < ms && r * ms + i < int64_t(m.size()); ++i)
+      bad += !close(m[size_t(r * ms + i)], -7.0, 1.0, "wino_gemm gap", mk.name);
+  return bad;
+}
+
 }  // namespace mktest
 }  // namespace deepcomp

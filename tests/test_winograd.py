@@ -1,0 +1,151 @@
+"""Winograd F(4x4, 3x3) form of SparseConv2d: against torch on every ISA, over shapes that cut
+tiles, tile vectors, register tiles and chunks in every place; and the rule that picks it."""
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+from deepcomp import _native as nat
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_kernels import HYP, SUPPORTED_ISAS, assert_close, make_conv  # noqa: E402
+
+
+@pytest.fixture
+def winograd():
+    """Every layer that fits runs in Winograd form; the knobs and the ISA come back afterwards."""
+    threshold = nat._set_conv_winograd_threshold(0.0)
+    chunk = nat._set_winograd_chunk_bytes(8 << 20)
+    nat._set_winograd_chunk_bytes(chunk)
+    threads = nat.get_num_threads()
+    yield
+    nat._set_conv_winograd_threshold(threshold)
+    nat._set_winograd_chunk_bytes(chunk)
+    nat.set_num_threads(threads)
+    nat._set_isa(SUPPORTED_ISAS[0])
+
+
+def reference(x, wt, b, padding, relu=False, scale=None, shift=None):
+    y = F.conv2d(torch.from_numpy(x), wt, b, padding=padding)
+    if scale is not None:
+        y = y * torch.from_numpy(scale)[None, :, None, None] + torch.from_numpy(shift)[None, :, None, None]
+    return F.relu(y) if relu else y
+
+
+@HYP
+@given(
+    isa=st.sampled_from(SUPPORTED_ISAS),
+    cin=st.integers(16, 40),
+    cout=st.integers(1, 37),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    n=st.sampled_from([1, 2, 3]),
+    hw=st.tuples(st.integers(3, 30), st.integers(3, 75)),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    layout=st.sampled_from(["fp32", "codebook"]),
+    epilogue=st.sampled_from(["none", "relu", "bn_relu"]),
+    chunk=st.sampled_from([1, 50_000, 8 << 20]),
+    threads=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**31),
+)
+def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, density, layout, epilogue, chunk, threads,
+                                seed):
+    """Widths up to 75 (19 tiles: more than one 16-lane vector per tile row, a partial last one),
+    heights and widths not multiples of 4, output channels not multiples of the register tile, one
+    tile row per chunk (chunk = 1 byte) up to everything in one."""
+    nat._set_isa(isa)
+    nat._set_winograd_chunk_bytes(chunk)
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    H, W = hw
+    layer, wt, b = make_conv(rng, cin, cout, 3, 3, 1, padding, 1, 1, density, layout)
+    x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
+    scale = shift = None
+    if epilogue == "bn_relu":
+        scale = rng.uniform(0.5, 2.0, cout).astype(np.float32)
+        shift = rng.standard_normal(cout).astype(np.float32)
+    relu = epilogue != "none"
+    if H + 2 * padding[0] < 3 or W + 2 * padding[1] < 3:
+        with pytest.raises(ValueError):
+            layer(x, relu, scale, shift)
+        return
+    kernel = layer.kernel_for(H, W, n)
+    assert kernel == ("winograd" if density > 0 else "sparse")
+    got = layer(x, relu, scale, shift)
+    assert_close(got, reference(x, wt, b, padding, relu, scale, shift).numpy())
+
+
+def test_winograd_vgg_layer_is_chosen_and_exact(winograd):
+    """A VGG-16 conv3_x layer at its paper density: Winograd by default, within 1e-4 of torch, and
+    the same result as the direct kernel."""
+    nat._set_conv_winograd_threshold(-1.0)  # the default rule
+    rng = np.random.default_rng(3)
+    layer, wt, b = make_conv(rng, 128, 256, 3, 3, 1, 1, 1, 1, 0.53, "codebook")
+    x = rng.standard_normal((1, 128, 56, 56)).astype(np.float32)
+    assert layer.kernel_for(56, 56) == "winograd"
+    got = layer(x, True)
+    assert_close(got, reference(x, wt, b, 1, relu=True).numpy())
+    nat._set_conv_winograd_threshold(99.0)
+    assert layer.kernel_for(56, 56) != "winograd"
+    assert_close(got, layer(x, True))
+
+
+def test_winograd_rule():
+    """The default rule: not for too few tiles (a 14 x 14 plane at batch 1, but at batch 8), too few
+    input channels, a 22%-dense layer with 64 channels (the transforms cost more than they save),
+    strides, dilations, groups or other kernel sizes; forced on with threshold 0 where it fits."""
+    rng = np.random.default_rng(4)
+    deep = make_conv(rng, 512, 512, 3, 3, 1, 1, 1, 1, 0.35, "fp32")[0]
+    assert deep.kernel_for(14, 14, 1) != "winograd"
+    assert deep.kernel_for(14, 14, 8) == "winograd"
+    thin = make_conv(rng, 8, 64, 3, 3, 1, 1, 1, 1, 0.6, "fp32")[0]
+    assert thin.kernel_for(56, 56) != "winograd"
+    sparse = make_conv(rng, 64, 64, 3, 3, 1, 1, 1, 1, 0.22, "fp32")[0]
+    assert sparse.kernel_for(224, 224) != "winograd"
+    others = [make_conv(rng, 32, 32, 3, 3, 2, 1, 1, 1, 0.6, "fp32")[0],
+              make_conv(rng, 32, 32, 3, 3, 1, 2, 2, 1, 0.6, "fp32")[0],
+              make_conv(rng, 32, 32, 3, 3, 1, 1, 1, 2, 0.6, "fp32")[0],
+              make_conv(rng, 32, 32, 5, 5, 1, 2, 1, 1, 0.6, "fp32")[0]]
+    prev = nat._set_conv_winograd_threshold(0.0)
+    try:
+        assert sparse.kernel_for(224, 224) == "winograd"
+        assert all(layer.kernel_for(40, 40) != "winograd" for layer in others)
+    finally:
+        nat._set_conv_winograd_threshold(prev)
+
+
+def test_winograd_threads_share_one_layer(winograd):
+    """One layer called from several Python threads at once gives each the single-thread result."""
+    rng = np.random.default_rng(5)
+    layer, wt, b = make_conv(rng, 32, 48, 3, 3, 1, 1, 1, 1, 0.4, "fp32")
+    xs = [rng.standard_normal((2, 32, 20 + 4 * i, 37)).astype(np.float32) for i in range(4)]
+    want = [layer(x, True) for x in xs]
+    got = [None] * len(xs)
+
+    def run(i):
+        for _ in range(5):
+            got[i] = layer(xs[i], True)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_winograd_switching_isa_rebuilds(winograd):
+    """The transformed weights are laid out for one ISA's register tile; a switch rebuilds them."""
+    rng = np.random.default_rng(6)
+    layer, wt, b = make_conv(rng, 20, 19, 3, 3, 1, 1, 1, 1, 0.5, "fp32")
+    x = rng.standard_normal((1, 20, 33, 33)).astype(np.float32)
+    ref = reference(x, wt, b, 1).numpy()
+    for isa in SUPPORTED_ISAS + SUPPORTED_ISAS[:1]:
+        nat._set_isa(isa)
+        assert_close(layer(x), ref)
