@@ -13,7 +13,7 @@
 namespace deepcomp {
 
 namespace {
-std::atomic<int64_t> g_chunk_budget{int64_t(8) << 20};
+std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
 
 // G of F(4x4, 3x3): a 3-tap kernel to its 6 transformed taps.
 constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
