@@ -18,4 +18,4 @@ ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 build/asan/microkernel_tests
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 python3 -c 'import deepcomp._native as n, sys; sys.exit(0 if n.__file__.startswith(sys.argv[1]) else "wrong module: " + n.__file__)' "$work"
-python3 -m pytest -q -p no:cacheprovider tests/test_dcz.py tests/test_dcz_block.py tests/test_encode.py tests/test_kernels.py tests/test_conv_schedules.py tests/test_runtime.py tests/test_depthwise.py tests/test_int8_kernels.py tests/test_runtime_int8.py "$@"
+python3 -m pytest -q -p no:cacheprovider tests/test_dcz.py tests/test_dcz_block.py tests/test_encode.py tests/test_kernels.py tests/test_conv_schedules.py tests/test_runtime.py tests/test_depthwise.py tests/test_int8_kernels.py tests/test_runtime_int8.py tests/test_winograd.py "$@"
