@@ -79,8 +79,7 @@ void WinogradConv::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   const int64_t TY = (OH + 3) / 4, TX = (OW + 3) / 4, rows = N * TY;
   const int64_t per_row = 36 * (C + Kp_) * int64_t(sizeof(float)) * TX;
   // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
-  // (VGG-16's 512-channel layers at batch 8: 54.8 -> 50.1 ms with 32 MB chunks instead of 8;
-  // docs/kernels.md).
+  // (docs/kernels.md, "Winograd").
   const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), bytes() * 3 / 4));
   int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
   rpc = (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
