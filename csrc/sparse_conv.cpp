@@ -82,7 +82,7 @@ void build_plane_rows(const ConvGeometry& g, int64_t H, int64_t W, int64_t Hb, i
 }
 
 // The layer's weights as a dense [out_channels][in_channels / groups * kh * kw] array.
-std::vector<float> dense_weights(const CsrStore& w, const ConvGeometry& g) {
+std::vector<float> dense_weights(const CsrStore& w) {
   const CsrWeights v = w.view();
   std::vector<float> d(size_t(w.rows() * w.cols()), 0.f);
   for (int64_t r = 0; r < w.rows(); ++r)
@@ -107,7 +107,7 @@ std::shared_ptr<const WinogradConv> SparseConv2d::winograd_for(int64_t N, int64_
   std::lock_guard<std::mutex> lock(wino_mutex_);
   if (!wino_ || wino_->mr() != K.wino_mr) {
     wino_.reset();  // the previous ISA's form (tests only) goes before the new one is built
-    wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_, g_), K.wino_mr);
+    wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_), K.wino_mr);
   }
   return wino_;
 }
@@ -146,13 +146,7 @@ void SparseConv2d::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   // Scratch lives in the calling thread and is reused across calls (fresh multi-megabyte buffers
   // would page-fault on every call); it is bounded by the band budget.
   thread_local std::vector<float> tl_buf, tl_tmp;
-  const size_t need = size_t(nbuf * p.in_floats + 16);
-  if (tl_buf.size() < need) {
-    tl_buf.clear();
-    tl_buf.shrink_to_fit();
-    tl_buf.resize(need);
-  }
-  float* const buf_base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tl_buf.data()) + 63) & ~uintptr_t(63));
+  float* const buf_base = reuse_buffer(tl_buf, size_t(nbuf * p.in_floats));
   const int64_t oc_tile = std::min(kOcTile, (OC + kOcChunk - 1) / kOcChunk * kOcChunk);
   const size_t tmp_per_slot = size_t(oc_tile * p.block + 16);
   if (tl_tmp.size() < tmp_per_slot * size_t(T)) tl_tmp.resize(tmp_per_slot * size_t(T));

@@ -32,15 +32,6 @@ void transform_kernel(const float* g, double* out) {
     for (int b = 0; b < 6; ++b) out[a * 6 + b] = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
 }
 
-// A buffer of floats that stays with the calling thread and is reused across calls, 64-byte aligned.
-float* scratch(std::vector<float>& buf, size_t floats) {
-  if (buf.size() < floats + 16) {
-    buf.clear();
-    buf.shrink_to_fit();
-    buf.resize(floats + 16);
-  }
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
-}
 }  // namespace
 
 int64_t winograd_chunk_budget() { return g_chunk_budget.load(std::memory_order_relaxed); }
@@ -85,8 +76,8 @@ void WinogradConv::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   rpc = (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
   const int64_t Tp = (rpc * TX + width - 1) / width * width;
   thread_local std::vector<float> tl_v, tl_m;
-  float* const V = scratch(tl_v, size_t(36 * C * Tp));
-  float* const M = scratch(tl_m, size_t(36 * Kp_ * Tp + width));
+  float* const V = reuse_buffer(tl_v, size_t(36 * C * Tp));
+  float* const M = reuse_buffer(tl_m, size_t(36 * Kp_ * Tp + width));
   const int64_t nkb = Kp_ / mr_;
   const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + 35) / 36));
   const int64_t kb_per = (nkb + pieces - 1) / pieces;
