@@ -65,14 +65,16 @@ using ConvSparseFn = void (*)(const CsrWeights& w, const int32_t* off, const int
 using ConvDenseFn = void (*)(const float* wp, const int32_t* off, int64_t K, const float* in, const float* epi,
                             int64_t es, bool relu, float* out);
 
-// Winograd F(4x4, 3x3) GEMM tile (see Kernels::wino_gemm; the vector count is the entry's tile).
+// Winograd F(4x4, 3x3) GEMM tile (see Kernels::wino_gemm and wino_tail; the entry's tile is its
+// vector count, or for "wino_tail" its tile count).
 using WinoGemmFn = void (*)(const float* u, const float* v, int64_t C, int64_t vs, float* m, int64_t ms);
 
 // One entry of csrc/isa/microkernels.h as instantiated for one ISA: exactly one function is set.
-// tile: vectors per pixel block (conv_sparse, conv_rt, wino_gemm) or output pixels (conv_dense).
+// tile: vectors per pixel block (conv_sparse, conv_rt, wino_gemm), output pixels (conv_dense) or
+// tiles (wino_tail, which uses the wino_gemm field).
 struct MicroKernel {
   const char* name;  // <dtype>_<op>_<tile>__<isa>
-  const char* op;    // "conv_sparse", "conv_dense", "conv_rt" or "wino_gemm"
+  const char* op;    // "conv_sparse", "conv_dense", "conv_rt", "wino_gemm" or "wino_tail"
   int tile;
   ConvSparseFn conv_sparse;
   ConvDenseFn conv_dense;
@@ -115,6 +117,9 @@ struct Kernels {
   // v[c*vs + i] for r < wino_mr, i < nv*width, nv in [1, wino_nv].
   void (*wino_gemm)(const float* u, const float* v, int64_t C, int64_t vs, int nv, float* m, int64_t ms);
   int wino_mr, wino_nv;
+  // The same product for nt in [1, wino_tail_max] tiles (i < nt) of a last tile vector (0: none).
+  void (*wino_tail)(const float* u, const float* v, int64_t C, int64_t vs, int nt, float* m, int64_t ms);
+  int wino_tail_max;
   // Input transform of tiles i < n (n <= width) of one plane x [H][W] whose 6 x 6 patches start at
   // (iy0, ix0 + 4i), zero outside it: v[e*es + i] = (B^T d B)[e], e < 36.
   void (*wino_input)(const float* x, int64_t H, int64_t W, int64_t iy0, int64_t ix0, int n, float* v, int64_t es);

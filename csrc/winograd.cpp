@@ -14,6 +14,7 @@ namespace deepcomp {
 
 namespace {
 std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
+std::atomic<int64_t> g_thread_budget{int64_t(640) << 10};
 
 // G of F(4x4, 3x3): a 3-tap kernel to its 6 transformed taps.
 constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
@@ -39,6 +40,11 @@ int64_t set_winograd_chunk_budget(int64_t bytes) {
   return g_chunk_budget.exchange(std::max<int64_t>(1, bytes), std::memory_order_relaxed);
 }
 
+int64_t winograd_thread_budget() { return g_thread_budget.load(std::memory_order_relaxed); }
+int64_t set_winograd_thread_budget(int64_t bytes) {
+  return g_thread_budget.exchange(std::max<int64_t>(0, bytes), std::memory_order_relaxed);
+}
+
 bool WinogradConv::fits(const ConvGeometry& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1;
 }
@@ -58,71 +64,135 @@ WinogradConv::WinogradConv(const ConvGeometry& g, const std::vector<float>& w, i
     }
 }
 
+namespace {
+// Calls fn(r, tx, n, i) for the runs of the tiles [t0, t1) of the flattened index t = r * TX + tx
+// (r = n * TY + ty): each run lies in one tile row, has n <= width tiles and starts at i = t - t0.
+template <class F>
+void for_each_run(int64_t t0, int64_t t1, int64_t TX, int64_t width, F&& fn) {
+  for (int64_t t = t0; t < t1;) {
+    const int64_t r = t / TX, tx = t % TX;
+    const int n = int(std::min({width, TX - tx, t1 - t}));
+    fn(r, tx, n, t - t0);
+    t += n;
+  }
+}
+
+// Floats between the 36 planes of V and of M beyond their size, so that the transforms' 36 loads or
+// stores do not fall on addresses 4 KB apart.
+constexpr int64_t kSkew = 16;
+
+// The V and M buffers of the calling thread.
+thread_local std::vector<float> tl_v, tl_m;
+}  // namespace
+
+struct WinogradConv::Call {
+  const float* x;
+  int64_t H, W, OH, OW, TY, TX;
+  float* y;
+  bool relu;
+  const float *bias, *scale, *shift;
+};
+
+void WinogradConv::input_tiles(const Call& a, int64_t c, int64_t t0, int64_t t1, float* vc, int64_t es) const {
+  const Kernels& kern = kernels();
+  const int64_t C = g_.in_channels, Tp = (t1 - t0 + kern.width - 1) / kern.width * kern.width;
+  for_each_run(t0, t1, a.TX, kern.width, [&](int64_t r, int64_t tx, int n, int64_t i) {
+    const float* xp = a.x + (r / a.TY * C + c) * a.H * a.W;
+    kern.wino_input(xp, a.H, a.W, 4 * (r % a.TY) - g_.ph, 4 * tx - g_.pw, n, vc + i, es);
+  });
+  for (int e = 0; e < 36; ++e) std::fill(vc + e * es + (t1 - t0), vc + e * es + Tp, 0.f);
+}
+
+void WinogradConv::gemm(int64_t e, int64_t kb, const float* ve, int64_t Tp, int64_t Tc, float* m) const {
+  const Kernels& kern = kernels();
+  const int64_t C = g_.in_channels, width = kern.width;
+  const float* u = u_.data() + (e * (Kp_ / mr_) + kb) * C * mr_;
+  const int64_t last = Tc - (Tp / width - 1) * width;  // tiles in the last vector
+  const bool tail = last <= kern.wino_tail_max;
+  // The full tile vectors in calls of nearly equal size (13 vectors at most 3 wide: 3 3 3 2 2, not
+  // 3 3 3 3 1: the narrow tiles share fewer loads).
+  const int64_t nvec = Tp / width - tail, calls = (nvec + kern.wino_nv - 1) / kern.wino_nv;
+  for (int64_t i = 0, t = 0; i < calls; ++i) {
+    const int nv = int((nvec * (i + 1)) / calls - (nvec * i) / calls);
+    kern.wino_gemm(u, ve + t, C, Tp, nv, m + t, Tp);
+    t += nv * width;
+  }
+  if (tail) kern.wino_tail(u, ve + nvec * width, C, Tp, int(last), m + nvec * width, Tp);
+}
+
+void WinogradConv::output_tiles(const Call& a, int64_t k, int64_t t0, int64_t t1, const float* mk, int64_t es) const {
+  const Kernels& kern = kernels();
+  const int64_t K = g_.out_channels;
+  const float b = a.bias ? a.bias[k] : 0.f, s = a.scale ? a.scale[k] : 1.f, h = a.shift ? a.shift[k] : 0.f;
+  for_each_run(t0, t1, a.TX, kern.width, [&](int64_t r, int64_t tx, int n, int64_t i) {
+    float* yp = a.y + (r / a.TY * K + k) * a.OH * a.OW;
+    kern.wino_output(mk + i, es, n, b, s, h, a.relu, yp, a.OH, a.OW, 4 * (r % a.TY), 4 * tx);
+  });
+}
+
+int64_t WinogradConv::thread_tiles(int64_t tiles, int threads) const {
+  const int64_t width = kernels().width, per_tile = 36 * (g_.in_channels + Kp_) * int64_t(sizeof(float));
+  int64_t nv = std::min<int64_t>(kernels().wino_nv, winograd_thread_budget() / (per_tile * width));
+  // At least two chunks per thread, so the threads finish together.
+  while (nv > 1 && (tiles + nv * width - 1) / (nv * width) < 2 * threads) --nv;
+  return nv * width;
+}
+
 void WinogradConv::forward(const float* x, int64_t N, int64_t H, int64_t W, float* y, bool relu, const float* bias,
                            const float* scale, const float* shift) const {
   if (N <= 0) return;
+  if (kernels().wino_mr != mr_) throw ShapeError("WinogradConv: transformed for another ISA");
+  const auto [OH, OW] = conv_out_size(g_, H, W);
+  const Call a{x, H, W, OH, OW, (OH + 3) / 4, (OW + 3) / 4, y, relu, bias, scale, shift};
+  const int T = ThreadPool::instance().num_threads();
+  if (const int64_t tq = thread_tiles(N * a.TY * a.TX, T); tq > 0) return forward_by_thread(a, N, tq);
+  forward_by_phase(a, N);
+}
+
+void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const {
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t C = g_.in_channels, K = g_.out_channels, nkb = Kp_ / mr_, tiles = N * a.TY * a.TX;
+  pool.parallel_for((tiles + tq - 1) / tq, pool.num_threads(), [&](int64_t chunk, int) {
+    const int64_t t0 = chunk * tq, t1 = std::min(tiles, t0 + tq);
+    const int64_t Tp = (t1 - t0 + kernels().width - 1) / kernels().width * kernels().width;
+    const int64_t ves = C * Tp + kSkew, mes = Kp_ * Tp + kSkew;
+    float* const V = reuse_buffer(tl_v, size_t(36 * ves));
+    float* const M = reuse_buffer(tl_m, size_t(36 * mes + kernels().width));
+    for (int64_t c = 0; c < C; ++c) input_tiles(a, c, t0, t1, V + c * Tp, ves);
+    for (int64_t e = 0; e < 36; ++e)
+      for (int64_t kb = 0; kb < nkb; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
+    for (int64_t k = 0; k < K; ++k) output_tiles(a, k, t0, t1, M + k * Tp, mes);
+  });
+}
+
+void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
   const Kernels& kern = kernels();
-  if (kern.wino_mr != mr_) throw ShapeError("WinogradConv: transformed for another ISA");
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
   const int64_t C = g_.in_channels, K = g_.out_channels, width = kern.width;
-  const auto [OH, OW] = conv_out_size(g_, H, W);
-  const int64_t TY = (OH + 3) / 4, TX = (OW + 3) / 4, rows = N * TY;
-  const int64_t per_row = 36 * (C + Kp_) * int64_t(sizeof(float)) * TX;
+  const int64_t rows = N * a.TY;
+  const int64_t per_row = 36 * (C + Kp_) * int64_t(sizeof(float)) * a.TX;
   // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
   // (docs/kernels.md, "Winograd").
   const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), bytes() * 3 / 4));
   int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
   rpc = (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
-  const int64_t Tp = (rpc * TX + width - 1) / width * width;
-  thread_local std::vector<float> tl_v, tl_m;
-  float* const V = reuse_buffer(tl_v, size_t(36 * C * Tp));
-  float* const M = reuse_buffer(tl_m, size_t(36 * Kp_ * Tp + width));
+  const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
+  float* const V = reuse_buffer(tl_v, size_t(36 * C * Tmax));
+  float* const M = reuse_buffer(tl_m, size_t(36 * Kp_ * Tmax + width));
   const int64_t nkb = Kp_ / mr_;
   const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + 35) / 36));
   const int64_t kb_per = (nkb + pieces - 1) / pieces;
 
   for (int64_t r0 = 0; r0 < rows; r0 += rpc) {
-    const int64_t r1 = std::min(rows, r0 + rpc), Tc = (r1 - r0) * TX;
-    const int64_t Tcp = (Tc + width - 1) / width * width;
-    const int64_t ves = C * Tcp, mes = Kp_ * Tcp;
-    pool.parallel_for(C, T, [&](int64_t c, int) {
-      float* vc = V + c * Tcp;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / TY, ty = r % TY;
-        const float* xp = x + (n * C + c) * H * W;
-        for (int64_t tx = 0; tx < TX; tx += width)
-          kern.wino_input(xp, H, W, 4 * ty - g_.ph, 4 * tx - g_.pw, int(std::min(width, TX - tx)),
-                          vc + (r - r0) * TX + tx, ves);
-      }
-      for (int e = 0; e < 36; ++e) std::fill(vc + e * ves + Tc, vc + e * ves + Tcp, 0.f);
-    });
+    const int64_t t0 = r0 * a.TX, t1 = std::min(rows, r0 + rpc) * a.TX;
+    const int64_t Tp = (t1 - t0 + width - 1) / width * width, ves = C * Tp, mes = Kp_ * Tp;
+    pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
     pool.parallel_for(36 * pieces, T, [&](int64_t task, int) {
       const int64_t e = task / pieces, kb0 = task % pieces * kb_per, kb1 = std::min(nkb, kb0 + kb_per);
-      const float* ve = V + e * ves;
-      for (int64_t kb = kb0; kb < kb1; ++kb) {
-        const float* u = u_.data() + (e * nkb + kb) * C * mr_;
-        float* m = M + e * mes + kb * mr_ * Tcp;
-        // The tile vectors in calls of nearly equal size (13 vectors at most 3 wide: 3 3 3 2 2, not
-        // 3 3 3 3 1: the narrow tiles share fewer loads).
-        const int64_t nvec = Tcp / width, calls = (nvec + kern.wino_nv - 1) / kern.wino_nv;
-        for (int64_t i = 0, t = 0; i < calls; ++i) {
-          const int nv = int((nvec * (i + 1)) / calls - (nvec * i) / calls);
-          kern.wino_gemm(u, ve + t, C, Tcp, nv, m + t, Tcp);
-          t += nv * width;
-        }
-      }
+      for (int64_t kb = kb0; kb < kb1; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
     });
-    pool.parallel_for(K, T, [&](int64_t k, int) {
-      const float b = bias ? bias[k] : 0.f, s = scale ? scale[k] : 1.f, h = shift ? shift[k] : 0.f;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / TY, ty = r % TY;
-        float* yp = y + (n * K + k) * OH * OW;
-        for (int64_t tx = 0; tx < TX; tx += width)
-          kern.wino_output(M + k * Tcp + (r - r0) * TX + tx, mes, int(std::min(width, TX - tx)), b, s, h, relu, yp,
-                           OH, OW, 4 * ty, 4 * tx);
-      }
-    });
+    pool.parallel_for(K, T, [&](int64_t k, int) { output_tiles(a, k, t0, t1, M + k * Tp, mes); });
   }
 }
 

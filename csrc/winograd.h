@@ -33,6 +33,21 @@ class WinogradConv {
                const float* scale, const float* shift) const;
 
  private:
+  struct Call;  // one forward call's input, output and tile grid
+  // Tiles per chunk when each thread runs whole chunks with V and M in its own cache, or 0 when
+  // one tile vector's V and M exceed winograd_thread_budget().
+  int64_t thread_tiles(int64_t tiles, int threads) const;
+  void forward_by_thread(const Call& a, int64_t N, int64_t tq) const;
+  // Chunks of whole tile rows, each phase split over the threads.
+  void forward_by_phase(const Call& a, int64_t N) const;
+  // Input channel c of the tiles [t0, t1) to vc[e * es + t - t0], zero up to the next tile vector.
+  void input_tiles(const Call& a, int64_t c, int64_t t0, int64_t t1, float* vc, int64_t es) const;
+  // M[e] rows kb * mr .. + mr over Tc tiles (rows Tp apart): m[r * Tp + t] = sum_c U[e][kb][c][r]
+  // ve[c * Tp + t], for t < Tp or, when the last tile vector is mostly empty, t < Tc.
+  void gemm(int64_t e, int64_t kb, const float* ve, int64_t Tp, int64_t Tc, float* m) const;
+  // Output channel k of the tiles [t0, t1) from mk[e * es + t - t0], with the epilogue.
+  void output_tiles(const Call& a, int64_t k, int64_t t0, int64_t t1, const float* mk, int64_t es) const;
+
   ConvGeometry g_;
   int mr_;
   int64_t Kp_;  // out_channels rounded up to mr
@@ -42,5 +57,9 @@ class WinogradConv {
 // Bytes the V and M buffers of one chunk may take (tests lower it to exercise chunking).
 int64_t winograd_chunk_budget();
 int64_t set_winograd_chunk_budget(int64_t bytes);  // returns the previous value
+// Bytes of V and M per tile vector times the vectors of a chunk, up to which each thread runs whole
+// chunks in its own cache instead (0: never).
+int64_t winograd_thread_budget();
+int64_t set_winograd_thread_budget(int64_t bytes);  // returns the previous value
 
 }  // namespace deepcomp

@@ -23,10 +23,13 @@ def winograd():
     threshold = nat._set_conv_winograd_threshold(0.0)
     chunk = nat._set_winograd_chunk_bytes(8 << 20)
     nat._set_winograd_chunk_bytes(chunk)
+    per_thread = nat._set_winograd_thread_bytes(0)
+    nat._set_winograd_thread_bytes(per_thread)
     threads = nat.get_num_threads()
     yield
     nat._set_conv_winograd_threshold(threshold)
     nat._set_winograd_chunk_bytes(chunk)
+    nat._set_winograd_thread_bytes(per_thread)
     nat.set_num_threads(threads)
     nat._set_isa(SUPPORTED_ISAS[0])
 
@@ -50,16 +53,19 @@ def reference(x, wt, b, padding, relu=False, scale=None, shift=None):
     layout=st.sampled_from(["fp32", "codebook"]),
     epilogue=st.sampled_from(["none", "relu", "bn_relu"]),
     chunk=st.sampled_from([1, 50_000, 8 << 20]),
+    per_thread=st.sampled_from([0, 200_000, 640 << 10, 4 << 20]),
     threads=st.sampled_from([1, 2, 3]),
     seed=st.integers(0, 2**31),
 )
-def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, density, layout, epilogue, chunk, threads,
-                                seed):
+def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, density, layout, epilogue, chunk,
+                                per_thread, threads, seed):
     """Widths up to 75 (19 tiles: more than one 16-lane vector per tile row, a partial last one),
-    heights and widths not multiples of 4, output channels not multiples of the register tile, one
-    tile row per chunk (chunk = 1 byte) up to everything in one."""
+    heights and widths not multiples of 4, output channels not multiples of the register tile; chunks
+    of whole tile rows split by phase (per_thread = 0), from one tile row (chunk = 1 byte) up to
+    everything in one, or chunks of 1 to 3 tile vectors per thread."""
     nat._set_isa(isa)
     nat._set_winograd_chunk_bytes(chunk)
+    nat._set_winograd_thread_bytes(per_thread)
     nat.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     H, W = hw
@@ -78,6 +84,21 @@ def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, densit
     assert kernel == ("winograd" if density > 0 else "sparse")
     got = layer(x, relu, scale, shift)
     assert_close(got, reference(x, wt, b, padding, relu, scale, shift).numpy())
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("per_thread", [0, 4 << 20])
+@pytest.mark.parametrize("tiles", [3, 17, 20, 21])
+def test_winograd_last_tile_vector(winograd, isa, per_thread, tiles):
+    """A last tile vector with 1 to 5 tiles in it, or a call with fewer tiles than one vector: the
+    narrow tail kernels where it is mostly empty, and the GEMM tiles otherwise, on both drivers."""
+    nat._set_isa(isa)
+    nat._set_winograd_thread_bytes(per_thread)
+    rng = np.random.default_rng(tiles)
+    layer, wt, b = make_conv(rng, 24, 21, 3, 3, 1, 1, 1, 1, 0.5, "fp32")
+    x = rng.standard_normal((1, 24, 4, 4 * tiles)).astype(np.float32)
+    assert layer.kernel_for(4, 4 * tiles) == "winograd"
+    assert_close(layer(x, True), reference(x, wt, b, 1, relu=True).numpy())
 
 
 def test_winograd_vgg_layer_is_chosen_and_exact(winograd):

@@ -340,7 +340,7 @@ void conv_dense(const float* wp, const int32_t* off, int64_t K, const float* in,
 
 // All lists in one, each cut at its ISA's largest tile.
 struct MicroList {
-  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx + kRtMaxNv + kWinoMaxNv];
+  MicroKernel k[sizeof(kSparseKernels) / sizeof(kSparseKernels[0]) + kDensePx + kRtMaxNv + kWinoMaxNv + kWinoTail];
   int n = 0;
 };
 MicroList make_micro_list() {
@@ -352,6 +352,8 @@ MicroList make_micro_list() {
     if (m.conv_rt) l.k[l.n++] = m;
   for (const auto& m : kWinoKernels)
     if (m.wino_gemm) l.k[l.n++] = m;
+  for (const auto& m : kWinoTailKernels)
+    if (m.wino_gemm) l.k[l.n++] = m;
   return l;
 }
 
@@ -360,7 +362,7 @@ MicroList make_micro_list() {
 const Kernels* DC_ENTRY() {
   static const MicroList micro = make_micro_list();
   static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, &conv_rt,
-                             &wino_gemm, kWinoMr, kWinoMaxNv, &wino_input, &wino_output, micro.k, micro.n};
+                             &wino_gemm, kWinoMr, kWinoMaxNv, &wino_tail, kWinoTail, &wino_input, &wino_output, micro.k, micro.n};
   return &table;
 }
 

@@ -21,3 +21,6 @@
 // Winograd F(4x4, 3x3) GEMM over the input channels, a register tile of kWinoMr output channels by
 // NV vectors of tiles (Kernels::wino_gemm): X(NV). An ISA instantiates the tiles up to its wino_nv.
 #define DC_WINO_GEMM_TILES(X) X(1) X(2) X(3) X(4)
+// The same product for NT single tiles of a last, mostly empty tile vector (Kernels::wino_tail):
+// X(NT). An ISA instantiates the tiles up to its wino_tail_max.
+#define DC_WINO_TAIL_TILES(X) X(1) X(2) X(3) X(4)

@@ -44,6 +44,49 @@ void wino_gemm(const float* u, const float* v, int64_t C, int64_t vs, int nv, fl
   kWinoKernels[size_t(nv - 1)].wino_gemm(u, v, C, vs, m, ms);
 }
 
+// The most tiles of a last, partly empty tile vector that wino_tail_t takes (0: none): below a
+// third of a vector, broadcasting the tiles costs fewer instructions than a whole vector's products.
+constexpr int kWinoTail = V::W >= 16 ? 4 : (V::W >= 8 ? 2 : 0);
+
+// m[r * ms + i] = sum_c u[c * kWinoMr + r] * v[c * vs + i] for r < kWinoMr, i < NT: wino_gemm_t for
+// NT single tiles, with the vectors along the output channels (one load of the register tile's
+// weights per input channel) and each tile broadcast.
+template <int NT>
+void wino_tail_t(const float* u, const float* v, int64_t C, int64_t vs, float* m, int64_t ms) {
+  constexpr int R = kWinoMr < V::W ? kWinoMr : V::W;  // kWinoMr <= V::W wherever kWinoTail > 0
+  constexpr int P = NT >= 3 ? 1 : 4 / NT;  // input channels in flight: 3 or 4 FMA chains
+  VT acc[P][NT];
+  for (int p = 0; p < P; ++p)
+    for (int i = 0; i < NT; ++i) acc[p][i] = V::zero();
+  int64_t c = 0;
+  for (; c + P <= C; c += P)
+    for (int p = 0; p < P; ++p) {
+      const VT w = V::load_range(u + (c + p) * kWinoMr, 0, R);
+      for (int i = 0; i < NT; ++i) acc[p][i] = V::fma(V::set1(v[(c + p) * vs + i]), w, acc[p][i]);
+    }
+  for (; c < C; ++c) {
+    const VT w = V::load_range(u + c * kWinoMr, 0, R);
+    for (int i = 0; i < NT; ++i) acc[0][i] = V::fma(V::set1(v[c * vs + i]), w, acc[0][i]);
+  }
+  alignas(64) float out[NT][V::W];
+  for (int i = 0; i < NT; ++i) {
+    for (int p = 1; p < P; ++p) acc[0][i] = V::add(acc[0][i], acc[p][i]);
+    V::store(out[i], acc[0][i]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < NT; ++i) m[r * ms + i] = out[i][r];
+}
+
+#define DC_WINO_TAIL_ENTRY(NT)                                                                          \
+  {"f32_wino_tail_" #NT "t__" DC_NAME, "wino_tail", NT, nullptr, nullptr, nullptr,                     \
+   NT <= kWinoTail ? &wino_tail_t<(NT <= kWinoTail ? NT : 1)> : nullptr},
+constexpr MicroKernel kWinoTailKernels[] = {DC_WINO_TAIL_TILES(DC_WINO_TAIL_ENTRY)};
+#undef DC_WINO_TAIL_ENTRY
+
+void wino_tail(const float* u, const float* v, int64_t C, int64_t vs, int nt, float* m, int64_t ms) {
+  kWinoTailKernels[size_t(nt - 1)].wino_gemm(u, v, C, vs, m, ms);
+}
+
 // The 1-D input transform B^T d of six values.
 inline void wino_in_1d(const VT* d, VT* o) {
   const VT two = V::set1(2.f), four = V::set1(4.f), mfive = V::set1(-5.f);

@@ -61,9 +61,10 @@ int main(int argc, char** argv) {
         macs = double(p.seg.back()) * mk.tile * k->width;
         s = median_seconds([&] { mk.conv_sparse(w, p.off.data(), p.seg.data(), p.in.data(), p.p0, 0, OC,
                                                 p.tmp.data(), true, nullptr); }, 7, 200);
-      } else if (std::string(mk.op) == "wino_gemm") {
+      } else if (std::string(mk.op) == "wino_gemm" || std::string(mk.op) == "wino_tail") {
         // One panel of a 256-channel layer, its tile rows in L2 as in the driver.
-        const int64_t C = 256, lanes = int64_t(mk.tile) * k->width, vs = 208;
+        const bool tail = std::string(mk.op) == "wino_tail";
+        const int64_t C = 256, lanes = tail ? mk.tile : int64_t(mk.tile) * k->width, vs = 208;
         std::vector<float> w(size_t(2 * C * k->wino_mr), 0.5f), v(size_t(C * vs), 1.f), m(size_t(k->wino_mr * vs));
         macs = double(C) * k->wino_mr * lanes;
         s = median_seconds([&] { mk.wino_gemm(w.data(), v.data(), C, vs, m.data(), vs); }, 7, 200);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "dispatch.h"
@@ -238,7 +239,8 @@ inline int check_dense(const MicroKernel& mk, int width, int64_t K, uint32_t see
 inline int check_wino(const MicroKernel& mk, int width, int mr, int64_t C, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
-  const int64_t lanes = int64_t(mk.tile) * width, vs = lanes + width, ms = lanes + 3;
+  const bool tail = std::string(mk.op) == "wino_tail";  // its tile counts tiles, not vectors
+  const int64_t lanes = tail ? mk.tile : int64_t(mk.tile) * width, vs = lanes + width, ms = lanes + 3;
   // The kernel prefetches the next panel: allocate it, as the driver's weights always continue.
   std::vector<float> w(size_t(2 * C * mr)), v(size_t(C * vs)), m(size_t(mr * ms), -7.f);
   for (auto& x : w) x = u(rng);
@@ -249,7 +251,7 @@ inline int check_wino(const MicroKernel& mk, int width, int mr, int64_t C, uint3
     for (int64_t i = 0; i < lanes; ++i) {
       double s = 0;
       for (int64_t c = 0; c < C; ++c) s += double(w[size_t(c * mr + r)]) * v[size_t(c * vs + i)];
-      bad += !close(m[size_t(r * ms + i)], s, double(C), "wino_gemm", mk.name);
+      bad += !close(m[size_t(r * ms + i)], s, double(C), mk.op, mk.name);
     }
   for (int r = 0; r < mr; ++r)  // nothing written between the rows
     for (int64_t i = lanes; i < ms && r * ms + i < int64_t(m.size()); ++i)

@@ -28,7 +28,7 @@ int main() {
           for (double d : {0.0, 0.05, 0.33, 1.0})
             for (int64_t taps : {1, 3, 37})
               b += mktest::check_rt(mk, k->width, oc, taps, d, uint32_t(100 * d + taps + oc));
-      } else if (std::string(mk.op) == "wino_gemm") {
+      } else if (std::string(mk.op) == "wino_gemm" || std::string(mk.op) == "wino_tail") {
         for (int64_t C : {1, 3, 16, 67}) b += mktest::check_wino(mk, k->width, k->wino_mr, C, uint32_t(C));
       } else {
         for (int64_t K : {1, 2, 27, 64}) b += mktest::check_dense(mk, k->width, K, uint32_t(K));
