@@ -292,6 +292,9 @@ void bind_kernels(py::module_& m) {
   m.def("_set_winograd_thread_bytes", &set_winograd_thread_budget, py::arg("bytes"),
         "Debug/testing: bytes of transformed tiles up to which each thread runs whole chunks of a Winograd "
         "convolution in its own cache (0: never); returns the previous value.");
+  m.def("_set_winograd_memory_bytes", &set_winograd_memory_budget, py::arg("bytes"),
+        "Debug/testing: the budget for the transformed weights of all Winograd layers (DEEPCOMP_WINOGRAD_MB; "
+        "negative: no limit), for layers transformed from now on; returns the previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");

@@ -107,7 +107,14 @@ std::shared_ptr<const WinogradConv> SparseConv2d::winograd_for(int64_t N, int64_
   std::lock_guard<std::mutex> lock(wino_mutex_);
   if (!wino_ || wino_->mr() != K.wino_mr) {
     wino_.reset();  // the previous ISA's form (tests only) goes before the new one is built
-    wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_), K.wino_mr);
+    const int64_t bytes = WinogradConv::bytes_for(g_, K.wino_mr);
+    if (!winograd_reserve(bytes)) return nullptr;  // over DEEPCOMP_WINOGRAD_MB: the direct kernels
+    try {
+      wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_), K.wino_mr);
+    } catch (...) {
+      winograd_release(bytes);
+      throw;
+    }
   }
   return wino_;
 }

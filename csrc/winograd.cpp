@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #include "common.h"
@@ -15,6 +16,17 @@ namespace deepcomp {
 namespace {
 std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
 std::atomic<int64_t> g_thread_budget{int64_t(640) << 10};
+std::atomic<int64_t> g_reserved{0};
+
+int64_t memory_budget_from_env() {
+  if (const char* env = std::getenv("DEEPCOMP_WINOGRAD_MB")) {
+    char* end = nullptr;
+    const long long mb = std::strtoll(env, &end, 10);
+    if (end != env && *end == '\0' && mb >= 0) return int64_t(mb) << 20;
+  }
+  return -1;
+}
+std::atomic<int64_t> g_memory_budget{memory_budget_from_env()};
 
 // G of F(4x4, 3x3): a 3-tap kernel to its 6 transformed taps.
 constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
@@ -44,6 +56,26 @@ int64_t winograd_thread_budget() { return g_thread_budget.load(std::memory_order
 int64_t set_winograd_thread_budget(int64_t bytes) {
   return g_thread_budget.exchange(std::max<int64_t>(0, bytes), std::memory_order_relaxed);
 }
+
+int64_t winograd_memory_budget() { return g_memory_budget.load(std::memory_order_relaxed); }
+int64_t set_winograd_memory_budget(int64_t bytes) {
+  return g_memory_budget.exchange(bytes < 0 ? -1 : bytes, std::memory_order_relaxed);
+}
+bool winograd_reserve(int64_t bytes) {
+  const int64_t budget = winograd_memory_budget();
+  int64_t cur = g_reserved.load(std::memory_order_relaxed);
+  do {
+    if (budget >= 0 && cur + bytes > budget) return false;
+  } while (!g_reserved.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
+  return true;
+}
+void winograd_release(int64_t bytes) { g_reserved.fetch_sub(bytes, std::memory_order_relaxed); }
+
+int64_t WinogradConv::bytes_for(const ConvGeometry& g, int mr) {
+  return 36 * ((g.out_channels + mr - 1) / mr * mr) * g.in_channels * int64_t(sizeof(float));
+}
+
+WinogradConv::~WinogradConv() { winograd_release(bytes_for(g_, mr_)); }
 
 bool WinogradConv::fits(const ConvGeometry& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1;

@@ -22,8 +22,14 @@ class WinogradConv {
  public:
   // Whether a layer of this geometry can run here (3x3, stride 1, dilation 1, groups 1).
   static bool fits(const ConvGeometry& g);
+  // The bytes of the transformed weights of such a layer for register tile mr.
+  static int64_t bytes_for(const ConvGeometry& g, int mr);
   // w: [K][C][3][3] dense; mr: the register tile of the ISA that will run it (Kernels::wino_mr).
+  // The caller has reserved bytes_for(g, mr) with winograd_reserve; the destructor releases them.
   WinogradConv(const ConvGeometry& g, const std::vector<float>& w, int mr);
+  ~WinogradConv();
+  WinogradConv(const WinogradConv&) = delete;
+  WinogradConv& operator=(const WinogradConv&) = delete;
 
   int mr() const { return mr_; }
   int64_t bytes() const { return int64_t(u_.size() * sizeof(float)); }
@@ -53,6 +59,14 @@ class WinogradConv {
   int64_t Kp_;  // out_channels rounded up to mr
   std::vector<float> u_;
 };
+
+// The transformed weights of all layers of the process stay within DEEPCOMP_WINOGRAD_MB megabytes
+// (default: no limit; 0: no layer runs in Winograd form). winograd_reserve takes bytes from that
+// budget if they fit (false: the layer runs on the direct kernels); winograd_release returns them.
+bool winograd_reserve(int64_t bytes);
+void winograd_release(int64_t bytes);
+int64_t winograd_memory_budget();                   // negative: no limit
+int64_t set_winograd_memory_budget(int64_t bytes);  // returns the previous value
 
 // Bytes the V and M buffers of one chunk may take (tests lower it to exercise chunking).
 int64_t winograd_chunk_budget();

@@ -1,6 +1,8 @@
 """Winograd F(4x4, 3x3) form of SparseConv2d: against torch on every ISA, over shapes that cut
 tiles, tile vectors, register tiles and chunks in every place; and the rule that picks it."""
 
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -170,3 +172,38 @@ def test_winograd_switching_isa_rebuilds(winograd):
     for isa in SUPPORTED_ISAS + SUPPORTED_ISAS[:1]:
         nat._set_isa(isa)
         assert_close(layer(x), ref)
+
+
+def test_winograd_memory_budget(winograd):
+    """The transformed weights of all layers stay within the budget: a layer that does not fit runs
+    on the direct kernels (same result), and gets its Winograd form once another layer frees room."""
+    nat._set_conv_winograd_threshold(-1.0)
+    rng = np.random.default_rng(7)
+    first = make_conv(rng, 64, 48, 3, 3, 1, 1, 1, 1, 0.5, "fp32")[0]
+    second, wt, b = make_conv(rng, 64, 48, 3, 3, 1, 1, 1, 1, 0.5, "fp32")
+    one = 36 * 48 * 64 * 4  # 48 output channels: a multiple of every ISA's register tile
+    prev = nat._set_winograd_memory_bytes(one + one // 2)
+    try:
+        x = rng.standard_normal((1, 64, 56, 56)).astype(np.float32)
+        want = reference(x, wt, b, 1, relu=True).numpy()
+        assert first.kernel_for(56, 56) == "winograd"
+        assert second.kernel_for(56, 56) != "winograd"
+        assert_close(second(x, True), want)
+        del first
+        assert second.kernel_for(56, 56) == "winograd"
+        assert_close(second(x, True), want)
+    finally:
+        nat._set_winograd_memory_bytes(prev)
+
+
+def test_winograd_memory_env_zero_turns_it_off():
+    """DEEPCOMP_WINOGRAD_MB=0: no layer runs in Winograd form (empty: no limit)."""
+    code = ("import numpy as np, sys; sys.path.insert(0, %r); from test_kernels import make_conv; "
+            "layer = make_conv(np.random.default_rng(0), 128, 256, 3, 3, 1, 1, 1, 1, 0.53, 'codebook')[0]; "
+            "print(layer.kernel_for(56, 56))" % str(Path(__file__).parent))
+    kernels = []
+    for mb in ["", "0"]:
+        env = dict(os.environ, DEEPCOMP_WINOGRAD_MB=mb)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        kernels.append(out.stdout.strip())
+    assert kernels[0] == "winograd" and kernels[1] in ("sparse", "dense")
