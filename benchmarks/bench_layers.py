@@ -10,7 +10,7 @@ linear centroids). All implementations run in one process with the same thread c
     python benchmarks/bench_layers.py --ab register-tiling       # kernel A/B: knob off vs on, same process
     python benchmarks/bench_layers.py --ab max-nv=8,7            # planning knob at value A vs value B
     python benchmarks/bench_layers.py --ab stream-bytes          # output stores cached vs non-temporal
-    python benchmarks/bench_layers.py --ab winograd              # direct kernels vs Winograd F(4x4, 3x3)
+    python benchmarks/bench_layers.py --ab winograd              # direct kernels vs Winograd
 
 DEEPCOMP_BENCH_NETS=alexnet limits the networks; DEEPCOMP_NUM_THREADS sets both libraries' threads.
 """
@@ -153,7 +153,7 @@ AB_KNOBS = {
     "stream-bytes": (lambda v: nat._set_conv_stream_bytes(int(v)), 2**62, 8 << 20),
     "l1-budget": (lambda v: nat._set_conv_l1_budget(int(v)), 32768, 24576),
     "dense-threshold": (lambda v: nat._set_conv_dense_threshold(float(v)), 2.0, 0.0),
-    # 3x3 stride-1 layers in Winograd form from this estimated saving (A: never, B: every one that fits).
+    # 3x3 and 5x5 stride-1 layers in Winograd form from this estimated saving (A: never, B: every one that fits).
     "winograd": (lambda v: nat._set_conv_winograd_threshold(float(v)), 99.0, 0.0),
     # 0: the planning the 16-lane (AVX-512) figures chose, on any ISA (register tiling, blocks up to 8
     # vectors, dense from 0.55); 1: this ISA's defaults.

@@ -283,9 +283,9 @@ void bind_kernels(py::module_& m) {
         "kernel in plans made from now on (0: every one, above 1: none, negative: the ISA's default); returns the "
         "previous value.");
   m.def("_set_conv_winograd_threshold", &set_conv_winograd_threshold, py::arg("threshold"),
-        "Debug/testing: 3x3 stride-1 SparseConv2d layers whose estimated saving over the direct kernels reaches "
-        "this run in Winograd F(4x4, 3x3) form from now on (0: every one that fits and has a nonzero, above 4: "
-        "none, negative: the default); returns the previous value.");
+        "Debug/testing: 3x3 and 5x5 stride-1 SparseConv2d layers whose estimated saving over the direct "
+        "kernels reaches this run in Winograd F(4x4, 3x3) / F(4x4, 5x5) form from now on (0: every one that "
+        "fits and has a nonzero, above 4: none, negative: the default); returns the previous value.");
   m.def("_set_winograd_chunk_bytes", &set_winograd_chunk_budget, py::arg("bytes"),
         "Debug/testing: bytes of transformed tiles a Winograd convolution processes at a time; returns the "
         "previous value.");

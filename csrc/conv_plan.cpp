@@ -257,9 +257,9 @@ double set_conv_winograd_threshold(double t) {
 }
 
 double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width) {
-  // Multiplications per output and input channel: the sparse kernel does 9 * density * Wq / OW
-  // (it computes the padding columns too), the dense one about 9 * 0.55 at its rate (see
-  // conv_wants_dense); Winograd 36 / 16 per tile output, times the share of the tiles' outputs
+  // Multiplications per output and input channel: the sparse kernel does r^2 * density * Wq / OW
+  // (it computes the padding columns too), the dense one about r^2 * 0.55 at its rate (see
+  // conv_wants_dense); Winograd (r + 3)^2 / 16 per tile output, times the share of the tiles' outputs
   // inside the plane and of the tile vectors' lanes that hold a tile, plus the transforms, whose
   // cost per product falls with the channel counts (kWinoTransform: fitted on VGG-16's layers,
   // docs/kernels.md).
@@ -267,12 +267,13 @@ double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N,
   if (!WinogradConv::fits(g) || w.nnz() == 0) return 0.0;
   const auto [OH, OW] = conv_out_size(g, H, W);
   const int64_t TY = (OH + 3) / 4, TX = (OW + 3) / 4, tiles = N * TY * TX;
-  const double density = double(w.nnz()) / double(g.out_channels * g.in_channels * 9);
-  const double direct = 9.0 * std::min(density * double(sparse_wq(g, W, width)) / double(OW), 0.55);
+  const double taps = double(g.kh * g.kw), points = double((g.kh + 3) * (g.kw + 3));
+  const double density = double(w.nnz()) / (double(g.out_channels * g.in_channels) * taps);
+  const double direct = taps * std::min(density * double(sparse_wq(g, W, width)) / double(OW), 0.55);
   const double inside = double(TY * 4) * double(TX * 4) / double(OH * OW);
   const double lanes = double((tiles + width - 1) / width * width) / double(tiles);
   const double transforms = 1.0 + kWinoTransform / double(g.in_channels) + kWinoTransform / double(g.out_channels);
-  return direct / (2.25 * inside * lanes * transforms);
+  return direct / (points / 16.0 * inside * lanes * transforms);
 }
 
 bool conv_wants_winograd(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width) {

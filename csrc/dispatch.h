@@ -65,7 +65,7 @@ using ConvSparseFn = void (*)(const CsrWeights& w, const int32_t* off, const int
 using ConvDenseFn = void (*)(const float* wp, const int32_t* off, int64_t K, const float* in, const float* epi,
                             int64_t es, bool relu, float* out);
 
-// Winograd F(4x4, 3x3) GEMM tile (see Kernels::wino_gemm and wino_tail; the entry's tile is its
+// Winograd GEMM tile (see Kernels::wino_gemm and wino_tail; the entry's tile is its
 // vector count, or for "wino_tail" its tile count).
 using WinoGemmFn = void (*)(const float* u, const float* v, int64_t C, int64_t vs, float* m, int64_t ms);
 
@@ -113,20 +113,22 @@ struct Kernels {
   // the chunk's entries of w * in[off + p0 + i]; ep as for conv.
   void (*conv_rt)(const ConvRtChunk& c, const float* in, int64_t p0, int nv, int64_t g0, int64_t g1, int64_t rows,
                   float* tmp, bool accumulate, const ConvEpilogue* ep);
-  // Winograd F(4x4, 3x3) (csrc/winograd.h). wino_gemm: m[r*ms + i] = sum_c u[c*wino_mr + r] *
-  // v[c*vs + i] for r < wino_mr, i < nv*width, nv in [1, wino_nv].
+  // Winograd F(4x4, 3x3) and F(4x4, 5x5) (csrc/winograd.h). wino_gemm: m[r*ms + i] =
+  // sum_c u[c*wino_mr + r] * v[c*vs + i] for r < wino_mr, i < nv*width, nv in [1, wino_nv].
   void (*wino_gemm)(const float* u, const float* v, int64_t C, int64_t vs, int nv, float* m, int64_t ms);
   int wino_mr, wino_nv;
   // The same product for nt in [1, wino_tail_max] tiles (i < nt) of a last tile vector (0: none).
   void (*wino_tail)(const float* u, const float* v, int64_t C, int64_t vs, int nt, float* m, int64_t ms);
   int wino_tail_max;
-  // Input transform of tiles i < n (n <= width) of one plane x [H][W] whose 6 x 6 patches start at
-  // (iy0, ix0 + 4i), zero outside it: v[e*es + i] = (B^T d B)[e], e < 36.
-  void (*wino_input)(const float* x, int64_t H, int64_t W, int64_t iy0, int64_t ix0, int n, float* v, int64_t es);
+  // Input transform, for kernel size r (3: F(4x4, 3x3), tiles of t = 6 points; 5: F(4x4, 5x5), t = 8),
+  // of tiles i < n (n <= width) of one plane x [H][W] whose t x t patches start at (iy0, ix0 + 4i),
+  // zero outside it: v[e*es + i] = (B^T d B)[e], e < t * t.
+  void (*wino_input)(const float* x, int64_t H, int64_t W, int64_t iy0, int64_t ix0, int n, float* v, int64_t es,
+                     int r);
   // Output transform of tiles i < n of one output plane: m[e*es + i] (width readable floats from each
   // m + e*es) to y[oy0 + a][ox0 + 4i + b] inside [OH][OW], as relu?((A^T M A + bias) * scale + shift).
   void (*wino_output)(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
-                      int64_t OH, int64_t OW, int64_t oy0, int64_t ox0);
+                      int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int r);
   // Every micro-kernel of this ISA (see isa/microkernels.h); conv and conv_dense dispatch to them.
   const MicroKernel* micro;
   int nmicro;

@@ -1,5 +1,5 @@
-// Winograd F(4x4, 3x3) driver: the weight transform, and per chunk of tiles the three phases on the
-// thread pool (input transform by input channel, the 36 GEMMs by output-channel tiles, output
+// Winograd F(4x4, 3x3) and F(4x4, 5x5) driver: the weight transform, and per chunk of tiles the three
+// phases on the thread pool (input transform by input channel, the 36 or 64 GEMMs by output-channel tiles, output
 // transform by output channel). See winograd.h for the layouts.
 #include "winograd.h"
 
@@ -28,21 +28,39 @@ int64_t memory_budget_from_env() {
 }
 std::atomic<int64_t> g_memory_budget{memory_budget_from_env()};
 
-// G of F(4x4, 3x3): a 3-tap kernel to its 6 transformed taps.
-constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
-                             {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                             {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                             {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                             {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                             {0, 0, 1}};
+// G of F(4x4, 3x3): a 3-tap kernel to its 6 transformed taps (points 0, +-1, +-2, infinity).
+constexpr double kG3[6][3] = {{1.0 / 4, 0, 0},
+                              {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                              {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                              {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                              {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                              {0, 0, 1}};
+// G of F(4x4, 5x5): a 5-tap kernel to its 8 transformed taps (points 0, +-1, +-2, +-1/2, infinity;
+// the input transform in isa/winograd_impl.h matches).
+constexpr double kG5[8][5] = {{1, 0, 0, 0, 0},
+                              {-2.0 / 9, -2.0 / 9, -2.0 / 9, -2.0 / 9, -2.0 / 9},
+                              {-2.0 / 9, 2.0 / 9, -2.0 / 9, 2.0 / 9, -2.0 / 9},
+                              {1.0 / 90, 1.0 / 45, 2.0 / 45, 4.0 / 45, 8.0 / 45},
+                              {1.0 / 90, -1.0 / 45, 2.0 / 45, -4.0 / 45, 8.0 / 45},
+                              {32.0 / 45, 16.0 / 45, 8.0 / 45, 4.0 / 45, 2.0 / 45},
+                              {32.0 / 45, -16.0 / 45, 8.0 / 45, -4.0 / 45, 2.0 / 45},
+                              {0, 0, 0, 0, 1}};
 
-// G g G^T of one 3x3 kernel, in double: out[a * 6 + b].
-void transform_kernel(const float* g, double* out) {
-  double t[6][3];  // G g
-  for (int a = 0; a < 6; ++a)
-    for (int j = 0; j < 3; ++j) t[a][j] = kG[a][0] * g[j] + kG[a][1] * g[3 + j] + kG[a][2] * g[6 + j];
-  for (int a = 0; a < 6; ++a)
-    for (int b = 0; b < 6; ++b) out[a * 6 + b] = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
+double g_entry(int r, int a, int j) { return r == 5 ? kG5[a][j] : kG3[a][j]; }
+
+// G g G^T of one r x r kernel (r = 3 or 5; t = r + 3 points), in double: out[a * t + b].
+void transform_kernel(const float* g, int r, double* out) {
+  const int t = r + 3;
+  double gg[8][5] = {};  // G g
+  for (int a = 0; a < t; ++a)
+    for (int j = 0; j < r; ++j)
+      for (int i = 0; i < r; ++i) gg[a][j] += g_entry(r, a, i) * g[i * r + j];
+  for (int a = 0; a < t; ++a)
+    for (int b = 0; b < t; ++b) {
+      double s = 0;
+      for (int j = 0; j < r; ++j) s += gg[a][j] * g_entry(r, b, j);
+      out[a * t + b] = s;
+    }
 }
 
 }  // namespace
@@ -72,27 +90,30 @@ bool winograd_reserve(int64_t bytes) {
 void winograd_release(int64_t bytes) { g_reserved.fetch_sub(bytes, std::memory_order_relaxed); }
 
 int64_t WinogradConv::bytes_for(const ConvGeometry& g, int mr) {
-  return 36 * ((g.out_channels + mr - 1) / mr * mr) * g.in_channels * int64_t(sizeof(float));
+  return planes_of(g.kh) * ((g.out_channels + mr - 1) / mr * mr) * g.in_channels * int64_t(sizeof(float));
 }
 
 WinogradConv::~WinogradConv() { winograd_release(bytes_for(g_, mr_)); }
 
 bool WinogradConv::fits(const ConvGeometry& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1;
+  return (g.kh == 3 || g.kh == 5) && g.kw == g.kh && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+         g.groups == 1;
 }
 
-WinogradConv::WinogradConv(const ConvGeometry& g, const std::vector<float>& w, int mr) : g_(g), mr_(mr) {
-  if (!fits(g)) throw ShapeError("WinogradConv: needs a 3x3, stride-1, undilated, ungrouped convolution");
-  const int64_t K = g.out_channels, C = g.in_channels;
-  if (mr < 1 || int64_t(w.size()) != K * C * 9) throw ShapeError("WinogradConv: weights must be [K][C][3][3]");
+WinogradConv::WinogradConv(const ConvGeometry& g, const std::vector<float>& w, int mr)
+    : g_(g), mr_(mr), r_(int(g.kh)), P_(planes_of(g.kh)) {
+  if (!fits(g))
+    throw ShapeError("WinogradConv: needs a 3x3 or 5x5, stride-1, undilated, ungrouped convolution");
+  const int64_t K = g.out_channels, C = g.in_channels, taps = int64_t(r_) * r_;
+  if (mr < 1 || int64_t(w.size()) != K * C * taps) throw ShapeError("WinogradConv: weights must be [K][C][r][r]");
   Kp_ = (K + mr - 1) / mr * mr;
   const int64_t nkb = Kp_ / mr;
-  u_.assign(size_t(36 * Kp_ * C), 0.f);
-  double t[36];
+  u_.assign(size_t(P_ * Kp_ * C), 0.f);
+  double t[64];
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c) {
-      transform_kernel(w.data() + (k * C + c) * 9, t);
-      for (int e = 0; e < 36; ++e) u_[size_t(((e * nkb + k / mr) * C + c) * mr + k % mr)] = float(t[e]);
+      transform_kernel(w.data() + (k * C + c) * taps, r_, t);
+      for (int64_t e = 0; e < P_; ++e) u_[size_t(((e * nkb + k / mr) * C + c) * mr + k % mr)] = float(t[e]);
     }
 }
 
@@ -109,7 +130,7 @@ void for_each_run(int64_t t0, int64_t t1, int64_t TX, int64_t width, F&& fn) {
   }
 }
 
-// Floats between the 36 planes of V and of M beyond their size, so that the transforms' 36 loads or
+// Floats between the planes of V and of M beyond their size, so that the transforms' loads or
 // stores do not fall on addresses 4 KB apart.
 constexpr int64_t kSkew = 16;
 
@@ -130,9 +151,9 @@ void WinogradConv::input_tiles(const Call& a, int64_t c, int64_t t0, int64_t t1,
   const int64_t C = g_.in_channels, Tp = (t1 - t0 + kern.width - 1) / kern.width * kern.width;
   for_each_run(t0, t1, a.TX, kern.width, [&](int64_t r, int64_t tx, int n, int64_t i) {
     const float* xp = a.x + (r / a.TY * C + c) * a.H * a.W;
-    kern.wino_input(xp, a.H, a.W, 4 * (r % a.TY) - g_.ph, 4 * tx - g_.pw, n, vc + i, es);
+    kern.wino_input(xp, a.H, a.W, 4 * (r % a.TY) - g_.ph, 4 * tx - g_.pw, n, vc + i, es, r_);
   });
-  for (int e = 0; e < 36; ++e) std::fill(vc + e * es + (t1 - t0), vc + e * es + Tp, 0.f);
+  for (int64_t e = 0; e < P_; ++e) std::fill(vc + e * es + (t1 - t0), vc + e * es + Tp, 0.f);
 }
 
 void WinogradConv::gemm(int64_t e, int64_t kb, const float* ve, int64_t Tp, int64_t Tc, float* m) const {
@@ -158,12 +179,12 @@ void WinogradConv::output_tiles(const Call& a, int64_t k, int64_t t0, int64_t t1
   const float b = a.bias ? a.bias[k] : 0.f, s = a.scale ? a.scale[k] : 1.f, h = a.shift ? a.shift[k] : 0.f;
   for_each_run(t0, t1, a.TX, kern.width, [&](int64_t r, int64_t tx, int n, int64_t i) {
     float* yp = a.y + (r / a.TY * K + k) * a.OH * a.OW;
-    kern.wino_output(mk + i, es, n, b, s, h, a.relu, yp, a.OH, a.OW, 4 * (r % a.TY), 4 * tx);
+    kern.wino_output(mk + i, es, n, b, s, h, a.relu, yp, a.OH, a.OW, 4 * (r % a.TY), 4 * tx, r_);
   });
 }
 
 int64_t WinogradConv::thread_tiles(int64_t tiles, int threads) const {
-  const int64_t width = kernels().width, per_tile = 36 * (g_.in_channels + Kp_) * int64_t(sizeof(float));
+  const int64_t width = kernels().width, per_tile = P_ * (g_.in_channels + Kp_) * int64_t(sizeof(float));
   int64_t nv = std::min<int64_t>(kernels().wino_nv, winograd_thread_budget() / (per_tile * width));
   // At least two chunks per thread, so the threads finish together.
   while (nv > 1 && (tiles + nv * width - 1) / (nv * width) < 2 * threads) --nv;
@@ -188,10 +209,10 @@ void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const
     const int64_t t0 = chunk * tq, t1 = std::min(tiles, t0 + tq);
     const int64_t Tp = (t1 - t0 + kernels().width - 1) / kernels().width * kernels().width;
     const int64_t ves = C * Tp + kSkew, mes = Kp_ * Tp + kSkew;
-    float* const V = reuse_buffer(tl_v, size_t(36 * ves));
-    float* const M = reuse_buffer(tl_m, size_t(36 * mes + kernels().width));
+    float* const V = reuse_buffer(tl_v, size_t(P_ * ves));
+    float* const M = reuse_buffer(tl_m, size_t(P_ * mes + kernels().width));
     for (int64_t c = 0; c < C; ++c) input_tiles(a, c, t0, t1, V + c * Tp, ves);
-    for (int64_t e = 0; e < 36; ++e)
+    for (int64_t e = 0; e < P_; ++e)
       for (int64_t kb = 0; kb < nkb; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
     for (int64_t k = 0; k < K; ++k) output_tiles(a, k, t0, t1, M + k * Tp, mes);
   });
@@ -203,24 +224,24 @@ void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
   const int T = pool.num_threads();
   const int64_t C = g_.in_channels, K = g_.out_channels, width = kern.width;
   const int64_t rows = N * a.TY;
-  const int64_t per_row = 36 * (C + Kp_) * int64_t(sizeof(float)) * a.TX;
+  const int64_t per_row = P_ * (C + Kp_) * int64_t(sizeof(float)) * a.TX;
   // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
   // (docs/kernels.md, "Winograd").
   const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), bytes() * 3 / 4));
   int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
   rpc = (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
   const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
-  float* const V = reuse_buffer(tl_v, size_t(36 * C * Tmax));
-  float* const M = reuse_buffer(tl_m, size_t(36 * Kp_ * Tmax + width));
+  float* const V = reuse_buffer(tl_v, size_t(P_ * C * Tmax));
+  float* const M = reuse_buffer(tl_m, size_t(P_ * Kp_ * Tmax + width));
   const int64_t nkb = Kp_ / mr_;
-  const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + 35) / 36));
+  const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + P_ - 1) / P_));
   const int64_t kb_per = (nkb + pieces - 1) / pieces;
 
   for (int64_t r0 = 0; r0 < rows; r0 += rpc) {
     const int64_t t0 = r0 * a.TX, t1 = std::min(rows, r0 + rpc) * a.TX;
     const int64_t Tp = (t1 - t0 + width - 1) / width * width, ves = C * Tp, mes = Kp_ * Tp;
     pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
-    pool.parallel_for(36 * pieces, T, [&](int64_t task, int) {
+    pool.parallel_for(P_ * pieces, T, [&](int64_t task, int) {
       const int64_t e = task / pieces, kb0 = task % pieces * kb_per, kb1 = std::min(nkb, kb0 + kb_per);
       for (int64_t kb = kb0; kb < kb1; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
     });

@@ -1,15 +1,16 @@
-// Winograd F(4x4, 3x3) convolution (Lavin & Gray 2016) for 3x3, stride-1, undilated, ungrouped
-// layers: each 4 x 4 output tile of a channel is A^T [sum_c (G g G^T) . (B^T d B)] A, 36 products per
-// input channel instead of 144, so at the paper's VGG-16 densities (about a third of the weights
-// kept) it does fewer multiplications than the sparse direct kernel. The transformed weights are
-// dense: the zeros of a pruned 3x3 kernel do not survive G g G^T.
+// Winograd convolution (Lavin & Gray 2016) for 3x3 and 5x5, stride-1, undilated, ungrouped layers:
+// F(4x4, 3x3) on 6 x 6 tiles and F(4x4, 5x5) on 8 x 8 tiles. Each 4 x 4 output tile of a channel is
+// A^T [sum_c (G g G^T) . (B^T d B)] A: 36 products per input channel instead of 144 (3x3), 64 instead
+// of 400 (5x5), so at the paper's densities (a third or so of the weights kept) it does fewer
+// multiplications than the sparse direct kernel. The transformed weights are dense: the zeros of a
+// pruned kernel do not survive G g G^T.
 //
-// Layouts, for a chunk of Tc tiles (whole tile rows of the batch, tile t = (n * TY + ty) * TX + tx,
-// padded to Tp, a multiple of the SIMD width):
-//   U [36][Kp / mr][C][mr]   the transformed weights, output channels in register tiles of mr
-//   V [36][C][Tp]            the transformed input tiles
-//   M [36][Kp][Tp]           their products, M[e] = U[e] V[e], then transformed to the output
-// so each of the 36 GEMMs broadcasts weights and runs its vectors along the tiles.
+// Layouts, for P = 36 or 64 transform points and a chunk of Tc tiles (whole tile rows of the batch,
+// tile t = (n * TY + ty) * TX + tx, padded to Tp, a multiple of the SIMD width):
+//   U [P][Kp / mr][C][mr]   the transformed weights, output channels in register tiles of mr
+//   V [P][C][Tp]            the transformed input tiles
+//   M [P][Kp][Tp]           their products, M[e] = U[e] V[e], then transformed to the output
+// so each of the P GEMMs broadcasts weights and runs its vectors along the tiles.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -20,11 +21,11 @@ namespace deepcomp {
 
 class WinogradConv {
  public:
-  // Whether a layer of this geometry can run here (3x3, stride 1, dilation 1, groups 1).
+  // Whether a layer of this geometry can run here (3x3 or 5x5, stride 1, dilation 1, groups 1).
   static bool fits(const ConvGeometry& g);
   // The bytes of the transformed weights of such a layer for register tile mr.
   static int64_t bytes_for(const ConvGeometry& g, int mr);
-  // w: [K][C][3][3] dense; mr: the register tile of the ISA that will run it (Kernels::wino_mr).
+  // w: [K][C][r][r] dense; mr: the register tile of the ISA that will run it (Kernels::wino_mr).
   // The caller has reserved bytes_for(g, mr) with winograd_reserve; the destructor releases them.
   WinogradConv(const ConvGeometry& g, const std::vector<float>& w, int mr);
   ~WinogradConv();
@@ -54,8 +55,13 @@ class WinogradConv {
   // Output channel k of the tiles [t0, t1) from mk[e * es + t - t0], with the epilogue.
   void output_tiles(const Call& a, int64_t k, int64_t t0, int64_t t1, const float* mk, int64_t es) const;
 
+  // Transform points per tile of a kernel size: (r + 3)^2.
+  static int64_t planes_of(int64_t r) { return (r + 3) * (r + 3); }
+
   ConvGeometry g_;
   int mr_;
+  int r_;       // kernel size, 3 or 5
+  int64_t P_;   // transform points per tile, 36 or 64
   int64_t Kp_;  // out_channels rounded up to mr
   std::vector<float> u_;
 };

@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) form of SparseConv2d: against torch on every ISA, over shapes that cut
-tiles, tile vectors, register tiles and chunks in every place; and the rule that picks it."""
+"""Winograd F(4x4, 3x3) and F(4x4, 5x5) forms of SparseConv2d: against torch on every ISA, over
+shapes that cut tiles, tile vectors, register tiles and chunks in every place; and the rule that picks it."""
 
 import os
 import subprocess
@@ -46,9 +46,10 @@ def reference(x, wt, b, padding, relu=False, scale=None, shift=None):
 @HYP
 @given(
     isa=st.sampled_from(SUPPORTED_ISAS),
+    k=st.sampled_from([3, 5]),
     cin=st.integers(16, 40),
     cout=st.integers(1, 37),
-    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 3)),
     n=st.sampled_from([1, 2, 3]),
     hw=st.tuples(st.integers(3, 30), st.integers(3, 75)),
     density=st.sampled_from([0.0, 0.3, 1.0]),
@@ -59,7 +60,7 @@ def reference(x, wt, b, padding, relu=False, scale=None, shift=None):
     threads=st.sampled_from([1, 2, 3]),
     seed=st.integers(0, 2**31),
 )
-def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, density, layout, epilogue, chunk,
+def test_winograd_matches_torch(winograd, isa, k, cin, cout, padding, n, hw, density, layout, epilogue, chunk,
                                 per_thread, threads, seed):
     """Widths up to 75 (19 tiles: more than one 16-lane vector per tile row, a partial last one),
     heights and widths not multiples of 4, output channels not multiples of the register tile; chunks
@@ -71,14 +72,14 @@ def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, densit
     nat.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     H, W = hw
-    layer, wt, b = make_conv(rng, cin, cout, 3, 3, 1, padding, 1, 1, density, layout)
+    layer, wt, b = make_conv(rng, cin, cout, k, k, 1, padding, 1, 1, density, layout)
     x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
     scale = shift = None
     if epilogue == "bn_relu":
         scale = rng.uniform(0.5, 2.0, cout).astype(np.float32)
         shift = rng.standard_normal(cout).astype(np.float32)
     relu = epilogue != "none"
-    if H + 2 * padding[0] < 3 or W + 2 * padding[1] < 3:
+    if H + 2 * padding[0] < k or W + 2 * padding[1] < k:
         with pytest.raises(ValueError):
             layer(x, relu, scale, shift)
         return
@@ -91,37 +92,42 @@ def test_winograd_matches_torch(winograd, isa, cin, cout, padding, n, hw, densit
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 @pytest.mark.parametrize("per_thread", [0, 4 << 20])
 @pytest.mark.parametrize("tiles", [3, 17, 20, 21])
-def test_winograd_last_tile_vector(winograd, isa, per_thread, tiles):
+@pytest.mark.parametrize("k", [3, 5])
+def test_winograd_last_tile_vector(winograd, isa, per_thread, tiles, k):
     """A last tile vector with 1 to 5 tiles in it, or a call with fewer tiles than one vector: the
     narrow tail kernels where it is mostly empty, and the GEMM tiles otherwise, on both drivers."""
     nat._set_isa(isa)
     nat._set_winograd_thread_bytes(per_thread)
     rng = np.random.default_rng(tiles)
-    layer, wt, b = make_conv(rng, 24, 21, 3, 3, 1, 1, 1, 1, 0.5, "fp32")
+    layer, wt, b = make_conv(rng, 24, 21, k, k, 1, k // 2, 1, 1, 0.5, "fp32")
     x = rng.standard_normal((1, 24, 4, 4 * tiles)).astype(np.float32)
     assert layer.kernel_for(4, 4 * tiles) == "winograd"
-    assert_close(layer(x, True), reference(x, wt, b, 1, relu=True).numpy())
+    assert_close(layer(x, True), reference(x, wt, b, k // 2, relu=True).numpy())
 
 
-def test_winograd_vgg_layer_is_chosen_and_exact(winograd):
-    """A VGG-16 conv3_x layer at its paper density: Winograd by default, within 1e-4 of torch, and
-    the same result as the direct kernel."""
+@pytest.mark.parametrize("shape", [(128, 256, 3, 56, 0.53), (64, 192, 5, 27, 0.38)],
+                         ids=["vgg-conv3_1", "alexnet-conv2"])
+def test_winograd_paper_layer_is_chosen_and_exact(winograd, shape):
+    """VGG-16's conv3_1 and AlexNet's conv2 (5x5) at their paper densities: Winograd by default,
+    within 1e-4 of torch, and the same result as the direct kernel."""
+    cin, cout, k, hw, density = shape
     nat._set_conv_winograd_threshold(-1.0)  # the default rule
     rng = np.random.default_rng(3)
-    layer, wt, b = make_conv(rng, 128, 256, 3, 3, 1, 1, 1, 1, 0.53, "codebook")
-    x = rng.standard_normal((1, 128, 56, 56)).astype(np.float32)
-    assert layer.kernel_for(56, 56) == "winograd"
+    layer, wt, b = make_conv(rng, cin, cout, k, k, 1, k // 2, 1, 1, density, "codebook")
+    x = rng.standard_normal((1, cin, hw, hw)).astype(np.float32)
+    assert layer.kernel_for(hw, hw) == "winograd"
     got = layer(x, True)
-    assert_close(got, reference(x, wt, b, 1, relu=True).numpy())
+    assert_close(got, reference(x, wt, b, k // 2, relu=True).numpy())
     nat._set_conv_winograd_threshold(99.0)
-    assert layer.kernel_for(56, 56) != "winograd"
+    assert layer.kernel_for(hw, hw) != "winograd"
     assert_close(got, layer(x, True))
 
 
 def test_winograd_rule():
     """The default rule: not for too few tiles (a 14 x 14 plane at batch 1, but at batch 8), too few
     input channels, a 22%-dense layer with 64 channels (the transforms cost more than they save),
-    strides, dilations, groups or other kernel sizes; forced on with threshold 0 where it fits."""
+    strides, dilations, groups or kernel sizes other than 3x3 and 5x5; forced on with threshold 0 where
+    it fits."""
     rng = np.random.default_rng(4)
     deep = make_conv(rng, 512, 512, 3, 3, 1, 1, 1, 1, 0.35, "fp32")[0]
     assert deep.kernel_for(14, 14, 1) != "winograd"
@@ -133,7 +139,8 @@ def test_winograd_rule():
     others = [make_conv(rng, 32, 32, 3, 3, 2, 1, 1, 1, 0.6, "fp32")[0],
               make_conv(rng, 32, 32, 3, 3, 1, 2, 2, 1, 0.6, "fp32")[0],
               make_conv(rng, 32, 32, 3, 3, 1, 1, 1, 2, 0.6, "fp32")[0],
-              make_conv(rng, 32, 32, 5, 5, 1, 2, 1, 1, 0.6, "fp32")[0]]
+              make_conv(rng, 32, 32, 7, 7, 1, 3, 1, 1, 0.6, "fp32")[0],
+              make_conv(rng, 32, 32, 3, 5, 1, (1, 2), 1, 1, 0.6, "fp32")[0]]
     prev = nat._set_conv_winograd_threshold(0.0)
     try:
         assert sparse.kernel_for(224, 224) == "winograd"

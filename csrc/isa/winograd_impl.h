@@ -1,5 +1,5 @@
-// Winograd F(4x4, 3x3) micro-kernels (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks", 2016), written once against the vector trait and included by kernels_impl.h, so each
+// Winograd F(4x4, 3x3) and F(4x4, 5x5) micro-kernels (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016), written once against the vector trait and included by kernels_impl.h, so each
 // ISA compiles its own copy. A vector holds W tiles: lane i is tile i of a run of tiles along one
 // tile row, so the transforms are lane-wise and the products over the input channels are a GEMM
 // whose vectors run along the tiles (see csrc/winograd.h for the layouts).
@@ -87,7 +87,7 @@ void wino_tail(const float* u, const float* v, int64_t C, int64_t vs, int nt, fl
   kWinoTailKernels[size_t(nt - 1)].wino_gemm(u, v, C, vs, m, ms);
 }
 
-// The 1-D input transform B^T d of six values.
+// The 1-D input transform B^T d of F(4, 3): six values (points 0, +-1, +-2 and infinity).
 inline void wino_in_1d(const VT* d, VT* o) {
   const VT two = V::set1(2.f), four = V::set1(4.f), mfive = V::set1(-5.f);
   const VT d42 = V::sub(d[4], d[2]), d31 = V::sub(d[3], d[1]);
@@ -99,7 +99,28 @@ inline void wino_in_1d(const VT* d, VT* o) {
   o[5] = V::fma(four, d[1], V::fma(mfive, d[3], d[5]));
 }
 
-// The 1-D output transform A^T m of six values.
+// The 1-D input transform of F(4, 5): eight values (points 0, +-1, +-2, +-1/2 and infinity). Rows
+// 2k - 1 and 2k (points +-p) share an even part e and an odd part f: e + f and e - f.
+inline void wino_in_1d8(const VT* d, VT* o) {
+  const VT c21 = V::set1(5.25f), c17 = V::set1(-4.25f), m25 = V::set1(-2.5f), m125 = V::set1(-1.25f);
+  const VT half = V::set1(0.5f), quarter = V::set1(0.25f), two = V::set1(2.f), four = V::set1(4.f),
+           mfive = V::set1(-5.f);
+  o[0] = V::fma(c21, V::sub(d[4], d[2]), V::sub(d[0], d[6]));
+  o[7] = V::fma(c21, V::sub(d[3], d[5]), V::sub(d[7], d[1]));
+  const VT e1 = V::fma(c17, d[4], V::add(d[2], d[6])), f1 = V::fma(c17, d[3], V::add(d[1], d[5]));
+  o[1] = V::add(e1, f1);
+  o[2] = V::sub(e1, f1);
+  const VT e2 = V::fma(quarter, d[2], V::fma(m125, d[4], d[6]));
+  const VT f2 = V::fma(half, d[1], V::fma(m25, d[3], V::mul(two, d[5])));
+  o[3] = V::add(e2, f2);
+  o[4] = V::sub(e2, f2);
+  const VT e3 = V::fma(four, d[2], V::fma(mfive, d[4], d[6]));
+  const VT f3 = V::fma(two, d[1], V::fma(m25, d[3], V::mul(half, d[5])));
+  o[5] = V::add(e3, f3);
+  o[6] = V::sub(e3, f3);
+}
+
+// The 1-D output transform A^T m of F(4, 3): six values to four.
 inline void wino_out_1d(const VT* m, VT* o) {
   const VT two = V::set1(2.f), four = V::set1(4.f), eight = V::set1(8.f);
   const VT s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
@@ -110,57 +131,92 @@ inline void wino_out_1d(const VT* m, VT* o) {
   o[3] = V::add(V::fma(eight, d34, d12), m[5]);
 }
 
-// Row r of the 6 x 6 patches of W tiles: out[j][i] = x[ix0 + 4i + j] of the row (zero outside
-// [0, Wd)), from four vector loads and two scalars.
-inline void wino_patch_row(const float* row, int64_t ix0, int64_t Wd, VT out[6]) {
+// The 1-D output transform of F(4, 5): eight values to four.
+inline void wino_out_1d8(const VT* m, VT* o) {
+  const VT two = V::set1(2.f), four = V::set1(4.f), eight = V::set1(8.f);
+  const VT half = V::set1(0.5f), quarter = V::set1(0.25f), eighth = V::set1(0.125f);
+  const VT s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
+  const VT s34 = V::add(m[3], m[4]), d34 = V::sub(m[3], m[4]);
+  const VT s56 = V::add(m[5], m[6]), d56 = V::sub(m[5], m[6]);
+  o[0] = V::add(V::add(m[0], s12), V::add(s34, s56));
+  o[1] = V::fma(two, d34, V::fma(half, d56, d12));
+  o[2] = V::fma(four, s34, V::fma(quarter, s56, s12));
+  o[3] = V::add(V::fma(eight, d34, V::fma(eighth, d56, d12)), m[7]);
+}
+
+// The 1-D transforms of a tile of N = 6 (F(4, 3)) or 8 (F(4, 5)) points.
+template <int N>
+inline void wino_in_t(const VT* d, VT* o) {
+  if constexpr (N == 6) wino_in_1d(d, o);
+  else wino_in_1d8(d, o);
+}
+template <int N>
+inline void wino_out_t(const VT* m, VT* o) {
+  if constexpr (N == 6) wino_out_1d(m, o);
+  else wino_out_1d8(m, o);
+}
+
+// Row r of the N x N patches of W tiles: out[j][i] = x[ix0 + 4i + j] of the row (zero outside
+// [0, Wd)), from four vector loads and N - 4 scalars.
+template <int N>
+inline void wino_patch_row(const float* row, int64_t ix0, int64_t Wd, VT out[N]) {
   constexpr int W = V::W;
   VT f[4];
   for (int k = 0; k < 4; ++k) f[k] = V::load_range(row + ix0 + k * W, -ix0 - k * W, Wd - ix0 - k * W);
   V::deinterleave4(f, out);
-  const int64_t c4 = ix0 + 4 * W, c5 = c4 + 1;
-  out[4] = V::shift_in(out[0], c4 >= 0 && c4 < Wd ? row[c4] : 0.f);
-  out[5] = V::shift_in(out[1], c5 >= 0 && c5 < Wd ? row[c5] : 0.f);
+  for (int j = 4; j < N; ++j) {
+    const int64_t c = ix0 + 4 * W + j - 4;
+    out[j] = V::shift_in(out[j - 4], c >= 0 && c < Wd ? row[c] : 0.f);
+  }
 }
 
-// Tiles i < n (n <= W) of one input plane x [H][Wd] whose 6 x 6 patches start at row iy0, column
-// ix0 + 4 * i (zero outside the plane): v[e * es + i] = (B^T d B)[e], e < 36.
-void wino_input(const float* x, int64_t H, int64_t Wd, int64_t iy0, int64_t ix0, int n, float* v, int64_t es) {
-  VT t[36];
-  for (int r = 0; r < 6; ++r) {
+// Tiles i < n (n <= W) of one input plane x [H][Wd] whose N x N patches start at row iy0, column
+// ix0 + 4 * i (zero outside the plane): v[e * es + i] = (B^T d B)[e], e < N * N.
+template <int N>
+void wino_input_t(const float* x, int64_t H, int64_t Wd, int64_t iy0, int64_t ix0, int n, float* v, int64_t es) {
+  VT t[N * N];
+  for (int r = 0; r < N; ++r) {
     const int64_t iy = iy0 + r;
-    VT d[6];
+    VT d[N];
     if (iy >= 0 && iy < H) {
-      wino_patch_row(x + iy * Wd, ix0, Wd, d);
+      wino_patch_row<N>(x + iy * Wd, ix0, Wd, d);
     } else {
-      for (int j = 0; j < 6; ++j) d[j] = V::zero();
+      for (int j = 0; j < N; ++j) d[j] = V::zero();
     }
-    wino_in_1d(d, t + r * 6);
+    wino_in_t<N>(d, t + r * N);
   }
-  for (int j = 0; j < 6; ++j) {
-    VT a[6], o[6];
-    for (int r = 0; r < 6; ++r) a[r] = t[r * 6 + j];
-    wino_in_1d(a, o);
-    for (int r = 0; r < 6; ++r) V::store_range(v + (r * 6 + j) * es, o[r], 0, n);
+  for (int j = 0; j < N; ++j) {
+    VT a[N], o[N];
+    for (int r = 0; r < N; ++r) a[r] = t[r * N + j];
+    wino_in_t<N>(a, o);
+    for (int r = 0; r < N; ++r) V::store_range(v + (r * N + j) * es, o[r], 0, n);
   }
 }
 
-// Tiles i < n (n <= W) of one output plane: m[e * es + i] (e < 36; W readable lanes each) to
+void wino_input(const float* x, int64_t H, int64_t Wd, int64_t iy0, int64_t ix0, int n, float* v, int64_t es,
+                int r) {
+  if (r == 5) return wino_input_t<8>(x, H, Wd, iy0, ix0, n, v, es);
+  wino_input_t<6>(x, H, Wd, iy0, ix0, n, v, es);
+}
+
+// Tiles i < n (n <= W) of one output plane: m[e * es + i] (e < N * N; W readable lanes each) to
 // y[oy0 + a][ox0 + 4 * i + b] (a, b < 4, inside the OH x OW plane) as
 // relu?((A^T M A + bias) * scale + shift).
-void wino_output(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
-                 int64_t OH, int64_t OW, int64_t oy0, int64_t ox0) {
+template <int N>
+void wino_output_t(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
+                   int64_t OH, int64_t OW, int64_t oy0, int64_t ox0) {
   constexpr int W = V::W;
-  VT t[6][4];
-  for (int r = 0; r < 6; ++r) {
-    VT a[6];
-    for (int j = 0; j < 6; ++j) a[j] = V::load(m + (r * 6 + j) * es);
-    wino_out_1d(a, t[r]);
+  VT t[N][4];
+  for (int r = 0; r < N; ++r) {
+    VT a[N];
+    for (int j = 0; j < N; ++j) a[j] = V::load(m + (r * N + j) * es);
+    wino_out_t<N>(a, t[r]);
   }
   VT res[4][4];  // res[b][i]: output row i, column b of each tile
   for (int b = 0; b < 4; ++b) {
-    VT a[6];
-    for (int r = 0; r < 6; ++r) a[r] = t[r][b];
-    wino_out_1d(a, res[b]);
+    VT a[N];
+    for (int r = 0; r < N; ++r) a[r] = t[r][b];
+    wino_out_t<N>(a, res[b]);
   }
   const VT vb = V::set1(bias), vs = V::set1(scale), vh = V::set1(shift);
   const int64_t nx = std::min<int64_t>(4 * int64_t(n), OW - ox0);
@@ -174,4 +230,10 @@ void wino_output(const float* m, int64_t es, int n, float bias, float scale, flo
     float* row = y + (oy0 + i) * OW + ox0;
     for (int k = 0; k < 4 && k * W < nx; ++k) V::store_range(row + k * W, f[k], 0, nx - k * W);
   }
+}
+
+void wino_output(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
+                 int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int r) {
+  if (r == 5) return wino_output_t<8>(m, es, n, bias, scale, shift, relu, y, OH, OW, oy0, ox0);
+  wino_output_t<6>(m, es, n, bias, scale, shift, relu, y, OH, OW, oy0, ox0);
 }
