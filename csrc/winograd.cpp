@@ -15,7 +15,7 @@ namespace deepcomp {
 
 namespace {
 std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
-std::atomic<int64_t> g_thread_budget{int64_t(640) << 10};
+std::atomic<int64_t> g_thread_budget{int64_t(3) << 20};
 std::atomic<int64_t> g_reserved{0};
 
 int64_t memory_budget_from_env() {
