@@ -129,9 +129,10 @@ constexpr int64_t kConvPad = 8;
 // Whether the layer runs on the dense kernel for this key (groups == 1, effective density at or
 // above the key's threshold).
 bool conv_wants_dense(const ConvGeometry& g, const CsrStore& w, const ConvPlanKey& key);
-// Whether the layer runs on the Winograd kernels (F(4x4, 3x3) or F(4x4, 5x5); csrc/winograd.h) for N
-// inputs of H x W: it fits, has nonzeros, the call has enough tiles and input channels, and conv_winograd_saving
-// reaches the threshold (0: every layer that fits and has nonzeros; negative restores the default).
+// Whether the layer runs on the Winograd kernels (F(4x4, 3x3) or F(4x4, 5x5); csrc/winograd.h) for
+// N inputs of H x W: it fits, has nonzeros, the call has enough tiles and input channels, and
+// conv_winograd_saving reaches the threshold (0: every layer that fits and has nonzeros; negative
+// restores the default).
 bool conv_wants_winograd(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width);
 // The estimated ratio of the direct kernels' work to Winograd's (0 if it does not fit).
 double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N, int64_t H, int64_t W, int width);

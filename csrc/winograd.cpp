@@ -1,6 +1,7 @@
-// Winograd F(4x4, 3x3) and F(4x4, 5x5) driver: the weight transform, and per chunk of tiles the three
-// phases on the thread pool (input transform by input channel, the 36 or 64 GEMMs by output-channel tiles, output
-// transform by output channel). See winograd.h for the layouts.
+// Winograd F(4x4, 3x3) and F(4x4, 5x5) driver: the weight transform, and per chunk of tiles either
+// the three phases on the thread pool (input transform by input channel, the 36 or 64 GEMMs by
+// output-channel tiles, output transform by output channel) or whole chunks per thread. See
+// winograd.h for the layouts.
 #include "winograd.h"
 
 #include <algorithm>

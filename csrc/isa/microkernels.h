@@ -19,7 +19,8 @@
 // to its dense_px (its register file holds 2 * PX accumulators).
 #define DC_CONV_DENSE_TILES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)
 // Winograd GEMM (F(4x4, 3x3) and F(4x4, 5x5)) over the input channels, a register tile of kWinoMr
-// output channels by NV vectors of tiles (Kernels::wino_gemm): X(NV). An ISA instantiates the tiles up to its wino_nv.
+// output channels by NV vectors of tiles (Kernels::wino_gemm): X(NV). An ISA instantiates the tiles
+// up to its wino_nv.
 #define DC_WINO_GEMM_TILES(X) X(1) X(2) X(3) X(4)
 // The same product for NT single tiles of a last, mostly empty tile vector (Kernels::wino_tail):
 // X(NT). An ISA instantiates the tiles up to its wino_tail_max.

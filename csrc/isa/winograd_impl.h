@@ -1,8 +1,8 @@
 // Winograd F(4x4, 3x3) and F(4x4, 5x5) micro-kernels (Lavin & Gray, "Fast Algorithms for
-// Convolutional Neural Networks", 2016), written once against the vector trait and included by kernels_impl.h, so each
-// ISA compiles its own copy. A vector holds W tiles: lane i is tile i of a run of tiles along one
-// tile row, so the transforms are lane-wise and the products over the input channels are a GEMM
-// whose vectors run along the tiles (see csrc/winograd.h for the layouts).
+// Convolutional Neural Networks", 2016), written once against the vector trait and included by
+// kernels_impl.h, so each ISA compiles its own copy. A vector holds W tiles: lane i is tile i of a
+// run of tiles along one tile row, so the transforms are lane-wise and the products over the input
+// channels are a GEMM whose vectors run along the tiles (see csrc/winograd.h for the layouts).
 #pragma once
 // (included inside namespace deepcomp::{anonymous} of kernels_impl.h: V, VT are defined there)
 
