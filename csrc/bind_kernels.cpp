@@ -291,7 +291,7 @@ void bind_kernels(py::module_& m) {
         "previous value.");
   m.def("_set_winograd_thread_bytes", &set_winograd_thread_budget, py::arg("bytes"),
         "Debug/testing: bytes of transformed tiles up to which each thread runs whole chunks of a Winograd "
-        "convolution in its own cache (0: never); returns the previous value.");
+        "convolution of its own (0: never); returns the previous value.");
   m.def("_set_winograd_memory_bytes", &set_winograd_memory_budget, py::arg("bytes"),
         "Debug/testing: the budget for the transformed weights of all Winograd layers (DEEPCOMP_WINOGRAD_MB; "
         "negative: no limit), for layers transformed from now on; returns the previous value.");

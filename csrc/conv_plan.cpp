@@ -267,7 +267,7 @@ double conv_winograd_saving(const ConvGeometry& g, const CsrStore& w, int64_t N,
   if (!WinogradConv::fits(g) || w.nnz() == 0) return 0.0;
   const auto [OH, OW] = conv_out_size(g, H, W);
   const int64_t TY = (OH + 3) / 4, TX = (OW + 3) / 4, tiles = N * TY * TX;
-  const double taps = double(g.kh * g.kw), points = double((g.kh + 3) * (g.kw + 3));
+  const double taps = double(g.kh * g.kw), points = double(WinogradConv::planes_of(g.kh));
   const double density = double(w.nnz()) / (double(g.out_channels * g.in_channels) * taps);
   const double direct = taps * std::min(density * double(sparse_wq(g, W, width)) / double(OW), 0.55);
   const double inside = double(TY * 4) * double(TX * 4) / double(OH * OW);

@@ -120,15 +120,15 @@ struct Kernels {
   // The same product for nt in [1, wino_tail_max] tiles (i < nt) of a last tile vector (0: none).
   void (*wino_tail)(const float* u, const float* v, int64_t C, int64_t vs, int nt, float* m, int64_t ms);
   int wino_tail_max;
-  // Input transform, for kernel size r (3: F(4x4, 3x3), tiles of t = 6 points; 5: F(4x4, 5x5), t = 8),
+  // Input transform, for kernel size ksize (3: F(4x4, 3x3), tiles of t = 6 points; 5: F(4x4, 5x5), t = 8),
   // of tiles i < n (n <= width) of one plane x [H][W] whose t x t patches start at (iy0, ix0 + 4i),
   // zero outside it: v[e*es + i] = (B^T d B)[e], e < t * t.
   void (*wino_input)(const float* x, int64_t H, int64_t W, int64_t iy0, int64_t ix0, int n, float* v, int64_t es,
-                     int r);
+                     int ksize);
   // Output transform of tiles i < n of one output plane: m[e*es + i] (width readable floats from each
   // m + e*es) to y[oy0 + a][ox0 + 4i + b] inside [OH][OW], as relu?((A^T M A + bias) * scale + shift).
   void (*wino_output)(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
-                      int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int r);
+                      int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int ksize);
   // Every micro-kernel of this ISA (see isa/microkernels.h); conv and conv_dense dispatch to them.
   const MicroKernel* micro;
   int nmicro;

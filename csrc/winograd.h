@@ -25,6 +25,9 @@ class WinogradConv {
   static bool fits(const ConvGeometry& g);
   // The bytes of the transformed weights of such a layer for register tile mr.
   static int64_t bytes_for(const ConvGeometry& g, int mr);
+  // Transform points per tile (products per 4 x 4 output tile and input channel) of kernel size r:
+  // (r + 3)^2, 36 for 3x3 and 64 for 5x5.
+  static int64_t planes_of(int64_t r) { return (r + 3) * (r + 3); }
   // w: [K][C][r][r] dense; mr: the register tile of the ISA that will run it (Kernels::wino_mr).
   // The caller has reserved bytes_for(g, mr) with winograd_reserve; the destructor releases them.
   WinogradConv(const ConvGeometry& g, const std::vector<float>& w, int mr);
@@ -41,8 +44,8 @@ class WinogradConv {
 
  private:
   struct Call;  // one forward call's input, output and tile grid
-  // Tiles per chunk when each thread runs whole chunks with V and M in its own cache, or 0 when
-  // one tile vector's V and M exceed winograd_thread_budget().
+  // Tiles per chunk when each thread runs whole chunks (no barrier between the phases, V and M its
+  // own), or 0 when one tile vector's V and M exceed winograd_thread_budget().
   int64_t thread_tiles(int64_t tiles, int threads) const;
   void forward_by_thread(const Call& a, int64_t N, int64_t tq) const;
   // Chunks of whole tile rows, each phase split over the threads.
@@ -54,9 +57,6 @@ class WinogradConv {
   void gemm(int64_t e, int64_t kb, const float* ve, int64_t Tp, int64_t Tc, float* m) const;
   // Output channel k of the tiles [t0, t1) from mk[e * es + t - t0], with the epilogue.
   void output_tiles(const Call& a, int64_t k, int64_t t0, int64_t t1, const float* mk, int64_t es) const;
-
-  // Transform points per tile of a kernel size: (r + 3)^2.
-  static int64_t planes_of(int64_t r) { return (r + 3) * (r + 3); }
 
   ConvGeometry g_;
   int mr_;
@@ -78,7 +78,8 @@ int64_t set_winograd_memory_budget(int64_t bytes);  // returns the previous valu
 int64_t winograd_chunk_budget();
 int64_t set_winograd_chunk_budget(int64_t bytes);  // returns the previous value
 // Bytes of V and M per tile vector times the vectors of a chunk, up to which each thread runs whole
-// chunks in its own cache instead (0: never).
+// chunks of its own instead (0: never). The default, 3 MB, is above one core's L2: the gain is the
+// phases without barriers between them (docs/kernels.md, "Per-thread budget").
 int64_t winograd_thread_budget();
 int64_t set_winograd_thread_budget(int64_t bytes);  // returns the previous value
 

@@ -194,8 +194,8 @@ void wino_input_t(const float* x, int64_t H, int64_t Wd, int64_t iy0, int64_t ix
 }
 
 void wino_input(const float* x, int64_t H, int64_t Wd, int64_t iy0, int64_t ix0, int n, float* v, int64_t es,
-                int r) {
-  if (r == 5) return wino_input_t<8>(x, H, Wd, iy0, ix0, n, v, es);
+                int ksize) {
+  if (ksize == 5) return wino_input_t<8>(x, H, Wd, iy0, ix0, n, v, es);
   wino_input_t<6>(x, H, Wd, iy0, ix0, n, v, es);
 }
 
@@ -233,7 +233,7 @@ void wino_output_t(const float* m, int64_t es, int n, float bias, float scale, f
 }
 
 void wino_output(const float* m, int64_t es, int n, float bias, float scale, float shift, bool relu, float* y,
-                 int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int r) {
-  if (r == 5) return wino_output_t<8>(m, es, n, bias, scale, shift, relu, y, OH, OW, oy0, ox0);
+                 int64_t OH, int64_t OW, int64_t oy0, int64_t ox0, int ksize) {
+  if (ksize == 5) return wino_output_t<8>(m, es, n, bias, scale, shift, relu, y, OH, OW, oy0, ox0);
   wino_output_t<6>(m, es, n, bias, scale, shift, relu, y, OH, OW, oy0, ox0);
 }
