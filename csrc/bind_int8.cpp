@@ -224,6 +224,9 @@ void bind_int8(py::module_& m) {
     return out;
   }, "The int8 paths this CPU can run, best first.");
   m.def("_set_int8_isa", &set_int8_isa, py::arg("name"), "Debug/testing: switch the int8 kernels' path.");
+  m.def("_set_int8_split_fraction", &set_int8_split_fraction, py::arg("fraction"),
+        "Debug/testing: int8 convs built from now on split their blocks for the AVX2 pairs kernels when at "
+        "most this fraction is not pair-bounded (negative: the default). Returns the previous value.");
   m.def("int8_layout", [](int64_t C, int64_t H, int64_t W, const py::handle& padding, const py::handle& stride) {
     const auto [ph, pw] = pair2(padding, "padding");
     const auto [sh, sw] = pair2(stride, "stride");
@@ -284,6 +287,8 @@ void bind_int8(py::module_& m) {
       .def_property_readonly("dense_groups", [](const PyConv8& s) { return s.k->dense_groups(); })
       .def_property_readonly("tiled_groups", [](const PyConv8& s) { return s.k->tiled_groups(); })
       .def_property_readonly("nonzeros", [](const PyConv8& s) { return s.k->nonzeros(); })
+      .def_property_readonly("pairs", [](const PyConv8& s) { return s.k->pairs(); },
+                             "every block is pair-bounded (the AVX2 path then runs its vpmaddubsw kernels)")
       .def_property_readonly("bytes", [](const PyConv8& s) { return s.k->bytes(); });
 
   py::class_<PyLinear8>(m, "Int8Linear",

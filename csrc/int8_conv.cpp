@@ -4,6 +4,7 @@
 #include "int8_conv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -140,6 +141,51 @@ struct Int8Conv2d::Plan {
   int64_t acc_stride = 0, pool_stride = 0;
 };
 
+namespace {
+std::atomic<double> g_split_fraction{kMaxSplitFraction};
+
+// Block w as the sum of two pair-bounded blocks: each weight halved toward zero, and the rest.
+std::pair<int32_t, int32_t> split_block(int32_t w) {
+  uint32_t a = 0, b = 0;
+  for (int i = 0; i < 4; ++i) {
+    const int v = int8_t(uint32_t(w) >> (8 * i)), h = v / 2;
+    a |= uint32_t(uint8_t(int8_t(h))) << (8 * i);
+    b |= uint32_t(uint8_t(int8_t(v - h))) << (8 * i);
+  }
+  return {int32_t(a), int32_t(b)};
+}
+
+// Each tap where some channel's block is not pair-bounded keeps the halves and gains a second tap at
+// the same offset with the rests (its mask: the channels split there).
+void split_taps(std::vector<int32_t>& taps, std::vector<uint8_t>& mask, std::vector<int32_t>& blocks) {
+  const size_t n = taps.size();
+  for (size_t t = 0; t < n; ++t) {
+    int32_t rest[4] = {0, 0, 0, 0};
+    uint8_t cut = 0;
+    for (int o = 0; o < 4; ++o)
+      if (!pair_bounded(blocks[4 * t + o])) {
+        const std::pair<int32_t, int32_t> ab = split_block(blocks[4 * t + o]);
+        blocks[4 * t + o] = ab.first, rest[o] = ab.second, cut |= uint8_t(1 << o);
+      }
+    if (!cut) continue;
+    taps.push_back(taps[t]);
+    mask.push_back(cut);
+    blocks.insert(blocks.end(), rest, rest + 4);
+  }
+}
+}  // namespace
+
+double int8_split_fraction() { return g_split_fraction.load(std::memory_order_relaxed); }
+double set_int8_split_fraction(double f) {
+  return g_split_fraction.exchange(f < 0 ? kMaxSplitFraction : f, std::memory_order_relaxed);
+}
+
+double unbounded_fraction(const Blocks8& w) {
+  if (w.w4.empty()) return 0.0;
+  return double(std::count_if(w.w4.begin(), w.w4.end(), [](int32_t b) { return !pair_bounded(b); })) /
+         double(w.w4.size());
+}
+
 Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m, const float* b, int32_t zp_in,
                        const Conv8Output& out, int kernel, double dense_threshold)
     : g_(g), out_(out) {
@@ -182,6 +228,7 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   // wins once the union is nearly full). Auto: grouped when its kept blocks reach dense_threshold
   // (negative: the path's dense_fill) of the 4 x union it would execute, tiled otherwise.
   const double threshold = dense_threshold < 0 ? int8_kernels().dense_fill : dense_threshold;
+  split_ = int8_kernels().pairs && unbounded_fraction(w) <= int8_split_fraction();
   const int64_t ngroups = ocp_ / 4;
   mode_.assign(ngroups, kPerChannel);
   dense_at_.assign(ngroups + 1, 0);
@@ -217,13 +264,20 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       for (int64_t b = 0; b < nkb_; ++b) end_segment(q * nkb_ + b);
     for (int o = 0; o < 4; ++o) {
       const int64_t oc = 4 * q + o;
-      if (mode_[q] == kPerChannel) {
-        tap_.insert(tap_.end(), w.index.begin() + first(oc), w.index.begin() + first(oc + 1));
-        w4_.insert(w4_.end(), w.w4.begin() + first(oc), w.w4.begin() + first(oc + 1));
-      }
+      if (mode_[q] == kPerChannel)
+        for (int64_t j = first(oc); j < first(oc + 1); ++j) {
+          const bool cut = split_ && !pair_bounded(w.w4[j]);
+          const std::pair<int32_t, int32_t> ab = cut ? split_block(w.w4[j]) : std::make_pair(w.w4[j], 0);
+          for (int part = 0; part <= int(cut); ++part) {
+            tap_.push_back(w.index[j]);
+            w4_.push_back(part ? ab.second : ab.first);
+          }
+        }
       row_ptr_[oc + 1] = int64_t(w4_.size());
     }
   }
+  auto bounded = [](const std::vector<int32_t>& v) { return std::all_of(v.begin(), v.end(), pair_bounded); };
+  pairs_ = bounded(w4_) && bounded(dense_w_) && bounded(tile_w_);
 }
 
 namespace {
@@ -243,23 +297,25 @@ std::vector<uint8_t> union_blocks(const Blocks8& w, int64_t q, const std::vector
 
 // [tap][4] blocks over the union, zero where a channel does not keep the tap.
 void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
-  const size_t base = dense_w_.size();
-  dense_tap_.insert(dense_tap_.end(), taps.begin(), taps.end());
-  dense_w_.resize(base + 4 * taps.size(), 0);
-  union_blocks(w, q, taps, dense_w_.data() + base);
+  std::vector<int32_t> all(taps), blocks(4 * taps.size(), 0);
+  std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
+  if (split_) split_taps(all, mask, blocks);
+  dense_tap_.insert(dense_tap_.end(), all.begin(), all.end());
+  dense_w_.insert(dense_w_.end(), blocks.begin(), blocks.end());
 }
 
 // Per K-block, the union's taps sorted (stably) by which channels keep them, one run per mask present.
 void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
-  std::vector<int32_t> blocks(4 * taps.size(), 0);
-  const std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
+  std::vector<int32_t> all(taps), blocks(4 * taps.size(), 0);
+  std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
+  if (split_) split_taps(all, mask, blocks);
   const int64_t block_taps = kb_groups_ * g_.kh * g_.kw;  // taps are (g * kh + ky) * kw + kx
   for (int64_t b = 0; b < nkb_; ++b) {
     for (int m = 1; m < 16; ++m) {
       int32_t count = 0;
-      for (size_t t = 0; t < taps.size(); ++t) {
-        if (mask[t] != m || taps[t] / block_taps != b) continue;
-        tile_tap_.push_back(taps[t]);
+      for (size_t t = 0; t < all.size(); ++t) {
+        if (mask[t] != m || all[t] / block_taps != b) continue;
+        tile_tap_.push_back(all[t]);
         for (int o = 0; o < 4; ++o)
           if (m >> o & 1) tile_w_.push_back(blocks[4 * t + o]);
         ++count;
@@ -359,8 +415,8 @@ std::shared_ptr<const Int8Conv2d::Plan> Int8Conv2d::plan_for(int64_t H, int64_t 
   return cache_.emplace(std::make_pair(H, W), p).first->second;
 }
 
-void Int8Conv2d::run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p) const {
-  const Int8Kernels& k = int8_kernels();
+void Int8Conv2d::run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p,
+                             const Int8Kernels& k) const {
   if (mode_[q] == kDense) {
     const int64_t t0 = dense_at_[q];
     k.conv_dense4(p.doff.data() + t0, dense_w_.data() + 4 * t0, dense_at_[q + 1] - t0, in, len, a, p.acc_stride);
@@ -375,7 +431,8 @@ void Int8Conv2d::run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t*
 void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void* y) const {
   const auto plan = plan_for(H, W);
   const Plan& p = *plan;
-  const Int8Kernels& k = int8_kernels();
+  const Int8Kernels& base = int8_kernels();
+  const Int8Kernels& k = pairs_ && base.pairs ? *base.pairs() : base;
   const int64_t in_bytes = p.in.bytes(), ngroups = ocp_ / 4, qblocks = cdiv(ngroups, kGroupsPerTask);
   if (out_.u8)
     for (int64_t n = 0; n < N; ++n) fill_border(p.out, out_.zp, static_cast<uint8_t*>(y) + n * p.out.bytes());
@@ -439,7 +496,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
             k.conv_tiled4(p.toff.data() + tile_at_[sg], tile_w_.data() + tile_wat_[sg], tile_runs_.data() + 2 * r0,
                           tile_rat_[sg + 1] - r0, b > 0, in + 4 * at, len, a, p.acc_stride);
           } else if (b == 0) {
-            run_untiled(q, in + 4 * at, len, a, p);
+            run_untiled(q, in + 4 * at, len, a, p, k);
           }
         }
       at += len;

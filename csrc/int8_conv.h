@@ -48,6 +48,14 @@ struct Conv8Output {
   bool relu = false;
 };
 
+// The fraction of w's blocks that are not pair-bounded (int8_kernels.h).
+double unbounded_fraction(const Blocks8& w);
+// Up to this fraction, splitting them in two for the pairs table pays (docs/int8.md); layers built
+// afterwards take the new value (a negative one restores the default). Returns the previous value.
+constexpr double kMaxSplitFraction = 0.3;
+double int8_split_fraction();
+double set_int8_split_fraction(double f);
+
 class Int8Conv2d {
  public:
   // w: the kept blocks of the [OC, C, kh, kw] int8 weight (taps kh * kw); m, b: [OC] (see
@@ -75,6 +83,7 @@ class Int8Conv2d {
   int64_t tiled_groups() const;
   int64_t nonzeros() const { return nonzeros_; }  // int8 weights != 0
   int64_t bytes() const;                          // the weight layout and epilogue held
+  bool pairs() const { return pairs_; }           // runs on the path's pairs table where it has one
   const Conv8Geometry& geometry() const { return g_; }
   const Conv8Output& output() const { return out_; }
 
@@ -83,7 +92,7 @@ class Int8Conv2d {
   std::shared_ptr<const Plan> plan_for(int64_t H, int64_t W) const;
   // Group q over len positions from in when it runs grouped or per channel (sums to a, the task's
   // rows of that group).
-  void run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p) const;
+  void run_untiled(int64_t q, const uint8_t* in, int64_t len, int32_t* a, const Plan& p, const Int8Kernels& k) const;
 
   Conv8Geometry g_;
   Conv8Output out_;
@@ -92,6 +101,10 @@ class Int8Conv2d {
   std::vector<int64_t> row_ptr_;
   std::vector<int32_t> tap_, w4_;
   int64_t kept_ = 0, nonzeros_ = 0;
+  // split_: blocks that are not pair-bounded were split in two (on a path with a pairs table, when
+  // at most int8_split_fraction() of them are); pairs_: every block held is pair-bounded, so the path's
+  // pairs table (Int8Kernels::pairs) runs this layer.
+  bool split_ = false, pairs_ = false;
   enum Mode : uint8_t { kPerChannel, kDense, kTiled };
   void add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
   void add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);

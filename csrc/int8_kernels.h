@@ -7,7 +7,8 @@
 // acc += a0*w0 + a1*w1 + a2*w2 + a3*w3 (vpdpbusd on VNNI, an exact int16 emulation on AVX2).
 //
 // One source (isa/int8_impl.h) is compiled per ISA: avx512vnni (zmm vpdpbusd), avxvnni (ymm
-// vpdpbusd, VEX), avx2 (vpmaddwd on the even and odd bytes) and scalar (this build's baseline). The
+// vpdpbusd, VEX), avx2 (vpmaddwd on the even and odd bytes; its conv kernels also come as avx2-pairs,
+// vpmaddubsw for pair-bounded blocks) and scalar (this build's baseline). The
 // table is chosen once: DEEPCOMP_INT8_ISA names one; otherwise DEEPCOMP_ISA caps it (scalar ->
 // scalar, avx2 -> the best 256-bit path) and the best supported path wins.
 #pragma once
@@ -73,7 +74,21 @@ struct Int8Kernels {
   // dot4(xT + 4*(col[j]*np + i), w4[j]) for i in [0, np).
   void (*linear_sparseN)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc);
+  // 0, or kPairLimit on a table whose kernels are exact only for pair-bounded blocks (pair_bounded).
+  int pair_limit;
+  // A table whose conv kernels are faster on this path but exact only for pair-bounded blocks (the
+  // AVX2 path's vpmaddubsw table), or null. Int8Conv2d splits blocks to use it; nothing else does.
+  const Int8Kernels* (*pairs)();
 };
+
+// vpmaddubsw sums two u8 x s8 products in int16 with saturation: exact while the pair's weights have
+// |w0| + |w1| <= 128 (255 * 128 = 32640 <= 32767).
+constexpr int kPairLimit = 128;
+inline int pair_sum(int32_t w, int pair) {
+  const int a = int8_t(uint32_t(w) >> (16 * pair)), b = int8_t(uint32_t(w) >> (16 * pair + 8));
+  return (a < 0 ? -a : a) + (b < 0 ? -b : b);
+}
+inline bool pair_bounded(int32_t w) { return pair_sum(w, 0) <= kPairLimit && pair_sum(w, 1) <= kPairLimit; }
 
 const Int8Kernels& int8_kernels();
 std::string int8_isa_name();
@@ -93,6 +108,7 @@ inline int32_t dot4(uint32_t a, int32_t w) {
 const Int8Kernels* int8_kernels_scalar();
 #if DEEPCOMP_X86
 const Int8Kernels* int8_kernels_avx2();
+const Int8Kernels* int8_kernels_avx2_pairs();
 const Int8Kernels* int8_kernels_avxvnni();
 const Int8Kernels* int8_kernels_avx512vnni();
 #endif

@@ -24,12 +24,21 @@ def restore():
     threads = nat.get_num_threads()
     yield
     nat._set_int8_isa(ISAS[0])
+    nat._set_int8_split_fraction(-1)
     nat.set_num_threads(threads)
 
 
-def block_sparse(rng, shape, density):
-    """int8 weights [OC, C, ...] whose 1x4 blocks along C are kept or zeroed whole."""
-    w = rng.integers(-128, 128, shape).astype(np.int8)
+def block_sparse(rng, shape, density, weights="full"):
+    """int8 weights [OC, C, ...] whose 1x4 blocks along C are kept or zeroed whole. weights: "full"
+    (uniform over int8), "bounded" (in [-64, 64]: every block pair-bounded) or "mixed" (bounded, with
+    one weight in 25 at -128 or 127)."""
+    if weights == "full":
+        w = rng.integers(-128, 128, shape).astype(np.int8)
+    else:
+        w = rng.integers(-64, 65, shape).astype(np.int8)
+        if weights == "mixed":
+            big = rng.random(shape) < 0.04
+            w[big] = rng.choice(np.int8([-128, 127]), int(big.sum()))
     G = -(-shape[1] // 4)
     keep = rng.random((shape[0], G) + shape[2:]) < density
     w *= np.repeat(keep, 4, axis=1)[:, :shape[1]].astype(np.int8)
@@ -50,9 +59,10 @@ def requant_params(rng, oc, scale):
        pool=st.sampled_from([None, (2, 2), (3, 2), (2, 1), (3, 3)]), out=st.sampled_from(["u8", "f32"]),
        relu=st.booleans(), zp_in=st.sampled_from([0, 3, 128]), zp_out=st.sampled_from([0, 7]),
        out_pad=st.integers(0, 1), density=st.sampled_from([0.0, 0.2, 0.6, 1.0]), threads=st.sampled_from([1, 2]),
+       weights=st.sampled_from(["full", "bounded", "mixed"]), split=st.sampled_from([-1, 1.0]),
        seed=st.integers(0, 2**31))
 def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride, pad, dil, pool, out, relu, zp_in,
-                               zp_out, out_pad, density, threads, seed):
+                               zp_out, out_pad, density, threads, weights, split, seed):
     H, W = hw
     oh = (H + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
     ow = (W + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
@@ -60,9 +70,10 @@ def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride
     assume(oh >= pk and ow >= pk and H + 2 * pad[0] >= dil[0] * (k[0] - 1) + 1
            and W + 2 * pad[1] >= dil[1] * (k[1] - 1) + 1)
     nat._set_int8_isa(isa)
+    nat._set_int8_split_fraction(split)  # 1.0: split every block that is not pair-bounded (on avx2)
     nat.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    w = block_sparse(rng, (cout, cin) + k, density)
+    w = block_sparse(rng, (cout, cin) + k, density, weights)
     m, b = requant_params(rng, cout, 0.02)
     q = rng.integers(0, 256, (n, cin, H, W)).astype(np.uint8)
     args = dict(stride=stride, padding=pad, dilation=dil, zp_in=zp_in, relu=relu, out=out, zp_out=zp_out,
@@ -88,6 +99,44 @@ def test_conv_equals_reference(restore, isa, kernel, n, cin, cout, hw, k, stride
         y = ref.unpack(y, cout, OH, OW, out_pad)
     assert y.shape == want.shape
     np.testing.assert_array_equal(y, want)
+
+
+def unbounded_blocks(w):
+    """Kept 1x4 blocks with a weight pair (channels 0-1 or 2-3 of the block) over |a| + |b| = 128."""
+    oc, c = w.shape[:2]
+    a = np.zeros((oc, -(-c // 4) * 4) + w.shape[2:], np.int32)
+    a[:, :c] = np.abs(w.astype(np.int32))
+    a = a.reshape((oc, -1, 4) + w.shape[2:])
+    return int(((a[:, :, 0] + a[:, :, 1] > 128) | (a[:, :, 2] + a[:, :, 3] > 128)).sum())
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "tiled"])
+def test_avx2_pairs_split_what_vpmaddubsw_would_saturate(restore, kernel):
+    """On the AVX2 path a conv whose blocks are mostly pair-bounded splits the others in two and runs
+    the vpmaddubsw kernels (pairs); more unbounded blocks than the split fraction keep the general
+    kernels. Both give the reference's bits, here and after switching paths."""
+    if "avx2" not in ISAS:
+        pytest.skip("no avx2 here")
+    rng = np.random.default_rng(21)
+    w = block_sparse(rng, (12, 24, 3, 3), 0.4, "mixed")
+    extra = unbounded_blocks(w)
+    assert 0 < extra < 0.3 * np.count_nonzero(np.abs(w.reshape(12, 6, 4, 9).astype(np.int32)).sum(2))
+    m, b = requant_params(rng, 12, 0.01)
+    q = rng.integers(0, 256, (2, 24, 6, 21)).astype(np.uint8)
+    want = ref.conv2d(q, 3, w, m, b, stride=(1, 1), padding=(1, 1), dilation=(1, 1), relu=True, pool=None,
+                      out="f32", zp_out=0)
+    x = ref.pack_u8(q, 3, (1, 1), (1, 1))
+    nat._set_int8_isa("avx2")
+    split = nat.Int8Conv2d(w, m, b, padding=1, zp_in=3, relu=True, out="f32", kernel=kernel)
+    nat._set_int8_split_fraction(0.0)
+    whole = nat.Int8Conv2d(w, m, b, padding=1, zp_in=3, relu=True, out="f32", kernel=kernel)
+    assert split.pairs and not whole.pairs and split.blocks == whole.blocks
+    if kernel != "dense":  # the dense kernel runs each split tap's 4 channels, zeros included
+        assert split.executed_blocks == whole.executed_blocks + extra
+    for isa in ISAS:
+        nat._set_int8_isa(isa)
+        np.testing.assert_array_equal(split.forward(x, 6, 21), want)
+        np.testing.assert_array_equal(whole.forward(x, 6, 21), want)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -1,7 +1,7 @@
 // AVX2 instantiation of the int8 micro-kernels, for CPUs without VNNI: 8 lanes. vpmaddubsw would
 // saturate its int16 pair sums (255*127*2 > 32767), so the input's even and odd bytes are widened
-// to int16 and multiplied with vpmaddwd against the sign-extended weights: exact, about a third of
-// VNNI's rate.
+// to int16 and multiplied with vpmaddwd against the sign-extended weights: exact for any weights.
+// Its pairs table (int8_pairs_avx2.cpp) has the faster conv kernels for pair-bounded blocks.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -31,4 +31,5 @@ struct TraitAvx2 : Ymm {
 #define DC8_TRAIT TraitAvx2
 #define DC8_NAME "avx2"
 #define DC8_ENTRY int8_kernels_avx2
+#define DC8_PAIRS int8_kernels_avx2_pairs
 #include "isa/int8_impl.h"
