@@ -145,7 +145,11 @@ inline void tiled_chunk(const int32_t* off, const int32_t* w, const int32_t* run
 
 // Vectors per pass: 4 x NV sums, one prepared input and the mask's (up to 4) weights fit the
 // register file (32 zmm; 16 ymm, where AVX2's prepared input and weights take two registers each).
+#ifdef DC8_TILE_NV
+constexpr int kTileNV = DC8_TILE_NV;
+#else
 constexpr int kTileNV = W == 8 ? 2 : 6;
+#endif
 
 // One pass of nv <= NV vectors (each count compiled with its own register allocation).
 template <int NV>
@@ -396,5 +400,6 @@ const Int8Kernels kTable = {DC8_NAME,      W,          TS::W,          kTileNV, 
 const Int8Kernels* DC8_ENTRY() { return &kTable; }
 #undef DC8_PAIR_LIMIT
 #undef DC8_PAIRS
+#undef DC8_TILE_NV
 
 }  // namespace deepcomp
