@@ -74,8 +74,6 @@ struct Int8Kernels {
   // dot4(xT + 4*(col[j]*np + i), w4[j]) for i in [0, np).
   void (*linear_sparseN)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc);
-  // 0, or kPairLimit on a table whose kernels are exact only for pair-bounded blocks (pair_bounded).
-  int pair_limit;
   // A table whose conv kernels are faster on this path but exact only for pair-bounded blocks (the
   // AVX2 path's vpmaddubsw table), or null. Int8Conv2d splits blocks to use it; nothing else does.
   const Int8Kernels* (*pairs)();

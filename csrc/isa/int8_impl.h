@@ -3,7 +3,7 @@
 //   DC8_TRAIT  the trait (W lanes; int vector I, prepared input A, weight B, float vector F)
 //   DC8_NAME   the path's name as a string literal
 //   DC8_ENTRY  the function returning this path's table
-// and optionally DC8_PAIR_LIMIT (default 0) and DC8_PAIRS (default nullptr): Int8Kernels::pair_limit, ::pairs.
+// and optionally DC8_PAIRS (Int8Kernels::pairs; default nullptr) and DC8_TILE_NV (Int8Kernels::tile).
 // Integer sums are exact on every path; the requantization does the same float32 operations in the
 // same order (the files are compiled with -ffp-contract=off), so every path gives the same bits.
 #include <cmath>
@@ -13,9 +13,6 @@
 
 #include "int8_kernels.h"
 
-#ifndef DC8_PAIR_LIMIT
-#define DC8_PAIR_LIMIT 0
-#endif
 #ifndef DC8_PAIRS
 #define DC8_PAIRS nullptr
 #endif
@@ -393,12 +390,11 @@ constexpr double kDenseFill = W == 8 ? 0.9 : 2.0;
 
 const Int8Kernels kTable = {DC8_NAME,      W,          TS::W,          kTileNV,        kDenseFill,     conv_sparse,  conv_dense4, conv_tiled4,
                             requant_u8x4,  max_pool_row, pack_row4,   quantize_bytes, requant_f32,    linear_sparse1,
-                            linear_dense1, linear_sparseN, DC8_PAIR_LIMIT, DC8_PAIRS};
+                            linear_dense1, linear_sparseN, DC8_PAIRS};
 
 }  // namespace
 
 const Int8Kernels* DC8_ENTRY() { return &kTable; }
-#undef DC8_PAIR_LIMIT
 #undef DC8_PAIRS
 #undef DC8_TILE_NV
 

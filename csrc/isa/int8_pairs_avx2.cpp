@@ -28,6 +28,5 @@ struct TraitAvx2Pairs : Ymm {
 #define DC8_TRAIT TraitAvx2Pairs
 #define DC8_NAME "avx2-pairs"
 #define DC8_ENTRY int8_kernels_avx2_pairs
-#define DC8_PAIR_LIMIT kPairLimit
 #define DC8_TILE_NV 3  // 12 sums, 4 weights, the input and the ones fill 17 ymm: 1.12x over 2 on VGG-16 (docs/int8.md)
 #include "isa/int8_impl.h"
