@@ -52,7 +52,7 @@ struct Conv8Output {
 double unbounded_fraction(const Blocks8& w);
 // Up to this fraction, splitting them in two for the pairs table pays (docs/int8.md); layers built
 // afterwards take the new value (a negative one restores the default). Returns the previous value.
-constexpr double kMaxSplitFraction = 0.3;
+constexpr double kMaxSplitFraction = 0.45;
 double int8_split_fraction();
 double set_int8_split_fraction(double f);
 
