@@ -228,7 +228,8 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   // wins once the union is nearly full). Auto: grouped when its kept blocks reach dense_threshold
   // (negative: the path's dense_fill) of the 4 x union it would execute, tiled otherwise.
   const double threshold = dense_threshold < 0 ? int8_kernels().dense_fill : dense_threshold;
-  split_ = int8_kernels().pairs && unbounded_fraction(w) <= int8_split_fraction();
+  // Split the blocks over the pair bound where the path has a pairs table and few need it.
+  const bool split = int8_kernels().pairs && unbounded_fraction(w) <= int8_split_fraction();
   const int64_t ngroups = ocp_ / 4;
   mode_.assign(ngroups, kPerChannel);
   dense_at_.assign(ngroups + 1, 0);
@@ -254,10 +255,10 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
     const bool full = !union_taps.empty() && double(kept) >= threshold * double(4 * union_taps.size());
     if (kernel == 2 || (kernel == 0 && full)) {
       mode_[q] = kDense;
-      add_dense(w, q, union_taps);
+      add_dense(w, q, union_taps, split);
     } else if (kernel == 3 || kernel == 0) {
       mode_[q] = kTiled;
-      add_tiled(w, q, union_taps);
+      add_tiled(w, q, union_taps, split);
     }
     dense_at_[q + 1] = int64_t(dense_tap_.size());
     if (mode_[q] != kTiled)
@@ -266,7 +267,7 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
       const int64_t oc = 4 * q + o;
       if (mode_[q] == kPerChannel)
         for (int64_t j = first(oc); j < first(oc + 1); ++j) {
-          const bool cut = split_ && !pair_bounded(w.w4[j]);
+          const bool cut = split && !pair_bounded(w.w4[j]);
           const std::pair<int32_t, int32_t> ab = cut ? split_block(w.w4[j]) : std::make_pair(w.w4[j], 0);
           for (int part = 0; part <= int(cut); ++part) {
             tap_.push_back(w.index[j]);
@@ -296,19 +297,19 @@ std::vector<uint8_t> union_blocks(const Blocks8& w, int64_t q, const std::vector
 }  // namespace
 
 // [tap][4] blocks over the union, zero where a channel does not keep the tap.
-void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
+void Int8Conv2d::add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps, bool split) {
   std::vector<int32_t> all(taps), blocks(4 * taps.size(), 0);
   std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
-  if (split_) split_taps(all, mask, blocks);
+  if (split) split_taps(all, mask, blocks);
   dense_tap_.insert(dense_tap_.end(), all.begin(), all.end());
   dense_w_.insert(dense_w_.end(), blocks.begin(), blocks.end());
 }
 
 // Per K-block, the union's taps sorted (stably) by which channels keep them, one run per mask present.
-void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps) {
+void Int8Conv2d::add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps, bool split) {
   std::vector<int32_t> all(taps), blocks(4 * taps.size(), 0);
   std::vector<uint8_t> mask = union_blocks(w, q, taps, blocks.data());
-  if (split_) split_taps(all, mask, blocks);
+  if (split) split_taps(all, mask, blocks);
   const int64_t block_taps = kb_groups_ * g_.kh * g_.kw;  // taps are (g * kh + ky) * kw + kx
   for (int64_t b = 0; b < nkb_; ++b) {
     for (int m = 1; m < 16; ++m) {

@@ -101,13 +101,14 @@ class Int8Conv2d {
   std::vector<int64_t> row_ptr_;
   std::vector<int32_t> tap_, w4_;
   int64_t kept_ = 0, nonzeros_ = 0;
-  // split_: blocks that are not pair-bounded were split in two (on a path with a pairs table, when
-  // at most int8_split_fraction() of them are); pairs_: every block held is pair-bounded, so the path's
-  // pairs table (Int8Kernels::pairs) runs this layer.
-  bool split_ = false, pairs_ = false;
+  // Every block held is pair-bounded (none was over the bound, or the constructor split those that
+  // were: on a path with a pairs table, when at most int8_split_fraction() of them are), so the
+  // path's pairs table (Int8Kernels::pairs) runs this layer.
+  bool pairs_ = false;
   enum Mode : uint8_t { kPerChannel, kDense, kTiled };
-  void add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
-  void add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps);
+  // split: each tap with blocks over the pair bound also gets a tap of their rests (split_taps).
+  void add_dense(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps, bool split);
+  void add_tiled(const Blocks8& w, int64_t q, const std::vector<int32_t>& taps, bool split);
   void end_segment(int64_t s);
   std::vector<uint8_t> mode_;        // per group of 4 output channels
   std::vector<int32_t> dense_tap_;   // grouped taps, group after group
