@@ -130,12 +130,20 @@ py::array output_array(const py::object& out, const std::vector<py::ssize_t>& sh
   return a;
 }
 
+// (lo, hi) of a clamp given as a pair of numbers or None (no bound on that side).
+std::pair<float, float> clamp_bounds(const py::object& clamp) {
+  const auto t = clamp.cast<std::pair<py::object, py::object>>();
+  const auto bound = [](const py::object& v, float none) { return v.is_none() ? none : v.cast<float>(); };
+  return {bound(t.first, -INFINITY), bound(t.second, INFINITY)};
+}
+
 struct PyConv8 {
   std::unique_ptr<Int8Conv2d> k;
 
   PyConv8(const py::object& weight, const F32& m, const F32& b, const py::handle& stride, const py::handle& padding,
           const py::handle& dilation, int zp_in, bool relu, const std::string& out, int zp_out,
-          const py::handle& out_padding, const py::object& pool, const std::string& kernel, double dense_threshold) {
+          const py::handle& out_padding, const py::object& pool, const py::object& clamp, const std::string& kernel,
+          double dense_threshold) {
     std::vector<int64_t> shape;
     const Blocks8 w = weight_blocks(weight, 4, shape, "Int8Conv2d");
     Conv8Geometry g{shape[1], shape[0], shape[2], shape[3], 1, 1, 0, 0, 1, 1};
@@ -150,6 +158,7 @@ struct PyConv8 {
     o.relu = relu;
     std::tie(o.oph, o.opw) = pair2(out_padding, "out_padding");
     if (!pool.is_none()) std::tie(o.pool_k, o.pool_s) = pair2(pool, "pool");
+    if (!clamp.is_none()) std::tie(o.lo, o.hi) = clamp_bounds(clamp);
     k = std::make_unique<Int8Conv2d>(w, g, m.data(), b.data(), zp_in, o, kernel_code(kernel), dense_threshold);
   }
 
@@ -269,13 +278,15 @@ void bind_int8(py::module_& m) {
 
   py::class_<PyConv8>(m, "Int8Conv2d",
                       "int8 direct convolution over 1x4 blocks along input channels, requantized with bias, "
-                      "ReLU and an optional max-pool to uint8 (the next layer's layout) or fp32 NCHW.")
+                      "ReLU and an optional max-pool to uint8 (the next layer's layout) or fp32 NCHW; "
+                      "clamp=(lo, hi) (None on a side: unbounded) clamps fp32 output after the ReLU.")
       .def(py::init<const py::object&, const F32&, const F32&, const py::handle&, const py::handle&, const py::handle&, int,
-                    bool, const std::string&, int, const py::handle&, const py::object&, const std::string&, double>(),
+                    bool, const std::string&, int, const py::handle&, const py::object&, const py::object&,
+                    const std::string&, double>(),
            py::arg("weight"), py::arg("m"), py::arg("b"), py::kw_only(), py::arg("stride") = 1, py::arg("padding") = 0,
            py::arg("dilation") = 1, py::arg("zp_in") = 0, py::arg("relu") = false, py::arg("out") = "u8",
            py::arg("zp_out") = 0, py::arg("out_padding") = 0, py::arg("pool") = py::none(),
-           py::arg("kernel") = "auto", py::arg("dense_threshold") = -1.0)
+           py::arg("clamp") = py::none(), py::arg("kernel") = "auto", py::arg("dense_threshold") = -1.0)
       .def("forward", &PyConv8::forward, py::arg("x"), py::arg("H"), py::arg("W"), py::kw_only(),
            py::arg("out") = py::none(), "y of N images; out: a buffer to write it into (reused, not allocated)")
       .def("in_layout", [](const PyConv8& s, int64_t H, int64_t W) { return layout_dict(s.k->in_layout(H, W)); })

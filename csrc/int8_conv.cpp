@@ -197,6 +197,9 @@ Int8Conv2d::Int8Conv2d(const Blocks8& w, const Conv8Geometry& g, const float* m,
   if (out.oph < 0 || out.opw < 0) throw ShapeError("Int8Conv2d: output padding must be >= 0");
   if ((out.pool_k == 0) != (out.pool_s == 0) || out.pool_k < 0 || out.pool_s < 0)
     throw ShapeError("Int8Conv2d: pool kernel and stride must both be >= 1 (or both 0: no pool)");
+  if (out.u8 && (out.lo != -INFINITY || out.hi != INFINITY))
+    throw ShapeError("Int8Conv2d: a clamp is fused into fp32 output only");
+  if (!(out.lo <= out.hi)) throw ShapeError("Int8Conv2d: clamp needs lo <= hi");
   if (kernel < 0 || kernel > 3)
     throw ShapeError("Int8Conv2d: kernel must be 0 (auto), 1 (sparse), 2 (dense) or 3 (tiled)");
   if (g.sw == 1 && g.pw > g.dw * (g.kw - 1))  // the output row would not fit the shared-padding row
@@ -447,6 +450,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
 
   // Pool (on int32: the requantization is monotone, m >= 0, so it commutes with max) and
   // requantize final rows [r0, r1) of group q, whose sums start at acc.
+  const float lo = out_.relu ? std::max(0.f, out_.lo) : out_.lo;  // max(max(y, 0), lo) = max(y, max(0, lo))
   auto finish = [&](int64_t n, int64_t q, int64_t r0, int64_t r1, const int32_t* acc, int32_t* pooled) {
     const int32_t* src = acc;
     int64_t sstride = p.acc_stride, srow = p.in.Wq;
@@ -469,7 +473,7 @@ void Int8Conv2d::forward(const uint8_t* x, int64_t N, int64_t H, int64_t W, void
       }
       for (int o = 0; o < 4 && 4 * q + o < g_.out_channels; ++o) {
         float* dst = static_cast<float*>(y) + ((n * g_.out_channels + 4 * q + o) * p.OHf + r) * p.OWf;
-        k.requant_f32(row + o * sstride, p.OWf, rq_[4 * q + o], out_.relu, dst);
+        k.requant_f32(row + o * sstride, p.OWf, rq_[4 * q + o], lo, out_.hi, dst);
       }
     }
   };

@@ -2,6 +2,7 @@
 // and the sparse/dense int8 direct convolution with its fused requantization (bias, ReLU, max-pool,
 // uint8 or fp32 output). docs/int8.md is the description; this file is the contract.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -46,6 +47,7 @@ struct Conv8Output {
   int64_t oph = 0, opw = 0;
   int64_t pool_k = 0, pool_s = 0;  // fused max-pool (no padding, floor); 0: none
   bool relu = false;
+  float lo = -INFINITY, hi = INFINITY;  // fp32 output only: a clamp after the ReLU (ReLU6, hardtanh)
 };
 
 // The fraction of w's blocks that are not pair-bounded (int8_kernels.h).

@@ -64,8 +64,8 @@ struct Int8Kernels {
   // Quantize n consecutive fp32 values into n bytes, as pack_row4 quantizes each (a lane then holds
   // 4 consecutive columns of one channel: act8_pack_columns).
   void (*quantize_bytes)(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* out);
-  // One channel's acc row -> n floats.
-  void (*requant_f32)(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out);
+  // One channel's acc row -> n floats, each y clamped to [lo, hi] (max, then min: ReLU is lo = 0).
+  void (*requant_f32)(const int32_t* acc, int64_t n, const Requant& rq, float lo, float hi, float* out);
   // Linear, batch 1: acc = sum_j dot4(x + 4*col[j], w4[j]) over one row's nnz blocks.
   int32_t (*linear_sparse1)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* x);
   // Linear, batch 1, dense row: sum over G groups of dot4(x + 4g, w4[g]).

@@ -195,6 +195,44 @@ def test_batchnorm_after_int8_conv(tmp_path):
     assert 0 < err <= TOLERANCE, err
 
 
+class ClampNet(nn.Module):
+    """MobileNet's conv + BatchNorm + ReLU6, and a conv + hardtanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.c2 = nn.Sequential(nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.Hardtanh(-0.5, 0.5))
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.c2(self.c1(x)), 1))
+
+
+def test_clamp_fused_into_int8_conv(tmp_path):
+    """ReLU6 and hardtanh after an int8 conv run in its epilogue (no clamp step): bit-equal to the
+    integer reference, near the fp32 model."""
+    import deepcomp
+
+    torch.manual_seed(0)
+    net = ClampNet().eval()
+    with torch.no_grad():
+        net.c1[1].weight.mul_(8)  # BatchNorm scales that push outputs past 6
+    r = compress(net, recipe="sparse-int8", input_shape=SHAPE, progress=False)
+    r.save(tmp_path / "clamp.dcz")
+    m = deepcomp.load(tmp_path / "clamp.dcz", int8="file")
+    assert [l.name for l in m.layers if l.precision == "int8"] == ["c1.0", "c2.0", "fc"]
+    assert [s.op for s in m.plan.steps] == ["conv2d", "conv2d", "flatten", "linear"]
+    x = np.random.default_rng(5).standard_normal((3, *SHAPE)).astype(np.float32)
+    h = m.steps[0].run(x)
+    assert (h == 6).mean() > 0.01 and (h == 0).mean() > 0.01 and h.max() == 6
+    y = m(x)
+    np.testing.assert_array_equal(y, deepcomp.load(tmp_path / "clamp.dcz", int8_reference=True)(x))
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()
+    err = np.abs(y - y32).max() / np.abs(y32).max()
+    assert 0 < err <= TOLERANCE, err
+
+
 class Stride4Net(nn.Module):
     """AlexNet's first layer in small: a 3-channel 11x11 conv of stride 4."""
 

@@ -197,6 +197,33 @@ def test_padding_past_the_kernel_reach(isa):
         nat._set_int8_isa(nat.int8_isas()[0])
 
 
+@pytest.mark.parametrize("isa", nat.int8_isas())
+def test_clamp_on_fp32_output(isa):
+    """A clamp (ReLU6 after the ReLU, hardtanh, one side open) fused into the fp32 output gives the
+    reference's bits, and the bounds are reached; a clamp on uint8 output or with a pool is refused."""
+    nat._set_int8_isa(isa)
+    try:
+        rng = np.random.default_rng(17)
+        w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+        w = w * block_mask(torch.from_numpy(np.abs(w)), 0.5).numpy()
+        x = rng.standard_normal((2, 8, 9, 11)).astype(np.float32)
+        for relu, clamp in [(True, (0.0, 0.5)), (False, (-0.4, 0.4)), (False, (None, 0.2)), (True, (0.1, None))]:
+            kw = dict(padding=1, in_q=(0.02, 128), relu=relu, clamp=clamp)
+            got = rt8.Int8ConvStep(w, None, **kw)(x)
+            want = rt8.Int8ConvStep(w, None, native=False, **kw)(x)
+            np.testing.assert_array_equal(got, want)
+            plain = rt8.Int8ConvStep(w, None, padding=1, in_q=(0.02, 128), relu=relu, native=False)(x)
+            np.testing.assert_array_equal(want, np.clip(plain, *clamp))
+            for bound in clamp:
+                assert bound is None or (got == np.float32(bound)).mean() > 0.05
+    finally:
+        nat._set_int8_isa(nat.int8_isas()[0])
+    with pytest.raises(ValueError, match="clamp"):
+        rt8.Int8ConvStep(w, None, in_q=(0.02, 128), out_q=(0.05, 0), clamp=(0, 6))
+    with pytest.raises(ValueError, match="clamp"):
+        rt8.Int8ConvStep(w, None, in_q=(0.02, 128), clamp=(0, 6), pool=(2, 2))
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_steps_write_into_a_given_buffer(native):
     """``out=``: a step writes its result into a buffer of a previous result (reused, not allocated),

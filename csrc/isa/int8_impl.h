@@ -200,9 +200,10 @@ void requant_u8x4(const int32_t* acc, int64_t stride, int64_t n, const Requant* 
   }
 }
 
-void requant_f32(const int32_t* acc, int64_t n, const Requant& rq, bool relu, float* out) {
+void requant_f32(const int32_t* acc, int64_t n, const Requant& rq, float lo, float hi, float* out) {
+  const typename T::F vlo = T::set1f(lo), vhi = T::set1f(hi);
   for (int64_t i = 0; i < n; i += W) {
-    const typename T::F y = requant(T::loadi(acc + i), rq, relu);
+    const typename T::F y = T::minf(T::maxf(requant(T::loadi(acc + i), rq, false), vlo), vhi);
     if (i + W <= n) {
       T::storef(out + i, y);
     } else {

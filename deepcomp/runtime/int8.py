@@ -219,15 +219,19 @@ class _Int8Step:
 
 
 class Int8ConvStep(_Int8Step):
-    """One int8 conv2d (+ BatchNorm, + ReLU, + max-pool) node. ``in_q``/``out_q``: (scale, zero point)
-    of the input and output; out_q=None gives float32 NCHW. ``bn``: (scale, shift) per channel."""
+    """One int8 conv2d (+ BatchNorm, + ReLU, + clamp or max-pool) node. ``in_q``/``out_q``: (scale, zero
+    point) of the input and output; out_q=None gives float32 NCHW. ``bn``: (scale, shift) per channel.
+    ``clamp``: (min, max), either None, applied to the float32 output after the ReLU (out_q=None only)."""
 
     def __init__(self, weight, bias=None, *, stride=1, padding=0, dilation=1, in_q, out_q=None, relu=False,
-                 pool=None, out_padding=0, kernel="auto", weight_scale=None, bn=None, native=True):
+                 clamp=None, pool=None, out_padding=0, kernel="auto", weight_scale=None, bn=None, native=True):
+        clamp = None if clamp is None or clamp == (None, None) else tuple(clamp)
+        if clamp is not None and (out_q is not None or pool is not None):
+            raise ValueError("an int8 conv takes a clamp on float32 output without a pool only")
         w = self._weight(weight, weight_scale, bn)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.in_q, self.out_q = (float(in_q[0]), int(in_q[1])), out_q
-        self.relu, self.pool, self.out_padding = bool(relu), pool, _pair(out_padding)
+        self.relu, self.clamp, self.pool, self.out_padding = bool(relu), clamp, pool, _pair(out_padding)
         self.m, self.b = _requant(self.in_q[0], self.s_w, bias, out_q, bn)
         self.out = "u8" if out_q is not None else "f32"
         use_native = bool(native and native_int8())
@@ -246,7 +250,7 @@ class Int8ConvStep(_Int8Step):
             self.native = _native.Int8Conv2d(nw, self.m, self.b, stride=stride, padding=padding, dilation=self.dilation,
                                              zp_in=self.in_q[1], relu=self.relu, out=self.out,
                                              zp_out=0 if out_q is None else int(out_q[1]),
-                                             out_padding=self.out_padding, pool=pool, kernel=kernel)
+                                             out_padding=self.out_padding, pool=pool, clamp=clamp, kernel=kernel)
         self._keep(w)
 
     def _values(self, x) -> np.ndarray:
@@ -305,6 +309,8 @@ class Int8ConvStep(_Int8Step):
             N, _, oh, ow = y.shape
             if self.out == "u8":
                 y = ref.pack_u8(y, zp_out, self.out_padding, 1)
+            elif self.clamp is not None:
+                y = np.clip(y, *self.clamp, out=y)
             y = _into(out, y)
         if self.out == "f32":
             return y

@@ -4,9 +4,10 @@ and whether its output stays uint8. Plain data, like deepcomp.runtime.plan, whic
 
 For each node with an ``int8`` attribute, in order:
 
-- a ReLU that is its only consumer goes into the step's epilogue; then, for a conv, a max-pool
-  (square kernel and stride, no padding, dilation 1, floor mode) that is the only consumer of what
-  came before (the pool takes the max of the integer sums: the epilogue is monotone);
+- a ReLU that is its only consumer goes into the step's epilogue; then, for a conv, a clamp (ReLU6,
+  hardtanh: applied to the fp32 output, which such a step always gives) or else a max-pool (square
+  kernel and stride, no padding, dilation 1, floor mode) that is the only consumer of what came
+  before (the pool takes the max of the integer sums: the epilogue is monotone);
 - its output stays uint8 (a :class:`deepcomp.runtime.int8.QTensor`) when the file says ``"out":
   "u8"`` and it reaches exactly one int8 conv / linear whose input quantization is the output's,
   through nothing but identity ``adaptive_avgpool2d`` nodes (AlexNet and VGG at 224) and a
@@ -88,7 +89,7 @@ def u8_consumers(checked, shapes, output: str, int8_nodes) -> dict[str, tuple[st
 def fuse_int8(checked, shapes: dict, output: str) -> tuple[dict[str, str], dict[str, dict]]:
     """(alias: absorbed node -> the int8 node whose step computes it, {int8 node: its fusion}).
 
-    A fusion is ``{"relu", "pool": (k, s) or None, "out_q": (scale, zp) or None (fp32 out),
+    A fusion is ``{"relu", "clamp": (min, max) or None, "pool": (k, s) or None, "out_q": (scale, zp) or None (fp32 out),
     "out_padding": (ph, pw)}``. ``shapes`` is updated: an int8 node's shape becomes that of the
     last node it absorbed.
     """
@@ -99,12 +100,15 @@ def fuse_int8(checked, shapes: dict, output: str) -> tuple[dict[str, str], dict[
     for name, op, _, attrs in checked:
         if op not in ("conv2d", "linear") or attrs.get("int8") is None:
             continue
-        f = {"relu": False, "pool": None, "out_q": None, "out_padding": (0, 0)}
+        f = {"relu": False, "clamp": None, "pool": None, "out_q": None, "out_padding": (0, 0)}
         end, u = name, _only_user(users, name)
         if u is not None and by_name[u][0] == "relu":
             f["relu"], alias[u] = True, name
             end, u = u, _only_user(users, u)
-        if op == "conv2d" and u is not None and by_name[u][0] == "maxpool2d" and _pool(by_name[u][2]):
+        if op == "conv2d" and u is not None and by_name[u][0] == "clamp":
+            f["clamp"], alias[u] = (by_name[u][2]["min"], by_name[u][2]["max"]), name
+            end = u
+        elif op == "conv2d" and u is not None and by_name[u][0] == "maxpool2d" and _pool(by_name[u][2]):
             f["pool"], alias[u] = _pool(by_name[u][2]), name
             end = u
         shapes[name] = shapes[end]

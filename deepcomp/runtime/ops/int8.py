@@ -90,7 +90,7 @@ def _parts(a, cx):
 def _fusion(cx) -> dict:
     """The planner's decisions for this node (none when the op table's reference runs it alone)."""
     p = cx.int8 or {}
-    return {"relu": p.get("relu", False), "pool": p.get("pool"), "out_q": p.get("out_q"),
+    return {"relu": p.get("relu", False), "clamp": p.get("clamp"), "pool": p.get("pool"), "out_q": p.get("out_q"),
             "out_padding": p.get("out_padding", (0, 0)), "native": not p.get("reference", False)}
 
 
@@ -104,8 +104,8 @@ def conv_step(a, cx) -> Int8ConvStep:
     w, bias, scale, bn = _parts(a, cx)
     q, f = a["int8"], _fusion(cx)
     return Int8ConvStep(w, bias, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                        in_q=(q["in_scale"], q["in_zp"]), out_q=f["out_q"], relu=f["relu"], pool=f["pool"],
-                        out_padding=f["out_padding"], weight_scale=scale, bn=bn, native=f["native"])
+                        in_q=(q["in_scale"], q["in_zp"]), out_q=f["out_q"], relu=f["relu"], clamp=f["clamp"],
+                        pool=f["pool"], out_padding=f["out_padding"], weight_scale=scale, bn=bn, native=f["native"])
 
 
 def linear_step(a, cx) -> Int8LinearStep:
