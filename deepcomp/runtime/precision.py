@@ -24,14 +24,11 @@ from __future__ import annotations
 
 MODES = ("auto", "file", "off")
 
-# AVX2 without VNNI: 8-bit dot products cost as many multiply-port cycles per MAC as fp32 FMAs (on
-# the first-generation Zen measured, docs/int8.md), so the int8 conv kernels only tie the fp32 ones
-# and a conv gains from int8 only through its uint8 edges. A short chain of convs between fp32 ops
-# (ResNet's blocks: two convs between residual adds) loses its input's quantization: ResNet-18
-# 0.94x of fp32 at batch 1, 0.85x at batch 8, while VGG-16's single chain of 16 nodes gains 1.12x.
-# The int8 linear kernels are 4-7x faster than fp32 at the paper's densities: a chain holding a
-# linear layer always runs int8.
-AVX2_MIN_CONV_CHAIN = 4
+# AVX2 without VNNI: a chain pays when it holds a linear layer (the int8 linear kernels are 4-7x
+# faster than fp32) or at least 2 convs; a single conv between fp32 ops (MobileNetV2's 1x1 convs
+# around its fp32 depthwise ones) mostly does not repay quantizing and packing its fp32 input
+# (measurements: docs/int8.md, "Per-node precision").
+AVX2_MIN_CONV_CHAIN = 2
 
 
 def _avx2_rule(chain: list[tuple[str, str]]) -> str | None:
@@ -39,8 +36,8 @@ def _avx2_rule(chain: list[tuple[str, str]]) -> str | None:
     if "linear" in ops or len(chain) >= AVX2_MIN_CONV_CHAIN:
         return None
     names = ", ".join(n for n, _ in chain)
-    return (f"int8 chain of {len(chain)} conv(s) ({names}) between fp32 ops: on avx2 int8 convs only tie fp32 "
-            f"ones, and a chain shorter than {AVX2_MIN_CONV_CHAIN} does not repay quantizing its input")
+    return (f"int8 chain of {len(chain)} conv(s) ({names}) between fp32 ops: on avx2 a chain shorter than "
+            f"{AVX2_MIN_CONV_CHAIN} convs does not repay quantizing its input")
 
 
 # int8 ISA path (deepcomp._native.int8_isa()) -> rule over one chain; a path without one runs every int8 node
