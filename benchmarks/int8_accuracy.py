@@ -41,9 +41,11 @@ RECIPES = {"fp32": "fp32 deep-compression", "int8-1x4": "int8, 1x4 blocks", "int
 DEFAULTS = {"iterative": 3, "finetune_epochs": 2, "codebook_epochs": 1}  # the schedule flags' defaults
 
 
-def recipes(model: str, only: list[str], density: dict[str, float], calibration: str | None = None):
+def recipes(model: str, only: list[str], density: dict[str, float], calibration: str | None = None,
+            weight_bits: int | None = None):
     """(label, Recipe) of each compression compared (the keys of RECIPES in ``only``), with the layer
-    densities in ``density`` and the int8 activation ``calibration`` in place of the recipe's."""
+    densities in ``density`` and the int8 activation ``calibration`` and ``weight_bits`` (the
+    int8 weight grid) in place of the recipe's."""
     from deepcomp.recipes import load_recipe
 
     out = []
@@ -62,6 +64,9 @@ def recipes(model: str, only: list[str], density: dict[str, float], calibration:
         if calibration and key != "fp32":
             rec.defaults = {**rec.defaults, "calibration": calibration}
             label += f", {calibration} calibration"
+        if weight_bits and key != "fp32":
+            rec.defaults = {**rec.defaults, "int8_weight_bits": weight_bits}
+            label += f", {weight_bits}-bit weights"
         out.append((label, rec))
     return out
 
@@ -139,6 +144,8 @@ def command_flags(a) -> str:
         flags += " --density " + ",".join(f"{k}={v:g}" for k, v in a.density.items())
     if a.calibration:
         flags += f" --calibration {a.calibration}"
+    if a.int8_weight_bits:
+        flags += f" --int8-weight-bits {a.int8_weight_bits}"
     return flags + (" --no-peers" if a.no_peers else "")
 
 
@@ -159,6 +166,8 @@ def main(argv=None) -> int:
                     help=f"comma-separated recipes to run, of {', '.join(RECIPES)} (default: all)")
     ap.add_argument("--calibration", choices=["minmax", "percentile", "mse"], default=None,
                     help="int8 activation calibration in place of the recipe's")
+    ap.add_argument("--int8-weight-bits", type=int, choices=[7, 8], default=None,
+                    help="int8 weight grid in place of the recipe's (7: -63..63, what AVX2's vpmaddubsw takes whole)")
     ap.add_argument("--density", type=parse_density, default={},
                     help="layer densities overriding the recipes', e.g. conv2=0.2,fc1=0.12")
     ap.add_argument("--out", help="default: benchmarks/results/int8_accuracy[_MODEL][_quick].md")
@@ -177,7 +186,7 @@ def main(argv=None) -> int:
     from deepcomp.dcz import decompress
     from deepcomp.zoo import LoadedModel, resolve_arch
 
-    runs = recipes(a.model, a.only, a.density, a.calibration)  # checked before any training
+    runs = recipes(a.model, a.only, a.density, a.calibration, a.int8_weight_bits)  # checked before any training
     t_start = time.time()
     train_ds = load_dataset(a.data, "train", limit=a.limit)
     test_ds = load_dataset(a.data, "test")

@@ -156,6 +156,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--criterion", choices=["magnitude", "wanda", "relevance", "taylor"], default=None,
                    help="what pruning keeps: |w| (the paper's), WANDA |w|*||x|| or LRP-0 / Taylor "
                         "relevance; the last three calibrate on --data (default: the recipe's, magnitude)")
+    p.add_argument("--int8-weight-bits", type=int, choices=[7, 8], default=None, metavar="{7,8}",
+                   help="int8 recipes: the weight grid, 8 (-127..127) or 7 (-63..63: on AVX2 without VNNI every "
+                        "int8 conv then runs the faster vpmaddubsw kernels; ONNX Runtime calls this reduce_range). "
+                        "Default: the recipe's (8)")
     p.add_argument("--calibration-batches", type=positive_int, default=8, metavar="N",
                    help="batches of --data used to calibrate wanda/relevance and the int8 activations (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,
@@ -198,7 +202,7 @@ def cmd_compress(args) -> int:
     result = compress(
         loaded, recipe=args.recipe, sparsity=args.sparsity, scope=args.scope,
         conv_bits=args.conv_bits, fc_bits=args.fc_bits, index_bits=args.index_bits, init=args.init,
-        criterion=args.criterion, iterative=args.iterative,
+        criterion=args.criterion, iterative=args.iterative, int8_weight_bits=args.int8_weight_bits,
         input_shape=tuple(args.input_shape) if args.input_shape else None,
         seed=args.seed, progress=not args.quiet, data=args.data, calibration_batches=args.calibration_batches,
         log_path=args.log, **_schedule_overrides(args))

@@ -220,6 +220,7 @@ def compress(
     init: str | None = None,
     criterion: str | Criterion | Callable[[nn.Module], Criterion] | None = None,
     iterative: int | None = None,
+    int8_weight_bits: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -268,6 +269,8 @@ def compress(
     graph = capture(module, shape)  # fails fast on an unsupported op, before the heavy work
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, arch)
+    if int8_weight_bits is not None:
+        rec = _with_int8_weight_bits(rec, int8_weight_bits)
     layers = prunable_layers(module)
     if not layers:
         raise DeepcompError("the model has no Conv2d or Linear layer to compress")
@@ -393,6 +396,19 @@ def _int8_layers(rec: Recipe, module: nn.Module, graph: dict, plan: dict[str, La
     return nodes
 
 
+def _with_int8_weight_bits(rec: Recipe, bits) -> Recipe:
+    """``rec`` with its int8 weight grid overridden (the int8_weight_bits argument / flag)."""
+    from dataclasses import replace
+
+    from deepcomp.recipes import INT8_WEIGHT_BITS
+
+    if bits not in INT8_WEIGHT_BITS:
+        raise RecipeError(f"--int8-weight-bits must be 7 or 8, got {bits!r}")
+    if "block" not in rec.defaults:
+        raise RecipeError(f"--int8-weight-bits needs an int8 recipe (sparse-int8); {rec.name} runs fp32")
+    return replace(rec, defaults={**rec.defaults, "int8_weight_bits": bits})
+
+
 def _int8_annotate(module, graph, int8: dict, shared, rec: Recipe, datasets, shape, batches: int, seed: int,
                    notes: list, progress: bool):
     """(the graph with its int8 attributes, the weight scale tensors, META's recipe.int8)."""
@@ -407,10 +423,11 @@ def _int8_annotate(module, graph, int8: dict, shared, rec: Recipe, datasets, sha
     layers = prunable_layers(module)
     q = calibrate_inputs(module, data, layers={n: layers[n] for n in int8}, method=method)
     shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    extra = {f"{n}.weight_scale": weights_to_int8(shared[n].dense())[1] for n in int8}
+    bits = rec.defaults.get("int8_weight_bits", 8)
+    extra = {f"{n}.weight_scale": weights_to_int8(shared[n].dense(), qmax=2 ** (bits - 1) - 1)[1] for n in int8}
     shapes.update({k: v.shape for k, v in extra.items()})
     graph = annotate_graph(graph, shapes, int8, q, rec.defaults["block"])
-    return graph, extra, {"block": list(rec.defaults["block"]), **source, "method": method}
+    return graph, extra, {"block": list(rec.defaults["block"]), **source, "method": method, "weight_bits": bits}
 
 
 def _datasets(data) -> tuple:

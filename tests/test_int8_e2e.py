@@ -233,6 +233,50 @@ def test_clamp_fused_into_int8_conv(tmp_path):
     assert 0 < err <= TOLERANCE, err
 
 
+def test_7bit_weights_run_the_pairs_kernels_whole(tmp_path, capsys):
+    """int8_weight_bits = 7 (recipe field, compress argument, --int8-weight-bits) puts every weight on
+    -63..63 (the file's scales say so: no format change), so on AVX2 every conv runs the pairs kernels
+    without splitting a block; the bits stay the reference's, near the fp32 model; `info` names the
+    grid; a recipe asking for 6 bits is refused."""
+    import deepcomp
+    import deepcomp._native as nat
+    from deepcomp.errors import RecipeError
+    from deepcomp.recipes import load_recipe
+
+    torch.manual_seed(0)
+    r = compress(SmallNet().eval(), recipe="sparse-int8", int8_weight_bits=7, input_shape=SHAPE, progress=False)
+    path = tmp_path / "w7.dcz"
+    r.save(path)
+    ref = deepcomp.load(path, int8_reference=True)
+    qs = {n: k.q for n, k in ref._kernels.items() if hasattr(k, "q")}
+    assert set(qs) == {"c1", "c2", "fc1", "fc2"} and max(int(np.abs(q).max()) for q in qs.values()) == 63
+    x = np.random.default_rng(6).standard_normal((3, *SHAPE)).astype(np.float32)
+    y = ref(x)
+    for isa in nat.int8_isas():
+        nat._set_int8_isa(isa)
+        try:
+            m = deepcomp.load(path, int8="file")
+        finally:
+            nat._set_int8_isa(nat.int8_isas()[0])
+        convs = [m._kernels[n].native for n in ("c1", "c2")]
+        if isa == "avx2":
+            assert all(c.pairs and c.executed_blocks == c.blocks for c in convs)
+        np.testing.assert_array_equal(m(x), y)
+    with torch.no_grad():
+        y32 = r.model(torch.from_numpy(x)).numpy()
+    assert 0 < np.abs(y - y32).max() / np.abs(y32).max() <= TOLERANCE
+    lenet = tmp_path / "lenet7.dcz"
+    assert main(["compress", "zoo:lenet-5", "--recipe", "sparse-int8", "--int8-weight-bits", "7", "-o", str(lenet),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(lenet)]) == 0
+    assert "7-bit weights" in capsys.readouterr().out
+    bad = tmp_path / "w6.toml"
+    bad.write_text('name = "w6"\n[defaults]\nblock = [1, 4]\nint8_weight_bits = 6\n')
+    with pytest.raises(RecipeError, match="int8_weight_bits must be 7 or 8, got 6"):
+        load_recipe(str(bad))
+
+
 class Stride4Net(nn.Module):
     """AlexNet's first layer in small: a 3-channel 11x11 conv of stride 4."""
 

@@ -14,6 +14,8 @@ A recipe file::
     block = [1, 4]              # int8 recipes (sparse-int8): prune in blocks of 4 input channels at
                                 # one tap ([4, 4]: 4 output channels too); the layers run int8
     calibration = "percentile"  # int8 activation ranges: minmax, percentile (99.99) or mse
+    int8_weight_bits = 8        # int8 weight grid: 8 (-127..127) or 7 (-63..63: AVX2 without VNNI
+                                # then multiplies every layer with vpmaddubsw, as ONNX Runtime's reduce_range)
     [layers."features.0"]       # module name, as in model.named_modules()
     density = 0.84              # fraction kept (of the blocks, in an int8 recipe)
     bits = 8                    # optional per-layer weight bits
@@ -69,7 +71,9 @@ BLOCKS = ([1, 4], [4, 4])
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 DEFAULT_SPARSITY = 0.8
 DEFAULTS = {"conv_bits": 8, "fc_bits": 5, "index_bits": 5, "scope": "layer", "init": "linear"}
-_DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity", "block", "calibration"}
+_DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity", "block", "calibration",
+                 "int8_weight_bits"}
+INT8_WEIGHT_BITS = (7, 8)
 CRITERIA = ("magnitude", "wanda", "relevance", "taylor")
 # what benchmarks/lenet_fashion.py established for the paper's LeNet tables on Fashion-MNIST: 5 pruning
 # steps of 3 retraining epochs, 2 of centroid training (0.1-0.3 points below the dense baseline)
@@ -168,6 +172,8 @@ def _validate(data: dict, source: str) -> Recipe:
     if "block" in defaults and defaults["block"] not in BLOCKS:
         raise RecipeError(f"recipe {source}: block must be [1, 4] or [4, 4] (output x input channels), "
                           f"got {defaults['block']!r}")
+    if "int8_weight_bits" in defaults and defaults["int8_weight_bits"] not in INT8_WEIGHT_BITS:
+        raise RecipeError(f"recipe {source}: int8_weight_bits must be 7 or 8, got {defaults['int8_weight_bits']!r}")
     if "calibration" in defaults and defaults["calibration"] not in CALIBRATION_METHODS:
         raise RecipeError(f"recipe {source}: calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
                           f"got {defaults['calibration']!r}")

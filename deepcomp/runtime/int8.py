@@ -62,20 +62,22 @@ def dequantize(t: QTensor) -> np.ndarray:
     return (t.values().astype(np.float32) - np.float32(t.zp)) * np.float32(t.scale)
 
 
-def weights_to_int8(w: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded fp32 weights [O, ...] -> (int8 weights, per-channel scales s_o = max|w_o| / 127).
+def weights_to_int8(w: np.ndarray, scale: np.ndarray | None = None, *, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded fp32 weights [O, ...] -> (int8 weights, per-channel scales s_o = max|w_o| / qmax).
 
     ``q = clamp(rint(w / s_o), -127, 127)`` in float32; an all-zero channel gets s_o = 0 and q = 0.
     With k-means-shared weights every q of a channel comes from one of the layer's centroids, so
     this is the codebook mapped to a per-channel int8 grid (docs/dcz-format.md, int8 additions).
-    ``scale``: the file's ``weight_scale`` tensor, used instead of recomputing s_o.
+    ``scale``: the file's ``weight_scale`` tensor, used instead of recomputing s_o. ``qmax`` (the
+    compress side's choice, then held by the scales): 127, or 63 for 7-bit weights, whose products
+    pair up without saturating AVX2's ``vpmaddubsw``.
     """
     w = np.asarray(w, np.float32)
     flat = w.reshape(w.shape[0], -1)
     if scale is not None:
         s = _scales(scale, w.shape[0])
     else:
-        s = (np.abs(flat).max(axis=1) / np.float32(QMAX)).astype(np.float32)
+        s = (np.abs(flat).max(axis=1) / np.float32(qmax)).astype(np.float32)
     safe = np.where(s > 0, s, np.float32(1)).astype(np.float32)
     q = np.clip(np.rint(flat / safe[:, None]), -QMAX, QMAX).astype(np.int8)
     return q.reshape(w.shape), s
