@@ -159,7 +159,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--int8-weight-bits", type=int, choices=[7, 8], default=None, metavar="{7,8}",
                    help="int8 recipes: the weight grid, 8 (-127..127) or 7 (-63..63: on AVX2 without VNNI every "
                         "int8 conv then runs the faster vpmaddubsw kernels; ONNX Runtime calls this reduce_range). "
-                        "Default: the recipe's (8)")
+                        "Default: the recipe's (7 unless it says otherwise)")
     p.add_argument("--calibration-batches", type=positive_int, default=8, metavar="N",
                    help="batches of --data used to calibrate wanda/relevance and the int8 activations (default 8)")
     p.add_argument("--init", choices=["linear", "density", "random", "kmeans++"], default=None,

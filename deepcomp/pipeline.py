@@ -21,7 +21,7 @@ from deepcomp.prune.block import columns_blocks, mixed_masks
 from deepcomp.prune.criteria import Criterion
 from deepcomp.prune.unstructured import weight_key
 from deepcomp.quantize import SharedWeight, share_weights
-from deepcomp.recipes import DEFAULT_SPARSITY, Recipe, load_recipe, normalize_arch
+from deepcomp.recipes import DEFAULT_SPARSITY, INT8_WEIGHT_BITS, INT8_WEIGHT_BITS_DEFAULT, Recipe, load_recipe, normalize_arch
 from deepcomp.runtime.plan import static_nodes
 
 FinetuneFn = Callable[[nn.Module, dict, str], None]
@@ -400,8 +400,6 @@ def _with_int8_weight_bits(rec: Recipe, bits) -> Recipe:
     """``rec`` with its int8 weight grid overridden (the int8_weight_bits argument / flag)."""
     from dataclasses import replace
 
-    from deepcomp.recipes import INT8_WEIGHT_BITS
-
     if bits not in INT8_WEIGHT_BITS:
         raise RecipeError(f"--int8-weight-bits must be 7 or 8, got {bits!r}")
     if "block" not in rec.defaults:
@@ -423,7 +421,7 @@ def _int8_annotate(module, graph, int8: dict, shared, rec: Recipe, datasets, sha
     layers = prunable_layers(module)
     q = calibrate_inputs(module, data, layers={n: layers[n] for n in int8}, method=method)
     shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    bits = rec.defaults.get("int8_weight_bits", 8)
+    bits = rec.defaults.get("int8_weight_bits", INT8_WEIGHT_BITS_DEFAULT)
     extra = {f"{n}.weight_scale": weights_to_int8(shared[n].dense(), qmax=2 ** (bits - 1) - 1)[1] for n in int8}
     shapes.update({k: v.shape for k, v in extra.items()})
     graph = annotate_graph(graph, shapes, int8, q, rec.defaults["block"])

@@ -204,5 +204,5 @@ def int8_summary(report: dict) -> str:
         cal = f"activations calibrated on {q.get('samples', '?')} samples of data ({q.get('method', '?')})"
     else:
         cal = "calibration not recorded"
-    bits = f", {q['weight_bits']}-bit weights" if q.get("weight_bits", 8) != 8 else ""
+    bits = f", {q['weight_bits']}-bit weights" if "weight_bits" in q else ""
     return f"{n8} of {len(report['layers'])} layers run int8 ({', '.join(q['nodes'])}), {block} blocks{bits}; {cal}"

@@ -103,8 +103,8 @@ def test_file_is_minor_1_with_int8_attrs(int8_file):
     assert q["c1"]["in_zp"] > 0 and q["c2"]["in_zp"] == 0  # signed network input; after a ReLU zp 0
     s = c.dense["c1.weight_scale"]
     assert s.shape == (16,) and (s >= 0).all() and (s > 0).sum() >= 8  # a channel may lose every block
-    np.testing.assert_array_equal(s, rt8.weights_to_int8(c.coded["c1.weight"].dense())[1])
-    assert c.meta["recipe"]["int8"]["calibration"] == "random"
+    np.testing.assert_array_equal(s, rt8.weights_to_int8(c.coded["c1.weight"].dense(), qmax=63)[1])  # 7-bit grid
+    assert c.meta["recipe"]["int8"]["calibration"] == "random" and c.meta["recipe"]["int8"]["weight_bits"] == 7
     # 1x4 blocks: every block of 4 input channels at one tap is kept or removed whole
     w = c.coded["c2.weight"].dense().reshape(32, 4, 4, 9)
     nz = (w != 0).sum(2)
@@ -234,7 +234,7 @@ def test_clamp_fused_into_int8_conv(tmp_path):
 
 
 def test_7bit_weights_run_the_pairs_kernels_whole(tmp_path, capsys):
-    """int8_weight_bits = 7 (recipe field, compress argument, --int8-weight-bits) puts every weight on
+    """int8_weight_bits = 7 (the default; recipe field, compress argument, --int8-weight-bits) puts every weight on
     -63..63 (the file's scales say so: no format change), so on AVX2 every conv runs the pairs kernels
     without splitting a block; the bits stay the reference's, near the fp32 model; `info` names the
     grid; a recipe asking for 6 bits is refused."""
@@ -265,6 +265,11 @@ def test_7bit_weights_run_the_pairs_kernels_whole(tmp_path, capsys):
     with torch.no_grad():
         y32 = r.model(torch.from_numpy(x)).numpy()
     assert 0 < np.abs(y - y32).max() / np.abs(y32).max() <= TOLERANCE
+    # the 8-bit grid on request: the same layers reach 127
+    compress(SmallNet().eval(), recipe="sparse-int8", int8_weight_bits=8, input_shape=SHAPE,
+             progress=False).save(tmp_path / "w8.dcz")
+    q8 = deepcomp.load(tmp_path / "w8.dcz", int8_reference=True)._kernels
+    assert max(int(np.abs(q8[n].q).max()) for n in qs) == 127
     lenet = tmp_path / "lenet7.dcz"
     assert main(["compress", "zoo:lenet-5", "--recipe", "sparse-int8", "--int8-weight-bits", "7", "-o", str(lenet),
                  "--quiet"]) == 0

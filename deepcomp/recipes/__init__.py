@@ -14,8 +14,8 @@ A recipe file::
     block = [1, 4]              # int8 recipes (sparse-int8): prune in blocks of 4 input channels at
                                 # one tap ([4, 4]: 4 output channels too); the layers run int8
     calibration = "percentile"  # int8 activation ranges: minmax, percentile (99.99) or mse
-    int8_weight_bits = 8        # int8 weight grid: 8 (-127..127) or 7 (-63..63: AVX2 without VNNI
-                                # then multiplies every layer with vpmaddubsw, as ONNX Runtime's reduce_range)
+    int8_weight_bits = 7        # int8 weight grid (default 7): 7 (-63..63: AVX2 without VNNI then multiplies
+                                # every layer with vpmaddubsw, as ONNX Runtime's reduce_range) or 8 (-127..127)
     [layers."features.0"]       # module name, as in model.named_modules()
     density = 0.84              # fraction kept (of the blocks, in an int8 recipe)
     bits = 8                    # optional per-layer weight bits
@@ -74,6 +74,7 @@ DEFAULTS = {"conv_bits": 8, "fc_bits": 5, "index_bits": 5, "scope": "layer", "in
 _DEFAULT_KEYS = {"conv_bits", "fc_bits", "index_bits", "scope", "init", "sparsity", "block", "calibration",
                  "int8_weight_bits"}
 INT8_WEIGHT_BITS = (7, 8)
+INT8_WEIGHT_BITS_DEFAULT = 7  # docs/int8.md, "Quantization scheme": no accuracy cost measured, AVX2 1.4x faster
 CRITERIA = ("magnitude", "wanda", "relevance", "taylor")
 # what benchmarks/lenet_fashion.py established for the paper's LeNet tables on Fashion-MNIST: 5 pruning
 # steps of 3 retraining epochs, 2 of centroid training (0.1-0.3 points below the dense baseline)
