@@ -367,17 +367,23 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   p->block = int64_t(best) * width;
   p->nblocks = p->blocks_for(p->BH);
 
-  // Offsets per nonzero: region (by shift) times S plus the aligned offset in that region.
+  // Offsets per nonzero: region (by shift) times S plus the aligned offset in that region. They are
+  // looked up by (input channel, tap), one table entry per weight of a dense layer.
+  std::vector<int64_t> off_at(size_t(g.in_channels * taps));
+  for (int64_t c = 0; c < g.in_channels; ++c)
+    for (int64_t t = 0; t < taps; ++t) off_at[size_t(c * taps + t)] = tap_offset(g, *p, c, t);
   std::vector<int64_t> off(static_cast<size_t>(nnz));
   const auto& rp = w.row_ptr();
+  const int64_t ocg = g.out_channels / g.groups;
   int64_t max_off = 0;
-  for (int64_t oc = 0; oc < g.out_channels; ++oc)
+  for (int64_t oc = 0; oc < g.out_channels; ++oc) {
+    const int64_t* at = off_at.data() + oc / ocg * cg * taps;
     for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
-      const int64_t col = w.col_at(j);
-      const int64_t o = tap_offset(g, *p, oc / (g.out_channels / g.groups) * cg + col / taps, col);
+      const int64_t o = at[w.col_at(j)];
       off[size_t(j)] = o;
       max_off = std::max(max_off, o - o % width);
     }
+  }
   size_regions(g, *p, max_off, ncopies);
   for (auto& o : off) o = region_of[size_t(o % width)] * p->S + o - o % width;
 
@@ -399,7 +405,9 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   const int64_t span = p->block < p->Wq ? (dy + 1) * (p->block + ext) : p->block + dy * p->Wq + ext;
   const int64_t upc = std::max<int64_t>(1, key.l1 / (4 * span * ncopies));
   p->nchunks = (cg * nused + upc - 1) / upc;
-  auto chunk_of = [&](int64_t col) { return (col / taps * nused + tap_unit[size_t(col % taps)]) / upc; };
+  std::vector<int64_t> chunk_at(size_t(cg * taps));  // the chunk of each column
+  for (int64_t col = 0; col < cg * taps; ++col) chunk_at[size_t(col)] = (col / taps * nused + tap_unit[size_t(col % taps)]) / upc;
+  auto chunk_of = [&](int64_t col) { return chunk_at[size_t(col)]; };
   const int64_t OC = g.out_channels;
   p->seg.assign(size_t(p->nchunks * (OC + 1)), 0);
   for (int64_t oc = 0; oc < OC; ++oc)

@@ -15,8 +15,8 @@ namespace deepcomp {
 struct CsrWeights {
   int64_t rows = 0, cols = 0;
   const int64_t* row_ptr = nullptr;
-  const uint16_t* col16 = nullptr;  // set when cols <= 65536 (linear only)
-  const int32_t* col32 = nullptr;   // otherwise (linear only)
+  const uint16_t* col16 = nullptr;  // set when cols <= 65536
+  const int32_t* col32 = nullptr;   // otherwise
   const float* values = nullptr;
   const uint8_t* cluster = nullptr;
   const float* codebook = nullptr;  // 256 entries

@@ -36,7 +36,7 @@ SparseConv2d::SparseConv2d(const CsrInput& in, const ConvGeometry& g)
     : g_(g),
       w_(in, g.out_channels,
          (g.groups > 0 && g.in_channels % g.groups == 0 ? g.in_channels / g.groups : 0) * g.kh * g.kw,
-         /*narrow_cols=*/false, "SparseConv2d") {
+         "SparseConv2d") {
   if (g.in_channels < 1 || g.out_channels < 1) throw ShapeError("SparseConv2d: channels must be >= 1");
   if (g.groups < 1 || g.in_channels % g.groups || g.out_channels % g.groups)
     throw ShapeError("SparseConv2d: in_channels and out_channels must be divisible by groups");

@@ -15,7 +15,7 @@ namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 }  // namespace
 
-CsrStore::CsrStore(const CsrInput& in, int64_t rows, int64_t cols, bool narrow_cols, const char* what)
+CsrStore::CsrStore(const CsrInput& in, int64_t rows, int64_t cols, const char* what)
     : rows_(rows), cols_(cols) {
   const std::string w(what);
   if (rows < 0 || cols < 0) throw ShapeError(w + ": negative shape");
@@ -55,7 +55,7 @@ CsrStore::CsrStore(const CsrInput& in, int64_t rows, int64_t cols, bool narrow_c
     bias_.assign(in.bias, in.bias + rows);
   }
   row_ptr_.assign(in.row_ptr, in.row_ptr + rows + 1);
-  if (narrow_cols && cols <= 65536) {
+  if (cols <= 65536) {
     col16_.resize(nnz);
     for (int64_t j = 0; j < nnz; ++j) col16_[j] = uint16_t(in.col[j]);
   } else {
@@ -87,7 +87,7 @@ int64_t CsrStore::bytes() const {
 }
 
 SparseLinear::SparseLinear(const CsrInput& in, int64_t in_features)
-    : w_(in, in.row_ptr_len - 1, in_features, /*narrow_cols=*/true, "SparseLinear") {}
+    : w_(in, in.row_ptr_len - 1, in_features, "SparseLinear") {}
 
 namespace {
 

@@ -27,7 +27,7 @@ struct CsrInput {
 // fit, codebook padded to 256 entries. Validates everything (ShapeError).
 class CsrStore {
  public:
-  CsrStore(const CsrInput& in, int64_t rows, int64_t cols, bool narrow_cols, const char* what);
+  CsrStore(const CsrInput& in, int64_t rows, int64_t cols, const char* what);
   CsrWeights view() const;
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
