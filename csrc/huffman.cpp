@@ -1,6 +1,7 @@
 #include "huffman.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "common.h"
@@ -46,7 +47,21 @@ HuffmanDecoder::HuffmanDecoder(const uint8_t* lens, size_t n) {
     uint32_t entry = (uint32_t(s) << 8) | uint32_t(l);
     std::fill(lut_.begin() + first, lut_.begin() + first + span, entry);
   }
+  fast_bits_ = std::min(max_len_, kFastBits);
+  fast_.assign(size_t(1) << fast_bits_, 0);
+  for (size_t i = 0; i < fast_.size(); ++i) {
+    const uint32_t e = lut_[i << (max_len_ - fast_bits_)];
+    if (int(e & 0xff) <= fast_bits_) fast_[i] = e;
+  }
 }
+
+namespace {
+uint64_t load_be64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return __builtin_bswap64(v);
+}
+}  // namespace
 
 void HuffmanDecoder::decode(const uint8_t* data, uint64_t nbits, uint16_t* out,
                             uint64_t count) const {
@@ -54,20 +69,31 @@ void HuffmanDecoder::decode(const uint8_t* data, uint64_t nbits, uint16_t* out,
   if (max_len_ == 0) throw DczError("stream holds symbols but its code table is empty");
   const uint64_t nbytes = (nbits + 7) / 8;
   uint64_t pos = 0;      // bits consumed
-  uint64_t buf = 0;      // next bits, MSB aligned
+  uint64_t buf = 0;      // next bits, MSB aligned; bits past `have` are the stream's next ones or 0
   int have = 0;          // valid bits in buf
   uint64_t byte_at = 0;  // next byte to load
-  const int L = max_len_;
+  const int L = max_len_, F = fast_bits_;
   const uint32_t* lut = lut_.data();
+  const uint32_t* fast = fast_.data();
   for (uint64_t i = 0; i < count; ++i) {
-    while (have <= 56) {
-      uint64_t b = byte_at < nbytes ? data[byte_at] : 0;  // zeros past the end, checked below
-      buf |= b << (56 - have);
-      have += 8;
-      ++byte_at;
+    if (have < L) {
+      if (byte_at + 8 <= nbytes) {  // whole bytes up to 57..64 bits, in one load
+        buf |= load_be64(data + byte_at) >> have;
+        const int take = (63 - have) >> 3;
+        byte_at += uint64_t(take);
+        have += 8 * take;
+      } else {
+        while (have <= 56) {
+          const uint64_t b = byte_at < nbytes ? data[byte_at] : 0;  // zeros past the end, checked below
+          buf |= b << (56 - have);
+          have += 8;
+          ++byte_at;
+        }
+      }
     }
-    uint32_t e = lut[buf >> (64 - L)];
-    int l = int(e & 0xff);
+    uint32_t e = fast[buf >> (64 - F)];
+    if (e == 0) e = lut[buf >> (64 - L)];
+    const int l = int(e & 0xff);
     if (l == 0) throw DczError("invalid Huffman code in stream at bit " + std::to_string(pos));
     pos += uint64_t(l);
     if (pos > nbits)

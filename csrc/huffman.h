@@ -12,7 +12,8 @@ constexpr int kMaxCodeLen = 16;
 // kMaxCodeLen or the lengths break Kraft's inequality.
 std::vector<uint32_t> canonical_codes(const uint8_t* lens, size_t n);
 
-// Table-driven decoder: one lookup of max_len bits yields (symbol, length).
+// Table-driven decoder: one lookup of the next kFastBits bits yields (symbol, length) for the short
+// codes (a table that stays in L1), one of max_len bits for the rest.
 class HuffmanDecoder {
  public:
   HuffmanDecoder(const uint8_t* lens, size_t n);
@@ -22,8 +23,10 @@ class HuffmanDecoder {
   bool empty() const { return max_len_ == 0; }
 
  private:
-  int max_len_ = 0;
-  std::vector<uint32_t> lut_;  // (symbol << 8) | length; length 0 = no code
+  static constexpr int kFastBits = 11;
+  int max_len_ = 0, fast_bits_ = 0;
+  std::vector<uint32_t> lut_;   // (symbol << 8) | length by the next max_len bits; length 0 = no code
+  std::vector<uint32_t> fast_;  // the same by the next fast_bits bits, 0 for longer codes
 };
 
 // Encodes symbols with the canonical code of `lens`; returns the bytes and sets nbits.

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <unordered_set>
 
 #include "common.h"
 #include "huffman.h"
+#include "threadpool.h"
 
 namespace deepcomp {
 
@@ -343,6 +345,24 @@ uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc) {
   return ~crc;
 }
 
+// out[j] = parse(j) for j < n, the tensors in parallel (Huffman decoding is most of a load); the
+// error of the lowest j that fails is the one thrown, as a serial loop would.
+template <class Parse>
+void decode_coded(size_t n, const Parse& parse, std::vector<CodedTensor>& out) {
+  out.resize(n);
+  std::vector<std::exception_ptr> err(n);
+  ThreadPool& pool = ThreadPool::instance();
+  pool.parallel_for(int64_t(n), pool.num_threads(), [&](int64_t j, int) {
+    try {
+      out[size_t(j)] = parse(size_t(j));
+    } catch (...) {
+      err[size_t(j)] = std::current_exception();
+    }
+  });
+  for (const auto& e : err)
+    if (e) std::rethrow_exception(e);
+}
+
 DczFile parse_dcz(const uint8_t* data, size_t size) {
   if (size < 32) throw DczError("not a .dcz file: " + std::to_string(size) + " bytes, shorter than the 32-byte header");
   if (std::memcmp(data, kMagic, 8) != 0) throw DczError("not a .dcz file: bad magic bytes");
@@ -366,6 +386,13 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
   uint64_t prev_end = table_end;
   int n_meta = 0, n_graph = 0;
   std::unordered_set<std::string> names;
+  struct Pending {
+    const uint8_t* p;
+    uint64_t len;
+    uint32_t index;
+    bool blocked;
+  };
+  std::vector<Pending> coded;  // decoded after the table is checked, on the thread pool
   for (uint32_t i = 0; i < nsec; ++i) {
     const uint8_t* e = data + 32 + uint64_t(i) * 32;
     uint32_t type = rd<uint32_t>(e), flags = rd<uint32_t>(e + 4);
@@ -401,12 +428,9 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
       case kCodedBlock:
         if (f.minor < 1) throw DczError(where + ": a CODED_BLOCK section in a file of minor version 0");
         [[fallthrough]];
-      case kCoded: {
-        f.coded.push_back(parse_coded(p, len, i, type == kCodedBlock));
-        if (!names.insert(f.coded.back().name).second)
-          throw DczError("tensor '" + f.coded.back().name + "' appears twice");
+      case kCoded:
+        coded.push_back({p, len, i, type == kCodedBlock});
         break;
-      }
       default:
         if (f.minor <= kMinor) throw DczError(where + ": unknown section type " + std::to_string(type));
     }
@@ -414,6 +438,10 @@ DczFile parse_dcz(const uint8_t* data, size_t size) {
   for (uint64_t z = prev_end; z < size; ++z)
     if (data[z]) throw DczError("nonzero bytes after the last section");
   if (n_meta != 1 || n_graph != 1) throw DczError("a .dcz file needs exactly one META and one GRAPH section");
+  decode_coded(coded.size(), [&](size_t j) { return parse_coded(coded[j].p, coded[j].len, coded[j].index, coded[j].blocked); },
+               f.coded);
+  for (const CodedTensor& t : f.coded)
+    if (!names.insert(t.name).second) throw DczError("tensor '" + t.name + "' appears twice");
   return f;
 }
 

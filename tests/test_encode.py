@@ -86,6 +86,22 @@ def test_code_lengths_are_limited_to_16_bits():
     assert np.sum(2.0 ** -lengths.astype(float)) <= 1.0
 
 
+def test_decoder_reads_codes_longer_than_its_fast_table():
+    """Codes of 12..14 bits (past the decoder's 11-bit first table) between short ones, across the
+    stream's last bytes (its bytewise refill) and its 8-byte loads; dahuffman is the oracle."""
+    fib = [1, 1]
+    while len(fib) < 30:
+        fib.append(fib[-1] + fib[-2])
+    lengths = code_lengths(np.array(fib[::-1]))
+    assert lengths.max() >= 14 and (lengths > 11).sum() >= 10
+    syms = np.random.default_rng(0).permutation(np.repeat(np.arange(30), 40)).astype(np.uint16)
+    for tail in (syms, syms[:3], syms[:17]):
+        stream, nbits = huffman_encode(tail, lengths)
+        np.testing.assert_array_equal(huffman_decode(stream, nbits, lengths, tail.size), tail)
+        codec = PrefixCodec(_dahuffman_table(lengths), eof=object())
+        assert codec.decode(stream)[: tail.size] == tail.tolist()
+
+
 def test_decoder_rejects_bad_streams():
     lengths = code_lengths(np.array([5, 3, 1, 1]))
     syms = np.array([0, 1, 2, 3, 0, 0], np.uint16)
