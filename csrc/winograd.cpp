@@ -19,13 +19,15 @@ std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
 std::atomic<int64_t> g_thread_budget{int64_t(3) << 20};
 std::atomic<int64_t> g_reserved{0};
 
+// DEEPCOMP_WINOGRAD_MB: N >= 0 megabytes, a negative number for no limit; unset, empty or not a
+// number: kDefaultWinogradMB.
 int64_t memory_budget_from_env() {
   if (const char* env = std::getenv("DEEPCOMP_WINOGRAD_MB")) {
     char* end = nullptr;
     const long long mb = std::strtoll(env, &end, 10);
-    if (end != env && *end == '\0' && mb >= 0) return int64_t(mb) << 20;
+    if (end != env && *end == '\0') return mb < 0 ? -1 : int64_t(mb) << 20;
   }
-  return -1;
+  return kDefaultWinogradMB << 20;
 }
 std::atomic<int64_t> g_memory_budget{memory_budget_from_env()};
 
@@ -47,21 +49,43 @@ constexpr double kG5[8][5] = {{1, 0, 0, 0, 0},
                               {32.0 / 45, -16.0 / 45, 8.0 / 45, -4.0 / 45, 2.0 / 45},
                               {0, 0, 0, 0, 1}};
 
-double g_entry(int r, int a, int j) { return r == 5 ? kG5[a][j] : kG3[a][j]; }
+template <int r>
+constexpr const double (&g_matrix())[r + 3][r] {
+  if constexpr (r == 5) return kG5;
+  else return kG3;
+}
 
-// G g G^T of one r x r kernel (r = 3 or 5; t = r + 3 points), in double: out[a * t + b].
-void transform_kernel(const float* g, int r, double* out) {
-  const int t = r + 3;
-  double gg[8][5] = {};  // G g
-  for (int a = 0; a < t; ++a)
-    for (int j = 0; j < r; ++j)
-      for (int i = 0; i < r; ++i) gg[a][j] += g_entry(r, a, i) * g[i * r + j];
-  for (int a = 0; a < t; ++a)
-    for (int b = 0; b < t; ++b) {
-      double s = 0;
-      for (int j = 0; j < r; ++j) s += gg[a][j] * g_entry(r, b, j);
-      out[a * t + b] = s;
-    }
+// The transformed weights G g G^T of output-channel tile kb into u ([P][Kp / mr][C][mr]), for each
+// input channel all mr kernels at once (the inner loops run along the tile and vectorize), in
+// double; lanes past the last output channel get zeros.
+template <int r>
+void transform_tile(const float* w, int64_t K, int64_t C, int mr, int64_t kb, int64_t nkb, float* u) {
+  constexpr int t = r + 3, taps = r * r;
+  const auto& G = g_matrix<r>();
+  const int64_t k0 = kb * mr, nk = std::min<int64_t>(K - k0, mr);
+  std::vector<double> g(size_t(taps * mr), 0.0), gg(size_t(t * r * mr));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int i = 0; i < taps; ++i)
+      for (int64_t k = 0; k < nk; ++k) g[size_t(i * mr + k)] = w[((k0 + k) * C + c) * taps + i];
+    for (int a = 0; a < t; ++a)
+      for (int j = 0; j < r; ++j) {
+        double* d = gg.data() + (a * r + j) * mr;
+        for (int k = 0; k < mr; ++k) d[k] = 0.0;
+        for (int i = 0; i < r; ++i) {
+          const double* s = g.data() + (i * r + j) * mr;
+          for (int k = 0; k < mr; ++k) d[k] += G[a][i] * s[k];
+        }
+      }
+    for (int a = 0; a < t; ++a)
+      for (int b = 0; b < t; ++b) {
+        float* d = u + (((a * t + b) * nkb + kb) * C + c) * mr;
+        for (int k = 0; k < mr; ++k) {
+          double s = 0.0;
+          for (int j = 0; j < r; ++j) s += gg[size_t((a * r + j) * mr + k)] * G[b][j];
+          d[k] = float(s);
+        }
+      }
+  }
 }
 
 }  // namespace
@@ -109,13 +133,12 @@ WinogradConv::WinogradConv(const ConvGeometry& g, const std::vector<float>& w, i
   if (mr < 1 || int64_t(w.size()) != K * C * taps) throw ShapeError("WinogradConv: weights must be [K][C][r][r]");
   Kp_ = (K + mr - 1) / mr * mr;
   const int64_t nkb = Kp_ / mr;
-  u_.assign(size_t(P_ * Kp_ * C), 0.f);
-  double t[64];
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c) {
-      transform_kernel(w.data() + (k * C + c) * taps, r_, t);
-      for (int64_t e = 0; e < P_; ++e) u_[size_t(((e * nkb + k / mr) * C + c) * mr + k % mr)] = float(t[e]);
-    }
+  u_.resize(size_t(P_ * Kp_ * C));
+  // Output-channel tiles on the thread pool: the transform is most of a layer's first call.
+  ThreadPool& pool = ThreadPool::instance();
+  pool.parallel_for(nkb, pool.num_threads(), [&](int64_t kb, int) {
+    (r_ == 5 ? transform_tile<5> : transform_tile<3>)(w.data(), K, C, mr, kb, nkb, u_.data());
+  });
 }
 
 namespace {

@@ -67,8 +67,12 @@ class WinogradConv {
 };
 
 // The transformed weights of all layers of the process stay within DEEPCOMP_WINOGRAD_MB megabytes
-// (default: no limit; 0: no layer runs in Winograd form). winograd_reserve takes bytes from that
-// budget if they fit (false: the layer runs on the direct kernels); winograd_release returns them.
+// (default kDefaultWinogradMB; 0: no layer runs in Winograd form; negative: no limit), taken by
+// layers in the order of their first calls. winograd_reserve takes bytes from that budget if they
+// fit (false: the layer runs on the direct kernels); winograd_release returns them. The default
+// keeps VGG-16's peak RSS through its first inference under 150 MB (146 MB; 229 MB without a
+// limit) for 1.14x of its fp32 time at batch 1 and 8 (docs/kernels.md, "Memory").
+constexpr int64_t kDefaultWinogradMB = 32;
 bool winograd_reserve(int64_t bytes);
 void winograd_release(int64_t bytes);
 int64_t winograd_memory_budget();                   // negative: no limit

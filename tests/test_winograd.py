@@ -203,14 +203,20 @@ def test_winograd_memory_budget(winograd):
         nat._set_winograd_memory_bytes(prev)
 
 
-def test_winograd_memory_env_zero_turns_it_off():
-    """DEEPCOMP_WINOGRAD_MB=0: no layer runs in Winograd form (empty: no limit)."""
+def test_winograd_memory_env():
+    """DEEPCOMP_WINOGRAD_MB: unset or empty, the 32 MB default; 0 turns Winograd off; negative, no limit."""
     code = ("import numpy as np, sys; sys.path.insert(0, %r); from test_kernels import make_conv; "
+            "import deepcomp._native as nat; "
             "layer = make_conv(np.random.default_rng(0), 128, 256, 3, 3, 1, 1, 1, 1, 0.53, 'codebook')[0]; "
-            "print(layer.kernel_for(56, 56))" % str(Path(__file__).parent))
-    kernels = []
-    for mb in ["", "0"]:
-        env = dict(os.environ, DEEPCOMP_WINOGRAD_MB=mb)
+            "print(layer.kernel_for(56, 56), nat._set_winograd_memory_bytes(0))" % str(Path(__file__).parent))
+    got = {}
+    for mb in [None, "", "0", "-1", "12"]:
+        env = {k: v for k, v in os.environ.items() if k != "DEEPCOMP_WINOGRAD_MB"}
+        if mb is not None:
+            env["DEEPCOMP_WINOGRAD_MB"] = mb
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        kernels.append(out.stdout.strip())
-    assert kernels[0] == "winograd" and kernels[1] in ("sparse", "dense")
+        kernel, budget = out.stdout.split()
+        got[mb] = (kernel, int(budget))
+    assert got[None] == got[""] == ("winograd", 32 << 20)
+    assert got["0"][0] in ("sparse", "dense") and got["0"][1] == 0
+    assert got["-1"] == ("winograd", -1) and got["12"] == ("winograd", 12 << 20)
