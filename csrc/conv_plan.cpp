@@ -405,13 +405,13 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   const int64_t span = p->block < p->Wq ? (dy + 1) * (p->block + ext) : p->block + dy * p->Wq + ext;
   const int64_t upc = std::max<int64_t>(1, key.l1 / (4 * span * ncopies));
   p->nchunks = (cg * nused + upc - 1) / upc;
-  std::vector<int64_t> chunk_at(size_t(cg * taps));  // the chunk of each column
-  for (int64_t col = 0; col < cg * taps; ++col) chunk_at[size_t(col)] = (col / taps * nused + tap_unit[size_t(col % taps)]) / upc;
-  auto chunk_of = [&](int64_t col) { return chunk_at[size_t(col)]; };
+  std::vector<int64_t> chunk_of(size_t(cg * taps));  // the chunk of each column
+  for (int64_t col = 0; col < cg * taps; ++col)
+    chunk_of[size_t(col)] = (col / taps * nused + tap_unit[size_t(col % taps)]) / upc;
   const int64_t OC = g.out_channels;
   p->seg.assign(size_t(p->nchunks * (OC + 1)), 0);
   for (int64_t oc = 0; oc < OC; ++oc)
-    for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) ++p->seg[size_t(chunk_of(w.col_at(j)) * (OC + 1) + oc)];
+    for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) ++p->seg[size_t(chunk_of[size_t(w.col_at(j))] * (OC + 1) + oc)];
   int64_t k = 0;
   for (auto& v : p->seg) {
     const int64_t n = v;
@@ -424,7 +424,7 @@ std::shared_ptr<const ConvPlan> build_sparse_plan(const ConvGeometry& g, const C
   const CsrWeights v = w.view();
   for (int64_t oc = 0; oc < OC; ++oc)
     for (int64_t j = rp[oc]; j < rp[oc + 1]; ++j) {
-      const int64_t q = pos[size_t(chunk_of(w.col_at(j)) * (OC + 1) + oc)]++;
+      const int64_t q = pos[size_t(chunk_of[size_t(w.col_at(j))] * (OC + 1) + oc)]++;
       p->off[size_t(q)] = int32_t(off[size_t(j)]);
       p->values[size_t(q)] = weight_of(v, j);
     }

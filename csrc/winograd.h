@@ -71,7 +71,7 @@ class WinogradConv {
 // layers in the order of their first calls. winograd_reserve takes bytes from that budget if they
 // fit (false: the layer runs on the direct kernels); winograd_release returns them. The default
 // keeps VGG-16's peak RSS through its first inference under 150 MB (146 MB; 229 MB without a
-// limit) for 1.14x of its fp32 time at batch 1 and 8 (docs/kernels.md, "Memory").
+// limit) for 1.0-1.2x of its fp32 time (docs/kernels.md, "Default budget and first call").
 constexpr int64_t kDefaultWinogradMB = 32;
 bool winograd_reserve(int64_t bytes);
 void winograd_release(int64_t bytes);
