@@ -30,6 +30,9 @@ int64_t group_first(const Blocks8& w, int64_t oc) { return oc < w.rows ? w.row_p
 // while still in cache for all 16 channels instead of the whole band being streamed once per
 // channel. 12 is two of the tiled kernel's 6-vector passes (docs/int8.md).
 constexpr int64_t kTaskPositions = 512;
+// Under an overlapping pool every row block recomputes pk - ps conv rows of its neighbour's, so
+// fewer, larger blocks pay there (docs/int8.md).
+constexpr int64_t kOverlapTaskPositions = 2048;
 constexpr int64_t kChunkVectors = 12;
 constexpr int64_t kGroupsPerTask = 4;
 constexpr int64_t kVecPad = 16;  // the widest path's lanes: scratch rows are read rounded up to it
@@ -402,15 +405,18 @@ std::shared_ptr<const Int8Conv2d::Plan> Int8Conv2d::plan_for(int64_t H, int64_t 
   p->toff.resize(tile_tap_.size());
   for (size_t j = 0; j < tile_tap_.size(); ++j) p->toff[j] = tap_offset(tile_tap_[j]);
 
-  // Final rows per task: about kTaskPositions conv positions, fewer when the channel-group blocks
-  // alone give the threads under 4 tasks each.
+  // Final rows per task: about kTaskPositions conv positions (kOverlapTaskPositions under an
+  // overlapping pool, where every row block also computes the pk - ps conv rows its neighbour does),
+  // fewer when the channel-group blocks alone give the threads under 4 tasks each; spread evenly
+  // over the row blocks.
   const int64_t ps = out_.pool_k ? out_.pool_s : 1, pk = out_.pool_k ? out_.pool_k : 1;
-  int64_t rows = std::max<int64_t>(1, kTaskPositions / (L.Wq * ps));
+  const int64_t positions = pk > ps ? kOverlapTaskPositions : kTaskPositions;
+  int64_t rows = std::max<int64_t>(1, positions / (L.Wq * ps));
   const int64_t threads = ThreadPool::instance().num_threads();
   const int64_t qblocks = cdiv(ocp_ / 4, kGroupsPerTask);
   if (qblocks < 4 * threads) rows = std::min(rows, std::max<int64_t>(1, p->OHf * qblocks / (4 * threads)));
-  p->rows = std::min(rows, p->OHf);
-  p->nrb = cdiv(p->OHf, p->rows);
+  p->nrb = cdiv(p->OHf, std::min(rows, p->OHf));
+  p->rows = cdiv(p->OHf, p->nrb);
   p->crows = (p->rows - 1) * ps + pk;
   p->acc_stride = p->crows * L.Wq + kVecPad;
   p->pool_stride = out_.pool_k ? p->rows * p->OWf + kVecPad : 0;
