@@ -313,6 +313,8 @@ void bind_int8(py::module_& m) {
       .def_property_readonly("blocks", [](const PyLinear8& s) { return s.k->blocks(); })
       .def_property_readonly("total_blocks", [](const PyLinear8& s) { return s.k->total_blocks(); })
       .def_property_readonly("dense", [](const PyLinear8& s) { return s.k->dense(); })
+      .def_property_readonly("pairs", [](const PyLinear8& s) { return s.k->pairs(); },
+                             "every block is pair-bounded (the AVX2 path then runs its vpmaddubsw kernels)")
       .def_property_readonly("nonzeros", [](const PyLinear8& s) { return s.k->nonzeros(); })
       .def_property_readonly("bytes", [](const PyLinear8& s) { return s.k->bytes(); });
 }

@@ -75,7 +75,8 @@ struct Int8Kernels {
   void (*linear_sparseN)(const int32_t* col, const int32_t* w4, int64_t nnz, const uint8_t* xT, int64_t np,
                          int32_t* acc);
   // A table whose conv kernels are faster on this path but exact only for pair-bounded blocks (the
-  // AVX2 path's vpmaddubsw table), or null. Int8Conv2d splits blocks to use it; nothing else does.
+  // AVX2 path's vpmaddubsw table), or null. Int8Conv2d splits blocks to use it; Int8Linear uses it
+  // when all its blocks are bounded.
   const Int8Kernels* (*pairs)();
 };
 

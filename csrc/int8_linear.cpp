@@ -52,11 +52,12 @@ Int8Linear::Int8Linear(Blocks8 w, const float* m, const float* b, int32_t zp_in,
     for (int64_t g = 0; g < G_; ++g) col_[g] = int32_t(g);
     row_ptr_.assign(out + 1, 0);
     for (int64_t r = 0; r <= out; ++r) row_ptr_[r] = r * G_;
-    return;
+  } else {
+    row_ptr_ = std::move(w.row_ptr);
+    col_ = std::move(w.index);
+    w4_ = std::move(w.w4);
   }
-  row_ptr_ = std::move(w.row_ptr);
-  col_ = std::move(w.index);
-  w4_ = std::move(w.w4);
+  pairs_ = std::all_of(w4_.begin(), w4_.end(), pair_bounded);
 }
 
 int64_t Int8Linear::bytes() const {
@@ -78,7 +79,8 @@ void Int8Linear::finish(const int32_t* acc, int64_t r, int64_t N, int64_t astrid
 
 void Int8Linear::forward(const uint8_t* x, int64_t N, void* y) const {
   if (N < 1) return;
-  const Int8Kernels& k = int8_kernels();
+  const Int8Kernels& base = int8_kernels();
+  const Int8Kernels& k = pairs_ && base.pairs ? *base.pairs() : base;
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
   const int64_t ntasks = (out_ + kRowsPerTask - 1) / kRowsPerTask;

@@ -27,12 +27,13 @@ class Int8Linear {
   int64_t nonzeros() const { return nonzeros_; }  // int8 weights != 0
   int64_t bytes() const;                          // the weight layout and epilogue held
   bool u8_out() const { return u8_; }
+  bool pairs() const { return pairs_; }  // every block is pair-bounded: runs on the path's pairs table
 
  private:
   void finish(const int32_t* acc, int64_t r, int64_t N, int64_t astride, void* y) const;
 
   int64_t out_, in_, G_;
-  bool relu_, u8_, dense_ = false;
+  bool relu_, u8_, dense_ = false, pairs_ = false;
   int32_t zp_in_, zp_out_;
   int64_t nonzeros_ = 0;
   std::vector<int64_t> row_ptr_;

@@ -185,15 +185,18 @@ def test_tiled_k_blocks_add_up(restore, isa, kh, channels):
 @given(isa=st.sampled_from(ISAS), kernel=st.sampled_from(["sparse", "dense"]), n=st.integers(1, 40),
        fin=st.integers(1, 150), fout=st.integers(1, 140), out=st.sampled_from(["u8", "f32"]), relu=st.booleans(),
        zp_in=st.sampled_from([0, 9]), density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), threads=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**31))
-def test_linear_equals_reference(restore, isa, kernel, n, fin, fout, out, relu, zp_in, density, threads, seed):
+       weights=st.sampled_from(["full", "bounded"]), seed=st.integers(0, 2**31))
+def test_linear_equals_reference(restore, isa, kernel, n, fin, fout, out, relu, zp_in, density, threads, weights,
+                                 seed):
+    """Bounded weights run on the path's pairs table where it has one (AVX2's vpmaddubsw kernels)."""
     nat._set_int8_isa(isa)
     nat.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    w = block_sparse(rng, (fout, fin), density)
+    w = block_sparse(rng, (fout, fin), density, weights)
     m, b = requant_params(rng, fout, 0.01)
     q = rng.integers(0, 256, (n, fin)).astype(np.uint8)
     lin = nat.Int8Linear(w, m, b, zp_in=zp_in, relu=relu, out=out, kernel=kernel)
+    assert lin.pairs == (unbounded_blocks(w) == 0)
     want = ref.linear(q, zp_in, w, m, b, relu=relu, out=out)
     np.testing.assert_array_equal(lin.forward(q), want)
     np.testing.assert_array_equal(lin.forward(q[0]), want[0])
