@@ -162,6 +162,28 @@ def test_tiled_groups_cover_every_mask_and_width(restore, isa):
         np.testing.assert_array_equal(auto.forward(x, H, W), want)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_overlapping_pool_row_blocks(restore, threads):
+    """An overlapping pool (3/2, as AlexNet's) over enough rows for several row blocks of different
+    sizes: each block also computes the conv rows it shares with its neighbour, and the pooled rows,
+    uint8 in the next layer's layout and fp32, are the reference's."""
+    nat.set_num_threads(threads)
+    rng = np.random.default_rng(11)
+    w = block_sparse(rng, (64, 8, 3, 3), 0.5, "bounded")
+    m, b = requant_params(rng, 64, 0.01)
+    H, W = 57, 40
+    q = rng.integers(0, 256, (2, 8, H, W)).astype(np.uint8)
+    x = ref.pack_u8(q, 3, (0, 0), (1, 1))
+    for out in ("u8", "f32"):
+        conv = nat.Int8Conv2d(w, m, b, zp_in=3, relu=True, out=out, zp_out=7, out_padding=1, pool=(3, 2))
+        want = ref.conv2d(q, 3, w, m, b, stride=(1, 1), padding=(0, 0), dilation=(1, 1), relu=True, pool=(3, 2),
+                          out=out, zp_out=7)
+        y = conv.forward(x, H, W)
+        if out == "u8":
+            y = ref.unpack(y, 64, *conv.out_size(H, W), 1)
+        np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kh, channels", [(3, 4 * 49), (3, 4 * 100 + 3), (1, 4 * 145), (5, 4 * 29)])
 def test_tiled_k_blocks_add_up(restore, isa, kh, channels):

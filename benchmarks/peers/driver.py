@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import benchmarks.peers as package
+from benchmarks.peers.profiling import PROFILE_EXCESS, SUMS_TO_WHOLE
 from benchmarks.peers.runtimes import LABELS, RUNTIMES, available, python_for, tolerance
 from benchmarks.peers.table import markdown
 
@@ -72,11 +73,39 @@ def measure(spec: dict, runtimes: list[str], args, progress) -> dict:
     if args.layers:
         for rt in runtimes:
             # DeepSparse reports no per-layer times; OpenVINO's bf16 counters name other nodes
-            if rt not in errors and rt not in ("deepsparse", "deepsparse-int8", "openvino-default"):
-                res = run_worker(rt, spec, args, profile=True)
-                if "error" not in res:
+            if rt not in errors and rt not in ("deepsparse", "deepsparse-int8", "openvino-default") and runs[rt]:
+                res = profile(rt, spec, args, runs[rt])
+                if res is not None:
                     profiles[rt] = res
     return {"runs": runs, "errors": errors, "profiles": profiles}
+
+
+def profile_excess(res: dict, runs: list[dict]) -> float:
+    """The largest ratio, over batches, of a profile's per-layer sum to the rounds' median ms."""
+    worst = 0.0
+    for b, e in res["batches"].items():
+        whole = statistics.median(r["batches"][b]["ms"] for r in runs)
+        worst = max(worst, sum(e.get("layers", {}).values()) / whole)
+    return worst
+
+
+def profile(rt: str, spec: dict, args, runs: list[dict]) -> dict | None:
+    """One profiling run, redone (up to --retries times) while its layers of a runtime in SUMS_TO_WHOLE
+    add up to more than PROFILE_EXCESS x the median of its timed rounds; the lowest sum is kept and
+    its ratio recorded as "excess"."""
+    best = None
+    for attempt in range(args.retries + 1):
+        if attempt and time.monotonic() - args.started > 0.8 * 60 * args.max_minutes:
+            break
+        res = run_worker(rt, spec, args, profile=True)
+        if "error" in res:
+            break
+        res["excess"], res["attempts"] = profile_excess(res, runs), attempt + 1
+        if best is None or res["excess"] < best["excess"]:
+            best = res
+        if rt not in SUMS_TO_WHOLE or best["excess"] <= PROFILE_EXCESS:
+            break
+    return best
 
 
 def summarize(spec: dict, m: dict, args) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.peers.profiling import group_of
+from benchmarks.peers.profiling import PROFILE_EXCESS, SUMS_TO_WHOLE, group_of
 from benchmarks.peers.runtimes import FP32_PEERS, INT8, INT8_PEERS, LABELS, RUNTIMES
 
 # The ratio columns after the runtimes: (header, ours, theirs); a ratio is the fastest of theirs over ours.
@@ -111,7 +111,8 @@ def layer_table(spec: dict, profiles: dict, args) -> list[str]:
                 acc[g] = acc.get(g, 0.0) + ms
             per[rt] = acc
         rows = [g for g in dict.fromkeys(groups.values()) if g != "other"] + ["other"]
-        L += [f"Per layer, {spec['name']} batch {b} (ms, one profiling run each; conv rows include their ReLU):", "",
+        L += [f"Per layer, {spec['name']} batch {b} (ms, one profiling run each, redone while the layers of "
+              "PyTorch or deepcomp added up to over 1.15x their timed median; conv rows include their ReLU):", "",
               "| layer | " + " | ".join([LABELS[rt] for rt in rts] + [h for h, _, _ in ratios]) + " |",
               "|---|" + "---|" * (len(rts) + len(ratios))]
         for g in rows:
@@ -120,4 +121,9 @@ def layer_table(spec: dict, profiles: dict, args) -> list[str]:
             cells += [_ratio_cell(speedup(ms, ours, theirs), False) for _, ours, theirs in ratios]
             L.append(f"| {g} | " + " | ".join(cells) + " |")
         L.append("")
+    over = [f"{LABELS[rt]} {profiles[rt]['excess']:.2f}x" for rt in rts if profiles[rt].get("excess", 0) > PROFILE_EXCESS
+            and rt in SUMS_TO_WHOLE]
+    if over:
+        L += [f"- {spec['name']}: per-layer sums still over their timed medians after the retries ({', '.join(over)}): "
+              "those layer figures were disturbed.", ""]
     return L
