@@ -112,7 +112,8 @@ def layer_table(spec: dict, profiles: dict, args) -> list[str]:
             per[rt] = acc
         rows = [g for g in dict.fromkeys(groups.values()) if g != "other"] + ["other"]
         L += [f"Per layer, {spec['name']} batch {b} (ms, one profiling run each, redone while the layers of "
-              "PyTorch or deepcomp added up to over 1.15x their timed median; conv rows include their ReLU):", "",
+              f"PyTorch or deepcomp added up to over {PROFILE_EXCESS}x their timed median; conv rows include their "
+              "ReLU):", "",
               "| layer | " + " | ".join([LABELS[rt] for rt in rts] + [h for h, _, _ in ratios]) + " |",
               "|---|" + "---|" * (len(rts) + len(ratios))]
         for g in rows:
