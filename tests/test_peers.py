@@ -115,3 +115,25 @@ def test_disturbed_profiles_are_redone(monkeypatch):
     calls.clear()
     best = driver.profile("onnxruntime", {}, args, runs)
     assert calls == ["onnxruntime"] and best["excess"] == pytest.approx(40 / 11)
+
+
+def test_ab_builds_compares_two_package_dirs(tmp_path, capsys):
+    """benchmarks/ab_builds.py on one file with the repository's own package as both builds: every
+    step and the whole call get a row, the second build's with a ratio; a directory without a
+    deepcomp package is refused."""
+    pipeline = pytest.importorskip("deepcomp.pipeline")
+    import torch
+
+    from benchmarks import ab_builds
+    from deepcomp.zoo import resolve_arch
+
+    torch.manual_seed(0)
+    model, shape = resolve_arch("zoo:lenet-5")
+    path = tmp_path / "lenet.dcz"
+    pipeline.compress(model, input_shape=shape, progress=False).save(str(path))
+    assert ab_builds.main([str(path), "--build", f"a={ROOT}", "--build", f"b={ROOT}", "--rounds", "1",
+                           "--seconds", "0.01", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| step | a | b |" in out and "| end to end |" in out and out.count("x) |") >= 3
+    with pytest.raises(SystemExit):
+        ab_builds.main([str(path), "--build", f"a={ROOT}", "--build", f"b={tmp_path}"])
