@@ -21,6 +21,7 @@ import sys
 CHILD = r"""
 import json, statistics, sys
 import numpy as np
+import deepcomp
 import deepcomp.runtime as rt
 from benchmarks.peers.profiling import deepcomp_layers
 from benchmarks.peers.timing import time_calls
@@ -31,6 +32,7 @@ m(x)
 seconds = float(sys.argv[4])
 out = deepcomp_layers(m, x, seconds)
 out["end to end"] = statistics.median(time_calls(lambda: m(x), seconds, 5))
+print("PACKAGE " + deepcomp.__file__)
 print("RESULT " + json.dumps(out))
 """
 
@@ -38,13 +40,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(path: str, args) -> dict[str, float]:
+    # `python -c` puts its working directory first on sys.path, so the child runs in the build's
+    # directory: from the repository it would import the repository's package whatever PYTHONPATH says.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, ROOT]))
-    p = subprocess.run([sys.executable, "-c", CHILD, args.file, str(args.batch), str(args.threads), str(args.seconds)],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
-    line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if p.returncode or line is None:
+    p = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(args.file), str(args.batch), str(args.threads),
+                        str(args.seconds)], capture_output=True, text=True, env=env, cwd=path)
+    lines = dict(l.split(" ", 1) for l in p.stdout.splitlines() if l.startswith(("PACKAGE ", "RESULT ")))
+    if p.returncode or "RESULT" not in lines:
         raise SystemExit(f"error: the build at {path} failed: " + (p.stderr.strip().splitlines() or ["?"])[-1])
-    return json.loads(line[len("RESULT "):])
+    if os.path.commonpath([os.path.abspath(lines["PACKAGE"]), os.path.abspath(path)]) != os.path.abspath(path):
+        raise SystemExit(f"error: the build at {path} imported deepcomp from {lines['PACKAGE']}")
+    return json.loads(lines["RESULT"])
 
 
 def main(argv=None) -> int:

@@ -118,7 +118,8 @@ def test_disturbed_profiles_are_redone(monkeypatch):
 
 
 def test_ab_builds_compares_two_package_dirs(tmp_path, capsys):
-    """benchmarks/ab_builds.py on one file with the repository's own package as both builds: every
+    """benchmarks/ab_builds.py on one file with the repository's own package as both builds (the second
+    through a directory of its own, which the child must import from, not the repository's): every
     step and the whole call get a row, the second build's with a ratio; a directory without a
     deepcomp package is refused."""
     pipeline = pytest.importorskip("deepcomp.pipeline")
@@ -131,7 +132,10 @@ def test_ab_builds_compares_two_package_dirs(tmp_path, capsys):
     model, shape = resolve_arch("zoo:lenet-5")
     path = tmp_path / "lenet.dcz"
     pipeline.compress(model, input_shape=shape, progress=False).save(str(path))
-    assert ab_builds.main([str(path), "--build", f"a={ROOT}", "--build", f"b={ROOT}", "--rounds", "1",
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "deepcomp").symlink_to(ROOT / "deepcomp", target_is_directory=True)
+    assert ab_builds.main([str(path), "--build", f"a={ROOT}", "--build", f"b={other}", "--rounds", "1",
                            "--seconds", "0.01", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "| step | a | b |" in out and "| end to end |" in out and out.count("x) |") >= 3
