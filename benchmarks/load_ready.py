@@ -6,8 +6,11 @@ Each run is a new interpreter (so the import and the heap start cold): it prints
 its start to the end of the first inference (as benchmarks/peers measures a runtime's load), the
 seconds of ``deepcomp.load`` alone, the peak RSS (VmHWM) of the load, the RSS held after it, and
 the peak RSS of the first inference of a batch of ``--batch`` random inputs (VmHWM reset after
-the load, so it is the run's own peak). RSS is exact; seconds on a loaded machine are
-only rough.
+the load, so it is the run's own peak), and the peak RSS of a second inference of the same batch:
+the steady state of repeated inference, higher than the first run's because plans (and Winograd's
+transformed weights) are built during the first run after its largest activations are gone, and
+from the second run on are resident while those activations live. RSS is exact; seconds on a
+loaded machine are only rough.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ rss_before = hwm()
 x = np.random.default_rng(0).standard_normal((int(sys.argv[2]), *m.input_shape)).astype(np.float32)
 m(x)
 t3 = time.perf_counter()
-print(json.dumps({"ready_s": t3 - t0, "load_s": t2 - t1, "rss_load_mb": rss_load, "rss_run_mb": hwm(),
-                  "rss_ready_mb": rss_before,
+rss_run = hwm()
+m(x)
+print(json.dumps({"ready_s": t3 - t0, "load_s": t2 - t1, "rss_load_mb": rss_load, "rss_run_mb": rss_run,
+                  "rss_ready_mb": rss_before, "rss_steady_mb": hwm(),
                   "torch": "torch" in sys.modules}))
 """
 
@@ -58,10 +63,10 @@ def main(argv=None) -> int:
                            text=True, check=True)
         runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
     med = {k: statistics.median(r[k] for r in runs)
-           for k in ("ready_s", "load_s", "rss_load_mb", "rss_ready_mb", "rss_run_mb")}
+           for k in ("ready_s", "load_s", "rss_load_mb", "rss_ready_mb", "rss_run_mb", "rss_steady_mb")}
     print(f"{a.file}: ready {med['ready_s']:.2f} s (load {med['load_s']:.2f} s), peak RSS {med['rss_load_mb']:.0f} MB "
           f"during load ({med['rss_ready_mb']:.0f} MB held after it), {med['rss_run_mb']:.0f} MB during the first "
-          f"batch-{a.batch} run (medians of {a.runs} fresh processes"
+          f"batch-{a.batch} run, {med['rss_steady_mb']:.0f} MB through the second (medians of {a.runs} fresh processes"
           f"{', torch imported' if any(r['torch'] for r in runs) else ''})")
     return 0
 
