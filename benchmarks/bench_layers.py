@@ -155,6 +155,8 @@ AB_KNOBS = {
     "dense-threshold": (lambda v: nat._set_conv_dense_threshold(float(v)), 2.0, 0.0),
     # 3x3 and 5x5 stride-1 layers in Winograd form from this estimated saving (A: never, B: every one that fits).
     "winograd": (lambda v: nat._set_conv_winograd_threshold(float(v)), 99.0, 0.0),
+    # layers over the Winograd memory budget: direct kernels vs the streamed form
+    "winograd-stream": (lambda v: nat._set_winograd_streaming(bool(v)), 0, 1),
     # 0: the planning the 16-lane (AVX-512) figures chose, on any ISA (register tiling, blocks up to 8
     # vectors, dense from 0.55); 1: this ISA's defaults.
     "isa-defaults": (lambda v: _set_tuning(bool(v)), 0, 1),

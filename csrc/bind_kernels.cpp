@@ -295,6 +295,9 @@ void bind_kernels(py::module_& m) {
   m.def("_set_winograd_memory_bytes", &set_winograd_memory_budget, py::arg("bytes"),
         "Debug/testing: the budget for the transformed weights of all Winograd layers (DEEPCOMP_WINOGRAD_MB; "
         "negative: no limit), for layers transformed from now on; returns the previous value.");
+  m.def("_set_winograd_streaming", &set_winograd_streaming, py::arg("on"),
+        "Debug/benchmarks: whether 3x3 layers over the Winograd memory budget run in the streamed form "
+        "(weights transformed per call) instead of on the direct kernels; returns the previous value.");
   m.def("_set_isa", &set_isa, py::arg("name"), "Debug/testing: switch the kernels' instruction set.");
   m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Resize the native thread pool.");

@@ -120,6 +120,12 @@ struct Kernels {
   // The same product for nt in [1, wino_tail_max] tiles (i < nt) of a last tile vector (0: none).
   void (*wino_tail)(const float* u, const float* v, int64_t C, int64_t vs, int nt, float* m, int64_t ms);
   int wino_tail_max;
+  // Row a < 6 of the F(4x4, 3x3) weights of one register tile, transformed per call: taps
+  // d[(c*9 + tap)*wino_row_lanes + r] (kernel r < wino_mr, later lanes zero) to planes e = 6a + b
+  // at u[b*es + c*wino_mr + r], b < 6; each plane needs wino_row_lanes floats of slack after its last
+  // channel.
+  void (*wino_weights)(const float* d, int64_t C, int a, float* u, int64_t es);
+  int wino_row_lanes;
   // Input transform, for kernel size ksize (3: F(4x4, 3x3), tiles of t = 6 points; 5: F(4x4, 5x5), t = 8),
   // of tiles i < n (n <= width) of one plane x [H][W] whose t x t patches start at (iy0, ix0 + 4i),
   // zero outside it: v[e*es + i] = (B^T d B)[e], e < t * t.

@@ -105,17 +105,22 @@ std::shared_ptr<const WinogradConv> SparseConv2d::winograd_for(int64_t N, int64_
   const Kernels& K = kernels();
   if (!conv_wants_winograd(g_, w_, N, H, W, K.width)) return nullptr;
   std::lock_guard<std::mutex> lock(wino_mutex_);
-  if (!wino_ || wino_->mr() != K.wino_mr) {
-    wino_.reset();  // the previous ISA's form (tests only) goes before the new one is built
+  if (wino_ && wino_->mr() != K.wino_mr) wino_.reset();  // the previous ISA's form (tests only) goes first
+  if (!wino_ || wino_->streamed()) {  // a streamed layer takes the stored form once the budget has room
     const int64_t bytes = WinogradConv::bytes_for(g_, K.wino_mr);
-    if (!winograd_reserve(bytes)) return nullptr;  // over DEEPCOMP_WINOGRAD_MB: the direct kernels
-    try {
-      wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_), K.wino_mr);
-    } catch (...) {
-      winograd_release(bytes);
-      throw;
+    if (winograd_reserve(bytes)) {
+      try {
+        wino_ = std::make_shared<const WinogradConv>(g_, dense_weights(w_), K.wino_mr);
+      } catch (...) {
+        winograd_release(bytes);
+        throw;
+      }
+    } else if (!wino_ && WinogradConv::streams(g_)) {
+      wino_ = std::make_shared<const WinogradConv>(g_, w_, K.wino_mr);  // over DEEPCOMP_WINOGRAD_MB
     }
+    if (!wino_) return nullptr;  // the direct kernels
   }
+  if (wino_->streamed() && (!winograd_streaming() || !winograd_streams_call(g_, N, H, W))) return nullptr;
   return wino_;
 }
 

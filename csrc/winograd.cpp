@@ -18,6 +18,7 @@ namespace {
 std::atomic<int64_t> g_chunk_budget{int64_t(16) << 20};
 std::atomic<int64_t> g_thread_budget{int64_t(3) << 20};
 std::atomic<int64_t> g_reserved{0};
+std::atomic<bool> g_streaming{true};
 
 // DEEPCOMP_WINOGRAD_MB: N >= 0 megabytes, a negative number for no limit; unset, empty or not a
 // number: kDefaultWinogradMB.
@@ -90,6 +91,14 @@ void transform_tile(const float* w, int64_t K, int64_t C, int mr, int64_t kb, in
 
 }  // namespace
 
+bool winograd_streaming() { return g_streaming.load(std::memory_order_relaxed); }
+bool set_winograd_streaming(bool on) { return g_streaming.exchange(on, std::memory_order_relaxed); }
+bool winograd_streams_call(const ConvGeometry& g, int64_t N, int64_t H, int64_t W) {
+  if (conv_winograd_threshold() <= 0) return true;  // Winograd forced (tests, A/B runs)
+  const auto [OH, OW] = conv_out_size(g, H, W);
+  return N >= 1 && ((OH + 3) / 4) * ((OW + 3) / 4) >= kStreamMinTiles;
+}
+
 int64_t winograd_chunk_budget() { return g_chunk_budget.load(std::memory_order_relaxed); }
 int64_t set_winograd_chunk_budget(int64_t bytes) {
   return g_chunk_budget.exchange(std::max<int64_t>(1, bytes), std::memory_order_relaxed);
@@ -118,7 +127,7 @@ int64_t WinogradConv::bytes_for(const ConvGeometry& g, int mr) {
   return planes_of(g.kh) * ((g.out_channels + mr - 1) / mr * mr) * g.in_channels * int64_t(sizeof(float));
 }
 
-WinogradConv::~WinogradConv() { winograd_release(bytes_for(g_, mr_)); }
+WinogradConv::~WinogradConv() { winograd_release(reserved_); }
 
 bool WinogradConv::fits(const ConvGeometry& g) {
   return (g.kh == 3 || g.kh == 5) && g.kw == g.kh && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
@@ -134,11 +143,28 @@ WinogradConv::WinogradConv(const ConvGeometry& g, const std::vector<float>& w, i
   Kp_ = (K + mr - 1) / mr * mr;
   const int64_t nkb = Kp_ / mr;
   u_.resize(size_t(P_ * Kp_ * C));
+  reserved_ = bytes_for(g, mr);
   // Output-channel tiles on the thread pool: the transform is most of a layer's first call.
   ThreadPool& pool = ThreadPool::instance();
   pool.parallel_for(nkb, pool.num_threads(), [&](int64_t kb, int) {
     (r_ == 5 ? transform_tile<5> : transform_tile<3>)(w.data(), K, C, mr, kb, nkb, u_.data());
   });
+}
+
+WinogradConv::WinogradConv(const ConvGeometry& g, const CsrStore& w, int mr)
+    : g_(g), mr_(mr), r_(int(g.kh)), P_(planes_of(g.kh)), csr_(&w) {
+  if (!streams(g)) throw ShapeError("WinogradConv: the streamed form needs a 3x3, stride-1, undilated, ungrouped convolution");
+  if (mr < 1 || w.rows() != g.out_channels || w.cols() != g.in_channels * 9)
+    throw ShapeError("WinogradConv: weights must be [K][C * 9]");
+  Kp_ = (g.out_channels + mr - 1) / mr * mr;
+}
+
+void WinogradConv::scatter_taps(int64_t kb, float* d, bool clear) const {
+  const int64_t lanes = kernels().wino_row_lanes, k0 = kb * mr_, nk = std::min<int64_t>(g_.out_channels - k0, mr_);
+  const CsrWeights w = csr_->view();
+  for (int64_t r = 0; r < nk; ++r)
+    for (int64_t j = w.row_ptr[k0 + r]; j < w.row_ptr[k0 + r + 1]; ++j)
+      d[csr_->col_at(j) * lanes + r] = clear ? 0.f : w.values ? w.values[j] : w.codebook[w.cluster[j]];
 }
 
 namespace {
@@ -157,6 +183,10 @@ void for_each_run(int64_t t0, int64_t t1, int64_t TX, int64_t width, F&& fn) {
 // Floats between the planes of V and of M beyond their size, so that the transforms' loads or
 // stores do not fall on addresses 4 KB apart.
 constexpr int64_t kSkew = 16;
+
+// The streamed form: output-channel tiles per task (each plane of V read from L3 feeds this many),
+// and the most bytes a plane of V may take (tile rows per chunk are cut to fit).
+constexpr int64_t kStreamTiles = 4, kStreamPlaneBytes = int64_t(128) << 10;
 
 // The V and M buffers of the calling thread.
 thread_local std::vector<float> tl_v, tl_m;
@@ -180,10 +210,9 @@ void WinogradConv::input_tiles(const Call& a, int64_t c, int64_t t0, int64_t t1,
   for (int64_t e = 0; e < P_; ++e) std::fill(vc + e * es + (t1 - t0), vc + e * es + Tp, 0.f);
 }
 
-void WinogradConv::gemm(int64_t e, int64_t kb, const float* ve, int64_t Tp, int64_t Tc, float* m) const {
+void WinogradConv::gemm(const float* u, const float* ve, int64_t Tp, int64_t Tc, float* m) const {
   const Kernels& kern = kernels();
   const int64_t C = g_.in_channels, width = kern.width;
-  const float* u = u_.data() + (e * (Kp_ / mr_) + kb) * C * mr_;
   const int64_t last = Tc - (Tp / width - 1) * width;  // tiles in the last vector
   const bool tail = last <= kern.wino_tail_max;
   // The full tile vectors in calls of nearly equal size (13 vectors at most 3 wide: 3 3 3 2 2, not
@@ -222,8 +251,57 @@ void WinogradConv::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
   const auto [OH, OW] = conv_out_size(g_, H, W);
   const Call a{x, H, W, OH, OW, (OH + 3) / 4, (OW + 3) / 4, y, relu, bias, scale, shift};
   const int T = ThreadPool::instance().num_threads();
+  if (streamed()) return forward_streamed(a, N);
   if (const int64_t tq = thread_tiles(N * a.TY * a.TX, T); tq > 0) return forward_by_thread(a, N, tq);
   forward_by_phase(a, N);
+}
+
+int64_t WinogradConv::rows_per_chunk(const Call& a, int64_t N) const {
+  const int64_t rows = N * a.TY, per_row = P_ * (g_.in_channels + Kp_) * int64_t(sizeof(float)) * a.TX;
+  // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
+  // (docs/kernels.md, "Winograd"); the streamed form transforms its weights once per chunk.
+  const int64_t u_bytes = streamed() ? P_ * Kp_ * g_.in_channels * int64_t(sizeof(float)) : bytes();
+  const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), u_bytes * 3 / 4));
+  int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
+  // The streamed form's GEMMs keep a plane of V in L2 beside the weights of kStreamTiles tiles.
+  if (streamed()) rpc = std::min(rpc, std::max<int64_t>(1, kStreamPlaneBytes / (4 * g_.in_channels) / a.TX));
+  return (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
+}
+
+void WinogradConv::forward_streamed(const Call& a, int64_t N) const {
+  const Kernels& kern = kernels();
+  ThreadPool& pool = ThreadPool::instance();
+  const int T = pool.num_threads();
+  const int64_t C = g_.in_channels, K = g_.out_channels, width = kern.width, nkb = Kp_ / mr_;
+  const int64_t rows = N * a.TY, rpc = rows_per_chunk(a, N);
+  const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
+  float* const V = reuse_buffer(tl_v, size_t(P_ * C * Tmax));
+  float* const M = reuse_buffer(tl_m, size_t(P_ * Kp_ * Tmax + width));
+  // Per thread: the taps of a task's tiles (zero between uses) and six planes of their transformed
+  // weights.
+  const int64_t es = C * mr_ + kern.wino_row_lanes, taps = C * 9 * kern.wino_row_lanes;
+  thread_local std::vector<float> tl_taps, tl_u;
+  for (int64_t r0 = 0; r0 < rows; r0 += rpc) {
+    const int64_t t0 = r0 * a.TX, t1 = std::min(rows, r0 + rpc) * a.TX;
+    const int64_t Tp = (t1 - t0 + width - 1) / width * width, ves = C * Tp, mes = Kp_ * Tp;
+    pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
+    pool.parallel_for((nkb + kStreamTiles - 1) / kStreamTiles, T, [&](int64_t task, int) {
+      const int64_t kb0 = task * kStreamTiles, nt = std::min(nkb - kb0, kStreamTiles);
+      if (tl_taps.size() < size_t(kStreamTiles * taps)) tl_taps.assign(size_t(kStreamTiles * taps), 0.f);
+      float* const u = reuse_buffer(tl_u, size_t(kStreamTiles * 6 * es));
+      for (int64_t i = 0; i < nt; ++i) scatter_taps(kb0 + i, tl_taps.data() + i * taps, false);
+      for (int row = 0; row < 6; ++row) {  // six planes of each tile at a time, in L2 beside V[e]
+        for (int64_t i = 0; i < nt; ++i) kern.wino_weights(tl_taps.data() + i * taps, C, row, u + i * 6 * es, es);
+        for (int col = 0; col < 6; ++col) {
+          const int64_t e = 6 * row + col;
+          for (int64_t i = 0; i < nt; ++i)
+            gemm(u + (i * 6 + col) * es, V + e * ves, Tp, t1 - t0, M + e * mes + (kb0 + i) * mr_ * Tp);
+        }
+      }
+      for (int64_t i = 0; i < nt; ++i) scatter_taps(kb0 + i, tl_taps.data() + i * taps, true);  // zeros again
+    });
+    pool.parallel_for(K, T, [&](int64_t k, int) { output_tiles(a, k, t0, t1, M + k * Tp, mes); });
+  }
 }
 
 void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const {
@@ -237,7 +315,7 @@ void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const
     float* const M = reuse_buffer(tl_m, size_t(P_ * mes + kernels().width));
     for (int64_t c = 0; c < C; ++c) input_tiles(a, c, t0, t1, V + c * Tp, ves);
     for (int64_t e = 0; e < P_; ++e)
-      for (int64_t kb = 0; kb < nkb; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
+      for (int64_t kb = 0; kb < nkb; ++kb) gemm(u_tile(e, kb), V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
     for (int64_t k = 0; k < K; ++k) output_tiles(a, k, t0, t1, M + k * Tp, mes);
   });
 }
@@ -247,13 +325,7 @@ void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
   const int64_t C = g_.in_channels, K = g_.out_channels, width = kern.width;
-  const int64_t rows = N * a.TY;
-  const int64_t per_row = P_ * (C + Kp_) * int64_t(sizeof(float)) * a.TX;
-  // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
-  // (docs/kernels.md, "Winograd").
-  const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), bytes() * 3 / 4));
-  int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
-  rpc = (rows + (rows + rpc - 1) / rpc - 1) / ((rows + rpc - 1) / rpc);  // even chunks
+  const int64_t rows = N * a.TY, rpc = rows_per_chunk(a, N);
   const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
   float* const V = reuse_buffer(tl_v, size_t(P_ * C * Tmax));
   float* const M = reuse_buffer(tl_m, size_t(P_ * Kp_ * Tmax + width));
@@ -267,7 +339,7 @@ void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
     pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
     pool.parallel_for(P_ * pieces, T, [&](int64_t task, int) {
       const int64_t e = task / pieces, kb0 = task % pieces * kb_per, kb1 = std::min(nkb, kb0 + kb_per);
-      for (int64_t kb = kb0; kb < kb1; ++kb) gemm(e, kb, V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
+      for (int64_t kb = kb0; kb < kb1; ++kb) gemm(u_tile(e, kb), V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
     });
     pool.parallel_for(K, T, [&](int64_t k, int) { output_tiles(a, k, t0, t1, M + k * Tp, mes); });
   }

@@ -27,11 +27,16 @@ def winograd():
     nat._set_winograd_chunk_bytes(chunk)
     per_thread = nat._set_winograd_thread_bytes(0)
     nat._set_winograd_thread_bytes(per_thread)
+    budget = nat._set_winograd_memory_bytes(-1)
+    nat._set_winograd_memory_bytes(budget)
+    streaming = nat._set_winograd_streaming(True)
     threads = nat.get_num_threads()
     yield
     nat._set_conv_winograd_threshold(threshold)
     nat._set_winograd_chunk_bytes(chunk)
     nat._set_winograd_thread_bytes(per_thread)
+    nat._set_winograd_memory_bytes(budget)
+    nat._set_winograd_streaming(streaming)
     nat.set_num_threads(threads)
     nat._set_isa(SUPPORTED_ISAS[0])
 
@@ -58,15 +63,18 @@ def reference(x, wt, b, padding, relu=False, scale=None, shift=None):
     chunk=st.sampled_from([1, 50_000, 8 << 20]),
     per_thread=st.sampled_from([0, 200_000, 640 << 10, 4 << 20]),
     threads=st.sampled_from([1, 2, 3]),
+    form=st.sampled_from(["stored", "streamed"]),
     seed=st.integers(0, 2**31),
 )
 def test_winograd_matches_torch(winograd, isa, k, cin, cout, padding, n, hw, density, layout, epilogue, chunk,
-                                per_thread, threads, seed):
+                                per_thread, threads, form, seed):
     """Widths up to 75 (19 tiles: more than one 16-lane vector per tile row, a partial last one),
     heights and widths not multiples of 4, output channels not multiples of the register tile; chunks
     of whole tile rows split by phase (per_thread = 0), from one tile row (chunk = 1 byte) up to
-    everything in one, or chunks of 1 to 3 tile vectors per thread."""
+    everything in one, or chunks of 1 to 3 tile vectors per thread. The streamed form (no room in the
+    memory budget) transforms the weights per call; 5x5 layers then run on the direct kernels."""
     nat._set_isa(isa)
+    nat._set_winograd_memory_bytes(0 if form == "streamed" else -1)  # examples share the fixture
     nat._set_winograd_chunk_bytes(chunk)
     nat._set_winograd_thread_bytes(per_thread)
     nat.set_num_threads(threads)
@@ -84,7 +92,10 @@ def test_winograd_matches_torch(winograd, isa, k, cin, cout, padding, n, hw, den
             layer(x, relu, scale, shift)
         return
     kernel = layer.kernel_for(H, W, n)
-    assert kernel == ("winograd" if density > 0 else "sparse")
+    if density == 0:
+        assert kernel == "sparse"
+    else:
+        assert (kernel == "winograd") == (form == "stored" or k == 3)
     got = layer(x, relu, scale, shift)
     assert_close(got, reference(x, wt, b, padding, relu, scale, shift).numpy())
 
@@ -149,12 +160,16 @@ def test_winograd_rule():
         nat._set_conv_winograd_threshold(prev)
 
 
-def test_winograd_threads_share_one_layer(winograd):
+@pytest.mark.parametrize("form", ["stored", "streamed"])
+def test_winograd_threads_share_one_layer(winograd, form):
     """One layer called from several Python threads at once gives each the single-thread result."""
+    if form == "streamed":
+        nat._set_winograd_memory_bytes(0)
     rng = np.random.default_rng(5)
     layer, wt, b = make_conv(rng, 32, 48, 3, 3, 1, 1, 1, 1, 0.4, "fp32")
     xs = [rng.standard_normal((2, 32, 20 + 4 * i, 37)).astype(np.float32) for i in range(4)]
     want = [layer(x, True) for x in xs]
+    assert layer.kernel_for(20, 37, 2) == "winograd"
     got = [None] * len(xs)
 
     def run(i):
@@ -181,34 +196,69 @@ def test_winograd_switching_isa_rebuilds(winograd):
         assert_close(layer(x), ref)
 
 
-def test_winograd_memory_budget(winograd):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_winograd_memory_budget(winograd, streaming):
     """The transformed weights of all layers stay within the budget: a layer that does not fit runs
-    on the direct kernels (same result), and gets its Winograd form once another layer frees room."""
+    in the streamed form or, with streaming off, on the direct kernels (same result either way), and
+    keeps transformed weights once another layer frees room, which then leaves none for a third."""
     nat._set_conv_winograd_threshold(-1.0)
+    nat._set_winograd_streaming(streaming)
     rng = np.random.default_rng(7)
     first = make_conv(rng, 64, 48, 3, 3, 1, 1, 1, 1, 0.5, "fp32")[0]
     second, wt, b = make_conv(rng, 64, 48, 3, 3, 1, 1, 1, 1, 0.5, "fp32")
     one = 36 * 48 * 64 * 4  # 48 output channels: a multiple of every ISA's register tile
-    prev = nat._set_winograd_memory_bytes(one + one // 2)
-    try:
-        x = rng.standard_normal((1, 64, 56, 56)).astype(np.float32)
-        want = reference(x, wt, b, 1, relu=True).numpy()
-        assert first.kernel_for(56, 56) == "winograd"
-        assert second.kernel_for(56, 56) != "winograd"
-        assert_close(second(x, True), want)
-        del first
-        assert second.kernel_for(56, 56) == "winograd"
-        assert_close(second(x, True), want)
-    finally:
-        nat._set_winograd_memory_bytes(prev)
+    nat._set_winograd_memory_bytes(one + one // 2)
+    x = rng.standard_normal((1, 64, 56, 56)).astype(np.float32)
+    want = reference(x, wt, b, 1, relu=True).numpy()
+    assert first.kernel_for(56, 56) == "winograd"
+    assert second.kernel_for(56, 56) == ("winograd" if streaming else "sparse")
+    assert_close(second(x, True), want)
+    del first
+    assert second.kernel_for(56, 56) == "winograd"
+    assert_close(second(x, True), want)
+    third = make_conv(rng, 64, 48, 3, 3, 1, 1, 1, 1, 0.5, "fp32")[0]
+    assert third.kernel_for(56, 56) == ("winograd" if streaming else "sparse")
+
+
+def test_winograd_streamed_rule(winograd):
+    """Over the budget, a 3x3 layer streams where each image has at least 48 tiles (28 x 28: 49) and
+    runs on the direct kernels on smaller planes (14 x 14: 16 tiles), at any batch; 5x5 layers never
+    stream."""
+    nat._set_conv_winograd_threshold(-1.0)
+    nat._set_winograd_memory_bytes(0)
+    rng = np.random.default_rng(8)
+    layer, wt, b = make_conv(rng, 256, 64, 3, 3, 1, 1, 1, 1, 0.34, "codebook")
+    assert layer.kernel_for(28, 28, 1) == "winograd"
+    assert layer.kernel_for(14, 14, 8) != "winograd"
+    x = rng.standard_normal((1, 256, 28, 28)).astype(np.float32)
+    assert_close(layer(x, True), reference(x, wt, b, 1, relu=True).numpy())
+    five = make_conv(rng, 64, 192, 5, 5, 1, 2, 1, 1, 0.38, "fp32")[0]
+    assert five.kernel_for(27, 27, 8) != "winograd"
+    nat._set_winograd_streaming(False)
+    assert layer.kernel_for(28, 28, 1) != "winograd"
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_winograd_streamed_chunks(winograd, isa):
+    """The streamed form over several chunks of tile rows (a plane of V is capped at 128 KB: 8 of the
+    16 tile rows of a 64 x 64 image with 256 input channels) and a batch of two, with output channels
+    not a multiple of the register tile or of a task's four tiles."""
+    nat._set_isa(isa)
+    nat._set_winograd_memory_bytes(0)
+    rng = np.random.default_rng(9)
+    layer, wt, b = make_conv(rng, 256, 61, 3, 3, 1, 1, 1, 1, 0.3, "codebook")
+    x = rng.standard_normal((2, 256, 64, 61)).astype(np.float32)
+    assert layer.kernel_for(64, 61, 2) == "winograd"
+    assert_close(layer(x, True), reference(x, wt, b, 1, relu=True).numpy())
 
 
 def test_winograd_memory_env():
-    """DEEPCOMP_WINOGRAD_MB: unset or empty, the 32 MB default; 0 turns Winograd off; negative, no limit."""
+    """DEEPCOMP_WINOGRAD_MB: unset or empty, the 32 MB default; 0 keeps no transformed weights (the
+    5x5 layer runs on the direct kernels); negative, no limit."""
     code = ("import numpy as np, sys; sys.path.insert(0, %r); from test_kernels import make_conv; "
             "import deepcomp._native as nat; "
-            "layer = make_conv(np.random.default_rng(0), 128, 256, 3, 3, 1, 1, 1, 1, 0.53, 'codebook')[0]; "
-            "print(layer.kernel_for(56, 56), nat._set_winograd_memory_bytes(0))" % str(Path(__file__).parent))
+            "layer = make_conv(np.random.default_rng(0), 64, 192, 5, 5, 1, 2, 1, 1, 0.38, 'codebook')[0]; "
+            "print(layer.kernel_for(27, 27), nat._set_winograd_memory_bytes(0))" % str(Path(__file__).parent))
     got = {}
     for mb in [None, "", "0", "-1", "12"]:
         env = {k: v for k, v in os.environ.items() if k != "DEEPCOMP_WINOGRAD_MB"}

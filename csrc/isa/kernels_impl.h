@@ -362,7 +362,8 @@ MicroList make_micro_list() {
 const Kernels* DC_ENTRY() {
   static const MicroList micro = make_micro_list();
   static const Kernels table{DC_NAME, V::W, &spmv, &spmm, &conv, &conv_dense, kDensePx, &conv_rt,
-                             &wino_gemm, kWinoMr, kWinoMaxNv, &wino_tail, kWinoTail, &wino_input, &wino_output, micro.k, micro.n};
+                             &wino_gemm, kWinoMr, kWinoMaxNv, &wino_tail, kWinoTail, &wino_weights, kWinoRowLanes,
+                             &wino_input, &wino_output, micro.k, micro.n};
   return &table;
 }
 

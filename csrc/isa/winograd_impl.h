@@ -87,6 +87,56 @@ void wino_tail(const float* u, const float* v, int64_t C, int64_t vs, int nt, fl
   kWinoTailKernels[size_t(nt - 1)].wino_gemm(u, v, C, vs, m, ms);
 }
 
+// ---- weights transformed per call (layers whose transformed weights are over the memory budget) ----
+// Lanes per row of the taps that wino_weights reads: kWinoMr rounded up to whole vectors.
+constexpr int kWinoRowLanes = (kWinoMr + V::W - 1) / V::W * V::W;
+
+// k[0] x0 + k[1] x1 + k[2] x2, without the terms whose constant coefficient is zero.
+inline VT wino_lin3(const float (&k)[3], VT x0, VT x1, VT x2) {
+  const VT x[3] = {x0, x1, x2};
+  VT s = V::zero();
+  bool any = false;
+  for (int j = 0; j < 3; ++j) {
+    if (k[j] == 0.f) continue;
+    s = any ? V::fma(V::set1(k[j]), x[j], s) : (k[j] == 1.f ? x[j] : V::mul(V::set1(k[j]), x[j]));
+    any = true;
+  }
+  return s;
+}
+
+// Row a of the F(4x4, 3x3) transformed weights G g G^T of the kWinoMr kernels of one register
+// tile: planes e = 6 a + b (b < 6) to u[b * es + c * kWinoMr + r], from the taps d[(c * 9 + tap) *
+// kWinoRowLanes + r] (kernel r in lane r, later lanes zero), in two 1-D passes: z = G[a, .] g, then
+// z G^T. Stores are whole vectors: the lanes past kernel kWinoMr - 1 of channel c fall on channel
+// c + 1, whose own stores come later, and after the last channel on kWinoRowLanes floats of slack
+// in each plane of u.
+constexpr float kWinoG3[6][3] = {{1.f / 4, 0, 0},           {-1.f / 6, -1.f / 6, -1.f / 6},
+                                 {-1.f / 6, 1.f / 6, -1.f / 6}, {1.f / 24, 1.f / 12, 1.f / 6},
+                                 {1.f / 24, -1.f / 12, 1.f / 6}, {0, 0, 1}};
+
+template <int A>
+void wino_weights_t(const float* d, int64_t C, float* u, int64_t es) {
+  constexpr const auto& G = kWinoG3;
+  constexpr int a = A;
+  for (int64_t c = 0; c < C; ++c)
+    for (int r0 = 0; r0 < kWinoMr; r0 += V::W) {
+      const float* dc = d + c * 9 * kWinoRowLanes + r0;
+      VT g[9];
+      for (int t = 0; t < 9; ++t) g[t] = V::load(dc + t * kWinoRowLanes);
+      const VT z0 = wino_lin3(G[a], g[0], g[3], g[6]), z1 = wino_lin3(G[a], g[1], g[4], g[7]),
+               z2 = wino_lin3(G[a], g[2], g[5], g[8]);
+      float* uc = u + c * kWinoMr + r0;
+#pragma GCC unroll 6
+      for (int b = 0; b < 6; ++b) V::store(uc + b * es, wino_lin3(G[b], z0, z1, z2));
+    }
+}
+
+void wino_weights(const float* d, int64_t C, int a, float* u, int64_t es) {
+  constexpr void (*kRows[6])(const float*, int64_t, float*, int64_t) = {
+      &wino_weights_t<0>, &wino_weights_t<1>, &wino_weights_t<2>, &wino_weights_t<3>, &wino_weights_t<4>, &wino_weights_t<5>};
+  kRows[a](d, C, u, es);
+}
+
 // The 1-D input transform B^T d of F(4, 3): six values (points 0, +-1, +-2 and infinity).
 inline void wino_in_1d(const VT* d, VT* o) {
   const VT two = V::set1(2.f), four = V::set1(4.f), mfive = V::set1(-5.f);

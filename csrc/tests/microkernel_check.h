@@ -259,5 +259,39 @@ inline int check_wino(const MicroKernel& mk, int width, int mr, int64_t C, uint3
   return bad;
 }
 
+// The per-call weight transform of the streamed Winograd form (Kernels::wino_weights), every row of
+// points, against G g G^T in double: C input channels of one register tile's kernels, some taps
+// zero; nothing written past each plane's slack.
+inline int check_wino_weights(const Kernels& k, int64_t C, uint32_t seed) {
+  static const double G[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int mr = k.wino_mr, lanes = k.wino_row_lanes;
+  const int64_t es = C * mr + lanes + 5;  // 5 floats past the slack, which must stay untouched
+  std::vector<float> d(size_t(C * 9 * lanes), 0.f);
+  for (int64_t c = 0; c < C; ++c)
+    for (int t = 0; t < 9; ++t)
+      for (int r = 0; r < mr; ++r) d[size_t((c * 9 + t) * lanes + r)] = (c + t + r) % 3 ? u(rng) : 0.f;
+  int bad = 0;
+  for (int a = 0; a < 6; ++a) {
+    std::vector<float> out(size_t(6 * es), -7.f);
+    k.wino_weights(d.data(), C, a, out.data(), es);
+    for (int b = 0; b < 6 && bad < 5; ++b) {
+      for (int64_t c = 0; c < C; ++c)
+        for (int r = 0; r < mr; ++r) {
+          double s = 0;
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) s += G[a][i] * d[size_t((c * 9 + i * 3 + j) * lanes + r)] * G[b][j];
+          bad += !close(out[size_t(b * es + c * mr + r)], s, 1.0, "wino_weights", k.name);
+        }
+      for (int64_t i = C * mr + lanes; i < es; ++i)
+        bad += !close(out[size_t(b * es + i)], -7.0, 1.0, "wino_weights slack", k.name);
+    }
+  }
+  return bad;
+}
+
 }  // namespace mktest
 }  // namespace deepcomp

@@ -37,6 +37,11 @@ int main() {
       bad += b;
       if (b) std::printf("FAIL %s\n", mk.name);
     }
+    int b = 0;
+    for (int64_t C : {1, 2, 16, 67}) b += mktest::check_wino_weights(*k, C, uint32_t(C));
+    ++ran;
+    bad += b;
+    if (b) std::printf("FAIL f32_wino_weights__%s\n", isa);
   }
   std::printf("%d micro-kernels checked, %d mismatches\n", ran, bad);
   return bad == 0 && ran > 0 ? 0 : 1;
