@@ -13,6 +13,7 @@
 
 #include "dispatch.h"
 #include "isa/microkernels.h"
+#include "winograd_points.h"
 
 namespace deepcomp {
 namespace {

@@ -92,13 +92,14 @@ void wino_tail(const float* u, const float* v, int64_t C, int64_t vs, int nt, fl
 constexpr int kWinoRowLanes = (kWinoMr + V::W - 1) / V::W * V::W;
 
 // k[0] x0 + k[1] x1 + k[2] x2, without the terms whose constant coefficient is zero.
-inline VT wino_lin3(const float (&k)[3], VT x0, VT x1, VT x2) {
+inline VT wino_lin3(const double (&k)[3], VT x0, VT x1, VT x2) {
   const VT x[3] = {x0, x1, x2};
   VT s = V::zero();
   bool any = false;
   for (int j = 0; j < 3; ++j) {
-    if (k[j] == 0.f) continue;
-    s = any ? V::fma(V::set1(k[j]), x[j], s) : (k[j] == 1.f ? x[j] : V::mul(V::set1(k[j]), x[j]));
+    if (k[j] == 0.0) continue;
+    const VT kj = V::set1(float(k[j]));
+    s = any ? V::fma(kj, x[j], s) : (k[j] == 1.0 ? x[j] : V::mul(kj, x[j]));
     any = true;
   }
   return s;
@@ -110,13 +111,9 @@ inline VT wino_lin3(const float (&k)[3], VT x0, VT x1, VT x2) {
 // z G^T. Stores are whole vectors: the lanes past kernel kWinoMr - 1 of channel c fall on channel
 // c + 1, whose own stores come later, and after the last channel on kWinoRowLanes floats of slack
 // in each plane of u.
-constexpr float kWinoG3[6][3] = {{1.f / 4, 0, 0},           {-1.f / 6, -1.f / 6, -1.f / 6},
-                                 {-1.f / 6, 1.f / 6, -1.f / 6}, {1.f / 24, 1.f / 12, 1.f / 6},
-                                 {1.f / 24, -1.f / 12, 1.f / 6}, {0, 0, 1}};
-
 template <int A>
 void wino_weights_t(const float* d, int64_t C, float* u, int64_t es) {
-  constexpr const auto& G = kWinoG3;
+  constexpr const auto& G = kG3;  // csrc/winograd_points.h
   constexpr int a = A;
   for (int64_t c = 0; c < C; ++c)
     for (int r0 = 0; r0 < kWinoMr; r0 += V::W) {
