@@ -344,8 +344,9 @@ void bind_kernels(py::module_& m) {
           },
           py::arg("height"), py::arg("width"), py::arg("batch") = 1,
           "Which kernel convolves a batch of inputs of height x width at the current thread count: 'sparse', "
-          "'dense' for a layer too dense to gain from sparsity, or 'winograd' for a 3x3 layer that needs "
-          "fewer multiplications in Winograd form. Plans the shape, as the first forward would.")
+          "'dense' for a layer too dense to gain from sparsity, or 'winograd' for a 3x3 or 5x5 layer that needs "
+          "fewer multiplications in Winograd form ('winograd-streamed' when its transformed weights are over "
+          "DEEPCOMP_WINOGRAD_MB and it transforms them per call). Plans the shape, as the first forward would.")
       .def_property_readonly("nnz", [](const PySparseConv2d& s) { return s.k->store().nnz(); })
       .def_property_readonly("bytes", [](const PySparseConv2d& s) { return s.k->store().bytes(); })
       .def_property_readonly("in_channels", [](const PySparseConv2d& s) { return s.k->geometry().in_channels; })

@@ -125,7 +125,7 @@ std::shared_ptr<const WinogradConv> SparseConv2d::winograd_for(int64_t N, int64_
 }
 
 const char* SparseConv2d::kernel_for(int64_t N, int64_t H, int64_t W) const {
-  if (winograd_for(N, H, W)) return "winograd";
+  if (const auto wc = winograd_for(N, H, W)) return wc->streamed() ? "winograd-streamed" : "winograd";
   return plan_for(H, W, ThreadPool::instance().num_threads())->dense ? "dense" : "sparse";
 }
 

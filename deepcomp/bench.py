@@ -231,7 +231,8 @@ def _int8_dense(dense_fn, fusion: dict):
 def bench_file(path, *, batches=(1,), threads: int | None = None, repeat: int = 10,
                layers: bool = True, seed: int = 0, int8: str = "auto") -> list[dict]:
     """Per batch size: ``{"threads", "batch", "layers": [...], "end_to_end": {...}, "fp32_fallback"}``;
-    each layer row also says which kernel runs it (``"kernel"``: "sparse", "dense" or "winograd"; "int8").
+    each layer row also says which kernel runs it (``"kernel"``: "sparse", "dense", "winograd" or
+    "winograd-streamed"; "int8").
     ``int8``: as for deepcomp.load; ``fp32_fallback`` names the int8 nodes that ran fp32 and why.
     Calls :func:`steady_heap` first, a process-wide glibc setting that stays in effect afterwards."""
     import deepcomp.runtime as rt
