@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 #include "common.h"
 #include "threadpool.h"
@@ -241,9 +242,9 @@ void WinogradConv::forward(const float* x, int64_t N, int64_t H, int64_t W, floa
 
 int64_t WinogradConv::rows_per_chunk(const Call& a, int64_t N) const {
   const int64_t rows = N * a.TY, per_row = P_ * (g_.in_channels + Kp_) * int64_t(sizeof(float)) * a.TX;
-  // Each chunk streams all of U once: layers with large U take chunks of up to 4x the budget
-  // (docs/kernels.md, "Winograd"); the streamed form transforms its weights once per chunk.
-  const int64_t u_bytes = streamed() ? P_ * Kp_ * g_.in_channels * int64_t(sizeof(float)) : bytes();
+  // Each chunk streams all of U once (the streamed form: transforms all its weights once): layers
+  // with large U take chunks of up to 4x the budget (docs/kernels.md, "Winograd").
+  const int64_t u_bytes = P_ * Kp_ * g_.in_channels * int64_t(sizeof(float));
   const int64_t budget = std::max(winograd_chunk_budget(), std::min(4 * winograd_chunk_budget(), u_bytes * 3 / 4));
   int64_t rpc = std::clamp<int64_t>(budget / per_row, 1, rows);
   // The streamed form's GEMMs keep a plane of V in L2 beside the weights of kStreamTiles tiles.
@@ -253,22 +254,14 @@ int64_t WinogradConv::rows_per_chunk(const Call& a, int64_t N) const {
 
 void WinogradConv::forward_streamed(const Call& a, int64_t N) const {
   const Kernels& kern = kernels();
-  ThreadPool& pool = ThreadPool::instance();
-  const int T = pool.num_threads();
-  const int64_t C = g_.in_channels, K = g_.out_channels, width = kern.width, nkb = Kp_ / mr_;
-  const int64_t rows = N * a.TY, rpc = rows_per_chunk(a, N);
-  const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
-  float* const V = reuse_buffer(tl_v, size_t(P_ * C * Tmax));
-  float* const M = reuse_buffer(tl_m, size_t(P_ * Kp_ * Tmax + width));
+  const int64_t C = g_.in_channels, nkb = Kp_ / mr_;
   // Per thread: the taps of a task's tiles (zero between uses) and six planes of their transformed
   // weights.
   const int64_t es = C * mr_ + kern.wino_row_lanes, taps = C * 9 * kern.wino_row_lanes;
   thread_local std::vector<float> tl_taps, tl_u;
-  for (int64_t r0 = 0; r0 < rows; r0 += rpc) {
-    const int64_t t0 = r0 * a.TX, t1 = std::min(rows, r0 + rpc) * a.TX;
-    const int64_t Tp = (t1 - t0 + width - 1) / width * width, ves = C * Tp, mes = Kp_ * Tp;
-    pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
-    pool.parallel_for((nkb + kStreamTiles - 1) / kStreamTiles, T, [&](int64_t task, int) {
+  by_chunks(a, N, [&](const float* V, int64_t ves, float* M, int64_t mes, int64_t Tp, int64_t Tc) {
+    ThreadPool& pool = ThreadPool::instance();
+    pool.parallel_for((nkb + kStreamTiles - 1) / kStreamTiles, pool.num_threads(), [&](int64_t task, int) {
       const int64_t kb0 = task * kStreamTiles, nt = std::min(nkb - kb0, kStreamTiles);
       if (tl_taps.size() < size_t(kStreamTiles * taps)) tl_taps.assign(size_t(kStreamTiles * taps), 0.f);
       float* const u = reuse_buffer(tl_u, size_t(kStreamTiles * 6 * es));
@@ -278,13 +271,12 @@ void WinogradConv::forward_streamed(const Call& a, int64_t N) const {
         for (int col = 0; col < 6; ++col) {
           const int64_t e = 6 * row + col;
           for (int64_t i = 0; i < nt; ++i)
-            gemm(u + (i * 6 + col) * es, V + e * ves, Tp, t1 - t0, M + e * mes + (kb0 + i) * mr_ * Tp);
+            gemm(u + (i * 6 + col) * es, V + e * ves, Tp, Tc, M + e * mes + (kb0 + i) * mr_ * Tp);
         }
       }
       for (int64_t i = 0; i < nt; ++i) scatter_taps(kb0 + i, tl_taps.data() + i * taps, true);  // zeros again
     });
-    pool.parallel_for(K, T, [&](int64_t k, int) { output_tiles(a, k, t0, t1, M + k * Tp, mes); });
-  }
+  });
 }
 
 void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const {
@@ -303,7 +295,7 @@ void WinogradConv::forward_by_thread(const Call& a, int64_t N, int64_t tq) const
   });
 }
 
-void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
+void WinogradConv::by_chunks(const Call& a, int64_t N, const GemmPhase& gemms) const {
   const Kernels& kern = kernels();
   ThreadPool& pool = ThreadPool::instance();
   const int T = pool.num_threads();
@@ -312,20 +304,27 @@ void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
   const int64_t Tmax = (rpc * a.TX + width - 1) / width * width;
   float* const V = reuse_buffer(tl_v, size_t(P_ * C * Tmax));
   float* const M = reuse_buffer(tl_m, size_t(P_ * Kp_ * Tmax + width));
-  const int64_t nkb = Kp_ / mr_;
-  const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + P_ - 1) / P_));
-  const int64_t kb_per = (nkb + pieces - 1) / pieces;
-
   for (int64_t r0 = 0; r0 < rows; r0 += rpc) {
     const int64_t t0 = r0 * a.TX, t1 = std::min(rows, r0 + rpc) * a.TX;
     const int64_t Tp = (t1 - t0 + width - 1) / width * width, ves = C * Tp, mes = Kp_ * Tp;
     pool.parallel_for(C, T, [&](int64_t c, int) { input_tiles(a, c, t0, t1, V + c * Tp, ves); });
-    pool.parallel_for(P_ * pieces, T, [&](int64_t task, int) {
-      const int64_t e = task / pieces, kb0 = task % pieces * kb_per, kb1 = std::min(nkb, kb0 + kb_per);
-      for (int64_t kb = kb0; kb < kb1; ++kb) gemm(u_tile(e, kb), V + e * ves, Tp, t1 - t0, M + e * mes + kb * mr_ * Tp);
-    });
+    gemms(V, ves, M, mes, Tp, t1 - t0);
     pool.parallel_for(K, T, [&](int64_t k, int) { output_tiles(a, k, t0, t1, M + k * Tp, mes); });
   }
+}
+
+void WinogradConv::forward_by_phase(const Call& a, int64_t N) const {
+  const int64_t nkb = Kp_ / mr_;
+  ThreadPool& pool = ThreadPool::instance();
+  const int T = pool.num_threads();
+  const int64_t pieces = std::min<int64_t>(nkb, std::max<int64_t>(1, (8 * T + P_ - 1) / P_));
+  const int64_t kb_per = (nkb + pieces - 1) / pieces;
+  by_chunks(a, N, [&](const float* V, int64_t ves, float* M, int64_t mes, int64_t Tp, int64_t Tc) {
+    pool.parallel_for(P_ * pieces, T, [&](int64_t task, int) {
+      const int64_t e = task / pieces, kb0 = task % pieces * kb_per, kb1 = std::min(nkb, kb0 + kb_per);
+      for (int64_t kb = kb0; kb < kb1; ++kb) gemm(u_tile(e, kb), V + e * ves, Tp, Tc, M + e * mes + kb * mr_ * Tp);
+    });
+  });
 }
 
 }  // namespace deepcomp

@@ -13,6 +13,7 @@
 // so each of the P GEMMs broadcasts weights and runs its vectors along the tiles.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "conv_plan.h"
@@ -56,12 +57,18 @@ class WinogradConv {
   // own), or 0 when one tile vector's V and M exceed winograd_thread_budget().
   int64_t thread_tiles(int64_t tiles, int threads) const;
   void forward_by_thread(const Call& a, int64_t N, int64_t tq) const;
-  // Chunks of whole tile rows, each phase split over the threads.
+  // The GEMM phase of one chunk: gemms(V, ves, M, mes, Tp, Tc) fills M's planes (mes floats apart)
+  // from V's (ves apart) for Tc tiles padded to Tp.
+  using GemmPhase = std::function<void(const float*, int64_t, float*, int64_t, int64_t, int64_t)>;
+  // Chunks of whole tile rows, each phase split over the threads: input transform by input channel,
+  // `gemms`, output transform by output channel.
+  void by_chunks(const Call& a, int64_t N, const GemmPhase& gemms) const;
+  // by_chunks with the GEMMs split by plane and output-channel tiles of U.
   void forward_by_phase(const Call& a, int64_t N) const;
-  // The same for the streamed form: the GEMM phase by output-channel tiles, each transforming its
-  // weights first.
+  // by_chunks for the streamed form: the GEMMs by groups of output-channel tiles, each transforming
+  // its weights first.
   void forward_streamed(const Call& a, int64_t N) const;
-  // Tile rows per chunk of forward_by_phase / forward_streamed (V and M within the chunk budget).
+  // Tile rows per chunk of by_chunks (V and M within the chunk budget).
   int64_t rows_per_chunk(const Call& a, int64_t N) const;
   // The taps of output-channel tile kb from csr_ into d (layout of Kernels::wino_weights), or zeros
   // back where they were.
